@@ -1,0 +1,27 @@
+"""The contract a replicated state machine implements to run inside a Raft group."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class StateMachine(Protocol):
+    """A deterministic state machine driven by the Raft log.
+
+    Every replica applies the same commands in the same order, so ``apply`` must depend
+    only on the machine's state and the command (no clock, no randomness, no IO), and
+    ``snapshot`` must return the same bytes on every replica that applied the same log.
+    """
+
+    def apply(self, command: bytes) -> Any:
+        """Apply one committed command and return its result (must be picklable)."""
+
+    def snapshot(self) -> bytes:
+        """Serialize the whole state. Called between applies, never concurrently."""
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with one produced by ``snapshot``."""
+
+    def query(self, query: Any) -> Any:
+        """Answer a read-only query against the current state (used by linearizable reads)."""

@@ -1,0 +1,214 @@
+"""Wire and storage types of the Raft core.
+
+Messages follow the Raft paper (Ongaro & Ousterhout, 2014), Figure 2, and the thesis
+(Ongaro 2014) for pre-vote (§9.6), leadership transfer (§3.10), ReadIndex (§6.4) and
+single-server membership change (§4.1). Every type is a frozen, slotted dataclass so
+that it can be pickled by Ray and compared by value in tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class EntryKind(enum.IntEnum):
+    """What an entry's ``data`` holds."""
+
+    NORMAL = 0  # an application command (opaque bytes)
+    NOOP = 1  # appended by a new leader to commit entries of earlier terms (§5.4.2, §8)
+    CONF_CHANGE = 2  # a ConfChange encoded with ``encode_conf_change`` (§4.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry (Figure 2: "log[]")."""
+
+    term: int
+    index: int
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """State that must be on stable storage before answering any RPC (Figure 2)."""
+
+    term: int = 0
+    vote: int | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """The position and membership a snapshot covers (§7)."""
+
+    index: int
+    term: int
+    voters: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state-machine image covering every entry up to ``meta.index``."""
+
+    meta: SnapshotMeta
+    data: bytes
+
+
+class ConfChangeKind(enum.IntEnum):
+    ADD = 0
+    REMOVE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """Add or remove one voter (single-server change, thesis §4.1)."""
+
+    kind: ConfChangeKind
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A ReadIndex answer: ``ctx`` may be served once the state machine applied ``index``."""
+
+    ctx: bytes
+    index: int
+
+
+class Role(enum.IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+# ---------------------------------------------------------------- messages (Figure 2)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """RequestVote RPC (§5.2); ``pre_vote`` marks a pre-vote probe (thesis §9.6)."""
+
+    src: int
+    dst: int
+    term: int
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool = False
+    transfer: bool = False  # sent after TimeoutNow: followers must not ignore it (§3.10)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteResponse:
+    src: int
+    dst: int
+    term: int
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """AppendEntries RPC (§5.3); also the heartbeat. ``ctx`` carries ReadIndex rounds."""
+
+    src: int
+    dst: int
+    term: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+    ctx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResponse:
+    """Answer to AppendEntries; on rejection ``hint_index``/``hint_term`` speed backtracking."""
+
+    src: int
+    dst: int
+    term: int
+    success: bool
+    match_index: int
+    hint_index: int = 0
+    hint_term: int = 0
+    ctx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """InstallSnapshot RPC (§7), sent in chunks of ``data`` starting at ``offset``."""
+
+    src: int
+    dst: int
+    term: int
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    src: int
+    dst: int
+    term: int
+    meta_index: int
+    next_offset: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer: the target starts an election at once (thesis §3.10)."""
+
+    src: int
+    dst: int
+    term: int
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | InstallSnapshot
+    | InstallSnapshotResponse
+    | TimeoutNow
+)
+
+
+@dataclass(slots=True)
+class Ready:
+    """Everything the host must do, in this order (persist before send):
+
+    1. persist ``hard_state`` (if not None), ``entries`` (replacing any stored entries
+       with the same or higher index) and ``snapshot`` (if not None), durably (fsync);
+    2. send ``messages``;
+    3. restore ``snapshot`` into the state machine (if not None), then apply
+       ``committed_entries`` in order;
+    4. answer ``read_states`` once the state machine has applied their index;
+    5. call ``advance(ready)``.
+    """
+
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    committed_entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    role: Role = Role.FOLLOWER
+    leader: int | None = None
+    term: int = 0
+
+    def is_empty(self) -> bool:
+        return not (
+            self.hard_state
+            or self.entries
+            or self.snapshot
+            or self.committed_entries
+            or self.messages
+            or self.read_states
+        )
