@@ -1,1 +1,17 @@
-"""jobs package."""
+"""jobs: the driver (epochs, rounds, modes), config, CLI ``python -m jobs.train``, outputs."""
+
+from jobs.api import train
+from jobs.config import TrainConfig
+from jobs.driver import Driver, TrainResult
+from jobs.errors import ConfigError, JobsError, ResumeError, TrainingError
+
+__all__ = [
+    "ConfigError",
+    "Driver",
+    "JobsError",
+    "ResumeError",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "train",
+]

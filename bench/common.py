@@ -1,0 +1,143 @@
+"""Shared helpers of the benchmarks: interleaved repeats, medians, tables, JSON results.
+
+Nothing here talks to Ray or starts processes; every helper is a plain function so the peers
+and the harnesses stay small. The synthetic data set and the MLP defined here are the ones
+every peer of ``bench.train`` trains on, so all sides do the same arithmetic per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+IN_FEATURES = 784
+HIDDEN = (256, 128)
+CLASSES = 10
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values``; NaN for an empty sequence (a side that never ran)."""
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100, linear interpolation) of ``values``; NaN if empty."""
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def ratio(value: float, reference: float) -> float:
+    """``value / reference``, NaN when the reference is missing or zero."""
+    if not reference or reference != reference:
+        return float("nan")
+    return value / reference
+
+
+def interleave(
+    runners: Mapping[str, Callable[[], float]], repeats: int
+) -> dict[str, list[float]]:
+    """Run every runner once per repeat, in the order given (A B C A B C ...).
+
+    Interleaving spreads slow drifts of a shared machine (thermal, other tenants) over every
+    side instead of penalising whichever ran last. Blocks for the whole run. A runner that
+    raises is recorded as missing for that repeat and the error is printed, so one broken
+    side does not lose the others' numbers.
+    """
+    results: dict[str, list[float]] = {name: [] for name in runners}
+    for rep in range(repeats):
+        for name, run in runners.items():
+            try:
+                value = run()
+            except Exception as exc:  # a peer failing must not hide the other numbers
+                print(f"[bench] {name} repeat {rep} failed: {type(exc).__name__}: {exc}")
+                continue
+            results[name].append(value)
+            print(f"[bench] repeat {rep} {name}: {value:,.1f}")
+    return results
+
+
+def format_number(value: Any) -> str:
+    """Render a table cell: floats with thousands separators, NaN as a dash."""
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table of ``rows`` under ``headers``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines.extend("| " + " | ".join(format_number(c) for c in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on, stored next to them in every results file."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_results(name: str, data: Mapping[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    """Write ``data`` plus a ``_machine`` record as ``<directory>/<name>.json``; return the path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    payload = dict(data)
+    payload["_machine"] = machine_info()
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def synthetic_classification(
+    n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` float32 samples of 784 features and int64 labels of 10 classes.
+
+    Labels come from a fixed random linear teacher, so the task is learnable and the loss
+    falls; only throughput is measured, but a falling loss shows every side really trains.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, IN_FEATURES), dtype=np.float32)
+    teacher = rng.standard_normal((IN_FEATURES, CLASSES), dtype=np.float32)
+    y = np.argmax(x @ teacher, axis=1).astype(np.int64)
+    return x, y
+
+
+def build_mlp() -> Any:
+    """The benchmark model: 784 → 256 → 128 → 10 with ReLU (a ``torch.nn.Sequential``)."""
+    import torch
+
+    layers: list[torch.nn.Module] = []
+    width = IN_FEATURES
+    for hidden in HIDDEN:
+        layers += [torch.nn.Linear(width, hidden), torch.nn.ReLU()]
+        width = hidden
+    layers.append(torch.nn.Linear(width, CLASSES))
+    return torch.nn.Sequential(*layers)
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """``size`` pseudo-random bytes, each below 0x80 (7-bit), the command of ``bench.raft``.
+
+    Seven-bit bytes hardly compress (PySyncObj zlib-compresses its traffic) and avoid a
+    PySyncObj defect: it pickles with protocol 2, which inflates bytes >= 0x80 by about 1.5x,
+    and its chunked transfer of entries larger than ``appendEntriesBatchSizeBytes`` then ends
+    early and truncates them (1 MB random commands never commit). Both sides get this payload.
+    """
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 128, size=size, dtype=np.uint8)).tobytes()

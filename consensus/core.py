@@ -1,0 +1,272 @@
+"""``RaftNode``: the IO-free Raft core (etcd-raft style), public API for the host.
+
+The host owns all IO. It calls ``tick`` at a fixed period, passes inbound messages to
+``step``, and loops ``if has_ready(): rd = ready(); persist; send; apply; advance(rd)``.
+Nothing here blocks, sleeps, reads a clock or draws randomness except from the injected
+``random.Random``; identical inputs give identical outputs on every machine.
+"""
+
+from __future__ import annotations
+
+from consensus.codec import apply_conf_change, encode_conf_change
+from consensus.election import Election
+from consensus.errors import ConfigError, NotLeaderError, ProposalDroppedError
+from consensus.replication import Replication
+from consensus.types import (
+    AppendEntries,
+    AppendEntriesResponse,
+    ConfChange,
+    Entry,
+    EntryKind,
+    HardState,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    Message,
+    Ready,
+    RequestVote,
+    RequestVoteResponse,
+    Role,
+    Snapshot,
+    TimeoutNow,
+)
+
+__all__ = ["RaftNode"]
+
+
+class RaftNode(Election, Replication):
+    """One replica of a Raft group. Not thread-safe: one host thread drives it.
+
+    Construct with the durable state read back from disk (``hard_state``, ``snapshot``,
+    ``entries`` following ``snapshot.meta.index``) to restart; the state machine must be
+    restored from ``snapshot`` by the host, and committed entries after it are handed out
+    again in ``ready().committed_entries``.
+    """
+
+    # ------------------------------------------------------------ inputs
+
+    def tick(self) -> None:
+        """Advance logical time by one tick (elections, heartbeats, check-quorum)."""
+        if self.role == Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def step(self, msg: Message) -> None:
+        """Process one inbound message. Messages for another node are ignored; terms are
+        reconciled first (Figure 2 "Rules for Servers"), then the message is dispatched."""
+        if msg.dst != self.id or not self._reconcile_term(msg):
+            return
+        if isinstance(msg, AppendEntries):
+            if self.role != Role.FOLLOWER:
+                self._become_follower(self.term, msg.src)
+            self._handle_append(msg)
+        elif isinstance(msg, AppendEntriesResponse):
+            if self.role == Role.LEADER:
+                self._handle_append_response(msg)
+        elif isinstance(msg, RequestVote):
+            self._handle_vote_request(msg)
+        elif isinstance(msg, RequestVoteResponse):
+            self._handle_vote_response(msg)
+        elif isinstance(msg, InstallSnapshot):
+            if self.role != Role.FOLLOWER:
+                self._become_follower(self.term, msg.src)
+            self._handle_snapshot(msg)
+        elif isinstance(msg, InstallSnapshotResponse):
+            if self.role == Role.LEADER:
+                self._handle_snapshot_response(msg)
+        elif isinstance(msg, TimeoutNow) and self.role == Role.FOLLOWER:
+            self._handle_timeout_now(msg)
+
+    def _reconcile_term(self, m: Message) -> bool:
+        """Apply the term rules; False if the message must not be processed further."""
+        if m.term > self.term:
+            if isinstance(m, RequestVote):
+                if not m.transfer and self._in_lease():
+                    return False  # leader stickiness (thesis §4.2.3)
+                if not m.pre_vote:
+                    self._become_follower(m.term, None)
+            elif isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
+                pass  # a granted pre-vote carries the term we would campaign at
+            elif isinstance(m, AppendEntries | InstallSnapshot | TimeoutNow):
+                self._become_follower(m.term, m.src)
+            else:
+                self._become_follower(m.term, None)
+            return True
+        if m.term < self.term:
+            if isinstance(m, AppendEntries | InstallSnapshot):
+                # tell a stale leader about the newer term so that it steps down
+                self._send(AppendEntriesResponse(self.id, m.src, self.term, False, 0))
+            elif isinstance(m, RequestVote) and m.pre_vote:
+                self._send(RequestVoteResponse(self.id, m.src, self.term, False, True))
+            return False
+        return True
+
+    def propose(self, data: bytes) -> int:
+        """Append a command to the leader's log; returns its index (not yet committed).
+
+        Raises NotLeaderError (with a leader hint) on a non-leader and
+        ProposalDroppedError while a leadership transfer is in progress.
+        """
+        self._check_can_propose()
+        return self._append_local(EntryKind.NORMAL, data)
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        """Propose adding or removing one voter (thesis §4.1); it takes effect on append.
+
+        Only one change may be uncommitted (unapplied) at a time, and none before the
+        leader applied an entry of its own term: otherwise ProposalDroppedError.
+        """
+        self._check_can_propose()
+        if self._pending_conf_index > self.log.applied:
+            raise ProposalDroppedError(
+                f"a membership change (index {self._pending_conf_index}) is still pending; "
+                "retry after it is applied")
+        voters = apply_conf_change(self.voters, cc)
+        if not voters or voters == self.voters:
+            raise ConfigError(f"{cc} would leave voters {voters}: propose a real change")
+        index = self._append_local(EntryKind.CONF_CHANGE, encode_conf_change(cc))
+        self._pending_conf_index = index
+        self._sync_conf(self.log.entries(index, index))
+        return index
+
+    def _check_can_propose(self) -> None:
+        if self.role != Role.LEADER:
+            raise NotLeaderError(f"node {self.id} is not the leader (term {self.term})",
+                                 self.leader)
+        if self._transferee is not None:
+            raise ProposalDroppedError(
+                f"leadership is being transferred to {self._transferee}; retry there")
+
+    def _append_local(self, kind: EntryKind, data: bytes) -> int:
+        log = self.log
+        index = log.last_index + 1
+        log.append((Entry(self.term, index, kind, data),))
+        self._need_bcast = True
+        return index
+
+    def read_index(self, ctx: bytes) -> None:
+        """Start a linearizable read (thesis §6.4); the answer (``ReadState(ctx, index)``)
+        appears in a later ``Ready.read_states`` once a quorum confirmed leadership. Reads
+        wait until the leader committed an entry of its term. NotLeaderError otherwise."""
+        if self.role != Role.LEADER:
+            raise NotLeaderError(f"node {self.id} is not the leader", self.leader)
+        if self.log.term(self.log.committed) != self.term:
+            self._reads_before_commit.append(ctx)
+        else:
+            self._start_read(ctx)
+
+    def transfer_leadership(self, to: int) -> None:
+        """Hand leadership to ``to`` (thesis §3.10): stop proposals, catch it up, TimeoutNow.
+
+        Aborted if not finished within an election timeout."""
+        if self.role != Role.LEADER:
+            raise NotLeaderError(f"node {self.id} is not the leader", self.leader)
+        if to == self.id:
+            return
+        pr = self._prs.get(to)
+        if pr is None:
+            raise ConfigError(f"cannot transfer leadership to {to}: not a voter {self.voters}")
+        self._transferee = to
+        self.election_elapsed = 0
+        if pr.match == self.log.last_index:
+            self._send(TimeoutNow(self.id, to, self.term))
+        else:
+            self._send_append(to, pr, allow_empty=True)
+
+    # ------------------------------------------------------------ the Ready loop
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def has_ready(self) -> bool:
+        """True if ``ready()`` would return something to do."""
+        log = self.log
+        return bool(
+            self._msgs or self._read_states or self._ready_snapshot is not None
+            or self._need_bcast or self._need_commit_bcast or self._need_read_beat
+            or log.last_index > log.offered or log.committed > self._applying
+            or self._hard_state() != self._prev_hs
+        )
+
+    def ready(self) -> Ready:
+        """Collect work for the host (see ``Ready``). Each item is handed out once; call
+        ``advance(rd)`` after doing it, before the next ``ready()``."""
+        if self.role == Role.LEADER:
+            self._flush_leader()
+        log = self.log
+        rd = Ready(role=self.role, leader=self.leader, term=self.term)
+        hs = self._hard_state()
+        if hs != self._prev_hs:
+            rd.hard_state = hs
+            self._prev_hs = hs
+        if log.last_index > log.offered:
+            rd.entries = log.take_unoffered()
+        if self._ready_snapshot is not None:
+            rd.snapshot, self._ready_snapshot = self._ready_snapshot, None
+        if log.committed > self._applying:
+            rd.committed_entries = log.entries(self._applying + 1, log.committed)
+            self._applying = log.committed
+        if self._msgs:
+            rd.messages, self._msgs = self._msgs, []
+        if self._read_states:
+            rd.read_states, self._read_states = self._read_states, []
+        return rd
+
+    def advance(self, ready: Ready) -> None:
+        """The host persisted, sent and applied ``ready``: mark entries stable and applied."""
+        log = self.log
+        if ready.entries:
+            last = ready.entries[-1]
+            log.stable_to(last.index, last.term)
+        if ready.committed_entries:
+            log.applied = max(log.applied, ready.committed_entries[-1].index)
+        elif ready.snapshot is not None:
+            log.applied = max(log.applied, ready.snapshot.meta.index)
+        if self.role == Role.LEADER and self._maybe_commit():
+            self._need_commit_bcast = True
+
+    def compact(self, snapshot: Snapshot) -> None:
+        """Discard the log prefix up to ``snapshot.meta.index`` (which the host applied and
+        captured in ``snapshot``); lagging followers then get this snapshot instead.
+        ``meta.term`` and ``meta.voters`` must equal ``term_at``/``voters_at`` of that index."""
+        meta = snapshot.meta
+        log = self.log
+        if meta.index <= log.snapshot_index:
+            return
+        if meta.index > log.applied:
+            raise ConfigError(f"snapshot index {meta.index} is beyond applied {log.applied}")
+        if log.term(meta.index) != meta.term:
+            raise ConfigError(f"snapshot term {meta.term} != log term {log.term(meta.index)} "
+                              f"at index {meta.index}")
+        voters = self.voters_at(meta.index)
+        if tuple(sorted(meta.voters)) != voters:
+            raise ConfigError(f"snapshot voters {meta.voters} != voters_at({meta.index}) "
+                              f"= {voters}; build the meta with RaftNode.voters_at")
+        log.compact(meta.index)
+        self._snapshot = snapshot
+        self._conf_base = voters
+        self._conf_log = [c for c in self._conf_log if c[0] > meta.index]
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    def term_at(self, index: int) -> int | None:
+        """The term of the entry at ``index`` (None if compacted away or absent)."""
+        return self.log.term(index)
+
+    def status(self) -> dict[str, object]:
+        """A plain snapshot of this replica's state for logs and health checks."""
+        return {
+            "id": self.id, "role": self.role.name, "term": self.term, "leader": self.leader,
+            "commit": self.log.committed, "applied": self.log.applied,
+            "last_index": self.log.last_index, "snapshot_index": self.log.snapshot_index,
+            "voters": self.voters, "transferee": self._transferee,
+            "progress": {k: repr(v) for k, v in self._prs.items()},
+        }

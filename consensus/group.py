@@ -1,0 +1,309 @@
+"""``RaftGroup``: create a replicated state machine on Ray and talk to it, exactly once.
+
+Usage::
+
+    group = RaftGroup.create("job/shard-0", replicas=3, state_machine=MyMachine,
+                             storage_dir="/var/lib/raftps")
+    result = group.propose(b"command")      # applied exactly once, on every replica
+    value = group.read(query)                # linearizable (ReadIndex)
+    group.status(); group.snapshots(); group.replace(1); group.shutdown()
+
+Replicas are Ray actors named ``<group>/replica-<r>`` in ``namespace`` (``max_restarts=-1``:
+a crashed replica is restarted by Ray and reloads its sqlite storage; ``max_task_retries=0``:
+the client retries itself). They are placed with a SPREAD placement group (one bundle per
+replica, soft, so a single node also works) and need ``num_cpus`` (0 by default).
+
+Exactly once: each ``RaftGroup`` is a client with a random id and a sequence counter. A
+command keeps its seq across retries (timeouts, NotLeaderError, leader death), so a retry of
+a command that already applied returns the cached result instead of applying again. The
+client discovers the leader from NotLeaderError hints, then by asking every replica. When the
+deadline passes, ``ProposalTimeoutError`` is raised (the command may or may not have applied;
+retrying it through the same client is not possible, so use a fresh command). All methods are
+thread-safe and block for at most their ``timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
+from consensus.replica import CommandError, RaftReplica, ReplicaContext, replica_name
+from consensus.replica_config import RaftGroupConfig
+from consensus.session import Envelope, encode_batch
+from consensus.state_machine import StateMachine
+from consensus.types import ConfChangeKind
+
+__all__ = ["CommandError", "RaftGroup", "RaftGroupConfig"]
+
+_DEFAULT_STORAGE = Path(tempfile.gettempdir()) / "raftps-raft"
+_RETRYABLE = (
+    NotLeaderError, ProposalDroppedError, ProposalTimeoutError,
+    ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
+    ray.exceptions.ActorUnavailableError,
+)
+_Call = Callable[[Any, float], Any]
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The application exception inside a Ray task error, else ``exc`` itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+class RaftGroup:
+    """Client of one Raft group (see the module docstring). Create it with :meth:`create`."""
+
+    def __init__(
+        self, name: str, namespace: str, config: RaftGroupConfig, spawn: Callable[..., Any],
+        handles: dict[int, Any], pg: PlacementGroup,
+    ) -> None:
+        self.name, self.namespace, self.config = name, namespace, config
+        self._spawn, self._handles, self._pg = spawn, handles, pg
+        self._bundle = {i: i for i in handles}
+        self._next_index = max(handles) + 1
+        self._client_id = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._in_flight: set[int] = set()
+        self._leader: int | None = None
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        replicas: int = 3,
+        state_machine: Callable[[], StateMachine] | None = None,
+        storage_dir: str | Path = _DEFAULT_STORAGE,
+        *,
+        namespace: str | None = None,
+        config: RaftGroupConfig | None = None,
+        service: Callable[[ReplicaContext], Any] | None = None,
+        num_cpus: float = 0,
+        ready_timeout: float = 60.0,
+    ) -> RaftGroup:
+        """Start ``replicas`` actors (reloading any storage under ``storage_dir``) and wait
+        until each answers. ``state_machine`` is a class or zero-argument factory; it and
+        ``service`` are pickled to the replicas. Blocks up to ``ready_timeout`` seconds."""
+        if replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {replicas}")
+        if state_machine is None:
+            raise ValueError("state_machine is required: a StateMachine class or factory")
+        config = config or RaftGroupConfig()
+        namespace = namespace or ray.get_runtime_context().namespace
+        pg = placement_group([{"CPU": 0.001}] * replicas, strategy="SPREAD")
+        ray.get(pg.ready(), timeout=ready_timeout)
+        names = [replica_name(name, r) for r in range(replicas)]
+        actor_cls = ray.remote(RaftReplica)
+
+        def spawn(index: int, bundle: int, join: bool) -> Any:
+            return actor_cls.options(
+                name=replica_name(name, index), namespace=namespace, num_cpus=num_cpus,
+                max_restarts=-1, max_task_retries=0, max_concurrency=1000,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    pg, placement_group_bundle_index=bundle),
+            ).remote(name, index, names, namespace, state_machine, str(storage_dir), config,
+                     service, join=join)
+
+        handles = {r: spawn(r, r, False) for r in range(replicas)}
+        ray.get([h.ping.remote() for h in handles.values()], timeout=ready_timeout)
+        return cls(name, namespace, config, spawn, handles, pg)
+
+    # ------------------------------------------------------------------ sequencing
+
+    def _take_seqs(self, n: int) -> list[int]:
+        with self._lock:
+            seqs = list(range(self._seq + 1, self._seq + n + 1))
+            self._seq += n
+            self._in_flight.update(seqs)
+            return seqs
+
+    def _ack(self) -> int:
+        """Every seq below this was answered (the replicas may forget those results)."""
+        with self._lock:
+            return min(self._in_flight) if self._in_flight else self._seq + 1
+
+    def _done(self, seqs: Sequence[int]) -> None:
+        with self._lock:
+            self._in_flight.difference_update(seqs)
+
+    # ------------------------------------------------------------------ client API
+
+    def propose(self, command: bytes, timeout: float = 10.0) -> Any:
+        """Apply ``command`` exactly once and return the state machine's result."""
+        return self.propose_batch([command], timeout)[0]
+
+    def propose_batch(self, commands: Sequence[bytes], timeout: float = 10.0) -> list[Any]:
+        """Apply ``commands`` in order, as ONE log entry, exactly once; return their results.
+
+        A command the state machine raised on returns a :class:`CommandError`.
+        """
+        seqs = self._take_seqs(len(commands))
+        try:
+            ack = self._ack()
+            data = encode_batch(
+                [Envelope(self._client_id, s, c, ack) for s, c in zip(seqs, commands, strict=True)]
+            )
+            ref = ray.put(data)
+            result: list[Any] = self._submit(
+                lambda h, t: h.propose_entry.remote(ref, t), timeout, "propose")
+            return result
+        finally:
+            self._done(seqs)
+
+    def read(self, query: Any, timeout: float = 10.0) -> Any:
+        """Linearizable read: ``state_machine.query(query)`` on the leader after ReadIndex."""
+        return self._submit(lambda h, t: h.read.remote(query, t), timeout, "read")
+
+    def call_service(
+        self, method: str, *args: Any, leader_only: bool = True, timeout: float = 10.0
+    ) -> Any:
+        """Call ``method(*args)`` on the leader's service object (retried only when the call
+        did not run: NotLeaderError or a dead replica); with ``leader_only=False`` any live
+        replica may answer."""
+        def call(h: Any, t: float) -> Any:
+            return h.call_service.remote(method, *args, leader_only=leader_only)
+        return self._submit(call, timeout, f"service {method}", any_replica=not leader_only)
+
+    def _submit(self, call: _Call, timeout: float, what: str, any_replica: bool = False) -> Any:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            index = self._target(remaining, any_replica)
+            if index is None:
+                time.sleep(min(0.02, remaining))
+                continue
+            attempt = min(remaining, self.config.attempt_timeout_s)
+            try:
+                return ray.get(call(self._handles[index], attempt), timeout=attempt + 1.0)
+            except Exception as exc:  # classify: retry on anything that says "try elsewhere"
+                err = _cause(exc)
+                if isinstance(err, NotLeaderError):
+                    hint = err.leader_hint
+                    self._leader = hint - 1 if hint is not None and hint - 1 != index else None
+                    if self._leader is not None and self._leader not in self._handles:
+                        self._leader = None
+                elif isinstance(err, _RETRYABLE):
+                    self._leader = None
+                else:
+                    raise err from None
+        raise ProposalTimeoutError(f"group {self.name}: {what} did not complete in {timeout} s")
+
+    def _target(self, remaining: float, any_replica: bool) -> int | None:
+        if self._leader is not None and self._leader in self._handles:
+            return self._leader
+        # Ask everyone; take the first leader that answers (a dead or restarting replica
+        # must not delay discovery), else the highest-term leader among all answers.
+        pending = [self._handles[i].status.remote() for i in sorted(self._handles)]
+        deadline = time.monotonic() + min(remaining, 1.0)
+        alive: list[int] = []
+        while pending and (left := deadline - time.monotonic()) > 0:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            for ref in ready:
+                try:
+                    status = ray.get(ref, timeout=0)
+                except Exception:
+                    continue
+                alive.append(status["index"])
+                if status["role"] == "LEADER":
+                    self._leader = int(status["index"])
+                    return self._leader
+        return alive[0] if any_replica and alive else None
+
+    def leader(self, timeout: float = 10.0) -> Any:
+        """The current leader's actor handle (discovered; blocks up to ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._leader = None
+            index = self._target(remaining, any_replica=False)
+            if index is not None:
+                return self._handles[index]
+            time.sleep(min(0.02, remaining))
+        raise ProposalTimeoutError(f"group {self.name}: no leader within {timeout} s")
+
+    def leader_index(self, timeout: float = 10.0) -> int:
+        """The replica index of the current leader (see :meth:`leader`)."""
+        handle = self.leader(timeout)
+        return next(i for i, h in self._handles.items() if h == handle)
+
+    def handles(self) -> list[Any]:
+        """Actor handles of the current members, by replica index."""
+        return [self._handles[i] for i in sorted(self._handles)]
+
+    def indices(self) -> list[int]:
+        """Replica indices of the current members (node id = index + 1)."""
+        return sorted(self._handles)
+
+    def status(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """Each member's view; replicas that do not answer within ``timeout`` get alive=False."""
+        indices = sorted(self._handles)
+        refs = [self._handles[i].status.remote() for i in indices]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        done = set(ready)
+        out: list[dict[str, Any]] = []
+        for index, ref in zip(indices, refs, strict=True):
+            entry = {"name": replica_name(self.name, index), "namespace": self.namespace,
+                     "index": index, "alive": False}
+            if ref in done:
+                with contextlib.suppress(Exception):
+                    entry = ray.get(ref, timeout=0)
+            out.append(entry)
+        return out
+
+    def snapshots(self, timeout: float = 10.0) -> dict[str, bytes]:
+        """Each live member's ``state_machine.snapshot()`` bytes, by actor name."""
+        indices = sorted(self._handles)
+        refs = [self._handles[i].snapshot_bytes.remote() for i in indices]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        done = set(ready)
+        out: dict[str, bytes] = {}
+        for index, ref in zip(indices, refs, strict=True):
+            if ref in done:
+                try:
+                    out[replica_name(self.name, index)] = ray.get(ref, timeout=0)
+                except Exception:
+                    continue
+        return out
+
+    # ------------------------------------------------------------------ membership
+
+    def replace(self, replica: int, timeout: float = 60.0) -> int:
+        """Replace replica ``replica`` (gone for good): remove it from the membership, kill
+        it, start a fresh one (new index, empty storage) in its bundle and add it; it catches
+        up by snapshot. Returns the new replica's index. Blocks up to ``timeout``."""
+        if replica not in self._handles:
+            raise ValueError(f"replica {replica} is not a member of {self.name}")
+        deadline = time.monotonic() + timeout
+        old_id = replica + 1
+        self._submit(lambda h, t: h.change_member.remote(int(ConfChangeKind.REMOVE), old_id, t),
+                     deadline - time.monotonic(), f"remove replica {replica}")
+        old = self._handles.pop(replica)
+        ray.kill(old, no_restart=True)
+        if self._leader == replica:
+            self._leader = None
+        new_index, self._next_index = self._next_index, self._next_index + 1
+        bundle = self._bundle.pop(replica)
+        handle = self._spawn(new_index, bundle, True)
+        ray.get(handle.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        self._handles[new_index] = handle
+        self._bundle[new_index] = bundle
+        new_id = new_index + 1
+        self._submit(lambda h, t: h.change_member.remote(int(ConfChangeKind.ADD), new_id, t),
+                     deadline - time.monotonic(), f"add replica {new_index}")
+        return new_index
+
+    def shutdown(self) -> None:
+        """Kill every replica (no restart) and free the placement group. Storage stays."""
+        for handle in self._handles.values():
+            ray.kill(handle, no_restart=True)
+        self._handles.clear()
+        remove_placement_group(self._pg)

@@ -1,0 +1,480 @@
+"""``RaftReplica``: the asyncio host of one Raft replica (wrapped with ``ray.remote`` in group.py).
+
+This is the only consensus module with IO. One background coroutine owns the core: it ticks
+every ``tick_interval_s`` and drives each ``Ready`` in the order the core requires:
+
+1. persist hard state / entries / snapshot in ONE sqlite transaction, off the event-loop
+   thread (a single-thread executor), so proposals and messages keep arriving (and batch
+   into the next Ready) while the disk syncs;
+2. send messages, grouped per destination: one fire-and-forget ``deliver`` call per peer;
+3. restore the snapshot, apply committed entries (through the session table: exactly once);
+4. answer ReadIndex requests and resolve proposal waiters; 5. ``advance``.
+
+Peers are looked up lazily by actor name (``<group>/replica-<node id - 1>``) in a helper
+thread; messages to a peer without a handle are dropped (Raft tolerates loss, duplication
+and reordering; the core retries). Nothing here blocks the loop on a peer.
+
+Node ids are replica index + 1 (the core requires positive ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import itertools
+import logging
+import os
+import pickle
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consensus.core import RaftNode
+from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
+from consensus.replica_config import RaftGroupConfig
+from consensus.session import (
+    Envelope,
+    SessionTable,
+    decode_batch,
+    decode_image,
+    encode_batch,
+    encode_image,
+)
+from consensus.state_machine import StateMachine
+from consensus.storage import SqliteStorage
+from consensus.types import (
+    ConfChange,
+    ConfChangeKind,
+    Entry,
+    EntryKind,
+    Message,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+
+log = logging.getLogger(__name__)
+
+_PEER_STALE_S = 2.0  # re-resolve a peer handle we have not heard from for this long
+
+
+def storage_path(storage_dir: str | Path, group: str, index: int) -> Path:
+    """Where replica ``index`` of ``group`` keeps its database."""
+    return Path(storage_dir) / group.replace("/", "_") / f"replica-{index}.db"
+
+
+def replica_name(group: str, index: int) -> str:
+    """The Ray actor name of replica ``index`` of ``group``."""
+    return f"{group}/replica-{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandError:
+    """The state machine raised while applying a command (same on every replica)."""
+
+    error: str
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    future: asyncio.Future[list[bytes]]
+
+
+class ReplicaContext:
+    """What a service object (built on every replica by ``service(ctx)``) may use."""
+
+    def __init__(self, replica: RaftReplica) -> None:
+        self._replica = replica
+        self.group = replica.group
+        self.index = replica.index
+
+    def is_leader(self) -> bool:
+        """True while this replica believes it leads (it may be deposed without knowing)."""
+        return self._replica.is_leader()
+
+    async def propose(self, command: bytes, timeout: float = 10.0) -> Any:
+        """Propose ``command`` (no client dedup) here; NotLeaderError if not the leader."""
+        results = await self._replica.propose_envelopes([Envelope("", 0, command)], timeout)
+        return results[0]
+
+    @property
+    def state_machine(self) -> StateMachine:
+        """The live state machine (read it between applies; never mutate it directly)."""
+        return self._replica.state_machine
+
+    @property
+    def applied_index(self) -> int:
+        return self._replica.applied_index
+
+    async def wait_applied(
+        self, target: int | Callable[[], bool], timeout: float | None = None
+    ) -> None:
+        """Block until ``applied_index >= target`` (or ``target()`` is true after an apply)."""
+        await self._replica.wait_applied(target, timeout)
+
+    def on_apply(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(applied_index)`` after each batch of applies (on the loop thread)."""
+        self._replica.apply_callbacks.append(callback)
+
+
+class RaftReplica:
+    """One replica of a Raft group as an asyncio Ray actor (use ``max_concurrency`` >= 100)."""
+
+    def __init__(
+        self,
+        group: str,
+        index: int,
+        names: list[str],
+        namespace: str | None,
+        state_machine: Callable[[], StateMachine],
+        storage_dir: str | Path,
+        config: RaftGroupConfig,
+        service: Callable[[ReplicaContext], Any] | None = None,
+        *,
+        join: bool = False,
+    ) -> None:
+        """Reload term/vote/log/snapshot from storage and start the drive loop.
+
+        ``join``: a fresh replica added to a running group (voters learnt from the leader).
+        Blocks on disk IO; raises StorageCorruptError if the database fails its checks.
+        """
+        self.group, self.index, self.node_id = group, index, index + 1
+        self._names, self._namespace, self._config = list(names), namespace, config
+        self._storage = SqliteStorage(storage_path(storage_dir, group, index))
+        hard_state, snapshot, entries = self._storage.load()
+        self.state_machine = state_machine()
+        self._sessions = SessionTable()
+        self.applied_index = self._applied_term = self._snap_index = 0
+        if snapshot is not None:
+            self._restore(snapshot)
+        voters = () if join else tuple(range(1, len(names) + 1))
+        seed = config.seed * 1000 + self.node_id if config.seed is not None else None
+        rng = random.Random(seed if seed is not None else os.urandom(16))
+        self._node = RaftNode(
+            config.raft_config(self.node_id, voters), rng,
+            hard_state=hard_state, snapshot=snapshot, entries=entries,
+        )
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
+        self._lookups = ThreadPoolExecutor(2, thread_name_prefix="raft-peers")
+        self._peers: dict[int, Any] = {}
+        self._peer_since: dict[int, float] = {}
+        self._looking_up: set[int] = set()
+        self._heard: dict[int, float] = {}
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int | Callable[[], bool], asyncio.Future[None]]] = []
+        self.apply_callbacks: list[Callable[[int], None]] = []
+        self._read_ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._service = service(ReplicaContext(self)) if service is not None else None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    # ------------------------------------------------------------------ drive loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self._config.tick_interval_s
+        next_tick = loop.time() + tick
+        while True:
+            delay = next_tick - loop.time()
+            if delay > 0 and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            if loop.time() >= next_tick:
+                self._node.tick()
+                next_tick = max(next_tick + tick, loop.time())
+            try:
+                while self._node.has_ready():
+                    await self._handle_ready(self._node.ready())
+            except Exception:  # keep the replica alive; the core's state is still consistent
+                log.exception("replica %s: Ready handling failed", self.node_id)
+                await asyncio.sleep(tick)
+
+    async def _handle_ready(self, ready: Ready) -> None:
+        if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._disk, self._storage.save, ready.hard_state, ready.entries, ready.snapshot
+            )
+        self._send(ready.messages)
+        if ready.snapshot is not None:
+            self._restore(ready.snapshot)
+            self._fail_waiters_upto(ready.snapshot.meta.index)
+        for entry in ready.committed_entries:
+            self._apply(entry)
+        for rs in ready.read_states:
+            fut = self._reads.pop(rs.ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        self._node.advance(ready)
+        if ready.committed_entries or ready.snapshot is not None:
+            self._after_apply()
+            await self._maybe_compact()
+
+    # ------------------------------------------------------------------ apply side
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        sessions, user = decode_image(snapshot.data)
+        self._sessions.restore(sessions)
+        self.state_machine.restore(user)
+        self.applied_index = self._snap_index = snapshot.meta.index
+        self._applied_term = snapshot.meta.term
+
+    def _run_command(self, command: bytes) -> Any:
+        try:
+            return self.state_machine.apply(command)
+        except Exception as exc:  # deterministic: every replica records the same error
+            return CommandError(f"{type(exc).__name__}: {exc}")
+
+    def _apply(self, entry: Entry) -> None:
+        if entry.index <= self.applied_index:
+            return
+        results: list[bytes] = []
+        if entry.kind == EntryKind.NORMAL and entry.data:
+            try:
+                envelopes = decode_batch(entry.data)
+            except ValueError as exc:
+                results = [pickle.dumps(CommandError(str(exc)))]
+            else:
+                results = [self._sessions.apply(e, self._run_command) for e in envelopes]
+        self.applied_index, self._applied_term = entry.index, entry.term
+        waiter = self._waiters.pop(entry.index, None)
+        if waiter is not None and not waiter.future.done():
+            if waiter.term == entry.term:
+                waiter.future.set_result(results)
+            else:
+                waiter.future.set_exception(
+                    ProposalDroppedError(f"entry {entry.index} was overwritten; retry")
+                )
+
+    def _fail_waiters_upto(self, index: int) -> None:
+        for idx in [i for i in self._waiters if i <= index]:
+            waiter = self._waiters.pop(idx)
+            if not waiter.future.done():
+                waiter.future.set_exception(
+                    ProposalDroppedError("outcome covered by a snapshot; retry with same seq")
+                )
+
+    def _after_apply(self) -> None:
+        keep = []
+        for target, fut in self._applied_waiters:
+            done = target() if callable(target) else self.applied_index >= target
+            if done and not fut.done():
+                fut.set_result(None)
+            elif not fut.done():
+                keep.append((target, fut))
+        self._applied_waiters = keep
+        for callback in self.apply_callbacks:
+            try:
+                callback(self.applied_index)
+            except Exception:
+                log.exception("on_apply callback failed")
+
+    async def _maybe_compact(self) -> None:
+        if self.applied_index - self._snap_index < self._config.snapshot_every:
+            return
+        image = encode_image(self._sessions.encode(), self.state_machine.snapshot())
+        meta = SnapshotMeta(
+            index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied()
+        )
+        snapshot = Snapshot(meta=meta, data=image)
+        await asyncio.get_running_loop().run_in_executor(
+            self._disk, self._storage.compact, snapshot
+        )
+        self._node.compact(snapshot)
+        self._snap_index = meta.index
+
+    def _voters_at_applied(self) -> tuple[int, ...]:
+        voters_at = getattr(self._node, "voters_at", None)
+        if callable(voters_at):
+            return tuple(voters_at(self.applied_index))
+        return tuple(self._node.voters)
+
+    async def wait_applied(
+        self, target: int | Callable[[], bool], timeout: float | None = None
+    ) -> None:
+        """Block until ``applied_index >= target`` or ``target()`` holds; ProposalTimeoutError."""
+        if target() if callable(target) else self.applied_index >= target:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((target, fut))
+        await self._await(fut, timeout, "waiting for apply")
+
+    # ------------------------------------------------------------------ messaging
+
+    def _peer_name(self, node_id: int) -> str:
+        index = node_id - 1
+        return self._names[index] if index < len(self._names) else replica_name(self.group, index)
+
+    def _peer(self, node_id: int) -> Any:
+        now = time.monotonic()
+        handle = self._peers.get(node_id)
+        stale = now - max(self._heard.get(node_id, 0.0), self._peer_since.get(node_id, 0.0))
+        if handle is not None and stale > _PEER_STALE_S:
+            self._peers.pop(node_id)  # maybe re-created under the same name: look it up again
+            handle = None
+        if handle is None and node_id not in self._looking_up:
+            self._looking_up.add(node_id)
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self._lookups, self._lookup, node_id)
+            fut.add_done_callback(functools.partial(self._looked_up, node_id))
+        return handle
+
+    def _lookup(self, node_id: int) -> Any:
+        import ray
+
+        try:
+            return ray.get_actor(self._peer_name(node_id), namespace=self._namespace)
+        except ValueError:
+            time.sleep(0.1)  # not (yet/again) registered: throttle retries (helper thread)
+            return None
+
+    def _looked_up(self, node_id: int, fut: asyncio.Future[Any]) -> None:
+        self._looking_up.discard(node_id)
+        handle = None if fut.cancelled() or fut.exception() else fut.result()
+        if handle is not None:
+            self._peers[node_id] = handle
+            self._peer_since[node_id] = time.monotonic()
+
+    def _send(self, messages: Sequence[Message]) -> None:
+        by_dst: dict[int, list[Message]] = defaultdict(list)
+        for msg in messages:
+            by_dst[msg.dst].append(msg)
+        for dst, batch in by_dst.items():
+            handle = self._peer(dst)
+            if handle is None:
+                continue
+            try:
+                handle.deliver.remote(batch)
+            except Exception:
+                self._peers.pop(dst, None)
+
+    async def deliver(self, messages: list[Message]) -> None:
+        """Step peer messages into the core (fire-and-forget from peers; never blocks)."""
+        now = time.monotonic()
+        for msg in messages:
+            self._heard[msg.src] = now
+            try:
+                self._node.step(msg)
+            except Exception:
+                log.exception("replica %s: step(%s) failed", self.node_id, type(msg).__name__)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ client API
+
+    def is_leader(self) -> bool:
+        return self._node.role == Role.LEADER
+
+    def _require_leader(self) -> None:
+        if not self.is_leader():
+            raise NotLeaderError(
+                f"replica {self.index} of {self.group} is not the leader", self._node.leader
+            )
+
+    async def _await(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ProposalTimeoutError(
+                f"replica {self.index} of {self.group}: {what} timed out after {timeout} s"
+            ) from None
+
+    async def propose_envelopes(self, envelopes: list[Envelope], timeout: float) -> list[Any]:
+        """Append one entry holding ``envelopes``; wait until applied; return their results.
+
+        Raises NotLeaderError (with the leader hint), ProposalDroppedError (the index got
+        another entry; retry with the same seqs) or ProposalTimeoutError (outcome unknown).
+        """
+        return await self.propose_entry(encode_batch(envelopes), timeout)
+
+    async def propose_entry(self, data: bytes, timeout: float) -> list[Any]:
+        """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``."""
+        self._require_leader()
+        index = self._node.propose(data)
+        fut = self._wait_index(index)
+        self._wake.set()
+        raw: list[bytes] = await self._await(fut, timeout, f"proposal at index {index}")
+        return [pickle.loads(r) for r in raw]
+
+    def _wait_index(self, index: int) -> asyncio.Future[list[bytes]]:
+        old = self._waiters.get(index)
+        if old is not None and not old.future.done():
+            old.future.set_exception(ProposalDroppedError(f"index {index} was re-proposed"))
+        fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self._waiters[index] = _Waiter(term=self._node.term, future=fut)
+        return fut
+
+    async def propose(self, client_id: str, seq: int, command: bytes, timeout: float,
+                      ack: int = 0) -> Any:
+        """Propose one client command (dedup on ``(client_id, seq)``); returns its result."""
+        results = await self.propose_envelopes([Envelope(client_id, seq, command, ack)], timeout)
+        return results[0]
+
+    async def read(self, query: Any, timeout: float) -> Any:
+        """Linearizable read (ReadIndex, thesis §6.4): ``state_machine.query(query)``."""
+        self._require_leader()
+        ctx = f"{self.node_id}:{next(self._read_ids)}".encode()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            self._node.read_index(ctx)
+            self._wake.set()
+            index = await self._await(fut, timeout, "read index")
+        finally:
+            self._reads.pop(ctx, None)
+        await self.wait_applied(index, timeout)
+        return self.state_machine.query(query)
+
+    async def change_member(self, kind: int, node_id: int, timeout: float) -> int:
+        """Propose adding/removing ``node_id`` (single-server change); wait for it to apply."""
+        self._require_leader()
+        index = self._node.propose_conf_change(ConfChange(ConfChangeKind(kind), node_id))
+        fut = self._wait_index(index)
+        self._wake.set()
+        await self._await(fut, timeout, f"membership change at {index}")
+        return index
+
+    async def transfer_leadership(self, to_index: int) -> None:
+        """Ask the core to hand leadership to replica ``to_index`` (thesis §3.10)."""
+        self._node.transfer_leadership(to_index + 1)
+        self._wake.set()
+
+    async def call_service(self, method: str, *args: Any, leader_only: bool = True) -> Any:
+        """Call ``method`` on this replica's service object (await it if it is async)."""
+        if self._service is None:
+            raise AttributeError(f"group {self.group} was created without a service")
+        if leader_only:
+            self._require_leader()
+        result = getattr(self._service, method)(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def status(self) -> dict[str, Any]:
+        """A snapshot of this replica's view (cheap; never blocks)."""
+        node = self._node
+        return {
+            "name": replica_name(self.group, self.index), "namespace": self._namespace,
+            "index": self.index, "node_id": self.node_id, "role": Role(node.role).name,
+            "term": node.term, "commit": node.commit_index, "applied": self.applied_index,
+            "last_index": node.last_index,
+            "leader": None if node.leader is None else node.leader - 1,
+            "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
+            "alive": True,
+        }
+
+    async def snapshot_bytes(self) -> bytes:
+        """The user state machine's ``snapshot()`` (taken between applies)."""
+        return self.state_machine.snapshot()
+
+    async def ping(self) -> int:
+        return self.node_id

@@ -1,0 +1,483 @@
+"""Deterministic Raft simulator: N ``RaftNode`` hosts, an in-memory network and a model
+of durable storage, all driven by one ``random.Random(seed)``. No IO, no clock, no threads.
+
+Faults: partitions (symmetric, asymmetric, isolating the leader), drops, duplicates,
+delays/reordering, crash-restart from durable state, including a torn last write (a crash
+while persisting a Ready loses all of it; its messages were never sent). Workload: random
+proposals, ReadIndex reads, compaction with snapshots, leadership transfers. The
+``InvariantChecker`` runs after every step; any failure raises ``InvariantViolation`` with
+the seed and a replay command. Same seed + same ``SimConfig`` ⇒ identical run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from consensus.config import RaftConfig
+from consensus.core import RaftNode
+from consensus.errors import ConfigError, ConsensusError
+from consensus.invariants import InvariantChecker, InvariantViolation
+from consensus.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+
+NodeFactory = Callable[..., RaftNode]
+
+REPLAY_HINT = "RAFTPS_SEED={seed} pytest tests/sim -k replay"
+
+
+class LivenessError(InvariantViolation):
+    """After healing every fault, the cluster did not elect a leader and commit in time."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SimConfig:
+    """Knobs of one simulated run; every probability is per step."""
+
+    nodes: int = 3
+    """Group size (all voters)."""
+    election_ticks: int = 6
+    """RaftConfig.election_ticks of every node."""
+    max_msg_bytes: int = 96
+    """Small, so batches split and flow control engages."""
+    max_inflight_bytes: int = 400
+    """Small, so flow control pauses followers."""
+    snapshot_chunk_bytes: int = 64
+    """Small, so snapshots travel in several chunks."""
+    pre_vote: bool = True
+    """RaftConfig.pre_vote."""
+    check_quorum: bool = True
+    """RaftConfig.check_quorum."""
+    p_tick: float = 0.25
+    """Tick every live node."""
+    p_propose: float = 0.2
+    """The current leader (if any) proposes a fresh command."""
+    p_read: float = 0.03
+    """The current leader starts a ReadIndex read."""
+    p_drop: float = 0.05
+    """A sent message is lost."""
+    p_dup: float = 0.03
+    """A sent message is delivered twice."""
+    max_delay: int = 4
+    """A message is delivered 0..max_delay steps after it is sent (reordering)."""
+    p_partition: float = 0.01
+    """Change the partition (heal, split, one-way link, isolate the leader)."""
+    p_crash: float = 0.006
+    """Crash a live node (half the time while it persists: a torn write)."""
+    p_restart: float = 0.05
+    """Restart a crashed node from its durable state."""
+    p_compact: float = 0.02
+    """A node snapshots its state machine and compacts its log."""
+    p_transfer: float = 0.004
+    """The leader transfers leadership to a random peer."""
+    heal_steps: int = 3000
+    """Steps allowed after healing for a leader to commit a fresh entry everywhere."""
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ConfigError(f"SimConfig.nodes must be >= 1, got {self.nodes}")
+        if self.max_delay < 0:
+            raise ConfigError(f"SimConfig.max_delay must be >= 0, got {self.max_delay}")
+
+
+@dataclass(slots=True)
+class SimResult:
+    """What a run did (for assertions and reporting)."""
+
+    seed: int
+    steps: int
+    acked: int = 0
+    max_commit: int = 0
+    leaders: int = 0
+    max_term: int = 0
+    crashes: int = 0
+    torn_writes: int = 0
+    snapshots_sent: int = 0
+    snapshots_installed: int = 0
+    reads: int = 0
+    messages: int = 0
+
+
+class KVStateMachine:
+    """Tiny deterministic KV store: commands are ``b"key=value"``."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def apply(self, command: bytes) -> None:
+        key, _, value = command.decode().partition("=")
+        self.data[key] = value
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self.data, sort_keys=True).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.data = json.loads(data.decode()) if data else {}
+
+    def digest(self) -> bytes:
+        return hashlib.blake2b(self.snapshot(), digest_size=8).digest()
+
+
+@dataclass(slots=True)
+class Durable:
+    """What survives a crash: the result of every completed persist."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot | None = None
+    entries: list[Entry] = field(default_factory=list)
+
+    def persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.snapshot = rd.snapshot
+            self.entries = []
+        if rd.entries:
+            base = self.snapshot.meta.index if self.snapshot else 0
+            del self.entries[rd.entries[0].index - base - 1:]
+            self.entries.extend(rd.entries)
+        if rd.hard_state is not None:
+            self.hard_state = rd.hard_state
+
+    def compact(self, snap: Snapshot) -> None:
+        base = self.snapshot.meta.index if self.snapshot else 0
+        del self.entries[:snap.meta.index - base]
+        self.snapshot = snap
+
+    def holds(self, index: int, term: int) -> bool:
+        base = self.snapshot.meta.index if self.snapshot else 0
+        if index <= base:
+            return True
+        pos = index - base - 1
+        return pos < len(self.entries) and self.entries[pos].term == term
+
+
+@dataclass(slots=True)
+class Host:
+    """One simulated server: durable state, the volatile node and state machine."""
+
+    id: int
+    durable: Durable = field(default_factory=Durable)
+    node: RaftNode | None = None
+    sm: KVStateMachine = field(default_factory=KVStateMachine)
+    applied: int = 0
+    torn_next: bool = False
+
+
+class Simulator:
+    """A seeded cluster run. ``step()`` applies random faults and workload, delivers due
+    messages, runs every live host's Ready loop and checks the invariants."""
+
+    def __init__(self, seed: int, config: SimConfig | None = None,
+                 node_factory: NodeFactory = RaftNode) -> None:
+        self.seed = seed
+        self.cfg = config or SimConfig()
+        self.rng = random.Random(seed)
+        self.factory = node_factory
+        self.ids = tuple(range(1, self.cfg.nodes + 1))
+        self.hosts = {i: Host(i) for i in self.ids}
+        self.net: list[tuple[int, Message]] = []
+        self.blocked: set[tuple[int, int]] = set()
+        self.now = 0
+        self.faults = True
+        self.checker = InvariantChecker()
+        self.result = SimResult(seed, 0)
+        self.proposals: dict[bytes, tuple[int, int, int]] = {}  # data -> (node, term, index)
+        self.acked: dict[bytes, tuple[int, int]] = {}  # data -> (index, term)
+        self.max_acked = 0
+        self.reads: dict[bytes, int] = {}  # ctx -> index it must be at least
+        self._counter = 0
+        for host in self.hosts.values():
+            self._start(host)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _raft_config(self, node_id: int) -> RaftConfig:
+        c = self.cfg
+        return RaftConfig(
+            id=node_id, voters=self.ids, election_ticks=c.election_ticks,
+            pre_vote=c.pre_vote, check_quorum=c.check_quorum, max_msg_bytes=c.max_msg_bytes,
+            max_inflight_bytes=c.max_inflight_bytes, snapshot_chunk_bytes=c.snapshot_chunk_bytes)
+
+    def _start(self, host: Host) -> None:
+        """(Re)start ``host`` from its durable state, as a real process restart would."""
+        d = host.durable
+        host.node = self.factory(self._raft_config(host.id),
+                                 random.Random(self.rng.getrandbits(64)),
+                                 hard_state=d.hard_state, snapshot=d.snapshot,
+                                 entries=list(d.entries))
+        host.sm = KVStateMachine()
+        host.applied = 0
+        if d.snapshot is not None:
+            host.sm.restore(d.snapshot.data)
+            host.applied = d.snapshot.meta.index
+        host.torn_next = False
+
+    def _crash(self, host: Host, *, torn: bool) -> None:
+        host.node = None
+        host.torn_next = False
+        self.result.crashes += 1
+        self.result.torn_writes += int(torn)
+        self.check_acked_durable()
+
+    def live(self) -> list[RaftNode]:
+        return [h.node for h in self.hosts.values() if h.node is not None]
+
+    def leaders(self) -> list[RaftNode]:
+        return [n for n in self.live() if n.role == Role.LEADER]
+
+    # ---------------------------------------------------------------- one step
+
+    def step(self) -> None:
+        self.now += 1
+        self.result.steps = self.now
+        try:
+            if self.faults:
+                self._faults()
+            self._workload()
+            self._deliver()
+            for host in self.rng.sample(list(self.hosts.values()), len(self.hosts)):
+                self._process(host)
+            self.checker.check_nodes(self.live())
+        except InvariantViolation as exc:
+            hint = REPLAY_HINT.format(seed=self.seed)
+            raise type(exc)(f"{exc} [seed={self.seed} step={self.now}; replay: {hint}]") from exc
+
+    def run(self, steps: int) -> SimResult:
+        for _ in range(steps):
+            self.step()
+        return self.result
+
+    def _faults(self) -> None:
+        c, rng = self.cfg, self.rng
+        if rng.random() < c.p_partition:
+            self._repartition()
+        if rng.random() < c.p_crash:
+            up = [h for h in self.hosts.values() if h.node is not None]
+            if up:
+                host = rng.choice(up)
+                if rng.random() < 0.5:
+                    host.torn_next = True
+                else:
+                    self._crash(host, torn=False)
+        if rng.random() < c.p_restart:
+            down = [h for h in self.hosts.values() if h.node is None]
+            if down:
+                self._start(rng.choice(down))
+        if rng.random() < c.p_compact:
+            self._compact(rng.choice(list(self.hosts.values())))
+        if rng.random() < c.p_transfer:
+            leaders = self.leaders()
+            if leaders:
+                with _ignore_consensus_errors():
+                    leaders[0].transfer_leadership(rng.choice(self.ids))
+
+    def _workload(self) -> None:
+        c, rng = self.cfg, self.rng
+        if rng.random() < c.p_tick:
+            for node in self.live():
+                node.tick()
+        if rng.random() < c.p_propose:
+            self.propose()
+        if rng.random() < c.p_read:
+            leaders = self.leaders()
+            if leaders:
+                ctx = f"r{self.now}".encode()
+                with _ignore_consensus_errors():
+                    rng.choice(leaders).read_index(ctx)
+                    self.reads[ctx] = self.max_acked
+
+    def propose(self) -> bytes | None:
+        """Have a (random) leader propose a fresh command; returns it, or None."""
+        leaders = self.leaders()
+        if not leaders:
+            return None
+        node = self.rng.choice(leaders)
+        self._counter += 1
+        data = f"k{self._counter % 7}={self._counter}".encode()
+        with _ignore_consensus_errors():
+            index = node.propose(data)
+            self.proposals[data] = (node.id, node.term, index)
+            return data
+        return None
+
+    def _repartition(self) -> None:
+        rng, ids = self.rng, self.ids
+        kind = rng.randrange(4)
+        self.blocked.clear()
+        if kind == 1 and len(ids) > 1:
+            side = set(rng.sample(ids, rng.randrange(1, len(ids))))
+            self.blocked = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
+        elif kind == 2 and len(ids) > 1:
+            a, b = rng.sample(ids, 2)
+            self.blocked = {(a, b)}
+        elif kind == 3:
+            leaders = self.leaders()
+            if leaders:
+                lid = leaders[0].id
+                self.blocked = {(lid, x) for x in ids} | {(x, lid) for x in ids}
+
+    def _compact(self, host: Host) -> None:
+        node = host.node
+        if node is None or host.applied <= node.log.snapshot_index + 2:
+            return
+        term = node.term_at(host.applied)
+        if term is None:
+            return
+        meta = SnapshotMeta(host.applied, term, node.voters_at(host.applied))
+        snap = Snapshot(meta, host.sm.snapshot())
+        node.compact(snap)
+        host.durable.compact(snap)
+
+    # ---------------------------------------------------------------- network
+
+    def _send(self, msg: Message) -> None:
+        rng, c = self.rng, self.cfg
+        if self.faults and rng.random() < c.p_drop:
+            return
+        self.net.append((self.now + rng.randint(0, c.max_delay), msg))
+        if self.faults and rng.random() < c.p_dup:
+            self.net.append((self.now + rng.randint(0, c.max_delay), msg))
+
+    def _deliver(self) -> None:
+        now = self.now
+        due = [m for t, m in self.net if t <= now]
+        if not due:
+            return
+        self.net = [(t, m) for t, m in self.net if t > now]
+        self.rng.shuffle(due)
+        for msg in due:
+            if (msg.src, msg.dst) in self.blocked:
+                continue
+            node = self.hosts[msg.dst].node if msg.dst in self.hosts else None
+            if node is not None:
+                self.result.messages += 1
+                node.step(msg)
+
+    # ---------------------------------------------------------------- the host's Ready loop
+
+    def _process(self, host: Host) -> None:
+        """persist → send → restore/apply → answer reads → advance (see ``Ready``)."""
+        for _ in range(3):
+            node = host.node
+            if node is None or not node.has_ready():
+                return
+            rd = node.ready()
+            if host.torn_next:
+                self._crash(host, torn=True)  # the Ready was never durable, never sent
+                return
+            prev_term = node.term_at(rd.entries[0].index - 1) if rd.entries else None
+            host.durable.persist(rd)
+            own = [e for e in rd.entries if e.term == rd.term] if rd.role == Role.LEADER else []
+            self.checker.on_persist(node, rd.entries, prev_term, as_leader=False)
+            self.checker.on_persist(node, own, node.term_at(own[0].index - 1) if own else None,
+                                    as_leader=True)
+            for msg in rd.messages:
+                self._send(msg)
+            if rd.snapshot is not None:
+                host.sm.restore(rd.snapshot.data)
+                host.applied = rd.snapshot.meta.index
+                self.result.snapshots_installed += 1
+                self.checker.on_snapshot(host.id, host.applied, host.sm.digest())
+            for entry in rd.committed_entries:
+                self._apply(host, entry)
+            for rs in rd.read_states:
+                self._check_read(host, rs.ctx, rs.index)
+            node.advance(rd)
+
+    def _apply(self, host: Host, entry: Entry) -> None:
+        if entry.index != host.applied + 1:
+            raise InvariantViolation(
+                f"node {host.id} applied index {entry.index} right after {host.applied}")
+        host.applied = entry.index
+        if entry.kind == EntryKind.NORMAL:
+            host.sm.apply(entry.data)
+        self.checker.on_apply(host.id, entry, host.sm.digest())
+        self.result.max_commit = max(self.result.max_commit, entry.index)
+        if self.proposals.get(entry.data) == (host.id, entry.term, entry.index):
+            self.acked[entry.data] = (entry.index, entry.term)
+            self.max_acked = max(self.max_acked, entry.index)
+            self.result.acked = len(self.acked)
+
+    def _check_read(self, host: Host, ctx: bytes, index: int) -> None:
+        floor = self.reads.pop(ctx, None)
+        if floor is not None and index < floor:
+            raise InvariantViolation(
+                f"ReadIndex linearizability: node {host.id} answered read {ctx!r} at index "
+                f"{index}, below write {floor} acknowledged before the read began")
+        self.result.reads += 1
+
+    # ---------------------------------------------------------------- end-of-run checks
+
+    def check_acked_durable(self) -> None:
+        """No acknowledged proposal is lost: each is on a quorum of durable states."""
+        quorum = len(self.ids) // 2 + 1
+        for data, (index, term) in self.acked.items():
+            holders = sum(1 for h in self.hosts.values() if h.durable.holds(index, term))
+            if holders < quorum:
+                raise InvariantViolation(
+                    f"acknowledged proposal {data!r} (index {index}, term {term}) is durable "
+                    f"on only {holders} of {len(self.ids)} nodes")
+
+    def heal_and_check_liveness(self) -> None:
+        """Heal every fault and restart every node; a leader must then commit a fresh entry
+        and every node must apply everything acknowledged. Raises LivenessError if not."""
+        self.faults = False
+        self.blocked.clear()
+        for host in self.hosts.values():
+            host.torn_next = False
+            if host.node is None:
+                self._start(host)
+        marker: bytes | None = None
+        for _ in range(self.cfg.heal_steps):
+            self.step()
+            if marker is None or (marker not in self.acked and self._proposer_gone(marker)):
+                marker = self.propose()
+            if marker in self.acked:
+                need = max(self.max_acked, self.acked[marker][0])
+                if all(h.applied >= need for h in self.hosts.values()):
+                    break
+        else:
+            raise LivenessError(
+                f"no leader committed a fresh entry on every node within "
+                f"{self.cfg.heal_steps} steps after healing (seed={self.seed}; replay: "
+                f"{REPLAY_HINT.format(seed=self.seed)}); status: "
+                f"{[n.status() for n in self.live()]}")
+        self.check_acked_durable()
+        self.result.leaders = len(self.checker._leader_of_term)
+        self.result.max_term = max((n.term for n in self.live()), default=0)
+
+    def _proposer_gone(self, data: bytes) -> bool:
+        node_id, term, _index = self.proposals[data]
+        node = self.hosts[node_id].node
+        return node is None or node.term != term or node.role != Role.LEADER
+
+
+class _ignore_consensus_errors:
+    """Suppress the errors a real client would retry (not leader, dropped, bad transfer)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        return exc_type is not None and issubclass(exc_type, ConsensusError) and not issubclass(
+            exc_type, InvariantViolation)
+
+
+def run_seed(seed: int, steps: int = 400, config: SimConfig | None = None,
+             node_factory: NodeFactory = RaftNode) -> SimResult:
+    """Run one reproducible simulation: ``steps`` faulty steps, then heal and check
+    liveness. Raises InvariantViolation (with seed and replay command) on any failure."""
+    sim = Simulator(seed, config, node_factory)
+    sim.run(steps)
+    sim.heal_and_check_liveness()
+    return sim.result

@@ -1,0 +1,21 @@
+"""``jobs.train(config, model=..., data=...)``: training from a user's own script."""
+
+from __future__ import annotations
+
+from jobs.backend import ServerBackend
+from jobs.config import TrainConfig
+from jobs.driver import Driver, TrainResult
+from workers.data import DataLoader
+from workers.models import ModelFactory
+
+
+def train(config: TrainConfig | None = None, *, model: ModelFactory | None = None,
+          data: DataLoader | None = None, backend: ServerBackend | None = None) -> TrainResult:
+    """Run one job to completion and return its ``TrainResult`` (blocks).
+
+    ``model`` (``factory() -> nn.Module``) and ``data`` (``loader() -> (x_train, y_train,
+    x_test, y_test)``) override ``config.model`` / ``config.data``; ``backend`` replaces the
+    Raft parameter server (tests use an in-process fake). Starts an embedded Ray if none is
+    connected (``config.address`` / ``RAY_ADDRESS`` otherwise).
+    """
+    return Driver(config or TrainConfig(), model=model, data=data, backend=backend).run()

@@ -1,0 +1,105 @@
+"""What the driver needs from a parameter server, and the default (Raft) implementation.
+
+The driver only talks to ``ParameterServerLike``; tests inject an in-process fake through a
+``ServerBackend``. ``RaftServerBackend`` imports ``paramserver`` lazily, so ``jobs`` can be
+imported (and tested with a fake) without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from jobs.config import TrainConfig
+
+Piece = tuple[str, str, int, int]
+
+
+class ParameterServerLike(Protocol):
+    """The facade of ``paramserver.ParameterServer`` the driver relies on (see its docs)."""
+
+    layout: list[list[Piece]]
+
+    def pull(self, min_version: int) -> list[Any]:
+        """One ref per shard, each resolving to ``dict[key, ndarray]`` at version >= min."""
+
+    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int) -> None:
+        """Non-blocking contribution of rank's per-shard gradient refs to ``round``."""
+
+    def close_round(self, round: int) -> None:
+        """Straggler deadline passed: complete ``round`` with the contributions it has."""
+
+    def wait_version(self, version: int, timeout: float) -> None:
+        """Block until every shard applied >= version; raises server errors or TimeoutError."""
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Full tensors by state_dict key."""
+
+    def checkpoint(self, out_dir: str | Path, round: int) -> Path:
+        """A consistent checkpoint at ``round`` under ``out_dir/checkpoints``."""
+
+    def restore(self, checkpoint: str | Path) -> int:
+        """Load a checkpoint; returns the round to continue from."""
+
+    def shutdown(self) -> None:
+        """Release the server's actors."""
+
+
+class ServerBackend(Protocol):
+    """Creates servers and finds checkpoints; the driver's only way to get a server."""
+
+    def create(
+        self, config: TrainConfig, initial: Mapping[str, np.ndarray]
+    ) -> ParameterServerLike:
+        """A server for ``config`` holding ``initial`` as version 0."""
+
+    def latest_checkpoint(self, out_dir: Path) -> Path | None:
+        """The newest complete checkpoint under ``out_dir/checkpoints``, or None."""
+
+
+def optimizer_kind(config: TrainConfig) -> tuple[str, float]:
+    """The server optimizer kind and momentum: ``momentum`` is SGD with ``config.momentum``."""
+    if config.optimizer == "momentum":
+        return "sgd", config.momentum
+    return config.optimizer, 0.0
+
+
+class RaftServerBackend:
+    """The real thing: ``paramserver.ParameterServer`` with one Raft group per shard."""
+
+    def create(
+        self, config: TrainConfig, initial: Mapping[str, np.ndarray]
+    ) -> ParameterServerLike:
+        """Build ``paramserver.ServerConfig`` from ``config`` and create the server (blocks)."""
+        # Looked up dynamically: the facade is built in parallel and typed by the Protocol.
+        paramserver: Any = importlib.import_module("paramserver")
+
+        kind, momentum = optimizer_kind(config)
+        server_config = paramserver.ServerConfig(
+            job=config.job,
+            shards=config.shards,
+            replicas=config.replicas,
+            workers=config.workers,
+            mode=config.mode,
+            staleness=config.staleness,
+            backup_workers=config.backup_workers,
+            optimizer=paramserver.OptimizerConfig(
+                kind=kind, lr=config.lr, momentum=momentum, weight_decay=config.weight_decay),
+            schedule=paramserver.ScheduleConfig(kind="constant"),
+            nonfinite_policy=config.nonfinite_policy,
+            storage_dir=str(Path(config.out) / "raft"),
+            namespace=None,
+        )
+        server: ParameterServerLike = paramserver.ParameterServer.create(server_config, initial)
+        return server
+
+    def latest_checkpoint(self, out_dir: Path) -> Path | None:
+        """Delegates to ``paramserver.checkpoint.latest_checkpoint``."""
+        from paramserver.checkpoint import latest_checkpoint
+
+        found: Path | None = latest_checkpoint(out_dir)
+        return found

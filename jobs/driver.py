@@ -1,0 +1,178 @@
+"""The driver: sets a job up, runs its rounds (``RoundEngine``), evaluates, checkpoints, writes.
+
+Lifecycle (a small state machine): LOAD data and model (bad input raises here, before the
+output folder is touched) → START the server (fresh, or restored from the latest checkpoint)
+→ TRAIN rounds, evaluating at each epoch end and checkpointing every ``checkpoint_every``
+rounds → FINISH: a final checkpoint, model.safetensors, summary.json, curves.png. On any
+error the server is shut down and the last checkpoint is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from safetensors.torch import save_file
+
+from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend
+from jobs.config import TrainConfig
+from jobs.errors import ResumeError
+from jobs.metrics import MetricsLog, read_metrics
+from jobs.plots import plot_curves
+from jobs.progress import EpochProgress
+from jobs.rounds import RoundEngine, RoundResult
+from workers.data import DataLoader, Dataset, load
+from workers.gradient import TaskSpec
+from workers.models import ModelFactory, ModelSpec, build_model, initial_parameters, resolve_model
+from workers.schedule import BatchSchedule
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    """What a finished (or budget-stopped) job produced."""
+
+    out_dir: Path
+    model_path: Path
+    final_test_accuracy: float
+    rounds: int
+    samples_per_s: float
+    wall_s: float
+    state_dict: dict[str, np.ndarray]
+
+
+def ensure_ray(address: str | None) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start an embedded Ray; no-op if connected."""
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
+                 log_to_driver=True)
+
+
+def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray], data: Dataset) -> float:
+    """Test accuracy of ``model`` with parameters ``state`` (loaded into ``model``)."""
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
+                          strict=False)
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data.x_test), 4096):
+            xb = torch.from_numpy(data.x_test[start:start + 4096])
+            pred = model(xb).argmax(dim=1).numpy()
+            correct += int((pred == data.y_test[start:start + 4096]).sum())
+    return correct / len(data.x_test)
+
+
+class Driver:
+    """One training job. ``backend`` makes the server (default: the Raft parameter server)."""
+
+    def __init__(self, config: TrainConfig, *, model: ModelFactory | None = None,
+                 data: DataLoader | None = None, backend: ServerBackend | None = None) -> None:
+        self.config = config
+        self.data_spec = data if data is not None else config.data
+        self.model_spec_in = model if model is not None else config.model
+        self.backend = backend if backend is not None else RaftServerBackend()
+        self.out = Path(config.out)
+        self.ckpt_dir = self.out / "checkpoints"
+
+    def run(self) -> TrainResult:
+        """Train to the end (or ``max_rounds``); blocks; returns the result. See module doc."""
+        cfg = self.config
+        t_start = time.perf_counter()
+        data = load(self.data_spec)
+        spec = resolve_model(self.model_spec_in, in_features=data.in_features,
+                             num_classes=data.num_classes)
+        model = build_model(spec, cfg.seed)
+        schedule = BatchSchedule(seed=cfg.seed, global_batch=cfg.global_batch,
+                                 n_train=data.n_train)
+        end = cfg.epochs * schedule.batches_per_epoch
+        if cfg.max_rounds is not None:
+            end = min(end, cfg.max_rounds)
+        latest = self._prepare_out()
+        ensure_ray(cfg.address)
+        server = self.backend.create(cfg, initial_parameters(model))
+        try:
+            start = server.restore(latest) if latest is not None else 0
+            train_s, samples = self._train(server, spec, model, data, schedule, start, end)
+            return self._finish(server, model, data, end, train_s, samples, t_start)
+        finally:
+            server.shutdown()
+
+    def _prepare_out(self) -> Path | None:
+        """Resume: find the latest checkpoint. Fresh: clear old checkpoints and Raft state."""
+        if self.config.resume:
+            latest = self.backend.latest_checkpoint(self.out)
+            if latest is None:
+                raise ResumeError(f"--resume found no checkpoint under {self.ckpt_dir}; "
+                                  "drop --resume to start fresh")
+            return latest
+        for stale in (self.ckpt_dir, self.out / "raft"):
+            if stale.exists():
+                LOG.warning("fresh run: removing %s from an earlier run", stale)
+                shutil.rmtree(stale)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def _train(self, server: ParameterServerLike, spec: ModelSpec, model: torch.nn.Module,
+               data: Dataset, schedule: BatchSchedule, start: int,
+               end: int) -> tuple[float, int]:
+        cfg = self.config
+        per_epoch = schedule.batches_per_epoch
+        task = TaskSpec(model=spec, seed=cfg.seed, use_gpu=cfg.gpu > 0,
+                        layout=tuple(tuple(tuple(p) for p in shard)  # type: ignore[misc]
+                                     for shard in server.layout))
+        engine = RoundEngine(config=cfg, server=server, spec=task, schedule=schedule,
+                             x_ref=ray.put(data.x_train), y_ref=ray.put(data.y_train))
+        log = MetricsLog(self.out / "metrics.jsonl", start_round=start)
+        progress = EpochProgress(epochs=cfg.epochs, rounds_per_epoch=per_epoch,
+                                 enabled=cfg.progress)
+        samples = 0
+
+        def on_round(result: RoundResult) -> None:
+            nonlocal samples
+            samples += result.samples
+            epoch = result.round // per_epoch
+            done = result.round + 1
+            acc = None
+            if done % per_epoch == 0:
+                acc = evaluate(model, server.state_dict(), data)
+            log.append(result, epoch=epoch, test_accuracy=acc)
+            progress.round_done(epoch, result.loss_sum / max(result.samples, 1),
+                                result.samples, result.wall_s)
+            if acc is not None:
+                progress.epoch_done(epoch, acc)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < end:
+                server.checkpoint(self.out, done)
+
+        t0 = time.perf_counter()
+        engine.run(start, end, on_round)
+        return time.perf_counter() - t0, samples
+
+    def _finish(self, server: ParameterServerLike, model: torch.nn.Module, data: Dataset,
+                end: int, train_s: float, samples: int, t_start: float) -> TrainResult:
+        server.checkpoint(self.out, end)
+        state = server.state_dict()
+        accuracy = evaluate(model, state, data)
+        full = {k: torch.from_numpy(np.array(state[k])) if k in state else v.detach().clone()
+                for k, v in model.state_dict().items()}
+        model_path = self.out / "model.safetensors"
+        save_file({k: t.contiguous() for k, t in full.items()}, str(model_path))
+        records = read_metrics(self.out / "metrics.jsonl")
+        plot_curves(records, self.out / "curves.png")
+        wall_s = time.perf_counter() - t_start
+        rate = samples / train_s if train_s > 0 else 0.0
+        summary = {"final_test_accuracy": accuracy, "rounds": end, "samples_per_s": rate,
+                   "wall_s": wall_s, "config": self.config.to_dict()}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return TrainResult(out_dir=self.out, model_path=model_path,
+                           final_test_accuracy=accuracy, rounds=end, samples_per_s=rate,
+                           wall_s=wall_s, state_dict={k: np.array(v) for k, v in state.items()})

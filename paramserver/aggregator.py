@@ -1,0 +1,271 @@
+"""The round aggregator: turns worker contributions into one Raft command per round.
+
+It is a plain single-threaded object living on a shard leader (a Ray actor method runs one at
+a time). Admission needs no lock: the open round lives in one slot, and a contribution is
+admitted only if its round id compares equal to a slot the mode allows (compare-and-set on the
+round id); the contribution table is keyed by rank, so a duplicate is an idempotent no-op.
+Sums are taken in canonical rank order by a fixed pairwise tree, never in arrival order, so a
+round's command is bitwise identical however the network ordered the messages.
+Every rejection raises before any state changes: bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from paramserver.commands import RoundCommand
+from paramserver.config import AggregatorConfig
+from paramserver.errors import (
+    FutureRoundError,
+    GradientShapeError,
+    InvalidContributionError,
+    NonFiniteGradientError,
+    RankOutOfRangeError,
+    StaleRoundError,
+    UnknownLayerError,
+)
+
+F32 = npt.NDArray[np.float32]
+_RECENT_ROUNDS = 64  # completed rounds remembered to classify late duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    """What one ``submit`` did.
+
+    ``accepted``: newly admitted; ``duplicate``: already admitted before (no-op);
+    ``received``: contributions the round holds now; ``commands``: encoded RoundCommands now
+    ready for Raft, in round order (each round appears exactly once over the aggregator's life).
+    """
+
+    round: int
+    accepted: bool
+    duplicate: bool
+    received: int
+    commands: tuple[bytes, ...] = ()
+
+
+@dataclass
+class _Round:
+    contributions: dict[int, tuple[Mapping[str, F32] | None, int]] = field(default_factory=dict)
+    nonfinite: bool = False
+    deadline_passed: bool = False
+
+
+def tree_sum(arrays: Sequence[F32]) -> F32:
+    """Sum float32 arrays by a fixed pairwise tree over their order: ((a0+a1)+(a2+a3))+..."""
+    level = list(arrays)
+    if not level:
+        raise ValueError("tree_sum needs at least one array")
+    while len(level) > 1:
+        paired = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return np.array(level[0], dtype=np.float32, copy=True)
+
+
+class RoundAggregator:
+    """Admits contributions and emits one encoded RoundCommand per completed round.
+
+    ``shapes`` maps each piece key of this shard to its shape; every contribution must carry
+    exactly those keys as float32 arrays. ``start_round`` is the shard's applied version.
+    """
+
+    def __init__(
+        self, config: AggregatorConfig, shapes: Mapping[str, tuple[int, ...]], *,
+        start_round: int = 0,
+    ) -> None:
+        self.config = config
+        self._shapes = {k: tuple(v) for k, v in shapes.items()}
+        self._next = start_round  # lowest round not emitted yet (async: next sequence number)
+        self._applied = start_round
+        self._open: dict[int, _Round] = {}
+        self._ready: dict[int, bytes] = {}
+        self._done_ranks: dict[int, frozenset[int]] = {}
+        self._last_by_rank: dict[int, int] = {}
+
+    @property
+    def next_round(self) -> int:
+        """The lowest round not yet emitted (the current slot in ``sync``)."""
+        return self._next
+
+    def received(self, round: int) -> tuple[int, ...]:
+        """Ranks admitted so far for an open round."""
+        entry = self._open.get(round)
+        return tuple(sorted(entry.contributions)) if entry else ()
+
+    def submit(
+        self, round: int, rank: int, grads: Mapping[str, F32], samples: int, param_version: int
+    ) -> SubmitOutcome:
+        """Admit rank's gradient SUM over ``samples`` samples for ``round``.
+
+        Raises RankOutOfRangeError, StaleRoundError, FutureRoundError, UnknownLayerError,
+        GradientShapeError, InvalidContributionError or NonFiniteGradientError (policy
+        ``error``), changing nothing. Mutates only the aggregator; never mutates ``grads``.
+        """
+        if not 0 <= rank < self.config.workers:
+            raise RankOutOfRangeError(
+                f"rank {rank} is outside 0..{self.config.workers - 1}; the aggregator was "
+                f"configured for workers={self.config.workers}"
+            )
+        if self.config.mode == "async":
+            return self._submit_async(round, rank, grads, samples, param_version)
+        duplicate = self._classify(round, rank, param_version)
+        if duplicate is not None:
+            return duplicate
+        nonfinite = self._validate(round, rank, grads, samples)
+        entry = self._open.setdefault(round, _Round())
+        entry.contributions[rank] = (None if nonfinite else grads, samples)
+        entry.nonfinite = entry.nonfinite or nonfinite
+        received = len(entry.contributions)
+        return SubmitOutcome(round, True, False, received, self._maybe_complete(round))
+
+    def close_round(self, round: int) -> tuple[bytes, ...]:
+        """Signal that ``round``'s straggler deadline passed (sync with backup workers).
+
+        The round then completes as soon as it holds N-b contributions (now, if it does).
+        Returns the commands that became ready. A round already emitted returns ().
+        """
+        if round < self._next or round in self._ready or self.config.mode == "async":
+            return ()
+        self._open.setdefault(round, _Round()).deadline_passed = True
+        return self._maybe_complete(round)
+
+    def advance(self, applied_version: int) -> None:
+        """The state machine applied rounds up to ``applied_version - 1``.
+
+        Widens the ``ssp`` window, and fast-forwards past rounds a previous leader already
+        committed (their open contributions are dropped).
+        """
+        self._applied = max(self._applied, applied_version)
+        if applied_version > self._next:
+            self._next = applied_version
+            for stale in [r for r in self._open if r < applied_version]:
+                del self._open[stale]
+            for stale in [r for r in self._ready if r < applied_version]:
+                del self._ready[stale]
+
+    def _classify(self, round: int, rank: int, param_version: int) -> SubmitOutcome | None:
+        """Duplicate → a no-op outcome; stale/future → raise; admissible → None."""
+        done = self._done_ranks.get(round)
+        if done is not None and rank in done:
+            return SubmitOutcome(round, False, True, len(done))
+        entry = self._open.get(round)
+        if entry is not None and rank in entry.contributions:
+            return SubmitOutcome(round, False, True, len(entry.contributions))
+        if round < self._next or round in self._ready:
+            raise StaleRoundError(
+                f"round {round} already completed without rank {rank} (next open round is "
+                f"{self._next}); drop this gradient and compute one for round {self._next}"
+            )
+        limit = self._next if self.config.mode == "sync" else max(
+            self._next, self._applied + self.config.staleness)
+        if round > limit:
+            raise FutureRoundError(
+                f"round {round} is ahead of the newest open round {limit} (mode "
+                f"{self.config.mode}, staleness {self.config.staleness}); wait for round "
+                f"{self._next} to be applied"
+            )
+        if self.config.mode == "ssp" and param_version < round - self.config.staleness:
+            raise StaleRoundError(
+                f"rank {rank}'s gradient for round {round} used parameters of version "
+                f"{param_version}, older than round - staleness = "
+                f"{round - self.config.staleness}; recompute it on fresher parameters"
+            )
+        return None
+
+    def _validate(self, round: int, rank: int, grads: Mapping[str, F32], samples: int) -> bool:
+        """Check keys, shapes, dtypes, samples; returns True for an accepted non-finite one."""
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+            raise InvalidContributionError(f"samples={samples!r} must be an int >= 1")
+        unknown = sorted(set(grads) - set(self._shapes))
+        if unknown:
+            raise UnknownLayerError(
+                f"rank {rank} sent gradients for layers {unknown} that this shard does not "
+                f"hold; send only {sorted(self._shapes)}"
+            )
+        missing = sorted(set(self._shapes) - set(grads))
+        if missing:
+            raise GradientShapeError(f"rank {rank}'s contribution lacks layers {missing}")
+        for key in sorted(grads):
+            grad = grads[key]
+            if not isinstance(grad, np.ndarray) or grad.dtype != np.float32:
+                raise GradientShapeError(
+                    f"layer {key!r} from rank {rank} must be a float32 numpy array, got "
+                    f"{getattr(grad, 'dtype', type(grad).__name__)}"
+                )
+            if grad.shape != self._shapes[key]:
+                raise GradientShapeError(
+                    f"layer {key!r} from rank {rank} has shape {grad.shape}, expected "
+                    f"{self._shapes[key]}"
+                )
+        for key in sorted(grads):
+            if not np.isfinite(grads[key]).all():
+                if self.config.nonfinite == "error":
+                    raise NonFiniteGradientError(rank, round, key)
+                return True
+        return False
+
+    def _maybe_complete(self, round: int) -> tuple[bytes, ...]:
+        entry = self._open[round]
+        needed = self.config.workers
+        if entry.deadline_passed:
+            needed -= self.config.backup_workers
+        if len(entry.contributions) < needed:
+            return ()
+        del self._open[round]
+        self._ready[round] = self._build(round, "sync", entry).encode()
+        self._remember(round, frozenset(entry.contributions))
+        return self._flush()
+
+    def _build(self, round: int, kind: str, entry: _Round) -> RoundCommand:
+        ranks = tuple(sorted(entry.contributions))
+        samples = sum(entry.contributions[r][1] for r in ranks)
+        if entry.nonfinite:
+            return RoundCommand(round=round, kind="sync" if kind == "sync" else "async",
+                                samples=int(samples), ranks=ranks, nonfinite_skip=True)
+        grads: dict[str, F32] = {}
+        for key in sorted(self._shapes):
+            parts = [entry.contributions[r][0] for r in ranks]
+            grads[key] = tree_sum([p[key] for p in parts if p is not None])
+        return RoundCommand(round=round, kind="sync" if kind == "sync" else "async",
+                            samples=int(samples), ranks=ranks, grads=grads)
+
+    def _flush(self) -> tuple[bytes, ...]:
+        out = []
+        while self._next in self._ready:
+            out.append(self._ready.pop(self._next))
+            self._next += 1
+        return tuple(out)
+
+    def _remember(self, round: int, ranks: frozenset[int]) -> None:
+        self._done_ranks[round] = ranks
+        while len(self._done_ranks) > _RECENT_ROUNDS:
+            del self._done_ranks[min(self._done_ranks)]
+
+    def _submit_async(
+        self, round: int, rank: int, grads: Mapping[str, F32], samples: int, param_version: int
+    ) -> SubmitOutcome:
+        """Async: the contribution becomes the next command now (``round`` = the rank's step)."""
+        last = self._last_by_rank.get(rank)
+        if last is not None and round == last:
+            return SubmitOutcome(round, False, True, 1)
+        if last is not None and round < last:
+            raise StaleRoundError(f"rank {rank} already sent step {last}; step {round} is stale")
+        bound = self.config.staleness
+        if bound and param_version < self._applied - bound:
+            raise StaleRoundError(
+                f"rank {rank}'s gradient used parameters of version {param_version}, more than "
+                f"staleness={bound} behind the applied version {self._applied}; recompute it"
+            )
+        nonfinite = self._validate(round, rank, grads, samples)
+        self._last_by_rank[rank] = round
+        entry = _Round({rank: (None if nonfinite else grads, samples)}, nonfinite)
+        command = self._build(self._next, "async", entry)
+        self._next += 1
+        return SubmitOutcome(round, True, False, 1, (command.encode(),))

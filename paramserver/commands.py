@@ -1,0 +1,131 @@
+"""The Raft commands of a shard group and their byte codec (no pickle).
+
+Wire format: ``b"RPS1"``, a 4-byte little-endian header length, a JSON header (sorted keys,
+no whitespace) and the raw little-endian buffers of the arrays it lists, in the listed order.
+Encoding is a pure function of the value, so equal commands give equal bytes on every replica.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from paramserver.errors import CommandDecodeError
+
+MAGIC = b"RPS1"
+_DTYPES: dict[str, np.dtype[Any]] = {"f32": np.dtype("<f4"), "i64": np.dtype("<i8")}
+_NAMES: dict[np.dtype[Any], str] = {np.dtype("<f4"): "f32", np.dtype("<i8"): "i64"}
+CommandKind = Literal["sync", "async"]
+
+
+def encode_frame(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
+    """Encode a JSON-able header and named float32/int64 arrays (sorted by name) to bytes."""
+    names = sorted(arrays)
+    specs: list[tuple[str, str, list[int]]] = []
+    for name in names:
+        dtype = np.dtype(arrays[name].dtype).newbyteorder("<")
+        if dtype not in _NAMES:
+            raise ValueError(f"array {name!r} has dtype {dtype}; only float32 and int64 encode")
+        specs.append((name, _NAMES[dtype], list(arrays[name].shape)))
+    head = json.dumps({"h": dict(header), "a": specs}, sort_keys=True, separators=(",", ":"))
+    raw = head.encode()
+    body = [np.ascontiguousarray(arrays[n], _DTYPES[s[1]]).tobytes() for n, s in zip(names, specs,
+                                                                                     strict=True)]
+    return b"".join([MAGIC, struct.pack("<I", len(raw)), raw, *body])
+
+
+def decode_frame(data: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    """Inverse of :func:`encode_frame`; CommandDecodeError on any malformed input."""
+    view = memoryview(data)
+    if len(view) < 8 or bytes(view[:4]) != MAGIC:
+        raise CommandDecodeError("bytes do not start with the RPS1 command magic")
+    (size,) = struct.unpack("<I", view[4:8])
+    try:
+        meta = json.loads(bytes(view[8 : 8 + size]))
+        header, specs = meta["h"], meta["a"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CommandDecodeError(f"command header is malformed: {exc}") from exc
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    offset = 8 + size
+    for name, dname, shape in specs:
+        dtype = _DTYPES.get(dname)
+        if dtype is None:
+            raise CommandDecodeError(f"array {name!r} has unknown dtype tag {dname!r}")
+        nbytes = dtype.itemsize * math.prod(shape)
+        if offset + nbytes > len(view):
+            raise CommandDecodeError(f"array {name!r} is truncated")
+        flat = np.frombuffer(view[offset : offset + nbytes], dtype=dtype)
+        arrays[name] = flat.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+        offset += nbytes
+    if offset != len(view):
+        raise CommandDecodeError(f"{len(view) - offset} trailing bytes after the last array")
+    return header, arrays
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCommand:
+    """One completed aggregation round, replicated through Raft and applied by every replica.
+
+    ``grads`` holds the SUM over the contributions of ``ranks`` (``samples`` samples in all);
+    the state machine steps with ``sum / samples``. ``nonfinite_skip`` marks a round committed
+    as a no-op step (it only advances the version); its ``grads`` are empty.
+    """
+
+    round: int
+    kind: CommandKind
+    samples: int
+    ranks: tuple[int, ...]
+    grads: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    nonfinite_skip: bool = False
+
+    def encode(self) -> bytes:
+        """Deterministic bytes for the Raft log."""
+        header = {"type": "round", "round": self.round, "kind": self.kind,
+                  "samples": self.samples, "ranks": list(self.ranks),
+                  "nonfinite_skip": self.nonfinite_skip}
+        return encode_frame(header, self.grads)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreCommand:
+    """Replace the shard's whole state with ``snapshot`` (e.g. loading a checkpoint via Raft)."""
+
+    snapshot: bytes
+
+    def encode(self) -> bytes:
+        """Deterministic bytes for the Raft log."""
+        blob = np.frombuffer(self.snapshot, dtype=np.uint8)
+        padded = np.zeros(math.ceil(len(blob) / 8) * 8, np.uint8)
+        padded[: len(blob)] = blob
+        return encode_frame({"type": "restore", "size": len(blob)},
+                            {"snapshot": padded.view("<i8")})
+
+
+Command = RoundCommand | RestoreCommand
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode bytes written by ``RoundCommand.encode`` or ``RestoreCommand.encode``."""
+    header, arrays = decode_frame(data)
+    try:
+        if header["type"] == "round":
+            grads = {k: v.astype(np.float32, copy=False) for k, v in arrays.items()}
+            if header["kind"] not in ("sync", "async"):
+                raise CommandDecodeError(f"round kind {header['kind']!r} is unknown")
+            return RoundCommand(
+                round=int(header["round"]), kind=header["kind"], samples=int(header["samples"]),
+                ranks=tuple(int(r) for r in header["ranks"]), grads=grads,
+                nonfinite_skip=bool(header["nonfinite_skip"]),
+            )
+        if header["type"] == "restore":
+            return RestoreCommand(arrays["snapshot"].tobytes()[: int(header["size"])])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CommandDecodeError(f"command fields are malformed: {exc}") from exc
+    raise CommandDecodeError(f"command type {header.get('type')!r} is unknown")

@@ -1,0 +1,277 @@
+"""``ParameterServer``: the driver's facade over S shard groups (multi-Raft).
+
+One Raft group per shard, named ``<job>/shard-<s>``, whose replicas (``<job>/shard-<s>/
+replica-<r>``) apply ``ShardStateMachine`` commands and host a ``ShardService``. The facade
+
+* pulls parameters (one object-store ref per shard, put once per version by a replica);
+* submits a worker's per-shard gradient refs to each shard leader without blocking, and keeps
+  them until the round is applied, so that after a leader change it re-submits them to the
+  new leader (duplicates are idempotent; a round applies exactly once);
+* waits for a version on every shard, cuts consistent checkpoints, restores them through Raft.
+
+The facade is used from one driver thread; it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import ray
+
+from consensus import ConsensusError, RaftGroup
+from paramserver.checkpoint import read_checkpoint, write_checkpoint
+from paramserver.commands import RestoreCommand
+from paramserver.errors import CheckpointCorruptError, ParamServerError
+from paramserver.plan import ShardPlan
+from paramserver.server_config import ServerConfig
+from paramserver.service import ShardService
+from paramserver.shard import ShardStateMachine
+
+F32 = npt.NDArray[np.float32]
+_FAILOVER = (ConsensusError, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user-level exception inside a RayTaskError, or the exception itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+class ParameterServer:
+    """Sharded, Raft-replicated parameters for one training job (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig, plan: ShardPlan, groups: list[RaftGroup]) -> None:
+        self.config = config
+        self.plan = plan
+        self.layout = plan.layout()
+        self._groups = groups
+        self._leaders: list[Any | None] = [None] * plan.shards
+        # round -> rank -> (per-shard gradient refs, parameter version they were computed on)
+        self._pending: dict[int, dict[int, tuple[list[Any], int]]] = {}
+        self._closed: set[int] = set()
+        self._inflight: dict[Any, int] = {}  # submit/close call ref -> shard
+        self._version = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(cls, config: ServerConfig, initial: Mapping[str, npt.NDArray[Any]]) -> ParameterServer:
+        """Plan the shards and start S groups of ``config.replicas`` replicas each.
+
+        Replicas reload any durable state under ``config.storage_dir`` (so re-creating a job
+        with the same name resumes its logs). Blocks until every replica answers.
+        """
+        shapes = {name: tuple(np.shape(value)) for name, value in initial.items()}
+        plan = ShardPlan.build(shapes, config.shards, split_bytes=config.split_bytes)
+        parts = plan.split(initial)
+        groups = []
+        for s in range(plan.shards):
+            machine = partial(ShardStateMachine, plan.pieces(s), parts[s], config.optimizer,
+                              config.schedule)
+            service = partial(ShardService, config=config.aggregator())
+            groups.append(RaftGroup.create(
+                f"{config.job}/shard-{s}", config.replicas, machine, config.storage_dir,
+                namespace=config.namespace, config=config.group, service=service,
+            ))
+        server = cls(config, plan, groups)
+        server._version = server._min_version()
+        return server
+
+    def shutdown(self) -> None:
+        """Kill every replica of every shard (durable storage stays on disk)."""
+        for group in self._groups:
+            group.shutdown()
+
+    @property
+    def groups(self) -> list[RaftGroup]:
+        """The shard groups, by shard index (for operators and tests)."""
+        return list(self._groups)
+
+    # ------------------------------------------------------------------ routing
+
+    def _leader(self, shard: int) -> Any:
+        handle = self._leaders[shard]
+        if handle is None:
+            handle = self._groups[shard].leader(timeout=self.config.rpc_timeout_s)
+            self._leaders[shard] = handle
+        return handle
+
+    def _call_each(self, method: str, *args: Any, leader_only: bool = False) -> list[Any]:
+        """Call ``method`` on every shard's leader at once; a shard whose replica failed is
+        retried on its (re-discovered) leader until ``rpc_timeout_s``."""
+        deadline = time.monotonic() + self.config.rpc_timeout_s
+        results: dict[int, Any] = {}
+        while len(results) < len(self._groups):
+            calls = {self._leader(s).call_service.remote(method, *args, leader_only=leader_only): s
+                     for s in range(len(self._groups)) if s not in results}
+            ready, _ = ray.wait(list(calls), num_returns=len(calls),
+                                timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError(f"{method} did not answer within {self.config.rpc_timeout_s} "
+                                   "s; check `ParameterServer.status()`")
+            for ref in ready:
+                shard = calls[ref]
+                try:
+                    results[shard] = ray.get(ref, timeout=0)
+                except (ray.exceptions.RayError, ConsensusError) as exc:
+                    err = _cause(exc)
+                    if not isinstance(err, _FAILOVER) or time.monotonic() > deadline:
+                        raise err from None
+                    self._leaders[shard] = None
+        return [results[s] for s in range(len(self._groups))]
+
+    # ------------------------------------------------------------------ rounds
+
+    def pull(self, min_version: int) -> list[Any]:
+        """One object-store ref per shard to its parameters at a version >= ``min_version``
+        (``dict[key, float32 array]``, read-only). Blocks until every shard reached it."""
+        answers = self._call_each("pull", min_version, self.config.rpc_timeout_s)
+        return [ref for _version, ref in answers]
+
+    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int) -> None:
+        """Hand ``rank``'s contribution to ``round`` (one ref per shard, each resolving to
+        ``(samples, {key: summed gradient})``) to every shard leader. Never blocks; errors
+        surface in ``wait_version``. The refs are kept until the round is applied."""
+        if len(grad_refs) != len(self._groups):
+            raise ValueError(f"got {len(grad_refs)} gradient refs for {len(self._groups)} "
+                             "shards; the task must return one ref per shard")
+        self._pending.setdefault(round, {})[rank] = (list(grad_refs), param_version)
+        for shard in range(len(self._groups)):
+            self._send(shard, round, rank)
+
+    def close_round(self, round: int) -> None:
+        """The straggler deadline of ``round`` passed: complete it with N-b contributions."""
+        self._closed.add(round)
+        for shard in range(len(self._groups)):
+            ref = self._leader(shard).call_service.remote("close_round", round, leader_only=True)
+            self._inflight[ref] = shard
+
+    def _send(self, shard: int, round: int, rank: int) -> None:
+        refs, param_version = self._pending[round][rank]
+        ref = self._leader(shard).call_service.remote(
+            "submit", round, rank, refs[shard], param_version, leader_only=True)
+        self._inflight[ref] = shard
+
+    def _resubmit(self, shard: int) -> None:
+        """After a failure on ``shard``: find its leader again and replay what it may lack."""
+        self._leaders[shard] = None
+        for ref in [r for r, s in self._inflight.items() if s == shard]:
+            del self._inflight[ref]
+        for round in sorted(self._pending):
+            for rank in sorted(self._pending[round]):
+                self._send(shard, round, rank)
+            if round in self._closed:
+                ref = self._leader(shard).call_service.remote("close_round", round,
+                                                              leader_only=True)
+                self._inflight[ref] = shard
+
+    def wait_version(self, version: int, timeout: float) -> None:
+        """Block until every shard applied ``version`` rounds (version v = after round v-1).
+
+        Re-submits a shard's pending contributions when its leader fails. Raises the first
+        paramserver error a submission hit (e.g. ``NonFiniteGradientError``) or TimeoutError.
+        """
+        deadline = time.monotonic() + timeout
+        waits = {self._leader(s).call_service.remote("wait_version", version, timeout,
+                                                     leader_only=False): s
+                 for s in range(len(self._groups))}
+        done: set[int] = set()
+        while len(done) < len(self._groups):
+            remaining = deadline - time.monotonic()
+            pending = list(self._inflight) + list(waits)
+            ready, _ = ray.wait(pending, num_returns=1, timeout=max(0.0, remaining))
+            if not ready:
+                raise TimeoutError(f"shards did not reach version {version} in {timeout} s "
+                                   f"(done: {sorted(done)}); check `ParameterServer.status()`")
+            ref = ready[0]
+            shard = self._inflight.pop(ref, None)
+            is_wait = shard is None
+            shard = waits.pop(ref) if is_wait else shard
+            try:
+                ray.get(ref, timeout=0)
+            except (ray.exceptions.RayError, ConsensusError) as exc:
+                err = _cause(exc)
+                if isinstance(err, ParamServerError) or not isinstance(err, _FAILOVER):
+                    self._forget_before(version)
+                    raise err from None
+                self._resubmit(shard)
+                if shard not in done:
+                    waits[self._leader(shard).call_service.remote(
+                        "wait_version", version, timeout, leader_only=False)] = shard
+                continue
+            if is_wait:
+                done.add(shard)
+        self._forget_before(version)
+        self._version = max(self._version, version)
+
+    def _forget_before(self, version: int) -> None:
+        for round in [r for r in self._pending if r < version]:
+            del self._pending[round]
+        self._closed = {r for r in self._closed if r >= version}
+        if not self._pending:
+            self._inflight.clear()
+
+    @property
+    def version(self) -> int:
+        """The highest version every shard is known to have applied."""
+        return self._version
+
+    def _min_version(self) -> int:
+        return min(int(info["version"]) for info in self._call_each("info"))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, F32]:
+        """The full tensors (row slices joined), by ``state_dict`` key, at the current version."""
+        refs = self.pull(self._version)
+        parts = ray.get(refs, timeout=self.config.rpc_timeout_s)
+        return self.plan.join(parts)
+
+    def checkpoint(self, out_dir: str | Path, round: int) -> Path:
+        """Write the consistent cut at version ``round`` (every shard exactly there) under
+        ``out_dir/checkpoints/round-<round>`` atomically; returns that directory."""
+        states = self._call_each("export", round)
+        return write_checkpoint(out_dir, round, self.plan, states, self.config.optimizer)
+
+    def restore(self, checkpoint: str | Path) -> int:
+        """Load a checkpoint into the shards through Raft (every replica restores the same
+        bytes) and return its round. Raises CheckpointCorruptError (changing nothing) if the
+        files are corrupt or were cut for another shard plan."""
+        loaded = read_checkpoint(checkpoint)
+        if loaded.plan != self.plan:
+            raise CheckpointCorruptError(str(Path(checkpoint) / "manifest.json"),
+                                         "its shard plan differs from this server's; restore "
+                                         "with the same model, --shards and split size")
+        commands = []
+        for s, state in enumerate(loaded.shards):
+            machine = ShardStateMachine.from_state(self.plan.pieces(s), state,
+                                                   self.config.optimizer, self.config.schedule)
+            commands.append(RestoreCommand(machine.snapshot()).encode())
+        for group, command in zip(self._groups, commands, strict=True):
+            group.propose(command, timeout=self.config.rpc_timeout_s)
+        self._pending.clear()
+        self._inflight.clear()
+        self._version = loaded.round
+        return loaded.round
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per shard: name, leader replica, version, and per replica its role, applied index,
+        version and digest of the shard's bytes (equal digests = byte-identical replicas)."""
+        out = []
+        for s, group in enumerate(self._groups):
+            replicas = group.status()
+            infos = ray.get([h.call_service.remote("info", leader_only=False)
+                             for h in group.handles()], timeout=self.config.rpc_timeout_s)
+            for replica, info in zip(replicas, infos, strict=True):
+                replica.update(version=info["version"], digest=info["digest"])
+            leader = next((r["index"] for r in replicas if r.get("role") == "LEADER"), None)
+            out.append({"shard": s, "group": group.name, "leader": leader,
+                        "version": max(int(r["version"]) for r in replicas),
+                        "replicas": replicas})
+        return out

@@ -1,0 +1,173 @@
+"""RaftGroup on a real (embedded) Ray: commit, dedup, reads, failover, catch-up, replace."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from consensus import RaftGroup, RaftGroupConfig
+
+FAST = RaftGroupConfig(tick_interval_s=0.02, election_ticks=10, seed=7)
+
+
+class LogMachine:
+    """Appends each command to a list; apply returns the new length (a counter)."""
+
+    def __init__(self) -> None:
+        self.log: list[bytes] = []
+
+    def apply(self, command: bytes) -> int:
+        self.log.append(command)
+        return len(self.log)
+
+    def snapshot(self) -> bytes:
+        return b"".join(struct.pack(">I", len(c)) + c for c in self.log)
+
+    def restore(self, data: bytes) -> None:
+        self.log, pos = [], 0
+        while pos < len(data):
+            (size,) = struct.unpack_from(">I", data, pos)
+            self.log.append(data[pos + 4:pos + 4 + size])
+            pos += 4 + size
+
+    def query(self, query: Any) -> Any:
+        return len(self.log) if query == "len" else list(self.log)
+
+
+def decode_log(snapshot: bytes) -> list[bytes]:
+    machine = LogMachine()
+    machine.restore(snapshot)
+    return machine.log
+
+
+def wait_converged(group: RaftGroup, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Poll (no fixed sleeps) until every live member applied the same index as the leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = [s for s in group.status() if s["alive"]]
+        applied = {s["applied"] for s in statuses}
+        if len(applied) == 1 and any(s["role"] == "LEADER" for s in statuses):
+            return statuses
+        assert time.monotonic() < deadline, f"replicas did not converge: {statuses}"
+        time.sleep(0.05)
+
+
+def assert_identical(group: RaftGroup, members: int) -> list[bytes]:
+    wait_converged(group)
+    snaps = group.snapshots()
+    assert len(snaps) == members
+    assert len(set(snaps.values())) == 1, "replica snapshots differ"
+    return decode_log(next(iter(snaps.values())))
+
+
+def test_commit_read_and_same_seq_retry(ray_session: None, tmp_path: Path) -> None:
+    group = RaftGroup.create("it/commit", 3, LogMachine, tmp_path, config=FAST)
+    try:
+        results = [group.propose(f"c{i}".encode()) for i in range(10)]
+        assert results == list(range(1, 11))
+        assert group.read("len") == 10  # linearizable: sees every acknowledged write
+        assert group.propose_batch([b"b1", b"b2", b"b3"]) == [11, 12, 13]
+        assert group.read("len") == 13
+        leader = group.leader()
+        first = ray.get(leader.propose.remote("retry-client", 1, b"once", 5.0), timeout=10)
+        again = ray.get(leader.propose.remote("retry-client", 1, b"once", 5.0), timeout=10)
+        assert first == again == 14
+        log = assert_identical(group, 3)
+        assert log.count(b"once") == 1
+        statuses = group.status()
+        assert sorted(s["role"] for s in statuses) == ["FOLLOWER", "FOLLOWER", "LEADER"]
+        assert {s["name"] for s in statuses} == {f"it/commit/replica-{r}" for r in range(3)}
+    finally:
+        group.shutdown()
+
+
+def _stream(group: RaftGroup, n: int, acked: list[bytes], errors: list[BaseException]) -> None:
+    for i in range(n):
+        cmd = f"s{i}".encode()
+        try:
+            group.propose(cmd, timeout=20.0)
+            acked.append(cmd)
+        except BaseException as exc:  # surfaced by the test thread
+            errors.append(exc)
+            return
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_leader_kill_mid_stream_then_follower_restart(ray_session: None, tmp_path: Path) -> None:
+    group = RaftGroup.create("it/failover", 3, LogMachine, tmp_path, config=FAST)
+    try:
+        acked: list[bytes] = []
+        errors: list[BaseException] = []
+        writer = threading.Thread(target=_stream, args=(group, 300, acked, errors))
+        old_leader = group.leader_index()
+        writer.start()
+        _wait_for(lambda: len(acked) >= 50, 20, "50 acknowledged proposals")
+        killed_at, acked_at_kill = time.monotonic(), len(acked)
+        ray.kill(group.handles()[old_leader], no_restart=False)
+        _wait_for(lambda: len(acked) > acked_at_kill + 5 or errors, 20, "progress after kill")
+        failover_s = time.monotonic() - killed_at
+        writer.join(timeout=60)
+        assert not errors, errors
+        assert len(acked) == 300
+        print(f"\nfailover (kill -> proposals flowing again): {failover_s * 1000:.0f} ms")
+        log = assert_identical(group, 3)  # the killed leader restarted and caught up
+        assert sorted(log) == sorted(acked) and len(set(log)) == len(log)  # exactly once
+
+        follower = next(s["index"] for s in group.status() if s["role"] == "FOLLOWER")
+        ray.kill(group.handles()[follower], no_restart=False)
+        group.propose_batch([f"after{i}".encode() for i in range(20)])
+        log = assert_identical(group, 3)  # restarted follower reloaded storage + caught up
+        assert log[-20:] == [f"after{i}".encode() for i in range(20)]
+    finally:
+        group.shutdown()
+
+
+def test_compaction_restart_and_replace_catch_up_by_snapshot(
+    ray_session: None, tmp_path: Path
+) -> None:
+    config = RaftGroupConfig(tick_interval_s=0.02, snapshot_every=16, seed=11)
+    group = RaftGroup.create("it/replace", 3, LogMachine, tmp_path, config=config)
+    try:
+        for i in range(40):
+            group.propose(f"a{i}".encode())
+        leader = group.leader_index()
+        follower = next(i for i in group.indices() if i != leader)
+        ray.kill(group.handles()[group.indices().index(follower)], no_restart=False)
+        for i in range(40):
+            group.propose(f"b{i}".encode())
+        assert_identical(group, 3)
+        statuses = {s["index"]: s for s in group.status()}
+        assert statuses[leader]["snapshot_index"] >= 32  # compaction ran
+
+        victim = next(i for i in group.indices() if i not in (leader,))
+        new_index = group.replace(victim)
+        assert new_index == 3 and victim not in group.indices()
+        group.propose(b"after-replace")
+        log = assert_identical(group, 3)
+        assert log[:40] == [f"a{i}".encode() for i in range(40)]
+        assert log[-1] == b"after-replace" and len(log) == 81
+        new = next(s for s in group.status() if s["index"] == new_index)
+        # An empty replica reached an index whose entries the leader had compacted away:
+        # only an InstallSnapshot can have brought it there.
+        assert new["snapshot_index"] >= 16 and new["applied"] == new["commit"]
+        assert sorted(new["voters"]) == sorted(group.indices())
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.parametrize("bad", [{"snapshot_every": 0}, {"tick_interval_s": 0.0}])
+def test_group_config_rejects_bad_values(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        RaftGroupConfig(**bad)

@@ -1,0 +1,150 @@
+"""SqliteStorage: durability, conflict truncation, compaction, torn writes and corruption."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from consensus.errors import StorageCorruptError
+from consensus.storage import SqliteStorage
+from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+
+
+def _entries(first: int, last: int, term: int) -> list[Entry]:
+    return [
+        Entry(term=term, index=i, data=f"cmd-{i}-{term}".encode()) for i in range(first, last + 1)
+    ]
+
+
+def _snap(index: int, term: int, data: bytes = b"image") -> Snapshot:
+    return Snapshot(meta=SnapshotMeta(index=index, term=term, voters=(0, 1, 2)), data=data)
+
+
+def test_round_trip_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    assert st.load() == (HardState(), None, [])
+    conf = Entry(term=2, index=4, kind=EntryKind.CONF_CHANGE, data=b"\x00\x01")
+    st.save(HardState(term=2, vote=1, commit=3), [*_entries(1, 3, 1), conf], None)
+    st.close()
+    hs, snap, entries = SqliteStorage(path).load()
+    assert hs == HardState(term=2, vote=1, commit=3)
+    assert snap is None
+    assert entries == [*_entries(1, 3, 1), conf]
+
+
+def test_none_vote_round_trips(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "r.db")
+    st.save(HardState(term=5, vote=None, commit=0), [], None)
+    assert st.load()[0] == HardState(term=5, vote=None, commit=0)
+
+
+def test_conflicting_entries_truncate_the_suffix(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "r.db")
+    st.save(None, _entries(1, 5, 1), None)
+    st.save(None, _entries(3, 3, 2), None)  # a new leader overwrote index 3
+    assert st.load()[2] == [*_entries(1, 2, 1), *_entries(3, 3, 2)]
+
+
+def test_compaction_drops_covered_entries_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(HardState(term=1, vote=0, commit=6), _entries(1, 6, 1), None)
+    st.compact(_snap(4, 1))
+    st.close()
+    _, snap, entries = SqliteStorage(path).load()
+    assert snap == _snap(4, 1)
+    assert entries == _entries(5, 6, 1)
+
+
+def test_installed_snapshot_with_other_term_discards_whole_log(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "r.db")
+    st.save(None, _entries(1, 6, 1), None)
+    st.save(HardState(term=3, vote=None, commit=5), [], _snap(5, 3))
+    _, snap, entries = st.load()
+    assert snap == _snap(5, 3)
+    assert entries == []
+
+
+def test_installed_snapshot_matching_log_keeps_suffix(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "r.db")
+    st.save(None, _entries(1, 6, 1), None)
+    st.save(None, [], _snap(4, 1))
+    assert st.load()[2] == _entries(5, 6, 1)
+
+
+def test_torn_wal_tail_recovers_last_committed_state(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    st = SqliteStorage(live / "r.db")
+    st.save(HardState(term=1, vote=0, commit=2), _entries(1, 2, 1), None)
+    st.save(HardState(term=1, vote=0, commit=3), [Entry(term=1, index=3, data=b"x" * 20000)], None)
+    # Crash image: copy the files while the connection is open (the WAL still holds the
+    # transactions), then tear the last transaction's frames.
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    for suffix in ("", "-wal"):
+        shutil.copy(f"{live / 'r.db'}{suffix}", f"{crash / 'r.db'}{suffix}")
+    wal = Path(f"{crash / 'r.db'}-wal")
+    wal.write_bytes(wal.read_bytes()[:-3000])
+    hs, _, entries = SqliteStorage(crash / "r.db").load()
+    assert hs == HardState(term=1, vote=0, commit=2)
+    assert entries == _entries(1, 2, 1)
+
+
+def _flip_payload_byte(path: Path, needle: bytes) -> None:
+    raw = bytearray(path.read_bytes())
+    at = raw.find(needle)
+    assert at >= 0, "payload not found in the database file"
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_payload_byte_raises_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    entry = Entry(term=1, index=1, data=b"PAYLOAD-XYZ")
+    st.save(HardState(term=1, vote=0, commit=1), [entry], None)
+    st.close()
+    _flip_payload_byte(path, b"PAYLOAD-XYZ")
+    with pytest.raises(StorageCorruptError, match=str(path)) as info:
+        SqliteStorage(path).load()
+    assert "entry 1 CRC" in info.value.detail
+
+
+def test_flipped_page_header_byte_raises(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(None, _entries(1, 50, 1), None)
+    st.close()
+    raw = bytearray(path.read_bytes())
+    page_size = int.from_bytes(raw[16:18], "big")
+    for offset in range(page_size, len(raw), page_size):  # b-tree page headers
+        raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StorageCorruptError, match=str(path)):
+        SqliteStorage(path).load()
+
+
+def test_gap_in_indices_raises(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(None, _entries(1, 4, 1), None)
+    st.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DELETE FROM entries WHERE idx = 2")
+    with pytest.raises(StorageCorruptError, match="gap"):
+        SqliteStorage(path).load()
+
+
+def test_failed_save_leaves_previous_state(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "r.db")
+    st.save(HardState(term=1, vote=0, commit=2), _entries(1, 2, 1), None)
+    bad = Entry(term=2, index=3, data=None)  # type: ignore[arg-type]  # fails mid-transaction
+    with pytest.raises(TypeError):
+        st.save(HardState(term=2, vote=1, commit=2), [*_entries(1, 2, 2), bad], None)
+    assert st.load() == (HardState(term=1, vote=0, commit=2), None, _entries(1, 2, 1))
+    st.save(HardState(term=2, vote=1, commit=3), _entries(3, 3, 2), None)  # still usable
+    assert st.load()[2] == [*_entries(1, 2, 1), *_entries(3, 3, 2)]

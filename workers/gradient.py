@@ -1,0 +1,223 @@
+"""The stateless gradient task: one worker's slice of one global batch → per-shard gradients.
+
+``gradient_task`` is a ``@ray.remote`` function (not an actor). Called with
+``.options(num_returns=S + 1)`` it returns S refs, one per parameter shard, each resolving to
+``(samples, {piece key: summed gradient})``, plus one small ``GradientMetrics`` record. The
+gradient is of the SUMMED cross-entropy (``reduction="sum"``) so that the server's sum over
+workers divided by the total sample count is the exact global-batch mean for any split.
+
+The task mutates nothing but a per-process model cache (keyed by the factory's key and seed);
+parameters are read zero-copy from the object store (``torch.from_numpy``), so re-running a
+task (``max_retries``) with the same inputs returns bit-identical results on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+import torch.nn.functional as F
+from ray import ObjectRef
+from torch import nn
+from torch.func import functional_call
+
+from workers.errors import GradientTaskError
+from workers.models import ModelSpec, build_model
+
+LOG = logging.getLogger(__name__)
+Piece = tuple[str, str, int, int]  # (key, tensor, start_row, stop_row)
+Layout = Sequence[Sequence[Piece]]
+ShardGradient = tuple[int, dict[str, np.ndarray]]
+
+_MODELS: dict[str, nn.Module] = {}
+_WARNED_NO_GPU = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """What every task of a job shares: the model, its seed, the shard layout, the device.
+
+    seed: passed to ``build_model`` so module buffers match the driver's. use_gpu: run on CUDA
+    when the worker sees one (else CPU, with one warning per process).
+    """
+
+    model: ModelSpec
+    seed: int
+    layout: tuple[tuple[Piece, ...], ...]
+    use_gpu: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientMetrics:
+    """A task's small side record: counts and timings for metrics, never for the model."""
+
+    round: int
+    rank: int
+    samples: int
+    loss_sum: float
+    correct: int
+    load_s: float
+    compute_s: float
+    device: str
+
+
+def cached_model(spec: TaskSpec) -> nn.Module:
+    """The model for ``spec``, built once per worker process; only its structure is used."""
+    key = f"{spec.model.key}@{spec.seed}"
+    model = _MODELS.get(key)
+    if model is None:
+        model = build_model(spec.model, spec.seed)
+        _MODELS[key] = model
+    return model
+
+
+def _as_tensor(arr: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # object-store arrays are read-only; torch never writes them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+def assemble_parameters(
+    layout: Layout, shard_params: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, torch.Tensor]:
+    """Full tensors by name from per-shard piece dicts; whole pieces are zero-copy views.
+
+    Row slices of one tensor are concatenated in row order and must cover it exactly.
+    Raises ``GradientTaskError`` on a missing piece or a gap/overlap in the rows.
+    """
+    if len(layout) != len(shard_params):
+        raise GradientTaskError(f"got {len(shard_params)} shard dicts for {len(layout)} shards")
+    slices: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for shard, params in zip(layout, shard_params, strict=True):
+        for key, tensor, start, stop in shard:
+            if key not in params:
+                raise GradientTaskError(f"shard parameters lack piece {key!r}")
+            if key == tensor:
+                out[tensor] = _as_tensor(params[key])
+            else:
+                slices.setdefault(tensor, []).append((start, stop, params[key]))
+    for tensor, parts in slices.items():
+        parts.sort(key=lambda p: p[0])
+        expected = 0
+        for start, stop, arr in parts:
+            if start != expected or arr.shape[0] != stop - start:
+                raise GradientTaskError(f"row slices of {tensor!r} do not tile it at row {start}")
+            expected = stop
+        out[tensor] = torch.cat([_as_tensor(arr) for _, _, arr in parts])
+    return out
+
+
+def split_gradients(
+    layout: Layout, grads: Mapping[str, torch.Tensor]
+) -> list[dict[str, np.ndarray]]:
+    """Cut full-tensor gradients into the layout's pieces (float32, C-contiguous copies)."""
+    result: list[dict[str, np.ndarray]] = []
+    for shard in layout:
+        pieces: dict[str, np.ndarray] = {}
+        for key, tensor, start, stop in shard:
+            g = grads[tensor] if key == tensor else grads[tensor][start:stop]
+            pieces[key] = np.ascontiguousarray(g.detach().cpu().numpy(), dtype=np.float32)
+        result.append(pieces)
+    return result
+
+
+def _device(use_gpu: bool) -> torch.device:
+    global _WARNED_NO_GPU
+    if use_gpu and torch.cuda.is_available():
+        return torch.device("cuda")
+    if use_gpu and not _WARNED_NO_GPU:
+        _WARNED_NO_GPU = True
+        LOG.warning("--gpu was given but this worker sees no CUDA device; using the CPU")
+    return torch.device("cpu")
+
+
+def compute_gradients(
+    spec: TaskSpec, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+    shard_params: Sequence[Mapping[str, np.ndarray]],
+) -> tuple[list[ShardGradient], dict[str, float | int | str]]:
+    """Summed cross-entropy gradients of ``x[indices]`` under the given parameters (pure).
+
+    Returns one ``(samples, pieces)`` per shard and a metrics dict (samples, loss_sum,
+    correct, load_s, compute_s, device). Mutates nothing visible (the cached module is used
+    only through ``functional_call``).
+    """
+    if len(indices) == 0:
+        raise GradientTaskError("a gradient task was given no samples")
+    t0 = time.perf_counter()
+    model = cached_model(spec)
+    device = _device(spec.use_gpu)
+    params = assemble_parameters(spec.layout, shard_params)
+    names = [n for n, _ in model.named_parameters()]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise GradientTaskError(f"shard layout lacks model parameters {missing[:3]}")
+    leaves = {n: params[n].to(device).requires_grad_(True) for n in names}
+    model.to(device)
+    xb = torch.from_numpy(np.ascontiguousarray(x[indices])).to(device)
+    yb = torch.from_numpy(np.ascontiguousarray(y[indices])).to(device)
+    t1 = time.perf_counter()
+    logits = functional_call(model, leaves, (xb,))
+    loss = F.cross_entropy(logits, yb, reduction="sum")
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    full = {
+        n: (g if g is not None else torch.zeros_like(leaves[n]))
+        for n, g in zip(names, grads, strict=True)
+    }
+    samples = len(indices)
+    shard_grads = [(samples, pieces) for pieces in split_gradients(spec.layout, full)]
+    metrics: dict[str, float | int | str] = {
+        "samples": samples,
+        "loss_sum": float(loss.detach()),
+        "correct": int((logits.argmax(dim=1) == yb).sum()),
+        "load_s": t1 - t0,
+        "compute_s": time.perf_counter() - t1,
+        "device": str(device),
+    }
+    return shard_grads, metrics
+
+
+def _gradient_task(
+    spec: TaskSpec, round_index: int, rank: int, x: np.ndarray, y: np.ndarray,
+    indices: np.ndarray, *shard_params: Mapping[str, np.ndarray],
+) -> tuple[object, ...]:
+    torch.set_num_threads(1)
+    shard_grads, info = compute_gradients(spec, x, y, indices, shard_params)
+    metrics = GradientMetrics(
+        round=round_index, rank=rank, samples=int(info["samples"]),
+        loss_sum=float(info["loss_sum"]), correct=int(info["correct"]),
+        load_s=float(info["load_s"]), compute_s=float(info["compute_s"]),
+        device=str(info["device"]),
+    )
+    return (*shard_grads, metrics)
+
+
+# Rounds are idempotent on the server (a duplicate contribution is a no-op), so retries are safe.
+gradient_task = ray.remote(num_cpus=1, max_retries=3)(_gradient_task)
+
+
+def launch_gradient_task(
+    spec: TaskSpec, round_index: int, rank: int, x_ref: ObjectRef[Any], y_ref: ObjectRef[Any],
+    indices: np.ndarray, param_refs: Sequence[ObjectRef[Any]], gpu_fraction: float = 0.0,
+) -> tuple[list[ObjectRef[Any]], ObjectRef[Any]]:
+    """Submit one task (non-blocking): returns (one gradient ref per shard, the metrics ref).
+
+    Passes refs, never values: the data and parameter refs resolve zero-copy in the worker.
+    """
+    shards = len(spec.layout)
+    if shards != len(param_refs):
+        raise GradientTaskError(f"{len(param_refs)} parameter refs for {shards} shards")
+    options: dict[str, object] = {"num_returns": shards + 1}
+    if gpu_fraction > 0:
+        options["num_gpus"] = gpu_fraction
+    refs = gradient_task.options(**options).remote(
+        spec, round_index, rank, x_ref, y_ref, indices, *param_refs
+    )
+    return list(refs[:shards]), refs[shards]

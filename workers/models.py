@@ -1,0 +1,165 @@
+"""Model building: built-in models and resolution of ``package.module:factory`` specs.
+
+Contract (DESIGN.md): a factory is ``factory() -> torch.nn.Module``, called right after
+``torch.manual_seed(seed)``; tensor names are the module's ``state_dict()`` keys.
+Built-ins are sized from the data: ``mlp`` (hidden 256 and 128) and ``cnn`` (8×8 images,
+i.e. 64 features, as in scikit-learn's digits).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.errors import ModelFactoryError
+
+ModelFactory = Callable[[], nn.Module]
+BUILTIN_MODELS = ("mlp", "cnn")
+
+
+def build_mlp(in_features: int, num_classes: int) -> nn.Module:
+    """A two-hidden-layer perceptron: in → 256 → 128 → classes, ReLU between."""
+    return nn.Sequential(
+        nn.Linear(in_features, 256),
+        nn.ReLU(),
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+class SmallCNN(nn.Module):
+    """A small CNN for square single-channel images given as flat feature rows (8×8 digits)."""
+
+    def __init__(self, side: int, num_classes: int) -> None:
+        super().__init__()
+        self.side = side
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        pooled = side // 2
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * pooled * pooled, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(batch, side*side)`` rows to ``(batch, classes)`` logits."""
+        images = x.reshape(x.shape[0], 1, self.side, self.side)
+        out: torch.Tensor = self.head(self.features(images))
+        return out
+
+
+def build_cnn(in_features: int, num_classes: int) -> nn.Module:
+    """The built-in CNN; needs a square number of features of side >= 2 (digits: 64 = 8×8)."""
+    side = math.isqrt(in_features)
+    if side * side != in_features or side < 2:
+        raise ModelFactoryError(
+            f"model 'cnn' needs square images (features = side*side, side >= 2), got "
+            f"{in_features} features; use --model mlp for non-image data"
+        )
+    return SmallCNN(side, num_classes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A resolved model: the zero-argument factory plus a stable key for per-process caches.
+
+    ``key`` identifies the factory across processes (a built-in name with its sizes, or the
+    ``module:qualname`` of a user factory); two specs with equal keys build the same module.
+    """
+
+    factory: ModelFactory
+    key: str
+
+
+def _import_attr(spec: str, kind: str, error: type[Exception]) -> object:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise error(f"{kind} spec {spec!r} must be 'package.module:name' or a built-in")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"cannot import module {module_name!r} of {kind} {spec!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise error(f"module {module_name!r} has no {kind} named {attr!r}") from exc
+
+
+def callable_key(fn: Callable[..., object]) -> str:
+    """A process-independent key for a callable: ``module:qualname`` (plus args of a partial)."""
+    if isinstance(fn, functools.partial):
+        return f"{callable_key(fn.func)}{fn.args!r}{sorted(fn.keywords.items())!r}"
+    module = getattr(fn, "__module__", "?")
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return f"{module}:{name}"
+
+
+def resolve_model(
+    spec: str | ModelFactory, *, in_features: int, num_classes: int
+) -> ModelSpec:
+    """Turn ``mlp``/``cnn``/``pkg.mod:factory`` or a callable into a ``ModelSpec``.
+
+    Raises ``ModelFactoryError`` for unknown names, failed imports, non-callables and
+    built-ins that do not fit the data's shape. Builds nothing except to check a built-in fits.
+    """
+    if in_features < 1 or num_classes < 2:
+        raise ModelFactoryError(
+            f"data must have >= 1 feature and >= 2 classes, got {in_features} and {num_classes}"
+        )
+    if callable(spec):
+        return ModelSpec(factory=spec, key=callable_key(spec))
+    if spec in BUILTIN_MODELS:
+        builder = build_mlp if spec == "mlp" else build_cnn
+        if spec == "cnn":
+            build_cnn(in_features, num_classes)  # fail fast on a shape mismatch
+        factory = functools.partial(builder, in_features, num_classes)
+        return ModelSpec(factory=factory, key=f"{spec}:{in_features}x{num_classes}")
+    if ":" not in spec:
+        raise ModelFactoryError(
+            f"unknown model {spec!r}: use one of {', '.join(BUILTIN_MODELS)} "
+            "or 'package.module:factory'"
+        )
+    fn = _import_attr(spec, "model factory", ModelFactoryError)
+    if not callable(fn):
+        raise ModelFactoryError(f"model factory {spec!r} is not callable")
+    return ModelSpec(factory=fn, key=spec)
+
+
+def build_model(spec: ModelSpec, seed: int) -> nn.Module:
+    """Call the factory right after ``torch.manual_seed(seed)``; check it is a float module."""
+    torch.manual_seed(seed)
+    model = spec.factory()
+    if not isinstance(model, nn.Module):
+        raise ModelFactoryError(
+            f"model factory {spec.key!r} returned {type(model).__name__}, not torch.nn.Module"
+        )
+    params = list(model.named_parameters())
+    if not params:
+        raise ModelFactoryError(f"model {spec.key!r} has no parameters to train")
+    for name, p in params:
+        if not p.is_floating_point():
+            raise ModelFactoryError(f"parameter {name!r} of model {spec.key!r} is not float")
+    return model
+
+
+def initial_parameters(model: nn.Module) -> dict[str, np.ndarray]:
+    """The trainable parameters as float32 numpy arrays, keyed by ``state_dict`` name (copies)."""
+    return {
+        name: p.detach().to(torch.float32).cpu().numpy().copy()
+        for name, p in model.named_parameters()
+    }
