@@ -201,11 +201,16 @@ class RaftReplica:
                 await asyncio.sleep(tick)
 
     async def _handle_ready(self, ready: Ready) -> None:
+        t0 = time.perf_counter()
+        import sys
         if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self._disk, self._storage.save, ready.hard_state, ready.entries, ready.snapshot
             )
+        t1 = time.perf_counter()
         self._send(ready.messages)
+        t2 = time.perf_counter()
+        print(f"TRACE {self.node_id} {time.time():.4f} ents={len(ready.entries)} hs={ready.hard_state is not None} msgs={[type(m).__name__ for m in ready.messages]} commit={len(ready.committed_entries)} persist={1e3*(t1-t0):.2f} send={1e3*(t2-t1):.2f}", file=sys.stderr, flush=True)
         if ready.snapshot is not None:
             self._restore(ready.snapshot)
             self._fail_waiters_upto(ready.snapshot.meta.index)
@@ -361,6 +366,8 @@ class RaftReplica:
     async def deliver(self, messages: list[Message]) -> None:
         """Step peer messages into the core (fire-and-forget from peers; never blocks)."""
         now = time.monotonic()
+        import sys
+        print(f"TRACE {self.node_id} {time.time():.4f} deliver {[type(m).__name__ for m in messages]}", file=sys.stderr, flush=True)
         for msg in messages:
             self._heard[msg.src] = now
             try:
@@ -399,6 +406,8 @@ class RaftReplica:
     async def propose_entry(self, data: bytes, timeout: float) -> list[Any]:
         """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``."""
         self._require_leader()
+        import sys
+        print(f"TRACE {self.node_id} {time.time():.4f} propose", file=sys.stderr, flush=True)
         index = self._node.propose(data)
         fut = self._wait_index(index)
         self._wake.set()

@@ -190,9 +190,8 @@ class ParameterServer:
                 raise TimeoutError(f"shards did not reach version {version} in {timeout} s "
                                    f"(done: {sorted(done)}); check `ParameterServer.status()`")
             ref = ready[0]
-            shard = self._inflight.pop(ref, None)
-            is_wait = shard is None
-            shard = waits.pop(ref) if is_wait else shard
+            is_wait = ref in waits
+            shard = waits.pop(ref) if is_wait else self._inflight.pop(ref)
             try:
                 ray.get(ref, timeout=0)
             except (ray.exceptions.RayError, ConsensusError) as exc:

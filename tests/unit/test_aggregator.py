@@ -122,7 +122,8 @@ def test_stale_and_future_rounds_are_rejected_in_sync() -> None:
 def test_bad_input_raises_and_changes_nothing(bad: dict[str, Any], error: type[Exception]) -> None:
     agg = _agg(workers=2)
     agg.submit(0, 0, _grads(0), 3, 0)
-    args: dict[str, Any] = {"round": 0, "rank": 1, "grads": _grads(1), "samples": 3, "param_version": 0}
+    args: dict[str, Any] = {"round": 0, "rank": 1, "grads": _grads(1), "samples": 3,
+                            "param_version": 0}
     args.update(bad)
     with pytest.raises(error) as info:
         agg.submit(**args)

@@ -87,7 +87,7 @@ def test_missing_file_and_bad_manifest_are_detected(tmp_path: Path) -> None:
     with pytest.raises(CheckpointCorruptError, match="missing"):
         read_checkpoint(path)
     (path / "manifest.json").write_text("{not json")
-    with pytest.raises(CheckpointCorruptError, match="manifest.json"):
+    with pytest.raises(CheckpointCorruptError, match=r"manifest\.json"):
         read_checkpoint(path)
 
 

@@ -59,5 +59,5 @@ def test_bad_model_specs_raise_clear_errors(spec: str, match: str) -> None:
 
 def test_factory_returning_a_non_module_is_rejected() -> None:
     spec = resolve_model(not_a_module, in_features=4, num_classes=3)  # type: ignore[arg-type]
-    with pytest.raises(ModelFactoryError, match="not torch.nn.Module"):
+    with pytest.raises(ModelFactoryError, match=r"not torch\.nn\.Module"):
         build_model(spec, seed=0)

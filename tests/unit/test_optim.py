@@ -46,14 +46,17 @@ SGD_CASES = [
 
 @pytest.mark.parametrize("kw", SGD_CASES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_sgd_matches_torch_bitwise_over_100_steps(kw: dict[str, Any], shape: tuple[int, ...]) -> None:
+def test_sgd_matches_torch_bitwise_over_100_steps(
+    kw: dict[str, Any], shape: tuple[int, ...]
+) -> None:
     mine, ref = _run_pair(OptimizerConfig(kind="sgd", **kw), torch.optim.SGD, kw, shape, 1)
     np.testing.assert_array_equal(mine, ref)
 
 
 ADAM_CASES = [
     ("adam", torch.optim.Adam, {"lr": 0.01}),
-    ("adam", torch.optim.Adam, {"lr": 0.003, "weight_decay": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}),
+    ("adam", torch.optim.Adam, {"lr": 0.003, "weight_decay": 0.01, "betas": (0.8, 0.99),
+                                "eps": 1e-6}),
     ("adamw", torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
 ]
 
@@ -100,7 +103,7 @@ def test_cosine_schedule_warms_up_then_anneals_to_min() -> None:
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert lrs[4] == 1.0
     assert math.isclose(lrs[9], 0.01 + 0.99 * 0.5)
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
     assert lrs[14:] == [0.01] * 6
 
 
