@@ -18,8 +18,9 @@ class RaftConfig:
     """This replica's id: a positive int, unique within the group."""
     voters: tuple[int, ...]
     """The initial voters, used when neither a snapshot nor the log names a membership.
-    A replica joining an existing group passes ``()`` and learns the membership from the
-    leader (it never campaigns before it knows it is a voter)."""
+    A replica joining an existing group passes the group's current voters (without
+    itself): it replays later changes from the log, or takes the membership from a
+    snapshot, and never campaigns while it is not a voter."""
     election_ticks: int = 10
     """Minimum election timeout in ticks; each timeout is drawn from
     ``[election_ticks, 2*election_ticks)`` with the injected RNG. Also the check-quorum

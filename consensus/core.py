@@ -193,6 +193,8 @@ class RaftNode(Election, Replication):
         ``advance(rd)`` after doing it, before the next ``ready()``."""
         if self.role == Role.LEADER:
             self._flush_leader()
+        else:
+            self._need_bcast = self._need_commit_bcast = self._need_read_beat = False
         log = self.log
         rd = Ready(role=self.role, leader=self.leader, term=self.term)
         hs = self._hard_state()

@@ -204,7 +204,7 @@ class RaftGroup:
         # Ask everyone; take the first leader that answers (a dead or restarting replica
         # must not delay discovery), else the highest-term leader among all answers.
         pending = [self._handles[i].status.remote() for i in sorted(self._handles)]
-        deadline = time.monotonic() + min(remaining, 1.0)
+        deadline = time.monotonic() + min(remaining, 0.25)
         alive: list[int] = []
         while pending and (left := deadline - time.monotonic()) > 0:
             ready, pending = ray.wait(pending, num_returns=1, timeout=left)

@@ -50,6 +50,7 @@ from consensus.session import (
 from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
 from consensus.types import (
+    AppendEntries,
     ConfChange,
     ConfChangeKind,
     Entry,
@@ -174,6 +175,7 @@ class RaftReplica:
         self._applied_waiters: list[tuple[int | Callable[[], bool], asyncio.Future[None]]] = []
         self.apply_callbacks: list[Callable[[int], None]] = []
         self._read_ids = itertools.count(1)
+        self._sent_msgs = self._sent_entries = self._readies = 0
         self._wake = asyncio.Event()
         self._service = service(ReplicaContext(self)) if service is not None else None
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -201,16 +203,12 @@ class RaftReplica:
                 await asyncio.sleep(tick)
 
     async def _handle_ready(self, ready: Ready) -> None:
-        t0 = time.perf_counter()
-        import sys
+        self._readies += 1
         if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self._disk, self._storage.save, ready.hard_state, ready.entries, ready.snapshot
             )
-        t1 = time.perf_counter()
         self._send(ready.messages)
-        t2 = time.perf_counter()
-        print(f"TRACE {self.node_id} {time.time():.4f} ents={len(ready.entries)} hs={ready.hard_state is not None} msgs={[type(m).__name__ for m in ready.messages]} commit={len(ready.committed_entries)} persist={1e3*(t1-t0):.2f} send={1e3*(t2-t1):.2f}", file=sys.stderr, flush=True)
         if ready.snapshot is not None:
             self._restore(ready.snapshot)
             self._fail_waiters_upto(ready.snapshot.meta.index)
@@ -355,6 +353,9 @@ class RaftReplica:
         for msg in messages:
             by_dst[msg.dst].append(msg)
         for dst, batch in by_dst.items():
+            self._sent_msgs += len(batch)
+            self._sent_entries += sum(
+                len(m.entries) for m in batch if isinstance(m, AppendEntries))
             handle = self._peer(dst)
             if handle is None:
                 continue
@@ -366,8 +367,6 @@ class RaftReplica:
     async def deliver(self, messages: list[Message]) -> None:
         """Step peer messages into the core (fire-and-forget from peers; never blocks)."""
         now = time.monotonic()
-        import sys
-        print(f"TRACE {self.node_id} {time.time():.4f} deliver {[type(m).__name__ for m in messages]}", file=sys.stderr, flush=True)
         for msg in messages:
             self._heard[msg.src] = now
             try:
@@ -406,8 +405,6 @@ class RaftReplica:
     async def propose_entry(self, data: bytes, timeout: float) -> list[Any]:
         """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``."""
         self._require_leader()
-        import sys
-        print(f"TRACE {self.node_id} {time.time():.4f} propose", file=sys.stderr, flush=True)
         index = self._node.propose(data)
         fut = self._wait_index(index)
         self._wake.set()
@@ -478,7 +475,8 @@ class RaftReplica:
             "last_index": node.last_index,
             "leader": None if node.leader is None else node.leader - 1,
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
-            "alive": True,
+            "alive": True, "readies": self._readies, "sent_msgs": self._sent_msgs,
+            "sent_entries": self._sent_entries,
         }
 
     async def snapshot_bytes(self) -> bytes:

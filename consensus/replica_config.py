@@ -21,8 +21,9 @@ class RaftGroupConfig:
     """Seconds between two ``RaftNode.tick`` calls (the unit of all Raft timeouts)."""
     election_ticks: int = 10
     """Minimum election timeout, in ticks (see ``RaftConfig.election_ticks``)."""
-    heartbeat_ticks: int = 1
-    """Leader heartbeat period, in ticks; must be below ``election_ticks``."""
+    heartbeat_ticks: int = 3
+    """Leader heartbeat period, in ticks; must be below ``election_ticks``. Each heartbeat is
+    one actor call per follower (and one back), so this sets an idle group's CPU cost."""
     pre_vote: bool = True
     """Pre-vote before campaigning, so a rejoining replica cannot disrupt a live leader."""
     check_quorum: bool = True

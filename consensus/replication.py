@@ -33,14 +33,17 @@ class Replication(NodeState):
         prev_term = log.term(prev)
         if prev_term is None:
             return self._start_snapshot(to, pr)
-        entries = log.slice(pr.next, cfg.max_msg_bytes)
+        budget = min(cfg.max_msg_bytes, cfg.max_inflight_bytes - pr.inflight_bytes)
+        entries = log.slice(pr.next, budget)
+        nbytes = log.size_between(entries[0].index, entries[-1].index) if entries else 0
+        if nbytes > budget and pr.inflight:
+            return False  # the next entry alone would overflow the window: wait for acks
         if not entries and not allow_empty:
             return False
         self._send(AppendEntries(self.id, to, self.term, prev, prev_term, tuple(entries),
                                  log.committed, self._read_seq))
         if entries:
-            last = entries[-1].index
-            pr.sent_entries(last, log.size_between(entries[0].index, last))
+            pr.sent_entries(entries[-1].index, nbytes)
         elif pr.state == ProgressState.PROBE:
             pr.probe_sent = True
         return True

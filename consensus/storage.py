@@ -5,6 +5,8 @@ Contract (Raft Figure 2, "persistent state on all servers"):
 - ``save`` writes one ``Ready``'s hard state, entries and snapshot in ONE transaction and
   returns only once it is durable (WAL mode, ``synchronous=FULL`` fsyncs the WAL on commit):
   group commit, one fsync per ``Ready``. A ``save`` that raises leaves the previous state.
+  Exception: a save that only advances the commit index skips the fsync (the commit index
+  is volatile in Raft; a crash may roll it back, never past a durable entry).
 - Entries replace every stored entry with the same or higher index (conflict truncation, §5.3).
 - A saved snapshot follows §7: if the log holds the snapshot's last entry with the same term,
   the entries after it are kept; otherwise the whole log is discarded.
@@ -84,6 +86,7 @@ class SqliteStorage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._durable_term_vote: tuple[int, int | None] | None = None
         except sqlite3.DatabaseError as exc:
             raise StorageCorruptError(str(self.path), f"cannot open: {exc}") from exc
 
@@ -100,6 +103,7 @@ class SqliteStorage:
             entries = self._load_entries(snapshot)
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(f"sqlite: {exc}") from exc
+        self._durable_term_vote = (hard_state.term, hard_state.vote)
         return hard_state, snapshot, entries
 
     def _corrupt(self, detail: str) -> StorageCorruptError:
@@ -159,6 +163,15 @@ class SqliteStorage:
         if hard_state is None and not entries and snapshot is None:
             return
         db = self._db
+        # Only the commit index moved: it need not be durable (a restart recomputes it from a
+        # quorum, Raft Figure 2 keeps it volatile), so skip the fsync; the next durable
+        # transaction syncs the WAL, and with it this one, anyway.
+        commit_only = (
+            not entries and snapshot is None and hard_state is not None
+            and self._durable_term_vote == (hard_state.term, hard_state.vote)
+        )
+        if commit_only:
+            db.execute("PRAGMA synchronous=NORMAL")
         db.execute("BEGIN IMMEDIATE")
         try:
             if snapshot is not None:
@@ -179,6 +192,11 @@ class SqliteStorage:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        finally:
+            if commit_only:
+                db.execute("PRAGMA synchronous=FULL")
+        if hard_state is not None:
+            self._durable_term_vote = (hard_state.term, hard_state.vote)
 
     def compact(self, snapshot: Snapshot) -> None:
         """Store ``snapshot`` (taken by this host) and delete the entries it covers; durable."""

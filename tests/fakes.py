@@ -149,8 +149,11 @@ class FakeParameterServer:
             raise TimeoutError(f"fake server at version {self.version}, wanted {version}")
 
     # -- checkpoints ---------------------------------------------------------
+    def _per_round(self) -> int:
+        return self.config.workers if self.config.mode == "async" else 1
+
     def checkpoint(self, out_dir: str | Path, round: int) -> Path:
-        if round != self.version:
+        if round * self._per_round() != self.version:
             raise ValueError(f"fake checkpoint at {round} but version is {self.version}")
         folder = Path(out_dir) / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,8 +170,9 @@ class FakeParameterServer:
         with np.load(checkpoint) as data:
             self.params = {k[2:]: data[k].copy() for k in data.files if k.startswith("p/")}
             self.velocity = {k[2:]: data[k].copy() for k in data.files if k.startswith("v/")}
-            self.version = int(data["round"])
-        return self.version
+            round = int(data["round"])
+        self.version = round * self._per_round()
+        return round
 
     def shutdown(self) -> None:
         self.pending.clear()

@@ -110,7 +110,8 @@ def _nan_loader() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def _overflow_loader() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x, y, xt, yt = synthetic(features=16, classes=4, n_train=256, n_test=64, seed=0)
-    return x * np.float32(3e38), y, xt, yt  # finite data whose gradients overflow
+    x = np.full_like(x, 3e38)  # finite data whose activations and gradients overflow
+    return x, y, xt, yt
 
 
 def _checkpoints(out: Path) -> dict[str, bytes]:

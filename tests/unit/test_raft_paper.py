@@ -19,6 +19,7 @@ from consensus.types import (
     Entry,
     HardState,
     Message,
+    ReadState,
     RequestVote,
     RequestVoteResponse,
     Role,
@@ -47,6 +48,7 @@ class Net:
         self.isolated: set[int] = set()
         self.applied: dict[int, list[Entry]] = {i: [] for i in nodes}
         self.snapshots: dict[int, Snapshot] = {}
+        self.reads: dict[int, list[ReadState]] = {i: [] for i in nodes}
         self.sent: list[Message] = []
 
     @classmethod
@@ -57,6 +59,7 @@ class Net:
     def add(self, node: RaftNode) -> None:
         self.nodes[node.id] = node
         self.applied[node.id] = []
+        self.reads[node.id] = []
 
     def flush(self) -> list[Message]:
         """One Ready round on every node: persist (no-op), collect messages, apply, advance."""
@@ -70,6 +73,7 @@ class Net:
                 self.snapshots[node_id] = rd.snapshot
                 self.applied[node_id] = []
             self.applied[node_id].extend(rd.committed_entries)
+            self.reads[node_id].extend(rd.read_states)
             node.advance(rd)
         self.sent.extend(out)
         return out

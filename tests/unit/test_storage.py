@@ -148,3 +148,14 @@ def test_failed_save_leaves_previous_state(tmp_path: Path) -> None:
     assert st.load() == (HardState(term=1, vote=0, commit=2), None, _entries(1, 2, 1))
     st.save(HardState(term=2, vote=1, commit=3), _entries(3, 3, 2), None)  # still usable
     assert st.load()[2] == [*_entries(1, 2, 1), *_entries(3, 3, 2)]
+
+
+def test_commit_only_save_is_persisted(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(HardState(term=1, vote=0, commit=0), _entries(1, 3, 1), None)
+    st.save(HardState(term=1, vote=0, commit=3), [], None)  # commit-only: no fsync path
+    st.save(HardState(term=2, vote=None, commit=3), [], None)  # term change: durable again
+    st.close()
+    assert SqliteStorage(path).load() == (HardState(term=2, vote=None, commit=3), None,
+                                          _entries(1, 3, 1))
