@@ -1,5 +1,11 @@
-"""paramserver: the sharded parameter server's pure parts (plan, optimizers, locks,
-aggregator, shard state machine, command codec, checkpoints)."""
+"""paramserver: sharded parameters replicated by Raft.
+
+The pure parts (plan, optimizers, locks, aggregator, shard state machine, command codec,
+checkpoints) import no Ray; ``ParameterServer`` and ``ShardService`` (the Ray edges) are
+imported lazily on first access.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from paramserver.aggregator import RoundAggregator, SubmitOutcome, tree_sum
 from paramserver.checkpoint import (
@@ -31,7 +37,24 @@ from paramserver.locks import LayerLocks
 from paramserver.optim import OptimizerConfig, optimizer_step
 from paramserver.plan import Piece, ShardPlan
 from paramserver.schedule import ScheduleConfig, learning_rate
+from paramserver.server_config import ServerConfig
 from paramserver.shard import ApplyResult, ShardState, ShardStateMachine
+
+if TYPE_CHECKING:
+    from paramserver.server import ParameterServer
+    from paramserver.service import ShardService
+
+_LAZY = {"ParameterServer": "paramserver.server", "ShardService": "paramserver.service"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the Ray-dependent names on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'paramserver' has no attribute {name!r}")
+
 
 __all__ = [
     "AggregatorConfig",
@@ -48,6 +71,7 @@ __all__ = [
     "NonFiniteGradientError",
     "OptimizerConfig",
     "ParamServerError",
+    "ParameterServer",
     "Piece",
     "PlanError",
     "RankOutOfRangeError",
@@ -55,7 +79,9 @@ __all__ = [
     "RoundAggregator",
     "RoundCommand",
     "ScheduleConfig",
+    "ServerConfig",
     "ShardPlan",
+    "ShardService",
     "ShardState",
     "ShardStateMachine",
     "StaleRoundError",
