@@ -49,12 +49,12 @@ def reference(rounds: int) -> dict[str, np.ndarray]:
 
 
 def make_config(tmp: Path, **overrides: object) -> ServerConfig:
-    fields: dict[str, object] = dict(
-        job=f"pstest-{uuid.uuid4().hex[:8]}", shards=2, replicas=3, workers=WORKERS,
-        optimizer=OptimizerConfig(kind="sgd", lr=LR, momentum=MOMENTUM),
-        storage_dir=str(tmp), split_bytes=4096,
-        group=RaftGroupConfig(snapshot_every=16, seed=3),
-    )
+    fields: dict[str, object] = {
+        "job": f"pstest-{uuid.uuid4().hex[:8]}", "shards": 2, "replicas": 3, "workers": WORKERS,
+        "optimizer": OptimizerConfig(kind="sgd", lr=LR, momentum=MOMENTUM),
+        "storage_dir": str(tmp), "split_bytes": 4096,
+        "group": RaftGroupConfig(snapshot_every=16, seed=3),
+    }
     fields.update(overrides)
     return ServerConfig(**fields)  # type: ignore[arg-type]
 
@@ -147,7 +147,7 @@ def test_checkpoint_restores_into_a_fresh_server(server: ParameterServer, tmp_pa
         fresh.wait_version(6, timeout=60)
         shard_file = path / "shard-0.safetensors"
         shard_file.write_bytes(shard_file.read_bytes()[:-8] + b"\0" * 8)
-        with pytest.raises(CheckpointCorruptError, match="shard-0.safetensors"):
+        with pytest.raises(CheckpointCorruptError, match=r"shard-0\.safetensors"):
             fresh.restore(path)
         assert fresh.version == 6
     finally:
