@@ -64,8 +64,6 @@ class ParameterServer:
     def create(
         cls, config: ServerConfig, initial: Mapping[str, npt.NDArray[Any]]
     ) -> ParameterServer:
-        cls, config: ServerConfig, initial: Mapping[str, npt.NDArray[Any]]
-    ) -> ParameterServer:
         """Plan the shards and start S groups of ``config.replicas`` replicas each.
 
         Replicas reload any durable state under ``config.storage_dir`` (so re-creating a job

@@ -159,10 +159,11 @@ class FakeParameterServer:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"fake-round-{round:08d}.npz"
         tmp = folder / f".tmp-{round}.npz"
-        arrays = {f"p/{k}": v for k, v in self.params.items()}
+        arrays: dict[str, Any] = {f"p/{k}": v for k, v in self.params.items()}
         arrays.update({f"v/{k}": v for k, v in self.velocity.items()})
         with tmp.open("wb") as fh:
-            np.savez(fh, round=np.array(round), **arrays)
+            arrays["round"] = np.array(round)
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
         return path
 

@@ -27,10 +27,10 @@ DATA = "synthetic:16x4x256x64"  # 16 features, 4 classes, 256 train, 64 test
 
 
 def config(out: Path, **changes: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        model="mlp", data=DATA, workers=4, shards=2, replicas=1, epochs=2, global_batch=32,
-        optimizer="momentum", lr=0.05, momentum=0.9, seed=11, out=str(out),
-        checkpoint_every=4, progress=False, timeout_s=120.0)
+    base: dict[str, object] = {
+        "model": "mlp", "data": DATA, "workers": 4, "shards": 2, "replicas": 1, "epochs": 2,
+        "global_batch": 32, "optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "seed": 11,
+        "out": str(out), "checkpoint_every": 4, "progress": False, "timeout_s": 120.0}
     base.update(changes)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
