@@ -37,7 +37,12 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
+from consensus.errors import (
+    ConsensusError,
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalTimeoutError,
+)
 from consensus.replica import CommandError, RaftReplica, ReplicaContext, replica_name
 from consensus.replica_config import RaftGroupConfig
 from consensus.session import Envelope, encode_batch
@@ -53,6 +58,7 @@ _RETRYABLE = (
     ray.exceptions.ActorUnavailableError,
 )
 _Call = Callable[[Any, float], Any]
+_SUSPECT_S = 1.0  # after a replica failed a call as dead, ignore hints naming it this long
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -77,6 +83,7 @@ class RaftGroup:
         self._seq = 0
         self._in_flight: set[int] = set()
         self._leader: int | None = None
+        self._suspect: dict[int, float] = {}  # replica index -> avoid its hints until then
 
     @classmethod
     def create(
@@ -194,6 +201,8 @@ class RaftGroup:
                         self._leader = None
                 elif isinstance(err, _RETRYABLE):
                     self._leader = None
+                    if not isinstance(err, ConsensusError):  # dead/restarting: avoid it a while
+                        self._suspect[index] = time.monotonic() + _SUSPECT_S
                 else:
                     raise err from None
         raise ProposalTimeoutError(f"group {self.name}: {what} did not complete in {timeout} s")
@@ -203,8 +212,11 @@ class RaftGroup:
             return self._leader
         # Ask everyone; take the first leader that answers (a dead or restarting replica
         # must not delay discovery), else the highest-term leader among all answers.
+        # A follower's ``leader`` field is a hint too. Once a majority answered without naming
+        # a leader, an election is under way: give up this round (the caller retries soon).
         pending = [self._handles[i].status.remote() for i in sorted(self._handles)]
-        deadline = time.monotonic() + min(remaining, 0.25)
+        majority = len(pending) // 2 + 1
+        deadline = time.monotonic() + min(remaining, 0.5)
         alive: list[int] = []
         while pending and (left := deadline - time.monotonic()) > 0:
             ready, pending = ray.wait(pending, num_returns=1, timeout=left)
@@ -214,10 +226,17 @@ class RaftGroup:
                 except Exception:
                     continue
                 alive.append(status["index"])
-                if status["role"] == "LEADER":
-                    self._leader = int(status["index"])
+                hint = status["index"] if status["role"] == "LEADER" else status["leader"]
+                if hint is not None and hint in self._handles and (
+                        status["role"] == "LEADER" or not self._is_suspect(hint)):
+                    self._leader = int(hint)
                     return self._leader
+            if len(alive) >= majority:
+                break
         return alive[0] if any_replica and alive else None
+
+    def _is_suspect(self, index: int) -> bool:
+        return self._suspect.get(index, 0.0) > time.monotonic()
 
     def leader(self, timeout: float = 10.0) -> Any:
         """The current leader's actor handle (discovered; blocks up to ``timeout``)."""

@@ -266,6 +266,6 @@ class RoundAggregator:
         nonfinite = self._validate(round, rank, grads, samples)
         self._last_by_rank[rank] = round
         entry = _Round({rank: (None if nonfinite else grads, samples)}, nonfinite)
-        command = self._build(self._next, "async", entry)
+        command = self._build(round, "async", entry)  # (rank, step) dedups in the shard
         self._next += 1
         return SubmitOutcome(round, True, False, 1, (command.encode(),))

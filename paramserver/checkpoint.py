@@ -101,6 +101,8 @@ def write_checkpoint(
     manifest = {
         "round": round, "plan": json.loads(plan.to_json()), "optimizer": optimizer.to_dict(),
         "files": files, "layer_versions": [state.layer_versions for state in shard_states],
+        "async_steps": [{str(k): v for k, v in sorted(state.async_steps.items())}
+                        for state in shard_states],
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1))
     _fsync(tmp / MANIFEST)
@@ -160,6 +162,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         optimizer = OptimizerConfig.from_dict(manifest["optimizer"])
         round_, files = int(manifest["round"]), dict(manifest["files"])
         layer_versions = list(manifest.get("layer_versions") or [{}] * plan.shards)
+        async_steps = [{int(k): int(v) for k, v in steps.items()}
+                       for steps in manifest.get("async_steps") or [{}] * plan.shards]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointCorruptError(str(root / MANIFEST), f"bad field: {exc}") from exc
     shards = []
@@ -167,7 +171,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         name = f"shard-{s}.safetensors"
         if name not in files:
             raise CheckpointCorruptError(str(root / MANIFEST), f"no hash listed for {name}")
-        shards.append(_read_shard(root / name, files[name], plan, s, round_, layer_versions[s]))
+        state = _read_shard(root / name, files[name], plan, s, round_, layer_versions[s])
+        state.async_steps = async_steps[s]
+        shards.append(state)
     return Checkpoint(root, round_, plan, optimizer, shards)
 
 

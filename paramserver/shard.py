@@ -56,6 +56,8 @@ class ShardState:
     params: dict[str, F32]
     optimizer_state: dict[str, dict[str, npt.NDArray[Any]]]
     layer_versions: dict[str, int] = field(default_factory=dict)
+    async_steps: dict[int, int] = field(default_factory=dict)
+    """``async`` mode: per rank, the last contribution step applied (for exactly-once)."""
 
 
 class ShardStateMachine:
@@ -78,6 +80,7 @@ class ShardStateMachine:
         self._opt: dict[str, dict[str, npt.NDArray[Any]]] = {
             k: new_state(optimizer) for k in self._params}
         self._version = 0
+        self._async_steps: dict[int, int] = {}
         self._layer_versions = dict.fromkeys(self._params, 0)
         self._locks = LayerLocks(self._params)
 
@@ -114,6 +117,7 @@ class ShardStateMachine:
         with self._locks.write(params, WRITE_TIMEOUT_S):
             self._params, self._opt = params, opt
             self._version = state.version
+            self._async_steps = dict(state.async_steps)
             self._layer_versions = {k: state.layer_versions.get(k, state.version) for k in params}
 
     @property
@@ -147,7 +151,7 @@ class ShardStateMachine:
         return ShardState(
             version=self._version, params=self.params(copy=True),
             optimizer_state={k: {n: a.copy() for n, a in s.items()} for k, s in self._opt.items()},
-            layer_versions=dict(self._layer_versions),
+            layer_versions=dict(self._layer_versions), async_steps=dict(self._async_steps),
         )
 
     def apply(self, command: bytes) -> ApplyResult | None:
@@ -158,6 +162,8 @@ class ShardStateMachine:
         if isinstance(decoded, RestoreCommand):
             self.restore(decoded.snapshot)
             return None
+        if decoded.kind == "async":
+            return self._apply_async(decoded)
         result = ApplyResult(decoded.round, decoded.round + 1, not decoded.nonfinite_skip)
         if decoded.round < self._version:
             return result
@@ -171,7 +177,20 @@ class ShardStateMachine:
         self._version += 1
         return result
 
-    def _step(self, command: RoundCommand) -> None:
+    def _apply_async(self, command: RoundCommand) -> ApplyResult:
+        """One contribution of one rank, identified by (rank, step): a step at or below the
+        rank's last applied one is a duplicate (re-proposed by a new leader) and a no-op.
+        Otherwise it steps the parameters and becomes the next version."""
+        (rank,) = command.ranks
+        if command.round <= self._async_steps.get(rank, -1):
+            return ApplyResult(command.round, self._version, False)
+        if not command.nonfinite_skip:
+            self._step(command, lr_round=self._version)
+        self._async_steps[rank] = command.round
+        self._version += 1
+        return ApplyResult(command.round, self._version, not command.nonfinite_skip)
+
+    def _step(self, command: RoundCommand, lr_round: int | None = None) -> None:
         if set(command.grads) != set(self._params):
             raise UnknownLayerError(f"round {command.round} carries layers "
                                     f"{sorted(command.grads)}, shard holds {sorted(self._params)}")
@@ -181,7 +200,8 @@ class ShardStateMachine:
                                          f"{grad.shape} != {self._params[key].shape}")
         if command.samples < 1:
             raise CommandDecodeError(f"round {command.round} has samples={command.samples}")
-        lr = learning_rate(self.optimizer.lr, self.schedule, command.round)
+        at = command.round if lr_round is None else lr_round
+        lr = learning_rate(self.optimizer.lr, self.schedule, at)
         scale = np.float32(command.samples)
         with self._locks.write(self._params, WRITE_TIMEOUT_S):
             for key in sorted(self._params):
@@ -196,7 +216,8 @@ class ShardStateMachine:
             arrays[f"p/{key}"] = self._params[key]
             for name, value in self._opt[key].items():
                 arrays[f"o/{key}/{name}"] = value
-        header = {"version": self._version, "layer_versions": self._layer_versions}
+        header = {"version": self._version, "layer_versions": self._layer_versions,
+                  "async_steps": {str(k): v for k, v in sorted(self._async_steps.items())}}
         return encode_frame(header, arrays)
 
     def restore(self, data: bytes) -> None:
@@ -212,8 +233,9 @@ class ShardStateMachine:
             else:
                 key, _, field_name = rest.rpartition("/")
                 opt.setdefault(key, {})[field_name] = value
+        steps = {int(k): int(v) for k, v in header.get("async_steps", {}).items()}
         self._load(ShardState(int(header["version"]), params, opt,
-                              {k: int(v) for k, v in header["layer_versions"].items()}))
+                              {k: int(v) for k, v in header["layer_versions"].items()}, steps))
 
     def digest(self) -> str:
         """SHA-256 (hex) of ``snapshot()``: params, optimizer state and versions."""

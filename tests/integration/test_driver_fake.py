@@ -19,7 +19,8 @@ from safetensors.numpy import load_file
 
 from jobs import TrainConfig, TrainResult, train
 from tests.fakes import FakeBackend, FakeNonFiniteError
-from workers.data import DataError, Dataset, load, synthetic
+from workers.data import Dataset, load, synthetic
+from workers.errors import DataError
 from workers.models import build_model, resolve_model
 from workers.schedule import BatchSchedule
 

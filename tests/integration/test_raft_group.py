@@ -116,12 +116,12 @@ def test_leader_kill_mid_stream_then_follower_restart(ray_session: None, tmp_pat
         _wait_for(lambda: len(acked) >= 40, 20, "40 acknowledged proposals")
         killed_at, acked_at_kill = time.monotonic(), len(acked)
         ray.kill(group.handles()[old_leader], no_restart=False)
-        _wait_for(lambda: len(acked) > acked_at_kill + 5 or errors, 20, "progress after kill")
+        _wait_for(lambda: len(acked) > acked_at_kill + 1 or errors, 20, "progress after kill")
         failover_s = time.monotonic() - killed_at
         writer.join(timeout=60)
         assert not errors, errors
         assert len(acked) == 150
-        print(f"\nfailover (kill -> proposals flowing again): {failover_s * 1000:.0f} ms")
+        print(f"\nfailover (kill -> next acknowledged proposal): {failover_s * 1000:.0f} ms")
         log = assert_identical(group, 3)  # the killed leader restarted and caught up
         assert sorted(log) == sorted(acked) and len(set(log)) == len(log)  # exactly once
 

@@ -195,3 +195,26 @@ def test_codec_round_trips_and_is_deterministic() -> None:
     blob = bytes(range(13))
     restored = decode_command(RestoreCommand(blob).encode())
     assert isinstance(restored, RestoreCommand) and restored.snapshot == blob
+
+
+def test_async_contribution_reproposed_by_a_new_leader_applies_once() -> None:
+    """A leader commits rank 1's step 0, dies before answering; the driver re-submits it to
+    the next leader, whose fresh aggregator proposes it again. The shard applies it once."""
+    from paramserver import AggregatorConfig, RoundAggregator
+
+    shapes = {k: v.shape for k, v in _params().items()}
+    config = AggregatorConfig(workers=2, mode="async")
+    grads = _params(5)
+    first = RoundAggregator(config, shapes).submit(0, 1, grads, 4, 0).commands[0]
+    again = RoundAggregator(config, shapes).submit(0, 1, grads, 4, 0).commands[0]
+    other = RoundAggregator(config, shapes).submit(0, 0, grads, 4, 0).commands[0]
+    machine, reference = _machine(), _machine()
+    for command in (first, again, other):
+        machine.apply(command)
+    for command in (first, other):
+        reference.apply(command)
+    assert machine.version == 2
+    assert machine.snapshot() == reference.snapshot()
+    restored = _machine()
+    restored.restore(machine.snapshot())
+    assert restored.apply(again) is not None and restored.version == 2
