@@ -204,10 +204,14 @@ class RaftReplica:
 
     async def _handle_ready(self, ready: Ready) -> None:
         self._readies += 1
-        if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+        if self._storage.needs_sync(ready.hard_state, ready.entries, ready.snapshot):
             await asyncio.get_running_loop().run_in_executor(
                 self._disk, self._storage.save, ready.hard_state, ready.entries, ready.snapshot
             )
+        elif ready.hard_state is not None:  # commit index only: no fsync, cheaper inline
+            await asyncio.get_running_loop().run_in_executor(
+                self._disk, self._storage.save, ready.hard_state, (), None
+            ) if self._disk_busy else self._storage.save(ready.hard_state, (), None)
         self._send(ready.messages)
         if ready.snapshot is not None:
             self._restore(ready.snapshot)

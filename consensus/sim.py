@@ -11,22 +11,21 @@ the seed and a replay command. Same seed + same ``SimConfig`` ⇒ identical run.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.errors import ConfigError, ConsensusError
 from consensus.invariants import InvariantChecker, InvariantViolation
+from consensus.sim_model import Host, KVStateMachine
 from consensus.types import (
+    ConfChange,
+    ConfChangeKind,
     Entry,
     EntryKind,
-    HardState,
     Message,
-    Ready,
     Role,
     Snapshot,
     SnapshotMeta,
@@ -81,6 +80,8 @@ class SimConfig:
     """A node snapshots its state machine and compacts its log."""
     p_transfer: float = 0.004
     """The leader transfers leadership to a random peer."""
+    p_conf: float = 0.0
+    """The leader proposes removing a voter (never below 3) or re-adding a removed node."""
     heal_steps: int = 3000
     """Steps allowed after healing for a leader to commit a fresh entry everywhere."""
 
@@ -109,70 +110,6 @@ class SimResult:
     messages: int = 0
 
 
-class KVStateMachine:
-    """Tiny deterministic KV store: commands are ``b"key=value"``."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def apply(self, command: bytes) -> None:
-        key, _, value = command.decode().partition("=")
-        self.data[key] = value
-
-    def snapshot(self) -> bytes:
-        return json.dumps(self.data, sort_keys=True).encode()
-
-    def restore(self, data: bytes) -> None:
-        self.data = json.loads(data.decode()) if data else {}
-
-    def digest(self) -> bytes:
-        return hashlib.blake2b(self.snapshot(), digest_size=8).digest()
-
-
-@dataclass(slots=True)
-class Durable:
-    """What survives a crash: the result of every completed persist."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: Snapshot | None = None
-    entries: list[Entry] = field(default_factory=list)
-
-    def persist(self, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            self.snapshot = rd.snapshot
-            self.entries = []
-        if rd.entries:
-            base = self.snapshot.meta.index if self.snapshot else 0
-            del self.entries[rd.entries[0].index - base - 1:]
-            self.entries.extend(rd.entries)
-        if rd.hard_state is not None:
-            self.hard_state = rd.hard_state
-
-    def compact(self, snap: Snapshot) -> None:
-        base = self.snapshot.meta.index if self.snapshot else 0
-        del self.entries[:snap.meta.index - base]
-        self.snapshot = snap
-
-    def holds(self, index: int, term: int) -> bool:
-        base = self.snapshot.meta.index if self.snapshot else 0
-        if index <= base:
-            return True
-        pos = index - base - 1
-        return pos < len(self.entries) and self.entries[pos].term == term
-
-
-@dataclass(slots=True)
-class Host:
-    """One simulated server: durable state, the volatile node and state machine."""
-
-    id: int
-    durable: Durable = field(default_factory=Durable)
-    node: RaftNode | None = None
-    sm: KVStateMachine = field(default_factory=KVStateMachine)
-    applied: int = 0
-    torn_next: bool = False
-
-
 class Simulator:
     """A seeded cluster run. ``step()`` applies random faults and workload, delivers due
     messages, runs every live host's Ready loop and checks the invariants."""
@@ -192,8 +129,9 @@ class Simulator:
         self.checker = InvariantChecker()
         self.result = SimResult(seed, 0)
         self.proposals: dict[bytes, tuple[int, int, int]] = {}  # data -> (node, term, index)
-        self.acked: dict[bytes, tuple[int, int]] = {}  # data -> (index, term)
+        self.acked: dict[bytes, tuple[int, int, tuple[int, ...]]] = {}  # index, term, voters
         self.max_acked = 0
+        self.commit_voters: dict[int, tuple[int, ...]] = {}  # index -> voters at commit
         self.reads: dict[bytes, int] = {}  # ctx -> index it must be at least
         self._counter = 0
         for host in self.hosts.values():
@@ -275,6 +213,8 @@ class Simulator:
                 self._start(rng.choice(down))
         if rng.random() < c.p_compact:
             self._compact(rng.choice(list(self.hosts.values())))
+        if rng.random() < c.p_conf:
+            self._change_membership()
         if rng.random() < c.p_transfer:
             leaders = self.leaders()
             if leaders:
@@ -326,6 +266,21 @@ class Simulator:
                 lid = leaders[0].id
                 self.blocked = {(lid, x) for x in ids} | {(x, lid) for x in ids}
 
+    def _change_membership(self) -> None:
+        leaders = self.leaders()
+        if not leaders:
+            return
+        leader = leaders[0]
+        outside = [i for i in self.ids if i not in leader.voters]
+        if outside and (len(leader.voters) <= 3 or self.rng.random() < 0.5):
+            cc = ConfChange(ConfChangeKind.ADD, self.rng.choice(outside))
+        elif len(leader.voters) > 3:
+            cc = ConfChange(ConfChangeKind.REMOVE, self.rng.choice(leader.voters))
+        else:
+            return
+        with _ignore_consensus_errors():
+            leader.propose_conf_change(cc)
+
     def _compact(self, host: Host) -> None:
         node = host.node
         if node is None or host.applied <= node.log.snapshot_index + 2:
@@ -361,7 +316,7 @@ class Simulator:
             node = self.hosts[msg.dst].node if msg.dst in self.hosts else None
             if node is not None:
                 self.result.messages += 1
-                node.step(msg)
+                self._observe_commit(node, lambda n=node, m=msg: n.step(m))
 
     # ---------------------------------------------------------------- the host's Ready loop
 
@@ -392,7 +347,17 @@ class Simulator:
                 self._apply(host, entry)
             for rs in rd.read_states:
                 self._check_read(host, rs.ctx, rs.index)
-            node.advance(rd)
+            self._observe_commit(node, lambda n=node, r=rd: n.advance(r))
+
+    def _observe_commit(self, node: RaftNode, action: Callable[[], None]) -> None:
+        """Run ``action``; if it made a leader commit by counting, remember the voters it
+        counted (the configuration at commit time, thesis §4.1) for the durability check."""
+        was_leader, before = node.role == Role.LEADER, node.commit_index
+        voters = node.voters
+        action()
+        if was_leader:
+            for index in range(before + 1, node.commit_index + 1):
+                self.commit_voters.setdefault(index, voters)
 
     def _apply(self, host: Host, entry: Entry) -> None:
         if entry.index != host.applied + 1:
@@ -404,7 +369,8 @@ class Simulator:
         self.checker.on_apply(host.id, entry, host.sm.digest())
         self.result.max_commit = max(self.result.max_commit, entry.index)
         if self.proposals.get(entry.data) == (host.id, entry.term, entry.index):
-            self.acked[entry.data] = (entry.index, entry.term)
+            voters = self.commit_voters.get(entry.index, self.ids)
+            self.acked[entry.data] = (entry.index, entry.term, voters)
             self.max_acked = max(self.max_acked, entry.index)
             self.result.acked = len(self.acked)
 
@@ -419,14 +385,14 @@ class Simulator:
     # ---------------------------------------------------------------- end-of-run checks
 
     def check_acked_durable(self) -> None:
-        """No acknowledged proposal is lost: each is on a quorum of durable states."""
-        quorum = len(self.ids) // 2 + 1
-        for data, (index, term) in self.acked.items():
-            holders = sum(1 for h in self.hosts.values() if h.durable.holds(index, term))
-            if holders < quorum:
+        """No acknowledged proposal is lost: each stays on the durable state of a majority
+        of the voters that committed it."""
+        for data, (index, term, voters) in self.acked.items():
+            holders = sum(1 for v in voters if self.hosts[v].durable.holds(index, term))
+            if holders < len(voters) // 2 + 1:
                 raise InvariantViolation(
                     f"acknowledged proposal {data!r} (index {index}, term {term}) is durable "
-                    f"on only {holders} of {len(self.ids)} nodes")
+                    f"on only {holders} of its voters {voters}")
 
     def heal_and_check_liveness(self) -> None:
         """Heal every fault and restart every node; a leader must then commit a fresh entry
@@ -443,8 +409,9 @@ class Simulator:
             if marker is None or (marker not in self.acked and self._proposer_gone(marker)):
                 marker = self.propose()
             if marker in self.acked:
-                need = max(self.max_acked, self.acked[marker][0])
-                if all(h.applied >= need for h in self.hosts.values()):
+                index, _term, voters = self.acked[marker]
+                need = max(self.max_acked, index)
+                if all(self.hosts[v].applied >= need for v in voters):
                     break
         else:
             raise LivenessError(

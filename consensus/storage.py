@@ -166,10 +166,7 @@ class SqliteStorage:
         # Only the commit index moved: it need not be durable (a restart recomputes it from a
         # quorum, Raft Figure 2 keeps it volatile), so skip the fsync; the next durable
         # transaction syncs the WAL, and with it this one, anyway.
-        commit_only = (
-            not entries and snapshot is None and hard_state is not None
-            and self._durable_term_vote == (hard_state.term, hard_state.vote)
-        )
+        commit_only = not self.needs_sync(hard_state, entries, snapshot)
         if commit_only:
             db.execute("PRAGMA synchronous=NORMAL")
         db.execute("BEGIN IMMEDIATE")
@@ -197,6 +194,16 @@ class SqliteStorage:
                 db.execute("PRAGMA synchronous=FULL")
         if hard_state is not None:
             self._durable_term_vote = (hard_state.term, hard_state.vote)
+
+    def needs_sync(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> bool:
+        """Whether ``save`` of these would fsync (False: nothing, or only the commit index)."""
+        if entries or snapshot is not None:
+            return True
+        if hard_state is None:
+            return False
+        return self._durable_term_vote != (hard_state.term, hard_state.vote)
 
     def compact(self, snapshot: Snapshot) -> None:
         """Store ``snapshot`` (taken by this host) and delete the entries it covers; durable."""

@@ -4,6 +4,7 @@ pipelining, flow control, chunked snapshots, transfer, ReadIndex, membership, re
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -90,7 +91,7 @@ def test_leader_stickiness_ignores_votes_unless_transfer() -> None:
     assert follower.term == term + 5 and follower.ready().messages[0].granted  # type: ignore
 
 
-def _appends(msgs: list[object], dst: int) -> list[AppendEntries]:
+def _appends(msgs: Sequence[object], dst: int) -> list[AppendEntries]:
     return [m for m in msgs if isinstance(m, AppendEntries) and m.dst == dst and m.entries]
 
 
@@ -262,7 +263,7 @@ def test_add_member_then_remove_the_leader() -> None:
     assert net.nodes[4].voters == (1, 2, 3, 4) and net.nodes[4].last_index == leader.last_index
     leader.propose_conf_change(ConfChange(ConfChangeKind.REMOVE, 1))
     net.pump()
-    assert leader.role == Role.FOLLOWER and leader.voters == (2, 3, 4)
+    assert leader.role == Role.FOLLOWER and net.nodes[1].voters == (2, 3, 4)
     net.isolated.add(1)
     for _ in range(60):
         net.tick_all(1)
