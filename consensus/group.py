@@ -58,6 +58,8 @@ _RETRYABLE = (
     ray.exceptions.ActorUnavailableError,
 )
 _Call = Callable[[Any, float], Any]
+_INLINE_BYTES = 64 << 10  # smaller proposals are sent inline with the actor call
+_HEDGE_S = 0.3  # a call unanswered this long makes the client check for another leader
 _SUSPECT_S = 1.0  # after a replica failed a call as dead, ignore hints naming it this long
 
 
@@ -161,9 +163,10 @@ class RaftGroup:
             data = encode_batch(
                 [Envelope(self._client_id, s, c, ack) for s, c in zip(seqs, commands, strict=True)]
             )
-            ref = ray.put(data)
+            # Large payloads go once to the object store and travel by reference on retries.
+            payload: Any = ray.put(data) if len(data) > _INLINE_BYTES else data
             result: list[Any] = self._submit(
-                lambda h, t: h.propose_entry.remote(ref, t), timeout, "propose")
+                lambda h, t: h.propose_entry.remote(payload, t), timeout, "propose")
             return result
         finally:
             self._done(seqs)
@@ -191,7 +194,10 @@ class RaftGroup:
                 continue
             attempt = min(remaining, self.config.attempt_timeout_s)
             try:
-                return ray.get(call(self._handles[index], attempt), timeout=attempt + 1.0)
+                done, value = self._wait_or_switch(call(self._handles[index], attempt), index,
+                                                   attempt + 1.0)
+                if done:
+                    return value
             except Exception as exc:  # classify: retry on anything that says "try elsewhere"
                 err = _cause(exc)
                 if isinstance(err, NotLeaderError):
@@ -206,6 +212,27 @@ class RaftGroup:
                 else:
                     raise err from None
         raise ProposalTimeoutError(f"group {self.name}: {what} did not complete in {timeout} s")
+
+    def _wait_or_switch(self, ref: Any, index: int, limit: float) -> tuple[bool, Any]:
+        """Wait for ``ref`` (a call on replica ``index``) up to ``limit`` seconds; every
+        ``_HEDGE_S`` without an answer, ask the others whether one of them now leads (a
+        call queued on a dead or restarting leader can hang). (False, None): switched to
+        that leader; the caller resends with the same seqs (safe: dedup). Raises the call's
+        error, or GetTimeoutError."""
+        until = time.monotonic() + limit
+        while (left := until - time.monotonic()) > 0:
+            ready, _ = ray.wait([ref], timeout=min(_HEDGE_S, left))
+            if ready:
+                return True, ray.get(ref, timeout=0)
+            others = [self._handles[i].status.remote() for i in self._handles if i != index]
+            answered, _ = ray.wait(others, num_returns=len(others), timeout=_HEDGE_S / 2)
+            for status_ref in answered:
+                with contextlib.suppress(Exception):
+                    status = ray.get(status_ref, timeout=0)
+                    if status["role"] == "LEADER":
+                        self._leader = int(status["index"])
+                        return False, None
+        raise ray.exceptions.GetTimeoutError(f"no answer from replica {index} in {limit} s")
 
     def _target(self, remaining: float, any_replica: bool) -> int | None:
         if self._leader is not None and self._leader in self._handles:

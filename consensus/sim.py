@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from consensus.config import RaftConfig
 from consensus.core import RaftNode
@@ -32,6 +33,7 @@ from consensus.types import (
 )
 
 NodeFactory = Callable[..., RaftNode]
+T = TypeVar("T")
 
 REPLAY_HINT = "RAFTPS_SEED={seed} pytest tests/sim -k replay"
 
@@ -279,7 +281,7 @@ class Simulator:
         else:
             return
         with _ignore_consensus_errors():
-            leader.propose_conf_change(cc)
+            self._observe_commit(leader, leader.propose_conf_change, cc)
 
     def _compact(self, host: Host) -> None:
         node = host.node
@@ -316,7 +318,7 @@ class Simulator:
             node = self.hosts[msg.dst].node if msg.dst in self.hosts else None
             if node is not None:
                 self.result.messages += 1
-                self._observe_commit(node, lambda n=node, m=msg: n.step(m))
+                self._observe_commit(node, node.step, msg)
 
     # ---------------------------------------------------------------- the host's Ready loop
 
@@ -347,15 +349,16 @@ class Simulator:
                 self._apply(host, entry)
             for rs in rd.read_states:
                 self._check_read(host, rs.ctx, rs.index)
-            self._observe_commit(node, lambda n=node, r=rd: n.advance(r))
+            self._observe_commit(node, node.advance, rd)
 
-    def _observe_commit(self, node: RaftNode, action: Callable[[], None]) -> None:
-        """Run ``action``; if it made a leader commit by counting, remember the voters it
+    def _observe_commit(self, node: RaftNode, action: Callable[[T], object], arg: T) -> None:
+        """Run ``action(arg)``; if it made a leader commit by counting, remember the voters it
         counted (the configuration at commit time, thesis §4.1) for the durability check."""
         was_leader, before = node.role == Role.LEADER, node.commit_index
-        voters = node.voters
-        action()
-        if was_leader:
+        action(arg)
+        counted = node.role == Role.LEADER or node.id not in node.voters  # removed leader
+        if was_leader and counted:
+            voters = node.voters
             for index in range(before + 1, node.commit_index + 1):
                 self.commit_voters.setdefault(index, voters)
 
