@@ -48,8 +48,12 @@ class Election(NodeState):
         return active >= self._quorum()
 
     def _in_lease(self) -> bool:
-        """Leader stickiness: we heard from a live leader within the minimum timeout."""
-        return self.leader is not None and self.election_elapsed < self.config.election_ticks
+        """Leader stickiness: we heard from a live leader within the minimum timeout.
+
+        Tied to check_quorum (as in etcd): only then does a leader that lost its quorum
+        step down, so sticky followers cannot keep a dead-ended leader alive forever."""
+        return (self.config.check_quorum and self.leader is not None
+                and self.election_elapsed < self.config.election_ticks)
 
     def _campaign(self, *, pre: bool, transfer: bool) -> None:
         """Start a (pre-)election: pre-vote asks for ``term+1`` without incrementing ``term``."""

@@ -18,6 +18,7 @@ from paramserver.checkpoint import (
 from paramserver.commands import RestoreCommand, RoundCommand, decode_command
 from paramserver.config import AggregatorConfig
 from paramserver.errors import (
+    ApplyFailedError,
     CheckpointCorruptError,
     CommandDecodeError,
     ConfigError,
@@ -58,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AggregatorConfig",
+    "ApplyFailedError",
     "ApplyResult",
     "Checkpoint",
     "CheckpointCorruptError",

@@ -85,3 +85,8 @@ class CheckpointCorruptError(ParamServerError):
 
 class LockTimeoutError(ParamServerError, TimeoutError):
     """A layer lock was not acquired within its timeout; nothing stays locked."""
+
+
+class ApplyFailedError(ParamServerError):
+    """A committed command raised in the state machine (deterministically, on every replica);
+    the shard did not change. This indicates a bug or a mismatched checkpoint, not bad input."""

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from paramserver.aggregator import RoundAggregator
 from paramserver.config import AggregatorConfig
+from paramserver.errors import ApplyFailedError, PlanError
 from paramserver.shard import ShardState, ShardStateMachine
 
 F32 = npt.NDArray[np.float32]
@@ -110,7 +111,11 @@ class ShardService:
     async def _commit(self, commands: tuple[bytes, ...]) -> None:
         try:
             for command in commands:
-                await self._ctx.propose(command, self._commit_timeout_s)
+                result = await self._ctx.propose(command, self._commit_timeout_s)
+                error = getattr(result, "error", None)  # consensus.replica.CommandError
+                if isinstance(error, str):
+                    raise ApplyFailedError(
+                        f"a committed round command failed to apply on every replica: {error}")
         except BaseException:
             self._aggregator = None
             raise
@@ -135,8 +140,6 @@ class ShardService:
         """A deep copy of the shard at exactly ``version`` (for a consistent checkpoint cut)."""
         state = self._machine.export_state()
         if state.version != version:
-            from paramserver.errors import PlanError
-
             raise PlanError(f"shard is at version {state.version}, not {version}; "
                             "checkpoints are cut only after every shard applied the round")
         return state

@@ -22,6 +22,8 @@ PROFILES: dict[str, SimConfig] = {
                        p_compact=0.1, p_transfer=0.02, max_delay=8),
     "five": SimConfig(nodes=5, p_crash=0.02, p_partition=0.03, p_compact=0.05),
     "no_prevote": SimConfig(pre_vote=False, check_quorum=False, p_partition=0.03),
+    "membership": SimConfig(nodes=5, p_conf=0.03, p_crash=0.01, p_partition=0.02,
+                            p_compact=0.05),
 }
 
 

@@ -89,6 +89,10 @@ def test_leader_stickiness_ignores_votes_unless_transfer() -> None:
     assert follower.term == term and not follower.ready().messages
     follower.step(RequestVote(3, 2, term + 5, 99, term, transfer=True))
     assert follower.term == term + 5 and follower.ready().messages[0].granted  # type: ignore
+    loose = Net.of(3, check_quorum=False)
+    loose.elect(1)
+    loose.nodes[2].step(RequestVote(3, 2, term + 5, 99, term))
+    assert loose.nodes[2].term == term + 5  # control: no stickiness without check-quorum
 
 
 def _appends(msgs: Sequence[object], dst: int) -> list[AppendEntries]:
