@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -174,7 +175,7 @@ def measure_pysyncobj(cfg: RaftBenchConfig) -> dict[str, Any]:
     with its error under ``errors``, so the other numbers survive.
     """
     out: dict[str, Any] = {"conf": dict(CONF_OVERRIDES), "errors": {}}
-    steps = [
+    steps: list[tuple[str, Callable[[PySyncObjCluster, int], dict[str, Any]]]] = [
         ("100b", lambda c, i: _latency_stats(
             c.call(i, "latency", SMALL, cfg.latency_ops, 10.0, timeout=cfg.timeout_s), "100b")),
         ("ops", lambda c, i: {"ops_per_s_100b": cfg.throughput_ops / c.call(

@@ -18,9 +18,11 @@ class RaftConfig:
     """This replica's id: a positive int, unique within the group."""
     voters: tuple[int, ...]
     """The initial voters, used when neither a snapshot nor the log names a membership.
-    A replica joining an existing group passes the group's current voters (without
-    itself): it replays later changes from the log, or takes the membership from a
-    snapshot, and never campaigns while it is not a voter."""
+    A replica joining an existing group should pass the group's current voters (without
+    itself): it replays later changes from the log and never campaigns while not a
+    voter. A joiner given ``()`` cannot know the bootstrap membership, so it never
+    campaigns until a snapshot from the leader tells it the membership (it still
+    replicates, and the leader counts it as a voter once added)."""
     election_ticks: int = 10
     """Minimum election timeout in ticks; each timeout is drawn from
     ``[election_ticks, 2*election_ticks)`` with the injected RNG. Also the check-quorum
@@ -40,6 +42,9 @@ class RaftConfig:
     """Flow control: max unacknowledged AppendEntries in flight to one follower."""
     snapshot_chunk_bytes: int = 4 << 20
     """InstallSnapshot chunk size in bytes."""
+    max_apply_bytes: int = 64 << 20
+    """Max payload bytes of committed entries in one Ready (at least one entry); the rest
+    follows in later Readies, so a restart or catch-up does not apply the whole log at once."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -56,7 +61,7 @@ class RaftConfig:
                 f"heartbeat_ticks ({self.heartbeat_ticks}); raise election_ticks"
             )
         for name in ("max_msg_bytes", "max_inflight_bytes", "max_inflight_msgs",
-                     "snapshot_chunk_bytes"):
+                     "snapshot_chunk_bytes", "max_apply_bytes"):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"RaftConfig.{name} must be >= 1, got {value}")

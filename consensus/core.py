@@ -185,8 +185,13 @@ class RaftNode(Election, Replication):
             self._msgs or self._read_states or self._ready_snapshot is not None
             or self._need_bcast or self._need_commit_bcast or self._need_read_beat
             or log.last_index > log.offered or log.committed > self._applying
-            or self._hard_state() != self._prev_hs
+            or self._hard_state_changed()
         )
+
+    def _hard_state_changed(self) -> bool:
+        prev = self._prev_hs
+        return (self.term != prev.term or self.vote != prev.vote
+                or self.log.committed != prev.commit)
 
     def ready(self) -> Ready:
         """Collect work for the host (see ``Ready``). Each item is handed out once; call
@@ -197,17 +202,18 @@ class RaftNode(Election, Replication):
             self._need_bcast = self._need_commit_bcast = self._need_read_beat = False
         log = self.log
         rd = Ready(role=self.role, leader=self.leader, term=self.term)
-        hs = self._hard_state()
-        if hs != self._prev_hs:
-            rd.hard_state = hs
-            self._prev_hs = hs
+        if self._hard_state_changed():
+            rd.hard_state = self._prev_hs = self._hard_state()
         if log.last_index > log.offered:
             rd.entries = log.take_unoffered()
         if self._ready_snapshot is not None:
             rd.snapshot, self._ready_snapshot = self._ready_snapshot, None
         if log.committed > self._applying:
-            rd.committed_entries = log.entries(self._applying + 1, log.committed)
-            self._applying = log.committed
+            batch = log.slice(self._applying + 1, self.config.max_apply_bytes)
+            if batch[-1].index > log.committed:
+                batch = batch[:log.committed - self._applying]
+            rd.committed_entries = batch
+            self._applying = batch[-1].index
         if self._msgs:
             rd.messages, self._msgs = self._msgs, []
         if self._read_states:

@@ -281,6 +281,21 @@ class RaftGroup:
         handle = self.leader(timeout)
         return next(i for i, h in self._handles.items() if h == handle)
 
+    def transfer_leadership(self, to: int, timeout: float = 10.0) -> None:
+        """Hand leadership to replica ``to`` (thesis §3.10); blocks until it leads."""
+        if to not in self._handles:
+            raise ValueError(f"replica {to} is not a member of {self.name}")
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            current = self.leader_index(remaining)
+            if current == to:
+                return
+            with contextlib.suppress(Exception):
+                ray.get(self._handles[current].transfer_leadership.remote(to),
+                        timeout=max(0.1, remaining))
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        raise ProposalTimeoutError(f"group {self.name}: replica {to} did not take over")
+
     def handles(self) -> list[Any]:
         """Actor handles of the current members, by replica index."""
         return [self._handles[i] for i in sorted(self._handles)]
@@ -347,9 +362,21 @@ class RaftGroup:
                      deadline - time.monotonic(), f"add replica {new_index}")
         return new_index
 
-    def shutdown(self) -> None:
-        """Kill every replica (no restart) and free the placement group. Storage stays."""
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Kill every replica (no restart) and free the placement group; storage stays.
+
+        Blocks (up to ``timeout``) until the actor names are free again, so the same group
+        can be re-created at once (it then reloads its storage)."""
+        names = [replica_name(self.name, i) for i in self._handles]
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)
         self._handles.clear()
         remove_placement_group(self._pg)
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while time.monotonic() < deadline:
+                try:
+                    ray.get_actor(name, namespace=self.namespace)
+                except ValueError:
+                    break
+                time.sleep(0.02)

@@ -62,6 +62,9 @@ class NodeState:
         self._snapshot = snapshot
         base = snapshot.meta.voters if snapshot else config.voters
         self._conf_base: tuple[int, ...] = tuple(sorted(base))
+        # a joiner started with voters=() and no snapshot cannot know the bootstrap
+        # membership: replaying conf changes from () would give a too-small quorum
+        self._membership_known = bool(self._conf_base)
         self._conf_log: list[tuple[int, int, tuple[int, ...]]] = []  # (index, term, voters)
         self.voters: tuple[int, ...] = self._conf_base
         self._sync_conf(entries)
@@ -98,7 +101,8 @@ class NodeState:
         raise NotImplementedError  # provided by Replication
 
     def _promotable(self) -> bool:
-        return self.id in self.voters
+        """May campaign: a voter whose full membership is known (see RaftConfig.voters)."""
+        return self._membership_known and self.id in self.voters
 
     def _quorum(self) -> int:
         return len(self.voters) // 2 + 1

@@ -20,7 +20,6 @@ Node ids are replica index + 1 (the core requires positive ids).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import itertools
@@ -189,8 +188,9 @@ class RaftReplica:
         while True:
             delay = next_tick - loop.time()
             if delay > 0 and not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                timer = loop.call_later(delay, self._wake.set)  # cheaper than wait_for
+                await self._wake.wait()
+                timer.cancel()
             await asyncio.sleep(0)  # let calls that arrived together batch into one Ready
             self._wake.clear()
             if loop.time() >= next_tick:
@@ -199,9 +199,11 @@ class RaftReplica:
             try:
                 while self._node.has_ready():
                     await self._handle_ready(self._node.ready())
-            except Exception:  # keep the replica alive; the core's state is still consistent
-                log.exception("replica %s: Ready handling failed", self.node_id)
-                await asyncio.sleep(tick)
+            except Exception:
+                # Fail-stop: a Ready half done (say, storage failed) leaves the core and the
+                # disk disagreeing. Exit; Ray restarts the actor, which reloads from storage.
+                log.exception("replica %s: Ready handling failed; restarting", self.node_id)
+                os._exit(1)
 
     async def _handle_ready(self, ready: Ready) -> None:
         self._readies += 1
@@ -481,7 +483,8 @@ class RaftReplica:
             "leader": None if node.leader is None else node.leader - 1,
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
             "alive": True, "readies": self._readies, "sent_msgs": self._sent_msgs,
-            "sent_entries": self._sent_entries,
+            "sent_entries": self._sent_entries, "pid": os.getpid(),
+            "cpu_s": time.process_time(),
         }
 
     async def snapshot_bytes(self) -> bytes:

@@ -169,7 +169,9 @@ class Replication(NodeState):
     # ------------------------------------------------------------ follower
 
     def _handle_append(self, m: AppendEntries) -> None:
-        """§5.3 AppendEntries receiver; a rejection carries a backtracking hint."""
+        """§5.3 AppendEntries receiver. A rejection sets ``match_index`` to the rejected
+        ``prev_log_index`` and ``hint_index``/``hint_term`` to our last entry at or below it
+        whose term is <= ``prev_log_term`` (the leader skips whole conflicting terms)."""
         self.election_elapsed = 0
         self.leader = m.src
         log = self.log
@@ -231,5 +233,6 @@ class Replication(NodeState):
         self._ready_snapshot = snap
         self._applying = meta.index
         self._conf_base = tuple(sorted(meta.voters))
+        self._membership_known = True
         self._conf_log = []
         self._set_voters(self._conf_base)

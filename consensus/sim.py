@@ -4,7 +4,8 @@ of durable storage, all driven by one ``random.Random(seed)``. No IO, no clock, 
 Faults: partitions (symmetric, asymmetric, isolating the leader), drops, duplicates,
 delays/reordering, crash-restart from durable state, including a torn last write (a crash
 while persisting a Ready loses all of it; its messages were never sent). Workload: random
-proposals, ReadIndex reads, compaction with snapshots, leadership transfers. The
+proposals, ReadIndex reads, compaction with snapshots, leadership transfers, and
+(``p_conf``) single-server membership changes. The
 ``InvariantChecker`` runs after every step; any failure raises ``InvariantViolation`` with
 the seed and a replay command. Same seed + same ``SimConfig`` ⇒ identical run.
 """

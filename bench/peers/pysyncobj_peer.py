@@ -28,6 +28,7 @@ written to the results JSON under ``pysyncobj.conf``):
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -76,7 +77,7 @@ def _make_node(self_addr: str, partners: list[str], conf: dict[str, Any]) -> Any
             self.commands = 0
             self.total_bytes = 0
 
-        @replicated  # type: ignore[misc]
+        @replicated  # type: ignore[untyped-decorator]
         def append(self, data: bytes) -> int:
             self.commands += 1
             self.total_bytes += len(data)
@@ -182,7 +183,7 @@ class PySyncObjCluster:
         ctx = mp.get_context("spawn")
         self._tmp = tempfile.TemporaryDirectory(prefix="raftps-pysyncobj-")
         addrs = [f"127.0.0.1:{port}" for port in _free_ports(self.replicas)]
-        for i, addr in enumerate(addrs):
+        for addr in addrs:
             conf = dict(self.conf)
             parent, child = ctx.Pipe()
             partners = [a for a in addrs if a != addr]
@@ -226,10 +227,8 @@ class PySyncObjCluster:
 
     def stop(self) -> None:
         for i in self.alive():
-            try:
+            with contextlib.suppress(OSError):  # it already died; joined/killed below
                 self._conns[i].send(("stop",))
-            except OSError:  # the replica already died; it is joined/killed below
-                pass
         for proc in self._procs:
             proc.join(5.0)
             if proc.is_alive():

@@ -105,7 +105,7 @@ class DataWorker:
         loss = functional.cross_entropy(
             self.model(self.x[lo : lo + self.batch]), self.y[lo : lo + self.batch]
         )
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         return [p.grad.numpy() for p in self.model.parameters() if p.grad is not None]
 
 
@@ -125,8 +125,8 @@ def run(config: RayPSConfig) -> float:
     """
     import ray
 
-    ps = ray.remote(ParameterServer).remote(config.lr, config.seed)
-    workers = [
+    ps: Any = ray.remote(ParameterServer).remote(config.lr, config.seed)
+    workers: list[Any] = [
         ray.remote(DataWorker).remote(rank, config.batch_per_worker, config.seed)
         for rank in range(config.workers)
     ]

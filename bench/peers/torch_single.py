@@ -59,7 +59,7 @@ def run(config: TorchSingleConfig) -> float:
             lo, hi = step * config.global_batch, (step + 1) * config.global_batch
             optimizer.zero_grad(set_to_none=True)
             loss = functional.cross_entropy(model(xs[lo:hi]), ys[lo:hi])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         elapsed = time.perf_counter() - start
     finally:

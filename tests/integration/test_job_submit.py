@@ -98,7 +98,9 @@ def test_job_submit_trains_and_writes_outputs(ray_head: str, tmp_path: Path) -> 
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=200)
     status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", ray_head,
                              submission], env=_env(), capture_output=True, text=True, timeout=30)
-    assert "SUCCEEDED" in status.stdout + status.stderr, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, logs
+    assert "succeeded" in (status.stdout + status.stderr).lower(), logs
     for name in ("model.safetensors", "summary.json", "metrics.jsonl"):
         assert (out / name).is_file(), f"{name} missing in {sorted(p.name for p in out.iterdir())}"
     summary = json.loads((out / "summary.json").read_text())

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import ray
 
-from consensus import RaftGroup, RaftGroupConfig
+from consensus import RaftGroup, RaftGroupConfig, ReplicaContext
 
 FAST = RaftGroupConfig(tick_interval_s=0.02, election_ticks=10, seed=7)
 
@@ -38,6 +38,24 @@ class LogMachine:
 
     def query(self, query: Any) -> Any:
         return len(self.log) if query == "len" else list(self.log)
+
+
+class EchoService:
+    """A service as the paramserver builds one: proposes locally, watches applies."""
+
+    def __init__(self, ctx: ReplicaContext) -> None:
+        self.ctx = ctx
+        self.seen: list[int] = []
+        ctx.on_apply(self.seen.append)
+
+    async def append(self, command: bytes) -> Any:
+        return await self.ctx.propose(command)
+
+    async def wait_len(self, n: int) -> tuple[int, bool, int]:
+        machine = self.ctx.state_machine
+        assert isinstance(machine, LogMachine)
+        await self.ctx.wait_applied(lambda: len(machine.log) >= n, timeout=5.0)
+        return len(machine.log), self.ctx.is_leader(), self.seen[-1]
 
 
 def decode_log(snapshot: bytes) -> list[bytes]:
@@ -67,7 +85,8 @@ def assert_identical(group: RaftGroup, members: int) -> list[bytes]:
 
 
 def test_commit_read_and_same_seq_retry(ray_session: None, tmp_path: Path) -> None:
-    group = RaftGroup.create("it/commit", 3, LogMachine, tmp_path, config=FAST)
+    group = RaftGroup.create("it/commit", 3, LogMachine, tmp_path, config=FAST,
+                             service=EchoService)
     try:
         results = [group.propose(f"c{i}".encode()) for i in range(10)]
         assert results == list(range(1, 11))
@@ -78,13 +97,29 @@ def test_commit_read_and_same_seq_retry(ray_session: None, tmp_path: Path) -> No
         first = ray.get(leader.propose.remote("retry-client", 1, b"once", 5.0), timeout=10)
         again = ray.get(leader.propose.remote("retry-client", 1, b"once", 5.0), timeout=10)
         assert first == again == 14
+        assert group.call_service("append", b"svc") == 15
+        length, is_leader, last_seen = group.call_service("wait_len", 15, leader_only=False)
+        assert length == 15 and last_seen >= 15  # on_apply saw the index of the entry
+        assert isinstance(is_leader, bool)
         log = assert_identical(group, 3)
-        assert log.count(b"once") == 1
+        assert log.count(b"once") == 1 and log[-1] == b"svc"
+        target = next(i for i in group.indices() if i != group.leader_index())
+        group.transfer_leadership(target)
+        assert group.leader_index() == target
+        assert group.propose(b"after-transfer") == 16
         statuses = group.status()
         assert sorted(s["role"] for s in statuses) == ["FOLLOWER", "FOLLOWER", "LEADER"]
         assert {s["name"] for s in statuses} == {f"it/commit/replica-{r}" for r in range(3)}
+        before = group.snapshots()
     finally:
         group.shutdown()
+    # Whole-group restart: fresh actors reload term, vote, log and replay the commands.
+    again = RaftGroup.create("it/commit", 3, LogMachine, tmp_path, config=FAST)
+    try:
+        assert again.read("len") == 16
+        assert set(again.snapshots().values()) == set(before.values())
+    finally:
+        again.shutdown()
 
 
 def _stream(group: RaftGroup, n: int, acked: list[bytes], errors: list[BaseException]) -> None:

@@ -310,3 +310,47 @@ def test_single_node_group_commits_alone() -> None:
         committed += rd.committed_entries
         node.advance(rd)
     assert committed[-1].index == index and committed[-1].data == b"solo"
+
+
+def test_bad_compact_or_conf_change_raises_and_changes_nothing() -> None:
+    net = Net.of(3)
+    leader = net.elect(1)
+    leader.propose(b"x")
+    net.pump()
+    before = leader.status()
+    with pytest.raises(ConfigError, match="voters_at"):
+        leader.compact(Snapshot(SnapshotMeta(2, leader.term, (1, 2)), b""))
+    with pytest.raises(ConfigError, match="beyond applied"):
+        leader.compact(Snapshot(SnapshotMeta(9, leader.term, (1, 2, 3)), b""))
+    with pytest.raises(ConfigError):
+        leader.propose_conf_change(ConfChange(ConfChangeKind.ADD, 2))  # already a voter
+    assert leader.status() == before and leader.term_at(1) is not None
+
+
+def test_joiner_without_known_membership_never_elects_itself() -> None:
+    """A joiner started with voters=() sees only ``ADD self`` in the log; it must not
+    conclude it is a one-node group and elect itself (split brain)."""
+    net = Net.of(3)
+    leader = net.elect(1)
+    net.add(RaftNode(RaftConfig(id=4, voters=()), random.Random(4)))
+    leader.propose_conf_change(ConfChange(ConfChangeKind.ADD, 4))
+    net.pump()
+    joiner = net.nodes[4]
+    assert joiner.last_index == leader.last_index
+    net.isolated = {1, 2, 3}
+    for _ in range(100):
+        joiner.tick()
+        net.pump()
+    assert joiner.role == Role.FOLLOWER and joiner.term == leader.term
+
+
+def test_committed_entries_are_handed_out_in_bounded_batches() -> None:
+    entries = [Entry(1, i, data=b"x" * 100) for i in range(1, 11)]
+    node = RaftNode(RaftConfig(id=1, voters=(1, 2, 3), max_apply_bytes=300),
+                    random.Random(0), hard_state=HardState(1, None, 8), entries=entries)
+    batches = []
+    while node.has_ready():
+        rd = node.ready()
+        batches.append([e.index for e in rd.committed_entries])
+        node.advance(rd)
+    assert batches == [[1, 2], [3, 4], [5, 6], [7, 8]]  # 2 x 116 bytes <= 300, stop at commit
