@@ -6,6 +6,8 @@ so that the IO-free core, storage and simulator never import Ray.
 
 from typing import TYPE_CHECKING, Any
 
+from consensus.config import RaftConfig
+from consensus.core import RaftNode
 from consensus.errors import (
     ConfigError,
     ConsensusError,
@@ -50,8 +52,10 @@ __all__ = [
     "NotLeaderError",
     "ProposalDroppedError",
     "ProposalTimeoutError",
+    "RaftConfig",
     "RaftGroup",
     "RaftGroupConfig",
+    "RaftNode",
     "RaftReplica",
     "ReplicaContext",
     "SessionTable",

@@ -28,6 +28,7 @@ def ray_session() -> Iterator[None]:
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never attach to a cluster another process left running
             num_cpus=int(os.environ.get("RAFTPS_TEST_CPUS", "8")),
             include_dashboard=False,
             log_to_driver=False,
