@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, namespace="raftps-bench")
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+                 namespace="raftps-bench")  # never attach to a cluster found on the machine
     results: dict[str, dict[str, Any]] = {}
     for side, measure in (("raftps", measure_raftps), ("pysyncobj", measure_pysyncobj)):
         started = time.perf_counter()

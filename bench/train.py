@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+        # address="local": never attach to another cluster found on this machine
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     results: dict[str, Any] = summarize(interleave(runners(cfg), cfg.repeats))
     table = report(results)
     results["_settings"] = dataclasses.asdict(cfg) | {
