@@ -74,7 +74,8 @@ def write_checkpoint(
     directory: str | os.PathLike[str], round: int, plan: ShardPlan,
     shard_states: Sequence[ShardState], optimizer: OptimizerConfig,
 ) -> Path:
-    """Write the cut at ``round`` (every shard state must be at version ``round``).
+    """Write the cut at driver round ``round``: every shard state must be at one version
+    (``round`` in sync/ssp; ``round * workers`` in async, where each contribution is one).
 
     Returns the round directory. If that round's checkpoint already exists it is left as is
     (a deterministic run writes the same cut) and its path is returned. Blocks on fsync.
@@ -82,8 +83,8 @@ def write_checkpoint(
     if len(shard_states) != plan.shards:
         raise PlanError(f"got {len(shard_states)} shard states for a {plan.shards}-shard plan")
     versions = [state.version for state in shard_states]
-    if any(v != round for v in versions):
-        raise PlanError(f"checkpoint at round {round} needs every shard at version {round}, "
+    if len(set(versions)) != 1:
+        raise PlanError(f"checkpoint at round {round} needs every shard at the same version, "
                         f"got versions {versions}; wait for all shards to apply the round")
     root = Path(directory) / "checkpoints"
     final = root / f"round-{round}"
@@ -99,7 +100,8 @@ def write_checkpoint(
         _fsync(tmp / name)
         files[name] = _sha256(tmp / name)
     manifest = {
-        "round": round, "plan": json.loads(plan.to_json()), "optimizer": optimizer.to_dict(),
+        "round": round, "version": versions[0], "plan": json.loads(plan.to_json()),
+        "optimizer": optimizer.to_dict(),
         "files": files, "layer_versions": [state.layer_versions for state in shard_states],
         "async_steps": [{str(k): v for k, v in sorted(state.async_steps.items())}
                         for state in shard_states],
@@ -123,7 +125,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointCorruptError(str(path / MANIFEST), str(exc)) from exc
 
 
-def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, round: int,
+def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, version: int,
                 layer_versions: Mapping[str, int]) -> ShardState:
     if not path.exists():
         raise CheckpointCorruptError(str(path), "the file is missing")
@@ -147,7 +149,7 @@ def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, round: 
             got = params[piece.key].shape if piece.key in params else "nothing"
             raise CheckpointCorruptError(str(path), f"layer {piece.key!r} is {got}, the plan "
                                                     f"says {piece.shape}")
-    return ShardState(round, params, optim, dict(layer_versions))
+    return ShardState(version, params, optim, dict(layer_versions))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -161,6 +163,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         plan = ShardPlan.from_json(json.dumps(manifest["plan"]))
         optimizer = OptimizerConfig.from_dict(manifest["optimizer"])
         round_, files = int(manifest["round"]), dict(manifest["files"])
+        version = int(manifest.get("version", round_))
         layer_versions = list(manifest.get("layer_versions") or [{}] * plan.shards)
         async_steps = [{int(k): int(v) for k, v in steps.items()}
                        for steps in manifest.get("async_steps") or [{}] * plan.shards]
@@ -171,7 +174,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         name = f"shard-{s}.safetensors"
         if name not in files:
             raise CheckpointCorruptError(str(root / MANIFEST), f"no hash listed for {name}")
-        state = _read_shard(root / name, files[name], plan, s, round_, layer_versions[s])
+        state = _read_shard(root / name, files[name], plan, s, version, layer_versions[s])
         state.async_steps = async_steps[s]
         shards.append(state)
     return Checkpoint(root, round_, plan, optimizer, shards)

@@ -234,10 +234,16 @@ class ParameterServer:
         parts = ray.get(refs, timeout=self.config.rpc_timeout_s)
         return self.plan.join(parts)
 
+    def round_version(self, round: int) -> int:
+        """The shard version after ``round`` driver rounds: one per round, or in ``async``
+        one per contribution (``round * workers``)."""
+        return round * self.config.workers if self.config.mode == "async" else round
+
     def checkpoint(self, out_dir: str | Path, round: int) -> Path:
-        """Write the consistent cut at version ``round`` (every shard exactly there) under
-        ``out_dir/checkpoints/round-<round>`` atomically; returns that directory."""
-        states = self._call_each("export", round)
+        """Write the consistent cut after driver round ``round`` (every shard exactly at
+        ``round_version(round)``) under ``out_dir/checkpoints/round-<round>`` atomically;
+        returns that directory. The driver must have no round in flight."""
+        states = self._call_each("export", self.round_version(round))
         return write_checkpoint(out_dir, round, self.plan, states, self.config.optimizer)
 
     def restore(self, checkpoint: str | Path) -> int:
@@ -258,7 +264,7 @@ class ParameterServer:
             group.propose(command, timeout=self.config.rpc_timeout_s)
         self._pending.clear()
         self._inflight.clear()
-        self._version = loaded.round
+        self._version = loaded.shards[0].version
         return loaded.round
 
     def status(self) -> list[dict[str, Any]]:

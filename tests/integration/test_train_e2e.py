@@ -117,7 +117,9 @@ def _overflow_loader() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _checkpoints(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "checkpoints").iterdir())}
+    root = out / "checkpoints"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 @pytest.mark.parametrize(
