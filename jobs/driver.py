@@ -54,7 +54,8 @@ class TrainResult:
 def ensure_ray(address: str | None) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS``, or start an embedded Ray; no-op if connected."""
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
+        # "local" starts an embedded Ray even if another process left a cluster running.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local",
                  log_to_driver=True)
 
 
