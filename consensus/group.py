@@ -29,6 +29,8 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from consensus.coalescer import ProposalCoalescer
 from consensus.errors import (
     ConsensusError,
     NotLeaderError,
@@ -86,6 +89,9 @@ class RaftGroup:
         self._in_flight: set[int] = set()
         self._leader: int | None = None
         self._suspect: dict[int, float] = {}  # replica index -> avoid its hints until then
+        self._coalescer = ProposalCoalescer(
+            self.propose_batch, max_inflight=config.client_max_inflight_batches,
+            max_batch_bytes=config.client_max_batch_bytes)
 
     @classmethod
     def create(
@@ -149,8 +155,21 @@ class RaftGroup:
     # ------------------------------------------------------------------ client API
 
     def propose(self, command: bytes, timeout: float = 10.0) -> Any:
-        """Apply ``command`` exactly once and return the state machine's result."""
-        return self.propose_batch([command], timeout)[0]
+        """Apply ``command`` exactly once and return the state machine's result.
+
+        Concurrent calls (from many threads) are coalesced into shared log entries (client
+        group commit, see :mod:`consensus.coalescer`). Blocks up to about ``timeout``."""
+        future = self.propose_async(command, timeout)
+        try:
+            return future.result(timeout=timeout + 1.0)
+        except FutureTimeout:
+            raise ProposalTimeoutError(
+                f"group {self.name}: propose did not complete in {timeout} s") from None
+
+    def propose_async(self, command: bytes, timeout: float = 10.0) -> Future[Any]:
+        """Queue ``command`` (exactly once, coalesced with other queued commands) and return
+        a future of its result; never blocks. The future fails like :meth:`propose` raises."""
+        return self._coalescer.submit(command, timeout)
 
     def propose_batch(self, commands: Sequence[bytes], timeout: float = 10.0) -> list[Any]:
         """Apply ``commands`` in order, as ONE log entry, exactly once; return their results.
@@ -367,6 +386,7 @@ class RaftGroup:
 
         Blocks (up to ``timeout``) until the actor names are free again, so the same group
         can be re-created at once (it then reloads its storage)."""
+        self._coalescer.close()
         names = [replica_name(self.name, i) for i in self._handles]
         for handle in self._handles.values():
             ray.kill(handle, no_restart=True)

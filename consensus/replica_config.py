@@ -41,6 +41,11 @@ class RaftGroupConfig:
     attempt_timeout_s: float = 2.0
     """Client side: how long one attempt on one replica may take before the client retries
     (same seq) elsewhere; the overall deadline is the ``timeout`` of each call."""
+    client_max_inflight_batches: int = 4
+    """Client side: at most this many coalesced ``propose`` batches (actor calls) in flight per
+    ``RaftGroup`` client; concurrent ``propose`` calls queue behind them and share entries."""
+    client_max_batch_bytes: int = 4 << 20
+    """Client side: max command bytes coalesced into one entry (a larger command goes alone)."""
     seed: int | None = None
     """Seed of each replica's election-timeout RNG (``seed * 1000 + node id``); None draws one
     from the OS. Set it for reproducible runs."""
@@ -54,6 +59,12 @@ class RaftGroupConfig:
             raise ConfigError(f"snapshot_every must be >= 1 entry, got {self.snapshot_every}")
         if self.attempt_timeout_s <= 0:
             raise ConfigError(f"attempt_timeout_s must be > 0, got {self.attempt_timeout_s}")
+        if self.client_max_inflight_batches < 1:
+            raise ConfigError(f"client_max_inflight_batches must be >= 1, got "
+                              f"{self.client_max_inflight_batches}")
+        if self.client_max_batch_bytes < 1:
+            raise ConfigError(
+                f"client_max_batch_bytes must be >= 1, got {self.client_max_batch_bytes}")
         self.raft_config(1, (1,))  # validates the Raft fields with RaftConfig's own messages
 
     def raft_config(self, node_id: int, voters: tuple[int, ...]) -> RaftConfig:

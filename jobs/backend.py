@@ -27,6 +27,9 @@ class ParameterServerLike(Protocol):
     def pull(self, min_version: int) -> list[Any]:
         """One ref per shard, each resolving to ``dict[key, ndarray]`` at version >= min."""
 
+    def pull_after(self, version: int, timeout: float) -> list[Any]:
+        """``wait_version(version)`` then the parameter refs at that version, in one step."""
+
     def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int) -> None:
         """Non-blocking contribution of rank's per-shard gradient refs to ``round``."""
 

@@ -158,8 +158,48 @@ class RoundEngine:
         """Run rounds ``[start, end)``; blocks; raises ``TrainingError`` or server errors."""
         if self.config.mode == "async":
             self._run_async(start, end, on_round)
+        elif self.config.mode == "sync" and self.config.backup_workers == 0:
+            self._run_chained(start, end, on_round)
         else:
             self._run_rounds(start, end, on_round)
+
+    def _run_chained(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
+        """Sync without backup workers: every contribution is needed, so the gradient refs
+        go to the shard leaders the moment the tasks are launched (Ray hands each leader the
+        gradient when its task finishes), and one call per shard both waits for the round's
+        commit and returns the next round's parameter refs. No driver round trip between a
+        task finishing and the leader seeing its gradient."""
+        t0 = time.perf_counter()
+        param_refs = self.server.pull(start)
+        publish_s = time.perf_counter() - t0
+        for index in range(start, end):
+            launched = time.perf_counter()
+            epoch, batch = self.schedule.round_position(index)
+            metrics_refs = []
+            for rank in range(self.config.workers):
+                idx = self.schedule.worker_indices(epoch, batch, rank, self.config.workers)
+                grads, metrics_ref = launch_gradient_task(
+                    self.spec, index, rank, self.x_ref, self.y_ref, idx, param_refs,
+                    gpu_fraction=self.config.gpu)
+                self.server.submit(index, rank, grads, index)
+                metrics_refs.append(metrics_ref)
+            submitted = time.perf_counter()
+            try:
+                param_refs = self.server.pull_after(index + 1, timeout=self.config.timeout_s)
+            except TimeoutError as exc:
+                raise TrainingError(
+                    f"round {index} did not commit within {self.config.timeout_s} s; "
+                    "check the server's status or raise timeout_s") from exc
+            metrics: list[GradientMetrics] = ray.get(metrics_refs, timeout=self.config.timeout_s)
+            now = time.perf_counter()
+            compute_s = max(m.load_s + m.compute_s for m in metrics)
+            on_round(RoundResult(
+                round=index, contributors=len(metrics), samples=sum(m.samples for m in metrics),
+                loss_sum=sum(m.loss_sum for m in metrics),
+                correct=sum(m.correct for m in metrics), publish_s=publish_s,
+                compute_s=compute_s, aggregate_s=submitted - launched,
+                commit_s=max(0.0, now - submitted - compute_s), wall_s=now - launched))
+            publish_s = 0.0  # later parameters arrive with the commit answer
 
     def _run_rounds(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         stale = self.config.staleness

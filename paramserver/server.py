@@ -179,41 +179,67 @@ class ParameterServer:
         Re-submits a shard's pending contributions when its leader fails. Raises the first
         paramserver error a submission hit (e.g. ``NonFiniteGradientError``) or TimeoutError.
         """
+        self._await_shards("wait_version", version, timeout)
+
+    def pull_after(self, version: int, timeout: float) -> list[Any]:
+        """``wait_version(version)`` and ``pull(version)`` in one call per shard: the driver's
+        fast path, which learns of a round's commit and gets the next round's parameter refs
+        in the same answer."""
+        return [ref for _version, ref in self._await_shards("pull", version, timeout)]
+
+    def _await_shards(self, method: str, version: int, timeout: float) -> list[Any]:
+        """Call ``method(version, timeout)`` on every shard and wait for all answers while
+        watching in-flight submissions; after a leader failure, replay the shard's pending
+        contributions to its new leader and ask again."""
         deadline = time.monotonic() + timeout
-        waits = {self._leader(s).call_service.remote("wait_version", version, timeout,
-                                                     leader_only=False): s
-                 for s in range(len(self._groups))}
-        done: set[int] = set()
-        while len(done) < len(self._groups):
-            remaining = deadline - time.monotonic()
+
+        def ask(shard: int) -> Any:
+            return self._leader(shard).call_service.remote(method, version, timeout,
+                                                           leader_only=False)
+
+        waits = {ask(s): s for s in range(len(self._groups))}
+        results: dict[int, Any] = {}
+        while len(results) < len(self._groups):
             pending = list(self._inflight) + list(waits)
-            ready, _ = ray.wait(pending, num_returns=1, timeout=max(0.0, remaining))
+            ready, _ = ray.wait(pending, num_returns=1,
+                                timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 raise TimeoutError(f"shards did not reach version {version} in {timeout} s "
-                                   f"(done: {sorted(done)}); check `ParameterServer.status()`")
+                                   f"(done: {sorted(results)}); check `ParameterServer.status()`")
             ref = ready[0]
             is_wait = ref in waits
             shard = waits.pop(ref) if is_wait else self._inflight.pop(ref)
             try:
-                ray.get(ref, timeout=0)
+                answer = ray.get(ref, timeout=0)
             except (ray.exceptions.RayError, ConsensusError) as exc:
                 err = _cause(exc)
                 if isinstance(err, ParamServerError) or not isinstance(err, _FAILOVER):
-                    self._forget_before(version)
+                    self._forget_applied(version)
                     raise err from None
                 self._resubmit(shard)
-                if shard not in done:
-                    waits[self._leader(shard).call_service.remote(
-                        "wait_version", version, timeout, leader_only=False)] = shard
+                if shard not in results:
+                    waits = {r: s for r, s in waits.items() if s != shard}
+                    waits[ask(shard)] = shard
                 continue
             if is_wait:
-                done.add(shard)
-        self._forget_before(version)
+                results[shard] = answer
+        self._forget_applied(version)
         self._version = max(self._version, version)
+        return [results[s] for s in range(len(self._groups))]
 
-    def _forget_before(self, version: int) -> None:
-        for round in [r for r in self._pending if r < version]:
-            del self._pending[round]
+    def _forget_applied(self, version: int) -> None:
+        """Drop the pending contributions every shard has applied by ``version``: whole rounds
+        below it, or in ``async`` the contributions (round, rank) numbered below it."""
+        workers = self.config.workers
+        for round in list(self._pending):
+            if self.config.mode == "async":
+                ranks = self._pending[round]
+                for rank in [k for k in ranks if round * workers + k < version]:
+                    del ranks[rank]
+                if not ranks:
+                    del self._pending[round]
+            elif round < version:
+                del self._pending[round]
         self._closed = {r for r in self._closed if r >= version}
         if not self._pending:
             self._inflight.clear()

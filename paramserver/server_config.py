@@ -15,8 +15,12 @@ _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def default_group_config() -> RaftGroupConfig:
-    """Raft timing for parameter shards: rounds are large entries, so compact rarely."""
-    return RaftGroupConfig(snapshot_every=256)
+    """Raft timing for parameter shards. Ticks of 50 ms with a heartbeat every 2 ticks keep
+    idle replicas cheap beside the training tasks (S groups x R replicas share the CPUs);
+    an election timeout of 10-20 ticks still replaces a dead leader in about a second. Rounds
+    are large entries, so the log is compacted every 256 of them."""
+    return RaftGroupConfig(tick_interval_s=0.05, heartbeat_ticks=2, election_ticks=10,
+                           snapshot_every=256)
 
 
 @dataclass(frozen=True, kw_only=True)
