@@ -202,6 +202,7 @@ class RaftNode(Election, Replication):
             self._need_bcast = self._need_commit_bcast = self._need_read_beat = False
         log = self.log
         rd = Ready(role=self.role, leader=self.leader, term=self.term)
+        prev = self._prev_hs
         if self._hard_state_changed():
             rd.hard_state = self._prev_hs = self._hard_state()
         if log.last_index > log.offered:
@@ -218,6 +219,8 @@ class RaftNode(Election, Replication):
             rd.messages, self._msgs = self._msgs, []
         if self._read_states:
             rd.read_states, self._read_states = self._read_states, []
+        rd.send_before_persist = (self.role == Role.LEADER and rd.snapshot is None
+                                  and self.term == prev.term and self.vote == prev.vote)
         return rd
 
     def advance(self, ready: Ready) -> None:

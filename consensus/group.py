@@ -25,13 +25,14 @@ thread-safe and block for at most their ``timeout``.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ class RaftGroup:
         pg = placement_group([{"CPU": 0.001}] * replicas, strategy="SPREAD")
         ray.get(pg.ready(), timeout=ready_timeout)
         names = [replica_name(name, r) for r in range(replicas)]
+        token = secrets.token_bytes(32) if config.peer_tcp else None
         actor_cls = ray.remote(RaftReplica)
 
         def spawn(index: int, bundle: int, join: bool) -> Any:
@@ -128,7 +130,7 @@ class RaftGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     pg, placement_group_bundle_index=bundle),
             ).remote(name, index, names, namespace, state_machine, str(storage_dir), config,
-                     service, join=join)
+                     service, join=join, peer_token=token)
 
         handles = {r: spawn(r, r, False) for r in range(replicas)}
         ray.get([h.ping.remote() for h in handles.values()], timeout=ready_timeout)

@@ -20,6 +20,7 @@ Node ids are replica index + 1 (the core requires positive ids).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import itertools
@@ -38,6 +39,12 @@ from typing import Any
 from consensus.core import RaftNode
 from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
 from consensus.replica_config import RaftGroupConfig
+from consensus.replica_context import (
+    CommandError,
+    ReplicaContext,
+    replica_name,
+    storage_path,
+)
 from consensus.session import (
     Envelope,
     SessionTable,
@@ -48,6 +55,7 @@ from consensus.session import (
 )
 from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
+from consensus.transport import PeerTransport
 from consensus.types import (
     AppendEntries,
     ConfChange,
@@ -61,69 +69,18 @@ from consensus.types import (
     SnapshotMeta,
 )
 
+__all__ = ["CommandError", "RaftReplica", "ReplicaContext", "replica_name", "storage_path"]
+
 log = logging.getLogger(__name__)
 
+_INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
 _PEER_STALE_S = 2.0  # re-resolve a peer handle we have not heard from for this long
-
-
-def storage_path(storage_dir: str | Path, group: str, index: int) -> Path:
-    """Where replica ``index`` of ``group`` keeps its database."""
-    return Path(storage_dir) / group.replace("/", "_") / f"replica-{index}.db"
-
-
-def replica_name(group: str, index: int) -> str:
-    """The Ray actor name of replica ``index`` of ``group``."""
-    return f"{group}/replica-{index}"
-
-
-@dataclass(frozen=True, slots=True)
-class CommandError:
-    """The state machine raised while applying a command (same on every replica)."""
-
-    error: str
 
 
 @dataclass(slots=True)
 class _Waiter:
     term: int
     future: asyncio.Future[list[bytes]]
-
-
-class ReplicaContext:
-    """What a service object (built on every replica by ``service(ctx)``) may use."""
-
-    def __init__(self, replica: RaftReplica) -> None:
-        self._replica = replica
-        self.group = replica.group
-        self.index = replica.index
-
-    def is_leader(self) -> bool:
-        """True while this replica believes it leads (it may be deposed without knowing)."""
-        return self._replica.is_leader()
-
-    async def propose(self, command: bytes, timeout: float = 10.0) -> Any:
-        """Propose ``command`` (no client dedup) here; NotLeaderError if not the leader."""
-        results = await self._replica.propose_envelopes([Envelope("", 0, command)], timeout)
-        return results[0]
-
-    @property
-    def state_machine(self) -> StateMachine:
-        """The live state machine (read it between applies; never mutate it directly)."""
-        return self._replica.state_machine
-
-    @property
-    def applied_index(self) -> int:
-        return self._replica.applied_index
-
-    async def wait_applied(
-        self, target: int | Callable[[], bool], timeout: float | None = None
-    ) -> None:
-        """Block until ``applied_index >= target`` (or ``target()`` is true after an apply)."""
-        await self._replica.wait_applied(target, timeout)
-
-    def on_apply(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(applied_index)`` after each batch of applies (on the loop thread)."""
-        self._replica.apply_callbacks.append(callback)
 
 
 class RaftReplica:
@@ -141,10 +98,13 @@ class RaftReplica:
         service: Callable[[ReplicaContext], Any] | None = None,
         *,
         join: bool = False,
+        peer_token: bytes | None = None,
     ) -> None:
         """Reload term/vote/log/snapshot from storage and start the drive loop.
 
         ``join``: a fresh replica added to a running group (voters learnt from the leader).
+        ``peer_token``: the group's secret; with it, peers talk over TCP (consensus.transport),
+        else (and while no connection is up) by Ray actor calls.
         Blocks on disk IO; raises StorageCorruptError if the database fails its checks.
         """
         self.group, self.index, self.node_id = group, index, index + 1
@@ -167,6 +127,8 @@ class RaftReplica:
         self._lookups = ThreadPoolExecutor(2, thread_name_prefix="raft-peers")
         self._peers: dict[int, Any] = {}
         self._peer_since: dict[int, float] = {}
+        self._peer_addr: dict[int, tuple[str, int]] = {}
+        self._transport = PeerTransport(peer_token, self._on_batch) if peer_token else None
         self._looking_up: set[int] = set()
         self._heard: dict[int, float] = {}
         self._waiters: dict[int, _Waiter] = {}
@@ -183,6 +145,11 @@ class RaftReplica:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._transport is not None:
+            import ray
+
+            host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+            await self._transport.start(host)
         tick = self._config.tick_interval_s
         next_tick = loop.time() + tick
         while True:
@@ -207,15 +174,12 @@ class RaftReplica:
 
     async def _handle_ready(self, ready: Ready) -> None:
         self._readies += 1
-        if self._storage.needs_sync(ready.hard_state, ready.entries, ready.snapshot):
-            await asyncio.get_running_loop().run_in_executor(
-                self._disk, self._storage.save, ready.hard_state, ready.entries, ready.snapshot
-            )
-        elif ready.hard_state is not None:
-            # Commit index only: no fsync, so inline. Storage is only ever used by this
-            # coroutine (every executor call is awaited), so the threads never overlap.
-            self._storage.save(ready.hard_state, (), None)
-        self._send(ready.messages)
+        if ready.send_before_persist:  # leader: its append goes out while it syncs (§10.2.1)
+            self._send(ready.messages)
+            await self._persist(ready)
+        else:
+            await self._persist(ready)
+            self._send(ready.messages)
         if ready.snapshot is not None:
             self._restore(ready.snapshot)
             self._fail_waiters_upto(ready.snapshot.meta.index)
@@ -229,6 +193,23 @@ class RaftReplica:
         if ready.committed_entries or ready.snapshot is not None:
             self._after_apply()
             await self._maybe_compact()
+
+    async def _persist(self, ready: Ready) -> None:
+        """Make ``ready``'s hard state/entries/snapshot durable (returns once they are).
+
+        Small writes run inline (an fsync of a few KB costs less than a thread handoff);
+        large ones in the disk thread, so calls keep arriving meanwhile. Storage is only ever
+        used by this coroutine (every executor call is awaited): the threads never overlap."""
+        hs, entries, snap = ready.hard_state, ready.entries, ready.snapshot
+        if not self._storage.needs_sync(hs, entries, snap):
+            if hs is not None:  # commit index only: no fsync
+                self._storage.save(hs, (), None)
+            return
+        if snap is None and sum(len(e.data) for e in entries) <= _INLINE_SAVE_BYTES:
+            self._storage.save(hs, entries, snap)
+            return
+        await asyncio.get_running_loop().run_in_executor(
+            self._disk, self._storage.save, hs, entries, snap)
 
     # ------------------------------------------------------------------ apply side
 
@@ -329,31 +310,42 @@ class RaftReplica:
         now = time.monotonic()
         handle = self._peers.get(node_id)
         stale = now - max(self._heard.get(node_id, 0.0), self._peer_since.get(node_id, 0.0))
-        if handle is not None and stale > _PEER_STALE_S:
-            self._peers.pop(node_id)  # maybe re-created under the same name: look it up again
-            handle = None
-        if handle is None and node_id not in self._looking_up:
+        # Silent for long: maybe re-created under the same name. Look it up again in the
+        # background, and keep using the old handle meanwhile (dropping would starve a
+        # campaign whose election timeout exceeds _PEER_STALE_S).
+        refresh = handle is None or stale > _PEER_STALE_S
+        if refresh and node_id not in self._looking_up:
             self._looking_up.add(node_id)
             loop = asyncio.get_running_loop()
             fut = loop.run_in_executor(self._lookups, self._lookup, node_id)
             fut.add_done_callback(functools.partial(self._looked_up, node_id))
         return handle
 
-    def _lookup(self, node_id: int) -> Any:
+    def _lookup(self, node_id: int) -> tuple[Any, tuple[str, int] | None]:
         import ray
 
         try:
-            return ray.get_actor(self._peer_name(node_id), namespace=self._namespace)
+            handle = ray.get_actor(self._peer_name(node_id), namespace=self._namespace)
         except ValueError:
             time.sleep(0.1)  # not (yet/again) registered: throttle retries (helper thread)
-            return None
+            return None, None
+        address: tuple[str, int] | None = None
+        if self._transport is not None:
+            with contextlib.suppress(Exception):  # dead or starting: the Ray path is used
+                found: Any = ray.get(handle.transport_address.remote(), timeout=2.0)
+                address = None if found is None else (str(found[0]), int(found[1]))
+        return handle, address
 
     def _looked_up(self, node_id: int, fut: asyncio.Future[Any]) -> None:
         self._looking_up.discard(node_id)
-        handle = None if fut.cancelled() or fut.exception() else fut.result()
+        handle, address = (None, None) if fut.cancelled() or fut.exception() else fut.result()
         if handle is not None:
             self._peers[node_id] = handle
-            self._peer_since[node_id] = time.monotonic()
+        if address is not None and self._transport is not None:
+            if self._peer_addr.get(node_id) != address:
+                self._transport.forget(node_id)  # re-created elsewhere: reconnect
+            self._peer_addr[node_id] = address
+        self._peer_since[node_id] = time.monotonic()  # throttle lookups either way
 
     def _send(self, messages: Sequence[Message]) -> None:
         by_dst: dict[int, list[Message]] = defaultdict(list)
@@ -364,6 +356,9 @@ class RaftReplica:
             self._sent_entries += sum(
                 len(m.entries) for m in batch if isinstance(m, AppendEntries))
             handle = self._peer(dst)
+            if self._transport is not None and self._transport.send(
+                    dst, self._peer_addr.get(dst), batch):
+                continue
             if handle is None:
                 continue
             try:
@@ -373,6 +368,15 @@ class RaftReplica:
 
     async def deliver(self, messages: list[Message]) -> None:
         """Step peer messages into the core (fire-and-forget from peers; never blocks)."""
+        self._on_batch(messages)
+
+    async def transport_address(self) -> tuple[str, int] | None:
+        """Where peers reach this replica over TCP (None: Ray calls only)."""
+        while self._transport is not None and self._transport.address is None:
+            await asyncio.sleep(0.01)  # the drive loop is starting the listener
+        return None if self._transport is None else self._transport.address
+
+    def _on_batch(self, messages: list[Message]) -> None:
         now = time.monotonic()
         for msg in messages:
             self._heard[msg.src] = now

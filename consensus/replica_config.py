@@ -46,6 +46,9 @@ class RaftGroupConfig:
     ``RaftGroup`` client; concurrent ``propose`` calls queue behind them and share entries."""
     client_max_batch_bytes: int = 4 << 20
     """Client side: max command bytes coalesced into one entry (a larger command goes alone)."""
+    peer_tcp: bool = True
+    """Replicas exchange Raft messages over TCP connections (``consensus.transport``),
+    falling back to Ray actor calls while no connection is up; False: Ray calls only."""
     seed: int | None = None
     """Seed of each replica's election-timeout RNG (``seed * 1000 + node id``); None draws one
     from the OS. Set it for reproducible runs."""

@@ -331,7 +331,10 @@ class Simulator:
                 return
             rd = node.ready()
             if host.torn_next:
-                self._crash(host, torn=True)  # the Ready was never durable, never sent
+                if rd.send_before_persist:  # thesis §10.2.1: sent, then crashed before sync
+                    for msg in rd.messages:
+                        self._send(msg)
+                self._crash(host, torn=True)  # the Ready was never durable
                 return
             prev_term = node.term_at(rd.entries[0].index - 1) if rd.entries else None
             host.durable.persist(rd)

@@ -191,6 +191,13 @@ class Ready:
        ``committed_entries`` in order;
     4. answer ``read_states`` once the state machine has applied their index;
     5. call ``advance(ready)``.
+
+    Exception (Raft thesis §10.2.1): when ``send_before_persist`` is True the host may send
+    ``messages`` (and apply ``committed_entries``) before or while it persists ``entries`` and
+    ``hard_state``; it must still persist them durably before ``advance``. The core sets it
+    only for a leader whose Ready changes neither term nor vote and holds no snapshot, and the
+    leader counts its own log toward the commit quorum only up to what ``advance`` marked
+    stable, so an entry is never committed on the strength of the leader's unsynced write.
     """
 
     hard_state: HardState | None = None
@@ -202,6 +209,7 @@ class Ready:
     role: Role = Role.FOLLOWER
     leader: int | None = None
     term: int = 0
+    send_before_persist: bool = False
 
     def is_empty(self) -> bool:
         return not (

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,18 @@ def ensure_ray(address: str | None) -> None:
         # "local" starts an embedded Ray even if another process left a cluster running.
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local",
                  log_to_driver=True)
+
+
+def usable_gpu(config: TrainConfig) -> TrainConfig:
+    """``config`` as given, or with ``gpu=0`` (and a warning) when it asks for GPUs that the
+    Ray cluster does not have: tasks asking for a GPU would otherwise never be scheduled."""
+    if config.gpu > 0 and not ray.cluster_resources().get("GPU"):  # type: ignore[no-untyped-call]
+        message = (f"--gpu {config.gpu} was given but the Ray cluster has no GPU; "
+                   "running the gradient tasks on the CPU")
+        LOG.warning(message)
+        print(message, file=sys.stderr)
+        return replace(config, gpu=0.0)
+    return config
 
 
 def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray], data: Dataset) -> float:
@@ -126,7 +139,7 @@ class Driver:
     def _train(self, server: ParameterServerLike, spec: ModelSpec, model: torch.nn.Module,
                data: Dataset, schedule: BatchSchedule, start: int,
                end: int) -> tuple[float, int]:
-        cfg = self.config
+        cfg = usable_gpu(self.config)
         per_epoch = schedule.batches_per_epoch
         task = TaskSpec(model=spec, seed=cfg.seed, use_gpu=cfg.gpu > 0,
                         layout=tuple(tuple(tuple(p) for p in shard)  # type: ignore[misc]

@@ -13,8 +13,9 @@ class MetricsLog:
     """Appends one line per round to ``path``; on resume keeps only rounds before ``start``.
 
     Line fields: round, epoch, loss (mean over the round's samples), accuracy (train batch),
-    samples, contributors, samples_per_s, publish_s, compute_s, aggregate_s, commit_s, and
-    ``test_accuracy`` on a round that ends an epoch.
+    samples, contributors, samples_per_s, publish_s, compute_s, aggregate_s, commit_s,
+    devices (where the gradient tasks ran), and ``test_accuracy`` on a round that ends an
+    epoch.
     """
 
     def __init__(self, path: Path, *, start_round: int) -> None:
@@ -40,6 +41,7 @@ class MetricsLog:
             "compute_s": result.compute_s,
             "aggregate_s": result.aggregate_s,
             "commit_s": result.commit_s,
+            "devices": list(result.devices),
         }
         if test_accuracy is not None:
             record["test_accuracy"] = test_accuracy

@@ -61,6 +61,8 @@ class RoundResult:
     aggregate_s: float
     commit_s: float
     wall_s: float
+    devices: tuple[str, ...] = ()
+    """Where the round's gradient tasks ran (``cpu``, ``cuda``), sorted and unique."""
 
 
 @dataclass
@@ -152,7 +154,8 @@ class RoundEngine:
             loss_sum=sum(m.loss_sum for m in st.metrics),
             correct=sum(m.correct for m in st.metrics),
             publish_s=st.publish_s, compute_s=max(0.0, st.last_done - st.launched),
-            aggregate_s=st.aggregate_s, commit_s=now - t0, wall_s=now - st.launched)
+            aggregate_s=st.aggregate_s, commit_s=now - t0, wall_s=now - st.launched,
+            devices=tuple(sorted({m.device for m in st.metrics})))
 
     def run(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         """Run rounds ``[start, end)``; blocks; raises ``TrainingError`` or server errors."""
@@ -198,7 +201,8 @@ class RoundEngine:
                 loss_sum=sum(m.loss_sum for m in metrics),
                 correct=sum(m.correct for m in metrics), publish_s=publish_s,
                 compute_s=compute_s, aggregate_s=submitted - launched,
-                commit_s=max(0.0, now - submitted - compute_s), wall_s=now - launched))
+                commit_s=max(0.0, now - submitted - compute_s), wall_s=now - launched,
+                devices=tuple(sorted({m.device for m in metrics}))))
             publish_s = 0.0  # later parameters arrive with the commit answer
 
     def _run_rounds(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import ray
 import torch
 import torch.nn.functional as F
@@ -56,3 +57,18 @@ def test_rerunning_a_task_is_bitwise_identical(ray_session: None) -> None:
     b, _ = launch_gradient_task(spec, 0, 0, x_ref, y_ref, np.arange(10), param_refs)
     ga, gb = ray.get([a[0], b[0]], timeout=120)
     assert all(np.array_equal(ga[1][k], gb[1][k]) for k in ga[1])
+
+
+def test_gpu_request_without_a_gpu_falls_back_to_cpu(
+    ray_session: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--gpu on a cluster without GPUs must say so and run on the CPU, never hang."""
+    from jobs.config import TrainConfig
+    from jobs.driver import usable_gpu
+
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this cluster has a GPU")
+    config = TrainConfig(gpu=0.5, progress=False)
+    assert usable_gpu(config).gpu == 0.0
+    assert "no GPU" in capsys.readouterr().err
+    assert usable_gpu(TrainConfig(gpu=0.0, progress=False)).gpu == 0.0

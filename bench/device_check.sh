@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One short run on a lent GPU machine (16 CPUs, 1 GPU): the --gpu worker path and a scaling
+# sweep of sync training over 2/4/8 workers. Writes summaries under $OUT (default /tmp/out).
+# Usage there (after the install line of ../shared/hooks/device-wheels.sh):
+#   bash bench/device_check.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export RAY_AUTH_MODE=disabled RAY_DISABLE_USAGE_STATS=1
+python3 - <<'PY' > "$OUT/env.txt" 2>&1
+import torch, ray, numpy
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+print("ray", ray.__version__, "numpy", numpy.__version__)
+PY
+cat "$OUT/env.txt"
+DATA=${DATA:-synthetic:784x10x65536x2048}
+run() {  # name, extra args...
+  local name=$1; shift
+  timeout 150 python3 -m jobs.train --model mlp --data "$DATA" --epochs 1 --replicas 3 \
+    --optimizer sgd --lr 0.01 --out "$OUT/$name" --job "$name" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$? $(python3 -c "import json,sys; s=json.load(open('$OUT/$name/summary.json')); print('samples_per_s=%.0f acc=%.3f rounds=%d' % (s['samples_per_s'], s['final_test_accuracy'], s['rounds']))" 2>/dev/null)"
+  head -c 400 "$OUT/$name/metrics.jsonl" 2>/dev/null | head -1 | cut -c1-300
+}
+run gpu-w2 --workers 2 --global-batch 2048 --gpu 0.5
+grep -ho '"devices": [[^]]*]' "$OUT"/gpu-w2/metrics.jsonl 2>/dev/null | sort | uniq -c
+for w in ${WORKERS_SWEEP:-2 4 8}; do
+  run cpu-w$w --workers $w --global-batch $((1024 * w))
+done
+run gpu-w8 --workers 8 --global-batch 8192 --gpu 0.125
+rm -rf "$OUT"/*/raft "$OUT"/*/checkpoints
