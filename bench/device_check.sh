@@ -17,7 +17,7 @@ cat "$OUT/env.txt"
 DATA=${DATA:-synthetic:784x10x65536x2048}
 run() {  # name, extra args...
   local name=$1; shift
-  timeout 150 python3 -m jobs.train --model mlp --data "$DATA" --epochs 1 --replicas 3 \
+  timeout 80 python3 -m jobs.train --model mlp --data "$DATA" --epochs 1 --replicas 3 \
     --optimizer sgd --lr 0.01 --out "$OUT/$name" --job "$name" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? $(python3 -c "import json,sys; s=json.load(open('$OUT/$name/summary.json')); print('samples_per_s=%.0f acc=%.3f rounds=%d' % (s['samples_per_s'], s['final_test_accuracy'], s['rounds']))" 2>/dev/null)"
   head -c 400 "$OUT/$name/metrics.jsonl" 2>/dev/null | head -1 | cut -c1-300
