@@ -152,3 +152,30 @@ def test_checkpoint_restores_into_a_fresh_server(server: ParameterServer, tmp_pa
         assert fresh.version == 6
     finally:
         fresh.shutdown()
+
+
+def test_backup_workers_complete_a_closed_round_over_the_samples_received(
+    tmp_path: Path,
+) -> None:
+    """Sync with N=3, b=1: after close_round, the round commits with 2 contributions and the
+    step uses their mean over the samples actually received."""
+    ps = ParameterServer.create(make_config(tmp_path, workers=3, backup_workers=1,
+                                            optimizer=OptimizerConfig(kind="sgd", lr=LR)),
+                                initial_tensors())
+    try:
+        before = ps.state_dict()
+        contribs = [round_gradients(0, rank) for rank in range(2)]
+        for rank, (samples, grads) in enumerate(contribs):
+            ps.submit(0, rank, [ray.put((samples, p)) for p in ps.plan.split(grads)], 0)
+        with pytest.raises(TimeoutError):
+            ps.wait_version(1, timeout=2)  # 2 of 3 is not enough before the deadline
+        ps.close_round(0)
+        ps.wait_version(1, timeout=60)
+        after = ps.state_dict()
+        total = contribs[0][0] + contribs[1][0]
+        for k in SHAPES:
+            mean = (contribs[0][1][k] + contribs[1][1][k]) / np.float32(total)
+            np.testing.assert_allclose(after[k], before[k] - np.float32(LR) * mean,
+                                       rtol=1e-6, atol=1e-6)
+    finally:
+        ps.shutdown()
