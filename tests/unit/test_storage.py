@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from consensus.errors import StorageCorruptError
-from consensus.storage import SqliteStorage
+from consensus.errors import ConfigError, StorageCorruptError
+from consensus.storage import SqliteStorage, StorageConfig
 from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
 
@@ -159,3 +159,132 @@ def test_commit_only_save_is_persisted(tmp_path: Path) -> None:
     st.close()
     assert SqliteStorage(path).load() == (HardState(term=2, vote=None, commit=3), None,
                                           _entries(1, 3, 1))
+
+
+# ---------------------------------------------------------------- payload segment files
+
+_SMALL_INLINE = StorageConfig(inline_max_bytes=16, segment_bytes=100)
+
+
+def _big(first: int, last: int, term: int, size: int = 64) -> list[Entry]:
+    return [
+        Entry(term=term, index=i, data=(f"BIG-{i}-{term}-".encode() * size)[:size])
+        for i in range(first, last + 1)
+    ]
+
+
+def _segment_files(db: Path) -> list[Path]:
+    return sorted(db.with_name(db.name + ".segments").glob("*.seg"))
+
+
+def test_large_payloads_live_in_segments_and_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, StorageConfig(inline_max_bytes=16))
+    mixed = [*_big(1, 2, 1), Entry(term=1, index=3, data=b"tiny")]
+    st.save(HardState(term=1, vote=0, commit=3), mixed, None)
+    st.close()
+    (segment,) = _segment_files(path)
+    assert segment.stat().st_size == 2 * 64  # only the two large payloads, once each
+    assert b"BIG-1-1-" not in path.read_bytes()  # close() checkpointed the WAL into it
+    assert SqliteStorage(path).load() == (HardState(term=1, vote=0, commit=3), None, mixed)
+
+
+def test_payload_at_the_inline_limit_stays_in_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, StorageConfig(inline_max_bytes=64))
+    st.save(None, _big(1, 1, 1, size=64), None)
+    assert all(seg.stat().st_size == 0 for seg in _segment_files(path))
+    assert st.load()[2] == _big(1, 1, 1, size=64)
+
+
+def test_conflicting_segment_entries_truncate_the_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, _SMALL_INLINE)
+    st.save(None, _big(1, 4, 1), None)
+    st.save(None, _big(3, 3, 2, size=80), None)
+    st.close()
+    assert SqliteStorage(path, _SMALL_INLINE).load()[2] == [*_big(1, 2, 1), *_big(3, 3, 2, 80)]
+
+
+def test_segments_rotate_and_compaction_deletes_unreferenced_ones(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, _SMALL_INLINE)  # 100-byte segments: a new one every 2 entries
+    for i in range(1, 9):
+        st.save(None, _big(i, i, 1), None)
+    assert len(_segment_files(path)) == 4
+    st.compact(_snap(6, 1))
+    assert len(_segment_files(path)) == 1  # entries 7-8 share the last segment
+    st.close()
+    _, snap, entries = SqliteStorage(path, _SMALL_INLINE).load()
+    assert snap == _snap(6, 1)
+    assert entries == _big(7, 8, 1)
+
+
+def test_installed_snapshot_discarding_log_deletes_old_segments(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, _SMALL_INLINE)
+    for i in range(1, 7):
+        st.save(None, _big(i, i, 1), None)
+    st.save(HardState(term=3, vote=None, commit=20), [], _snap(20, 3))
+    assert len(_segment_files(path)) == 1  # only the current (being appended) one
+    assert st.load() == (HardState(term=3, vote=None, commit=20), _snap(20, 3), [])
+
+
+def test_flipped_segment_byte_raises_naming_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, StorageConfig(inline_max_bytes=16))
+    st.save(None, _big(1, 2, 1), None)
+    st.close()
+    (segment,) = _segment_files(path)
+    _flip_payload_byte(segment, b"BIG-2-1-")
+    with pytest.raises(StorageCorruptError, match=str(path)) as info:
+        SqliteStorage(path).load()
+    assert "entry 2 CRC" in info.value.detail
+
+
+def test_truncated_or_missing_segment_raises(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, StorageConfig(inline_max_bytes=16))
+    st.save(None, _big(1, 2, 1), None)
+    st.close()
+    (segment,) = _segment_files(path)
+    segment.write_bytes(segment.read_bytes()[:100])  # entry 2's payload is cut short
+    with pytest.raises(StorageCorruptError, match="entry 2 payload missing or truncated"):
+        SqliteStorage(path).load()
+    segment.unlink()
+    with pytest.raises(StorageCorruptError, match="entry 1 payload missing or truncated"):
+        SqliteStorage(path).load()
+
+
+def test_torn_segment_tail_is_ignored_and_appended_after(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path, StorageConfig(inline_max_bytes=16))
+    st.save(HardState(term=1, vote=0, commit=1), _big(1, 1, 1), None)
+    st.close()
+    (segment,) = _segment_files(path)
+    with segment.open("ab") as f:  # a crash after part of the next payload hit the disk
+        f.write(b"TORN" * 5)
+    st = SqliteStorage(path, StorageConfig(inline_max_bytes=16))
+    assert st.load() == (HardState(term=1, vote=0, commit=1), None, _big(1, 1, 1))
+    st.save(HardState(term=1, vote=0, commit=2), _big(2, 2, 1), None)
+    st.close()
+    assert SqliteStorage(path).load()[2] == _big(1, 2, 1)
+
+
+def test_failed_save_after_segment_append_leaves_previous_state(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "r.db", StorageConfig(inline_max_bytes=16))
+    st.save(HardState(term=1, vote=0, commit=2), _big(1, 2, 1), None)
+    bad = Entry(term=2, index=3, kind=None, data=b"x" * 64)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # payloads already appended, then the row insert fails
+        st.save(HardState(term=2, vote=1, commit=2), [*_big(1, 2, 2), bad], None)
+    assert st.load() == (HardState(term=1, vote=0, commit=2), None, _big(1, 2, 1))
+    st.save(HardState(term=2, vote=1, commit=3), _big(3, 3, 2), None)
+    assert st.load()[2] == [*_big(1, 2, 1), *_big(3, 3, 2)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("inline_max_bytes", -1), ("segment_bytes", 0)]
+)
+def test_storage_config_rejects_bad_values(field: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=f"StorageConfig.{field}"):
+        StorageConfig(**{field: value})
