@@ -1,8 +1,9 @@
 """Shared helpers of the benchmarks: interleaved repeats, medians, tables, JSON results.
 
 Nothing here talks to Ray or starts processes; every helper is a plain function so the peers
-and the harnesses stay small. The synthetic data set and the MLP defined here are the ones
-every peer of ``bench.train`` trains on, so all sides do the same arithmetic per sample.
+and the harnesses stay small (and unit-testable: ``tests/unit/test_bench_common.py``). The
+synthetic data set and the MLP defined here are the ones every peer of ``bench.train`` trains
+on, so all sides do the same arithmetic per sample.
 """
 
 from __future__ import annotations
@@ -55,16 +56,76 @@ def interleave(
     side does not lose the others' numbers.
     """
     results: dict[str, list[float]] = {name: [] for name in runners}
-    for rep in range(repeats):
-        for name, run in runners.items():
-            try:
-                value = run()
-            except Exception as exc:  # a peer failing must not hide the other numbers
-                print(f"[bench] {name} repeat {rep} failed: {type(exc).__name__}: {exc}")
-                continue
-            results[name].append(value)
-            print(f"[bench] repeat {rep} {name}: {value:,.1f}")
+    for rep, name in interleaved_order(list(runners), repeats):
+        try:
+            value = runners[name]()
+        except Exception as exc:  # a peer failing must not hide the other numbers
+            print(f"[bench] {name} repeat {rep} failed: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        results[name].append(value)
+        print(f"[bench] repeat {rep} {name}: {value:,.1f}", flush=True)
     return results
+
+
+def interleaved_order(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
+    """``(repeat, name)`` pairs in run order: every name once per repeat (A B C A B C ...)."""
+    return [(rep, name) for rep in range(repeats) for name in names]
+
+
+def steady_state_rate(records: Sequence[Mapping[str, Any]], skip: int) -> float:
+    """Samples per second over the rounds of a metrics.jsonl after the first ``skip``.
+
+    Each record needs ``samples`` and ``samples_per_s`` (samples over that round's wall
+    time), so a round's wall time is ``samples / samples_per_s``; the rate is the kept
+    rounds' samples over the sum of their wall times. Raises ``ValueError`` when no round is
+    left after ``skip`` or a kept round has no positive rate (nothing to measure).
+    """
+    kept = list(records[skip:])
+    if not kept:
+        raise ValueError(f"steady_state_rate: {len(records)} rounds, none left after "
+                         f"skipping {skip}; run more rounds or skip fewer")
+    samples = 0.0
+    wall_s = 0.0
+    for record in kept:
+        rate = float(record["samples_per_s"])
+        if not rate > 0:
+            raise ValueError(f"steady_state_rate: round {record.get('round')} has "
+                             f"samples_per_s={rate}; every kept round must have run")
+        samples += float(record["samples"])
+        wall_s += float(record["samples"]) / rate
+    return samples / wall_s
+
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                   "RAY_ADDRESS")
+
+
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables that would skew a side measured in a child process.
+
+    Thread caps (``OMP_NUM_THREADS`` & co., which Ray sets to 1 in its workers) would throttle
+    the single-process torch side, and ``RAY_ADDRESS`` would attach a side to someone else's
+    cluster instead of the fresh local one it starts. Everything else is kept.
+    """
+    return {k: v for k, v in environ.items() if k not in THREAD_ENV_VARS}
+
+
+def last_json_object(text: str) -> dict[str, Any]:
+    """The last line of ``text`` that parses as a JSON object (a child's result line).
+
+    Ray and libraries may print before it, so earlier lines are ignored. Raises
+    ``ValueError`` if there is none.
+    """
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+    raise ValueError("no JSON object line in the child's output")
 
 
 def format_number(value: Any) -> str:

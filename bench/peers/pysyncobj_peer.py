@@ -6,24 +6,26 @@ the replicas over ``multiprocessing`` pipes: it asks which one leads, then asks 
 run a measurement *inside its own process* (proposals are submitted where they are cheapest,
 so the peer pays no extra client hop; raftps' numbers include a driver → leader actor call).
 
-SyncObjConf fields set, and why (everything else is PySyncObj's default; the values are also
-written to the results JSON under ``pysyncobj.conf``):
+SyncObjConf fields set, and why: exactly ``CONF_OVERRIDES`` below; everything else is
+PySyncObj's default (checked against pysyncobj 0.3.17). The same dict is written to the results
+JSON under ``pysyncobj.conf``.
 
 - ``appendEntriesUseBatch=True``: batching on (the default, kept explicitly), several
   commands per AppendEntries, as raftps batches per ``Ready``.
 - ``autoTickPeriod=0.002`` (default 0.05): the tick thread's poll timeout; lowered so a
   replica reacts to traffic within 2 ms instead of 50 ms (the main latency floor).
-- ``appendEntriesPeriod=0.02`` (default 0.1): heartbeat interval; lowered so followers learn
-  the commit index sooner and failures are seen sooner.
-- ``raftMinTimeout=0.15``, ``raftMaxTimeout=0.3`` (defaults 0.4 / 1.4): election timeout
-  range, lowered for a fair failover time (PySyncObj requires min > 3 × appendEntriesPeriod).
-- ``connectionTimeout=1.0`` (default 3.5, must be >= raftMaxTimeout): a dead peer's socket is
-  given up sooner.
-- ``appendEntriesBatchSizeBytes=2**20``, ``sendBufferSize=recvBufferSize=2**20`` (defaults
-  2**16): 1 MB commands travel in one batch and one socket buffer fill.
-- ``journalFile=<tmp>/node-<i>.journal``: the log is kept in a file like raftps' sqlite log.
-  PySyncObj's journal is an mmap that it never fsyncs per entry, while raftps fsyncs before
-  acknowledging, so this side does less durable work per commit.
+- ``appendEntriesPeriod=0.05`` (default 0.1): heartbeat interval; lowered so followers learn
+  the commit index sooner and a dead leader is noticed sooner.
+- ``raftMinTimeout=0.2``, ``raftMaxTimeout=0.4`` (defaults 0.4 / 1.4): election timeout
+  range, lowered for a fair failover time (min kept above 3 x ``appendEntriesPeriod``,
+  so a few heartbeats fit in every election timeout).
+- ``connectionTimeout=1.0`` (default 3.5, kept >= ``raftMaxTimeout``): a dead peer's socket
+  is given up sooner.
+
+Not set, so at their defaults: ``appendEntriesBatchSizeBytes`` and the socket
+``sendBufferSize`` / ``recvBufferSize`` (2**16 each; larger commands are sent in chunks), and
+``journalFile`` (None: the log lives in memory only and nothing is written to disk, while
+raftps persists its log before acknowledging, so this side does less durable work per commit).
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class PySyncObjCluster:
     """Three (``replicas``) SyncObj processes; use as a context manager.
 
     Not thread-safe: one request at a time per replica. ``stop`` (or leaving the ``with``
-    block) terminates every process it started and removes the journal directory.
+    block) terminates every process it started and removes its temporary directory.
     """
 
     replicas: int = 3
