@@ -56,17 +56,41 @@ class _Round:
     deadline_passed: bool = False
 
 
-def tree_sum(arrays: Sequence[F32]) -> F32:
-    """Sum float32 arrays by a fixed pairwise tree over their order: ((a0+a1)+(a2+a3))+..."""
-    level = list(arrays)
-    if not level:
+def tree_sum(arrays: Sequence[F32], out: F32 | None = None) -> F32:
+    """Sum float32 arrays by a fixed pairwise tree over their order: ((a0+a1)+(a2+a3))+...
+
+    The result is a new array (or ``out``, which must not alias an input); inputs are never
+    modified. The first tree level writes into fresh buffers (the first one ``out``), every
+    later level adds in place into those, so a sum of ``n`` arrays allocates ``n // 2`` buffers.
+    """
+    if not arrays:
         raise ValueError("tree_sum needs at least one array")
+    if len(arrays) == 1:
+        if out is None:
+            return np.array(arrays[0], dtype=np.float32, copy=True)
+        np.copyto(out, arrays[0])
+        return out
+    level: list[F32] = []
+    for i in range(0, len(arrays) - 1, 2):
+        target = out if i == 0 and out is not None else None
+        level.append(np.add(arrays[i], arrays[i + 1], out=target, dtype=np.float32))
+    if len(arrays) % 2:
+        level.append(arrays[-1])  # an input: only ever the right operand below
     while len(level) > 1:
-        paired = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
+        paired = [np.add(level[i], level[i + 1], out=level[i]) for i in range(0, len(level) - 1,
+                                                                               2)]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired
-    return np.array(level[0], dtype=np.float32, copy=True)
+    return level[0]
+
+
+def _all_finite(array: F32) -> bool:
+    """Whether every element is finite: one float32 sum (NaN/Inf propagate into it), with
+    the elementwise check only when that sum is not finite (a NaN/Inf, or a mere overflow)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(array, axis=None)
+    return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
 
 
 class RoundAggregator:
@@ -88,6 +112,7 @@ class RoundAggregator:
         self._ready: dict[int, bytes] = {}
         self._done_ranks: dict[int, frozenset[int]] = {}
         self._last_by_rank: dict[int, int] = {}
+        self._sums: dict[str, F32] = {}  # per key: the reused output buffer of tree_sum
 
     @property
     def next_round(self) -> int:
@@ -205,7 +230,7 @@ class RoundAggregator:
                     f"{self._shapes[key]}"
                 )
         for key in sorted(grads):
-            if not np.isfinite(grads[key]).all():
+            if not _all_finite(grads[key]):
                 if self.config.nonfinite == "error":
                     raise NonFiniteGradientError(rank, round, key)
                 return True
@@ -224,15 +249,20 @@ class RoundAggregator:
         return self._flush()
 
     def _build(self, round: int, kind: str, entry: _Round) -> RoundCommand:
+        """The round's command. Its ``grads`` are the aggregator's reused sum buffers: encode
+        it before the next ``_build`` (both callers encode at once)."""
         ranks = tuple(sorted(entry.contributions))
         samples = sum(entry.contributions[r][1] for r in ranks)
         if entry.nonfinite:
             return RoundCommand(round=round, kind="sync" if kind == "sync" else "async",
                                 samples=int(samples), ranks=ranks, nonfinite_skip=True)
         grads: dict[str, F32] = {}
+        parts = [entry.contributions[r][0] for r in ranks]
         for key in sorted(self._shapes):
-            parts = [entry.contributions[r][0] for r in ranks]
-            grads[key] = tree_sum([p[key] for p in parts if p is not None])
+            out = self._sums.get(key)
+            if out is None:
+                out = self._sums[key] = np.empty(self._shapes[key], np.float32)
+            grads[key] = tree_sum([p[key] for p in parts if p is not None], out=out)
         return RoundCommand(round=round, kind="sync" if kind == "sync" else "async",
                             samples=int(samples), ranks=ranks, grads=grads)
 

@@ -25,25 +25,47 @@ _NAMES: dict[np.dtype[Any], str] = {np.dtype("<f4"): "f32", np.dtype("<i8"): "i6
 CommandKind = Literal["sync", "async"]
 
 
-def encode_frame(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
-    """Encode a JSON-able header and named float32/int64 arrays (sorted by name) to bytes."""
+_ALIGN = 8  # the header is space-padded so the first array starts 8-byte aligned
+
+
+def frame_parts(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
+    """The buffers whose concatenation is :func:`encode_frame`'s result, without joining them.
+
+    Array buffers are zero-copy views of C-contiguous little-endian inputs (a converted copy
+    otherwise), so callers that only hash or write the frame never materialise it. The views
+    alias ``arrays``: consume the parts before mutating them.
+    """
     names = sorted(arrays)
     specs: list[tuple[str, str, list[int]]] = []
+    body: list[Any] = []
     for name in names:
-        dtype = np.dtype(arrays[name].dtype).newbyteorder("<")
+        array = arrays[name]
+        dtype = np.dtype(array.dtype).newbyteorder("<")
         if dtype not in _NAMES:
             raise ValueError(f"array {name!r} has dtype {dtype}; only float32 and int64 encode")
-        specs.append((name, _NAMES[dtype], list(arrays[name].shape)))
+        specs.append((name, _NAMES[dtype], list(array.shape)))
+        body.append(np.ascontiguousarray(array, dtype).reshape(-1).data.cast("B"))
     head = json.dumps({"h": dict(header), "a": specs}, sort_keys=True, separators=(",", ":"))
     raw = head.encode()
-    body = [np.ascontiguousarray(arrays[n], _DTYPES[s[1]]).tobytes() for n, s in zip(names, specs,
-                                                                                     strict=True)]
-    return b"".join([MAGIC, struct.pack("<I", len(raw)), raw, *body])
+    raw += b" " * (-(len(MAGIC) + 4 + len(raw)) % _ALIGN)  # JSON allows trailing whitespace
+    return [MAGIC, struct.pack("<I", len(raw)), raw, *body]
+
+
+def encode_frame(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
+    """Encode a JSON-able header and named float32/int64 arrays (sorted by name) to bytes.
+
+    One copy of the array data: the buffers are joined straight from the arrays' memory.
+    """
+    return b"".join(frame_parts(header, arrays))
 
 
 def decode_frame(data: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
-    """Inverse of :func:`encode_frame`; CommandDecodeError on any malformed input."""
-    view = memoryview(data)
+    """Inverse of :func:`encode_frame`; CommandDecodeError on any malformed input.
+
+    The arrays are read-only views into ``data`` (no copy on little-endian hosts); they keep
+    ``data`` alive. Callers that need to mutate or keep them past a mutable buffer copy them.
+    """
+    view = memoryview(data).cast("B")
     if len(view) < 8 or bytes(view[:4]) != MAGIC:
         raise CommandDecodeError("bytes do not start with the RPS1 command magic")
     (size,) = struct.unpack("<I", view[4:8])
@@ -62,7 +84,10 @@ def decode_frame(data: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any
         if offset + nbytes > len(view):
             raise CommandDecodeError(f"array {name!r} is truncated")
         flat = np.frombuffer(view[offset : offset + nbytes], dtype=dtype)
-        arrays[name] = flat.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+        if not dtype.isnative:
+            flat = flat.astype(dtype.newbyteorder("="))
+        flat.flags.writeable = False
+        arrays[name] = flat.reshape(shape)
         offset += nbytes
     if offset != len(view):
         raise CommandDecodeError(f"{len(view) - offset} trailing bytes after the last array")

@@ -79,24 +79,43 @@ class OptimizerConfig:
         return ("exp_avg", "exp_avg_sq")
 
 
-def _fma(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> F32:
-    """``a * b + c`` rounded once to float32, like a hardware fused multiply-add."""
-    wide = np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)
-    return wide.astype(np.float32)
+def _fma(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike, out: F32 | None = None) -> F32:
+    """``a * b + c`` rounded once to float32, like a hardware fused multiply-add.
+
+    The product of two float32 values is exact in float64, so one float64 temporary holds it;
+    the sum is formed in float64 and cast straight into ``out`` (a fresh array when None).
+    ``out`` may alias ``c`` (the update is elementwise); ``a`` and ``b`` are not modified.
+    """
+    wide = np.multiply(a, b, dtype=np.float64)
+    if out is None:
+        return np.add(wide, c, dtype=np.float64).astype(np.float32)
+    np.add(wide, c, out=out, dtype=np.float64, casting="same_kind")
+    return out
 
 
-def _add(x: F32, other: F32, alpha: float) -> F32:
-    """torch ``x.add(other, alpha=alpha)`` on CPU float32 (an FMA with alpha cast to float32)."""
-    return _fma(np.float32(alpha), other, x)
+def _add(x: F32, other: F32, alpha: float, out: F32 | None = None) -> F32:
+    """torch ``x.add(other, alpha=alpha)`` on CPU float32 (an FMA with alpha cast to float32).
+
+    Writes into ``out`` when given (it may alias ``x``), else returns a fresh array.
+    """
+    return _fma(np.float64(np.float32(alpha)), other, x, out)
 
 
-def _lerp(start: F32, end: F32, weight: float) -> F32:
-    """torch ``start.lerp(end, weight)`` on CPU float32 with a scalar weight."""
+def _lerp_(start: F32, end: F32, weight: float) -> None:
+    """In place ``start.lerp_(end, weight)`` (torch CPU float32, scalar weight)."""
     w = np.float32(weight)
-    diff = end - start
+    diff = np.subtract(end, start)
     if abs(float(w)) < 0.5:
-        return _fma(w, diff, start)
-    return _fma(w - np.float32(1.0), diff, end)
+        _fma(np.float64(w), diff, start, start)
+    else:
+        _fma(np.float64(w - np.float32(1.0)), diff, end, start)
+
+
+def _owned(array: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
+    """``array`` itself when it may be updated in place, else a writable copy (or None)."""
+    if array is None or array.flags.writeable:
+        return array
+    return array.copy()
 
 
 def new_state(config: OptimizerConfig) -> dict[str, npt.NDArray[Any]]:
@@ -105,41 +124,59 @@ def new_state(config: OptimizerConfig) -> dict[str, npt.NDArray[Any]]:
 
 
 def sgd_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig) -> None:
-    """One torch.optim.SGD step (dampening 0). Mutates ``param`` and ``state`` in place."""
+    """One torch.optim.SGD step (dampening 0). Mutates ``param`` and ``state`` in place.
+
+    ``grad`` is never modified; the momentum buffer is updated in place when it is writable.
+    """
     if cfg.weight_decay != 0:
         grad = _add(grad, param, cfg.weight_decay)
     if cfg.momentum != 0:
-        buf = state.get("momentum_buffer")
-        buf = grad.copy() if buf is None else _add(buf * np.float32(cfg.momentum), grad, 1.0)
+        buf = _owned(state.get("momentum_buffer"))
+        if buf is None:
+            buf = grad.copy()
+        else:
+            # buf.mul_(momentum).add_(grad): an FMA with alpha 1 rounds like a float32 add
+            # (float64 holds the exact sum's correct rounding), so plain float32 ops suffice.
+            np.multiply(buf, np.float32(cfg.momentum), out=buf)
+            np.add(buf, grad, out=buf)
         state["momentum_buffer"] = buf
         grad = _add(grad, buf, cfg.momentum) if cfg.nesterov else buf
-    param[...] = _add(param, grad, -lr)
+    _add(param, grad, -lr, out=param)
     state["step"] = np.asarray(int(state["step"]) + 1, np.int64)
 
 
 def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig) -> None:
-    """One torch.optim.Adam / AdamW step (no amsgrad). Mutates ``param`` and ``state``."""
+    """One torch.optim.Adam / AdamW step (no amsgrad). Mutates ``param`` and ``state``.
+
+    ``grad`` is never modified; the moment buffers are updated in place when writable.
+    """
     beta1, beta2 = cfg.betas
     step = int(state["step"]) + 1
     if cfg.weight_decay != 0:
         if cfg.kind == "adamw":
-            param[...] = param * np.float32(1 - lr * cfg.weight_decay)
+            np.multiply(param, np.float32(1 - lr * cfg.weight_decay), out=param)
         else:
             grad = _add(grad, param, cfg.weight_decay)
-    exp_avg = state.get("exp_avg")
-    exp_avg_sq = state.get("exp_avg_sq")
+    exp_avg = _owned(state.get("exp_avg"))
+    exp_avg_sq = _owned(state.get("exp_avg_sq"))
     if exp_avg is None or exp_avg_sq is None:
         exp_avg = np.zeros_like(param)
         exp_avg_sq = np.zeros_like(param)
-    exp_avg = _lerp(exp_avg, grad, 1 - beta1)
+    _lerp_(exp_avg, grad, 1 - beta1)
     # addcmul(value=v): self + v * g * g, contracted by the compiler into fma(v * g, g, self).
-    exp_avg_sq = _fma(np.float32(1 - beta2) * grad, grad, exp_avg_sq * np.float32(beta2))
+    scaled = np.multiply(grad, np.float32(1 - beta2))
+    np.multiply(exp_avg_sq, np.float32(beta2), out=exp_avg_sq)
+    _fma(scaled, grad, exp_avg_sq, exp_avg_sq)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
-    denom = np.sqrt(exp_avg_sq) / np.float32(bias_correction2**0.5) + np.float32(cfg.eps)
+    denom = np.sqrt(exp_avg_sq)
+    np.divide(denom, np.float32(bias_correction2**0.5), out=denom)
+    np.add(denom, np.float32(cfg.eps), out=denom)
     # addcdiv(value=-step_size): self + (value * exp_avg) / denom.
-    param[...] = param + (np.float32(-step_size) * exp_avg) / denom
+    update = np.multiply(exp_avg, np.float32(-step_size))
+    np.divide(update, denom, out=update)
+    np.add(param, update, out=param)
     state["exp_avg"] = exp_avg
     state["exp_avg_sq"] = exp_avg_sq
     state["step"] = np.asarray(step, np.int64)

@@ -22,6 +22,7 @@ from paramserver.commands import (
     decode_command,
     decode_frame,
     encode_frame,
+    frame_parts,
 )
 from paramserver.errors import (
     CommandDecodeError,
@@ -211,6 +212,10 @@ class ShardStateMachine:
 
     def snapshot(self) -> bytes:
         """Deterministic bytes of the whole state (equal on replicas that applied the same log)."""
+        return encode_frame(*self._snapshot_frame())
+
+    def _snapshot_frame(self) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+        """The header and arrays ``snapshot`` encodes (the arrays alias the live state)."""
         arrays: dict[str, npt.NDArray[Any]] = {}
         for key in sorted(self._params):
             arrays[f"p/{key}"] = self._params[key]
@@ -218,7 +223,7 @@ class ShardStateMachine:
                 arrays[f"o/{key}/{name}"] = value
         header = {"version": self._version, "layer_versions": self._layer_versions,
                   "async_steps": {str(k): v for k, v in sorted(self._async_steps.items())}}
-        return encode_frame(header, arrays)
+        return header, arrays
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with bytes from ``snapshot``; raises (changing nothing) if
@@ -238,15 +243,21 @@ class ShardStateMachine:
                               {k: int(v) for k, v in header["layer_versions"].items()}, steps))
 
     def digest(self) -> str:
-        """SHA-256 (hex) of ``snapshot()``: params, optimizer state and versions."""
-        return hashlib.sha256(self.snapshot()).hexdigest()
+        """SHA-256 (hex) of ``snapshot()``: params, optimizer state and versions.
+
+        Hashes the frame's buffers one by one, without materialising the snapshot bytes.
+        """
+        h = hashlib.sha256()
+        for part in frame_parts(*self._snapshot_frame()):
+            h.update(part)
+        return h.hexdigest()
 
     def params_digest(self) -> str:
         """SHA-256 (hex) of the parameter bytes alone, in key order."""
         h = hashlib.sha256()
         for key in sorted(self._params):
             h.update(key.encode() + b"\0")
-            h.update(self._params[key].tobytes())
+            h.update(np.ascontiguousarray(self._params[key]).reshape(-1).data.cast("B"))
         return h.hexdigest()
 
     def query(self, query: Any) -> Any:

@@ -226,3 +226,49 @@ def test_advance_fast_forwards_past_rounds_committed_elsewhere() -> None:
 def test_config_rejects_bad_values(kw: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         AggregatorConfig(**kw)
+
+
+def _naive_tree(arrays: list[np.ndarray]) -> np.ndarray:
+    level = list(arrays)
+    while len(level) > 1:
+        paired = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
+        level = paired + ([level[-1]] if len(level) % 2 else [])
+    return np.array(level[0], np.float32)
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_tree_sum_in_place_levels_match_the_allocating_tree_and_spare_inputs(n: int) -> None:
+    rng = np.random.default_rng(n)
+    arrays = [(rng.standard_normal(64) * 10.0 ** rng.integers(-6, 6)).astype(np.float32)
+              for _ in range(n)]
+    before = [a.copy() for a in arrays]
+    out = np.full(64, np.nan, np.float32)
+    result = tree_sum(arrays, out=out)
+    assert result is out
+    assert np.array_equal(result.view(np.int32), _naive_tree(before).view(np.int32))
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, before, strict=True))
+    fresh = tree_sum(arrays)
+    assert all(not np.shares_memory(fresh, a) for a in arrays)
+
+
+def test_reused_sum_buffers_do_not_leak_between_rounds() -> None:
+    agg = _agg(workers=2)
+    commands = []
+    for r in range(3):
+        agg.submit(r, 0, _grads(10 * r), 1, r)
+        commands.extend(agg.submit(r, 1, _grads(10 * r + 1), 1, r).commands)
+    for r, data in enumerate(commands):
+        cmd = _round_cmd(data)
+        expected = _grads(10 * r)["w"] + _grads(10 * r + 1)["w"]
+        assert cmd.round == r and np.array_equal(cmd.grads["w"], expected)
+
+
+def test_finite_gradients_whose_float32_sum_overflows_are_accepted() -> None:
+    agg = _agg(workers=1)
+    huge = {k: np.full(s, 3e38, np.float32) for k, s in SHAPES.items()}
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.sum(huge["w"]))  # the fast path alone would misjudge them
+    cmd = _round_cmd(agg.submit(0, 0, huge, 1, 0).commands[0])
+    assert not cmd.nonfinite_skip and np.array_equal(cmd.grads["w"], huge["w"])
+    with pytest.raises(NonFiniteGradientError):
+        _agg(workers=1).submit(0, 0, {**huge, "b": np.array([1, np.nan, 2], np.float32)}, 1, 0)

@@ -134,3 +134,26 @@ def test_optimizer_config_round_trips_through_dict() -> None:
     cfg = OptimizerConfig(kind="adamw", lr=0.5, betas=(0.8, 0.9), weight_decay=0.2)
     assert OptimizerConfig.from_dict(cfg.to_dict()) == cfg
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("cfg", [OptimizerConfig(kind="sgd", lr=0.1, momentum=0.9,
+                                                 nesterov=True, weight_decay=0.01),
+                                 OptimizerConfig(kind="adam", lr=0.01, weight_decay=0.01),
+                                 OptimizerConfig(kind="adamw", lr=0.01, weight_decay=0.1)])
+def test_in_place_steps_spare_grad_and_read_only_state(cfg: OptimizerConfig) -> None:
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal((9, 4)).astype(np.float32) for _ in range(3)]
+    start = rng.standard_normal((9, 4)).astype(np.float32)
+    fresh, fresh_state = start.copy(), new_state(cfg)
+    frozen, frozen_state = start.copy(), new_state(cfg)
+    for grad in grads:
+        kept = grad.copy()
+        grad.flags.writeable = False
+        optimizer_step(fresh, grad, fresh_state, 0.05, cfg)
+        optimizer_step(frozen, grad, frozen_state, 0.05, cfg)
+        assert np.array_equal(grad, kept)
+        for value in frozen_state.values():  # state decoded from a snapshot is read-only
+            value.flags.writeable = False
+    assert np.array_equal(fresh.view(np.int32), frozen.view(np.int32))
+    for name in cfg.state_names():
+        assert np.array_equal(fresh_state[name], frozen_state[name])

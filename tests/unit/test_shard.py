@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -218,3 +220,16 @@ def test_async_contribution_reproposed_by_a_new_leader_applies_once() -> None:
     restored = _machine()
     restored.restore(machine.snapshot())
     assert restored.apply(again) is not None and restored.version == 2
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_streamed_digest_equals_the_hash_of_snapshot_bytes(kind: str) -> None:
+    machine = _machine(OptimizerConfig(kind=kind, lr=0.1))
+    for r in range(3):
+        machine.apply(_command(r, r))
+        assert machine.digest() == hashlib.sha256(machine.snapshot()).hexdigest()
+    copy = _machine(OptimizerConfig(kind=kind, lr=0.1))
+    copy.restore(machine.snapshot())
+    copy.apply(_command(3, 3))  # restored state is writable (decoded views were copied)
+    machine.apply(_command(3, 3))
+    assert copy.digest() == machine.digest()
