@@ -179,3 +179,21 @@ def test_backup_workers_complete_a_closed_round_over_the_samples_received(
                                        rtol=1e-6, atol=1e-6)
     finally:
         ps.shutdown()
+
+
+def test_replayed_contributions_of_a_round_already_committed_are_not_errors(
+    server: ParameterServer,
+) -> None:
+    """A leader commits round 0 and dies before the driver hears of it; the facade replays the
+    round to the next leader, which rejects it as stale. That is success, not an error."""
+    push_round(server, 0)
+    group = server.groups[0]
+    ray.get([h.call_service.remote("wait_version", 1, 30.0, leader_only=False)
+             for h in group.handles()], timeout=60)
+    old = group.leader_index()
+    group.transfer_leadership(next(i for i in group.indices() if i != old))
+    server._resubmit(0)  # what a failover does: replay every pending contribution
+    server.wait_version(1, timeout=60)
+    push_round(server, 1)
+    server.wait_version(2, timeout=60)
+    assert [s["version"] for s in server.status()] == [2, 2]
