@@ -1,12 +1,18 @@
-"""CLI: ``python -m jobs.train [flags]``. Bad flags exit 2 with a one-line reason."""
+"""CLI: ``python -m jobs.train [flags]``. Bad flags exit 2 with a one-line reason.
+
+``jobs.train`` names two things users rely on: this CLI module (``python -m jobs.train``) and
+the API function ``jobs.train(config, model=..., data=...)``. Importing a submodule rebinds the
+package attribute to the module, so this module is made callable: calling it calls the API.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+import types
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from jobs.config import MODES, OPTIMIZERS, TrainConfig
 from jobs.errors import ConfigError, JobsError
@@ -93,6 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"test accuracy {result.final_test_accuracy:.4f} after {result.rounds} rounds in "
           f"{result.wall_s:.1f} s; outputs in {result.out_dir}")
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as ``jobs.api.train`` (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from jobs.api import train
+
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

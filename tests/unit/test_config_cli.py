@@ -72,3 +72,22 @@ def test_straggler_policy_closes_only_after_deadline_with_quorum() -> None:
     no_backup = StragglerPolicy(workers=4, backup_workers=0, timeout_s=2.0)
     assert not no_backup.should_close(elapsed_s=99.0, contributed=3)
     assert no_backup.wait_budget(elapsed_s=99.0, default_s=60) == 60
+
+
+def test_jobs_train_stays_the_api_after_the_cli_module_is_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``python -m jobs.train`` is a submodule named like the API function ``jobs.train``;
+    importing the module must not turn ``from jobs import train`` into something uncallable."""
+    import importlib
+
+    import jobs
+
+    importlib.import_module("jobs.train")
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr("jobs.api.train", lambda *a, **k: calls.append((a, k)) or "ran")
+    from jobs import train
+
+    assert train("config", model="factory") == "ran"
+    assert jobs.train("again") == "ran"
+    assert calls == [(("config",), {"model": "factory"}), (("again",), {})]
