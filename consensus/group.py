@@ -109,8 +109,10 @@ class RaftGroup:
         ready_timeout: float = 60.0,
     ) -> RaftGroup:
         """Start ``replicas`` actors (reloading any storage under ``storage_dir``) and wait
-        until each answers. ``state_machine`` is a class or zero-argument factory; it and
-        ``service`` are pickled to the replicas. Blocks up to ``ready_timeout`` seconds."""
+        until each answers. A relative ``storage_dir`` is resolved against the caller's
+        working directory (actors run elsewhere). ``state_machine`` is a class or
+        zero-argument factory; it and ``service`` are pickled to the replicas. Blocks up to
+        ``ready_timeout`` seconds."""
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         if state_machine is None:
@@ -120,6 +122,7 @@ class RaftGroup:
         pg = placement_group([{"CPU": 0.001}] * replicas, strategy="SPREAD")
         ray.get(pg.ready(), timeout=ready_timeout)
         names = [replica_name(name, r) for r in range(replicas)]
+        storage = str(Path(storage_dir).resolve())
         token = secrets.token_bytes(32) if config.peer_tcp else None
         actor_cls = ray.remote(RaftReplica)
 
@@ -129,7 +132,7 @@ class RaftGroup:
                 max_restarts=-1, max_task_retries=0, max_concurrency=1000,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     pg, placement_group_bundle_index=bundle),
-            ).remote(name, index, names, namespace, state_machine, str(storage_dir), config,
+            ).remote(name, index, names, namespace, state_machine, storage, config,
                      service, join=join, peer_token=token)
 
         handles = {r: spawn(r, r, False) for r in range(replicas)}

@@ -94,7 +94,7 @@ class RaftServerBackend:
                 kind=kind, lr=config.lr, momentum=momentum, weight_decay=config.weight_decay),
             schedule=paramserver.ScheduleConfig(kind="constant"),
             nonfinite_policy=config.nonfinite_policy,
-            storage_dir=str(Path(config.out) / "raft"),
+            storage_dir=str(Path(config.out).resolve() / "raft"),
             namespace=None,
         )
         server: ParameterServerLike = paramserver.ParameterServer.create(server_config, initial)

@@ -206,3 +206,20 @@ def test_compaction_restart_and_replace_catch_up_by_snapshot(
 def test_group_config_rejects_bad_values(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         RaftGroupConfig(**bad)
+
+
+def test_a_relative_storage_dir_means_the_callers_directory(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Actors run in another working directory: a relative storage_dir must still land (and
+    be reloaded from) under the caller's directory, or two jobs would share one Raft log."""
+    from consensus.replica import storage_path
+
+    monkeypatch.chdir(tmp_path)
+    group = RaftGroup.create("reldir", replicas=1, state_machine=LogMachine,
+                             storage_dir="rel/raft")
+    try:
+        assert group.propose(b"x", timeout=30) == 1
+    finally:
+        group.shutdown()
+    assert storage_path(tmp_path / "rel/raft", "reldir", 0).exists()

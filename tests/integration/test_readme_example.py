@@ -24,3 +24,4 @@ def test_readme_training_example_runs(
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     assert accuracy > 0.9, out
     assert (tmp_path / "runs/blobs/model.safetensors").exists()
+
