@@ -332,7 +332,8 @@ class RaftReplica:
         address: tuple[str, int] | None = None
         if self._transport is not None:
             with contextlib.suppress(Exception):  # dead or starting: the Ray path is used
-                found: Any = ray.get(handle.transport_address.remote(), timeout=2.0)
+                # a future, not ray.get: Ray warns of any ray.get inside an async actor
+                found: Any = handle.transport_address.remote().future().result(timeout=2.0)
                 address = None if found is None else (str(found[0]), int(found[1]))
         return handle, address
 
