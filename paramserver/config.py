@@ -30,8 +30,10 @@ class AggregatorConfig:
     """b: in ``sync``, once ``close_round`` signals the straggler deadline a round completes
     with N-b contributions; 0 <= b < N."""
     staleness: int = 0
-    """s: in ``ssp``/``async``, a contribution computed on parameters older than
-    ``round - s`` is rejected; rounds may run up to s ahead of the applied version; >= 0."""
+    """s: in ``ssp``, a contribution computed on parameters older than ``round - s`` is
+    rejected and rounds may run up to s ahead of the applied version. In ``async``, a
+    contribution computed more than s versions behind the applied one is rejected, and 0
+    means unbounded. >= 0."""
     nonfinite: NonFinitePolicy = "error"
     """``error``: reject a NaN/Inf gradient (nothing changes); ``skip-round``: accept it and
     commit its round as a no-op step that only advances the version."""
