@@ -258,7 +258,7 @@ class ParameterServer:
         return self._version
 
     def _min_version(self) -> int:
-        return min(int(info["version"]) for info in self._call_each("info"))
+        return min(int(v) for v in self._call_each("wait_version", 0, self.config.rpc_timeout_s))
 
     # ------------------------------------------------------------------ state
 
@@ -304,16 +304,27 @@ class ParameterServer:
 
     def status(self) -> list[dict[str, Any]]:
         """Per shard: name, leader replica, version, and per replica its role, applied index,
-        version and digest of the shard's bytes (equal digests = byte-identical replicas)."""
+        version and digest of the shard's bytes (equal digests = byte-identical replicas).
+        A replica that does not answer within 5 s is listed with alive=False and no version
+        or digest: status is what an operator reads when things break."""
+        statuses = [group.status() for group in self._groups]
+        calls = {h.call_service.remote("info", leader_only=False): (s, i)
+                 for s, group in enumerate(self._groups)
+                 for i, h in enumerate(group.handles())}
+        ready, _ = ray.wait(list(calls), num_returns=len(calls),
+                            timeout=min(5.0, self.config.rpc_timeout_s))
+        for ref in ready:
+            s, i = calls[ref]
+            try:
+                info = ray.get(ref, timeout=0)
+            except ray.exceptions.RayError:
+                statuses[s][i]["alive"] = False
+                continue
+            statuses[s][i].update(version=info["version"], digest=info["digest"])
         out = []
-        for s, group in enumerate(self._groups):
-            replicas = group.status()
-            infos = ray.get([h.call_service.remote("info", leader_only=False)
-                             for h in group.handles()], timeout=self.config.rpc_timeout_s)
-            for replica, info in zip(replicas, infos, strict=True):
-                replica.update(version=info["version"], digest=info["digest"])
+        for s, (group, replicas) in enumerate(zip(self._groups, statuses, strict=True)):
             leader = next((r["index"] for r in replicas if r.get("role") == "LEADER"), None)
+            versions = [int(r["version"]) for r in replicas if "version" in r]
             out.append({"shard": s, "group": group.name, "leader": leader,
-                        "version": max(int(r["version"]) for r in replicas),
-                        "replicas": replicas})
+                        "version": max(versions, default=None), "replicas": replicas})
         return out

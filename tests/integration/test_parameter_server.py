@@ -197,3 +197,16 @@ def test_replayed_contributions_of_a_round_already_committed_are_not_errors(
     push_round(server, 1)
     server.wait_version(2, timeout=60)
     assert [s["version"] for s in server.status()] == [2, 2]
+
+
+def test_status_reports_a_dead_replica_instead_of_failing(server: ParameterServer) -> None:
+    push_round(server, 0)
+    server.wait_version(1, timeout=60)
+    group = server.groups[1]
+    leader = group.leader_index()
+    victim = next(i for i in group.indices() if i != leader)
+    ray.kill(group.handles()[group.indices().index(victim)], no_restart=True)
+    shard = server.status()[1]
+    dead = [r for r in shard["replicas"] if r["index"] == victim]
+    assert dead and dead[0]["alive"] is False and "digest" not in dead[0]
+    assert shard["version"] == 1 and shard["leader"] == leader
