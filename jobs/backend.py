@@ -27,10 +27,16 @@ class ParameterServerLike(Protocol):
     def pull(self, min_version: int) -> list[Any]:
         """One ref per shard, each resolving to ``dict[key, ndarray]`` at version >= min."""
 
-    def pull_after(self, version: int, timeout: float) -> list[Any]:
-        """``wait_version(version)`` then the parameter refs at that version, in one step."""
+    def step_round(self, round: int, grad_refs: Sequence[Sequence[Any]],
+                   param_version: int) -> tuple[list[Any], list[Any]]: ...
 
-    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int) -> None:
+    def remember(self, round: int, rank: int, grad_refs: Sequence[Any],
+                 param_version: int) -> None: ...
+
+    def forget_leaders(self) -> None: ...
+
+    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int,
+               *, replay: bool = False) -> None:
         """Non-blocking contribution of rank's per-shard gradient refs to ``round``."""
 
     def close_round(self, round: int) -> None:

@@ -30,7 +30,8 @@ from jobs.errors import ResumeError
 from jobs.metrics import MetricsLog, read_metrics
 from jobs.plots import plot_curves
 from jobs.progress import EpochProgress
-from jobs.rounds import RoundEngine, RoundResult
+from jobs.round_result import RoundResult
+from jobs.rounds import RoundEngine
 from workers.data import DataLoader, Dataset, load
 from workers.gradient import TaskSpec
 from workers.models import ModelFactory, ModelSpec, build_model, initial_parameters, resolve_model

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jobs.rounds import RoundResult
+from jobs.round_result import RoundResult
 
 
 class MetricsLog:

@@ -19,6 +19,8 @@ import ray
 from jobs.backend import ParameterServerLike
 from jobs.config import TrainConfig
 from jobs.errors import TrainingError
+from jobs.pipeline import PipelinedRounds
+from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics, TaskSpec, launch_gradient_task
 from workers.schedule import BatchSchedule
 
@@ -41,28 +43,6 @@ class StragglerPolicy:
         if self.backup_workers == 0:
             return default_s
         return max(0.0, min(default_s, self.timeout_s - elapsed_s))
-
-
-@dataclass(frozen=True, kw_only=True)
-class RoundResult:
-    """What one committed round did; times are driver-observed seconds.
-
-    publish_s: pull until parameter refs exist. compute_s: launch until the last accepted
-    contribution. aggregate_s: time in submit/close calls. commit_s: waiting for the version.
-    """
-
-    round: int
-    contributors: int
-    samples: int
-    loss_sum: float
-    correct: int
-    publish_s: float
-    compute_s: float
-    aggregate_s: float
-    commit_s: float
-    wall_s: float
-    devices: tuple[str, ...] = ()
-    """Where the round's gradient tasks ran (``cpu``, ``cuda``), sorted and unique."""
 
 
 @dataclass
@@ -88,6 +68,7 @@ class RoundEngine:
         self.schedule = schedule
         self.x_ref = x_ref
         self.y_ref = y_ref
+        self.spec_ref = ray.put(spec)  # pickled once, not once per task
         self.policy = StragglerPolicy(workers=config.workers,
                                       backup_workers=config.backup_workers,
                                       timeout_s=config.straggler_timeout)
@@ -104,7 +85,7 @@ class RoundEngine:
             idx = self.schedule.worker_indices(epoch, batch, rank, self.config.workers)
             grads, metrics_ref = launch_gradient_task(
                 self.spec, index, rank, self.x_ref, self.y_ref, idx, param_refs,
-                gpu_fraction=self.config.gpu)
+                gpu_fraction=self.config.gpu, spec_ref=self.spec_ref)
             state.pending[metrics_ref] = (rank, grads)
         return state
 
@@ -157,53 +138,35 @@ class RoundEngine:
             aggregate_s=st.aggregate_s, commit_s=now - t0, wall_s=now - st.launched,
             devices=tuple(sorted({m.device for m in st.metrics})))
 
+    def stop_after(self, round: int) -> bool:
+        """Round ``round`` ends at a barrier (epoch end or checkpoint): the driver evaluates
+        or cuts a checkpoint there, so no later round may run ahead of it."""
+        done = round + 1
+        every = self.config.checkpoint_every
+        return done % self.schedule.batches_per_epoch == 0 or bool(every and done % every == 0)
+
     def run(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         """Run rounds ``[start, end)``; blocks; raises ``TrainingError`` or server errors."""
         if self.config.mode == "async":
             self._run_async(start, end, on_round)
         elif self.config.mode == "sync" and self.config.backup_workers == 0:
-            self._run_chained(start, end, on_round)
+            PipelinedRounds(config=self.config, server=self.server, launch=self._launch_all,
+                            stop_after=self.stop_after).run(start, end, on_round)
         else:
             self._run_rounds(start, end, on_round)
 
-    def _run_chained(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
-        """Sync without backup workers: every contribution is needed, so the gradient refs
-        go to the shard leaders the moment the tasks are launched (Ray hands each leader the
-        gradient when its task finishes), and one call per shard both waits for the round's
-        commit and returns the next round's parameter refs. No driver round trip between a
-        task finishing and the leader seeing its gradient."""
-        t0 = time.perf_counter()
-        param_refs = self.server.pull(start)
-        publish_s = time.perf_counter() - t0
-        for index in range(start, end):
-            launched = time.perf_counter()
-            epoch, batch = self.schedule.round_position(index)
-            metrics_refs = []
-            for rank in range(self.config.workers):
-                idx = self.schedule.worker_indices(epoch, batch, rank, self.config.workers)
-                grads, metrics_ref = launch_gradient_task(
-                    self.spec, index, rank, self.x_ref, self.y_ref, idx, param_refs,
-                    gpu_fraction=self.config.gpu)
-                self.server.submit(index, rank, grads, index)
-                metrics_refs.append(metrics_ref)
-            submitted = time.perf_counter()
-            try:
-                param_refs = self.server.pull_after(index + 1, timeout=self.config.timeout_s)
-            except TimeoutError as exc:
-                raise TrainingError(
-                    f"round {index} did not commit within {self.config.timeout_s} s; "
-                    "check the server's status or raise timeout_s") from exc
-            metrics: list[GradientMetrics] = ray.get(metrics_refs, timeout=self.config.timeout_s)
-            now = time.perf_counter()
-            compute_s = max(m.load_s + m.compute_s for m in metrics)
-            on_round(RoundResult(
-                round=index, contributors=len(metrics), samples=sum(m.samples for m in metrics),
-                loss_sum=sum(m.loss_sum for m in metrics),
-                correct=sum(m.correct for m in metrics), publish_s=publish_s,
-                compute_s=compute_s, aggregate_s=submitted - launched,
-                commit_s=max(0.0, now - submitted - compute_s), wall_s=now - launched,
-                devices=tuple(sorted({m.device for m in metrics}))))
-            publish_s = 0.0  # later parameters arrive with the commit answer
+    def _launch_all(self, index: int, param_refs: Any) -> tuple[list[list[Any]], list[Any]]:
+        """Submit every rank's task of round ``index`` (params may be refs still pending)."""
+        epoch, batch = self.schedule.round_position(index)
+        grads, metrics = [], []
+        for rank in range(self.config.workers):
+            idx = self.schedule.worker_indices(epoch, batch, rank, self.config.workers)
+            g, m = launch_gradient_task(self.spec, index, rank, self.x_ref, self.y_ref, idx,
+                                        param_refs, gpu_fraction=self.config.gpu,
+                                        spec_ref=self.spec_ref)
+            grads.append(g)
+            metrics.append(m)
+        return grads, metrics
 
     def _run_rounds(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         stale = self.config.staleness

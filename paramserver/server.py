@@ -37,6 +37,24 @@ F32 = npt.NDArray[np.float32]
 _FAILOVER = (ConsensusError, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain of RayTaskErrors (a task that failed because an
+    argument of it failed carries that failure inside)."""
+    seen = 0
+    while seen < 16:
+        inner = _cause(exc)
+        if inner is exc:
+            return exc
+        exc, seen = inner, seen + 1
+    return exc
+
+
+def is_failover(exc: BaseException) -> bool:
+    """True when ``exc`` (or its root cause) means "a replica or its leadership is gone":
+    re-submit to the new leader instead of failing the job."""
+    return isinstance(exc, _FAILOVER) or isinstance(root_cause(exc), _FAILOVER)
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The user-level exception inside a RayTaskError, or the exception itself."""
     cause = getattr(exc, "cause", None)
@@ -137,16 +155,45 @@ class ParameterServer:
         answers = self._call_each("pull", min_version, self.config.rpc_timeout_s)
         return [ref for _version, ref in answers]
 
-    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int) -> None:
+    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int,
+               *, replay: bool = False) -> None:
         """Hand ``rank``'s contribution to ``round`` (one ref per shard, each resolving to
         ``(samples, {key: summed gradient})``) to every shard leader. Never blocks; errors
-        surface in ``wait_version``. The refs are kept until the round is applied."""
+        surface in ``wait_version``. The refs are kept until the round is applied.
+        ``replay=True``: a shard may have applied the round already (that is success)."""
         if len(grad_refs) != len(self._groups):
             raise ValueError(f"got {len(grad_refs)} gradient refs for {len(self._groups)} "
                              "shards; the task must return one ref per shard")
         self._pending.setdefault(round, {})[rank] = (list(grad_refs), param_version)
         for shard in range(len(self._groups)):
-            self._send(shard, round, rank)
+            self._send(shard, round, rank, replay=replay)
+
+    def step_round(self, round: int, grad_refs: Sequence[Sequence[Any]],
+                   param_version: int) -> tuple[list[Any], list[Any]]:
+        """The pipelined sync round: ``grad_refs[rank][shard]`` for every rank, one
+        ``ShardService.step_round`` call per shard, never blocking. Returns two lists of refs
+        by shard: the parameters of version ``round + 1`` (a dict each, ready to pass to the
+        next round's tasks before they exist) and the call's info dict. The round counts as
+        committed only once the NEXT round's infos (or ``wait_version``) say so; on a
+        failure, ``submit(..., replay=True)`` the kept refs and ``wait_version``."""
+        params, infos = [], []
+        for shard in range(len(self._groups)):
+            per_rank = [refs[shard] for refs in grad_refs]
+            p_ref, i_ref = self._leader(shard).call_service.options(num_returns=2).remote(
+                "step_round", round, per_rank, param_version, leader_only=True)
+            params.append(p_ref)
+            infos.append(i_ref)
+        return params, infos
+
+    def remember(self, round: int, rank: int, grad_refs: Sequence[Any],
+                 param_version: int) -> None:
+        """Keep a contribution already sent through ``step_round`` for replay: if a leader
+        fails during the next ``wait_version``, it is re-submitted to the new one."""
+        self._pending.setdefault(round, {})[rank] = (list(grad_refs), param_version)
+
+    def forget_leaders(self) -> None:
+        """Look every shard's leader up again on the next call (after a failover)."""
+        self._leaders = [None] * len(self._groups)
 
     def close_round(self, round: int) -> None:
         """The straggler deadline of ``round`` passed: complete it with N-b contributions."""
@@ -183,12 +230,6 @@ class ParameterServer:
         paramserver error a submission hit (e.g. ``NonFiniteGradientError``) or TimeoutError.
         """
         self._await_shards("wait_version", version, timeout)
-
-    def pull_after(self, version: int, timeout: float) -> list[Any]:
-        """``wait_version(version)`` and ``pull(version)`` in one call per shard: the driver's
-        fast path, which learns of a round's commit and gets the next round's parameter refs
-        in the same answer."""
-        return [ref for _version, ref in self._await_shards("pull", version, timeout)]
 
     def _await_shards(self, method: str, version: int, timeout: float) -> list[Any]:
         """Call ``method(version, timeout)`` on every shard and wait for all answers while

@@ -6,6 +6,10 @@ A ``ShardService`` is built on every replica of a shard's Raft group (``service=
 * ``submit`` (leader only) admits a worker's contribution into the ``RoundAggregator`` and,
   when a round completes, proposes its ONE encoded ``RoundCommand`` through Raft and waits
   until it is applied here.
+* ``step_round`` (leader only, sync without backup workers) takes every rank's contribution
+  to a round at once and answers with the NEXT parameters as soon as the round is
+  aggregated, computed on a copy, while the round's command commits in the background (the
+  pipelined sync round; see the method).
 * ``pull`` (any replica) waits until the shard's version reaches ``min_version`` and returns
   the parameters as an object-store ref, put once per version and shared by every reader.
 * ``export`` / ``wait_version`` / ``info`` serve the driver's checkpoints and barriers.
@@ -16,7 +20,9 @@ machine between rounds and never concurrently with ``apply``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,7 +30,7 @@ import numpy.typing as npt
 
 from paramserver.aggregator import RoundAggregator
 from paramserver.config import AggregatorConfig
-from paramserver.errors import ApplyFailedError, PlanError
+from paramserver.errors import ApplyFailedError, PlanError, StaleRoundError
 from paramserver.shard import ShardState, ShardStateMachine
 
 F32 = npt.NDArray[np.float32]
@@ -49,6 +55,13 @@ class Publisher(Protocol):
     def __call__(self, value: Any) -> Any: ...
 
 
+def _seconds(proposal: asyncio.Future[float] | None) -> float:
+    """A finished background proposal's commit seconds; 0.0 if none, running or failed."""
+    if proposal is None or not proposal.done() or proposal.cancelled():
+        return 0.0
+    return 0.0 if proposal.exception() is not None else proposal.result()
+
+
 def _ray_put(value: Any) -> Any:
     import ray  # the one IO edge of this module
 
@@ -68,6 +81,7 @@ class ShardService:
         self._publish = publish
         self._aggregator: RoundAggregator | None = None
         self._published: tuple[int, Any] | None = None
+        self._proposals: dict[int, asyncio.Future[float]] = {}  # step_round: round -> commit_s
 
     @property
     def _machine(self) -> ShardStateMachine:
@@ -121,6 +135,84 @@ class ShardService:
             raise
         if commands and self._aggregator is not None:
             self._aggregator.advance(self._machine.version)
+
+    async def step_round(
+        self, round: int, contributions: Sequence[Awaitable[tuple[int, Mapping[str, F32]]]],
+        param_version: int,
+    ) -> tuple[dict[str, F32], dict[str, Any]]:
+        """One pipelined sync round on the leader: rank ``i``'s contribution is
+        ``contributions[i]`` (an object ref, awaited here as its task finishes).
+
+        Once all N are in AND round ``round - 1`` is applied here (if that round's background
+        proposal failed, its error is raised), aggregates them into the round's ONE command,
+        starts proposing it and answers at once with ``(params, info)``: ``params`` are the
+        parameters of version ``round + 1``, computed on a copy (``preview``: bit-identical to
+        what ``apply`` will produce), so that the next round's gradients are computed while
+        this one commits. ``info`` = {"round", "applied" (this replica's applied version, so
+        >= ``round``: the previous round IS committed), "wait_s" (for the contributions),
+        "aggregate_s", "commit_s" (the previous round's propose-to-apply seconds, 0 if
+        unknown)}. A caller may treat round r as committed only once round r+1's info (or
+        ``wait_version``) says so; if this leader fails first, it re-submits round r's
+        contributions elsewhere and gets the same bits. Raises StaleRoundError when the shard
+        already applied ``round``, and the aggregator's typed errors.
+        """
+        t0 = time.perf_counter()
+        values = await asyncio.gather(*contributions)
+        t1 = time.perf_counter()
+        commit_s = await self._previous_round_applied(round)
+        machine = self._machine
+        if machine.version != round:
+            raise StaleRoundError(f"round {round} is already applied here (shard version "
+                                  f"{machine.version}); resume from a pull of the version")
+        t2 = time.perf_counter()
+        aggregator = self._fresh_aggregator()
+        commands: tuple[bytes, ...] = ()
+        try:
+            for rank, (samples, grads) in enumerate(values):
+                commands += aggregator.submit(round, rank, grads, samples, param_version).commands
+            if len(commands) != 1:
+                raise PlanError(f"round {round} produced {len(commands)} commands from "
+                                f"{len(values)} contributions; step_round needs sync mode "
+                                "without backup workers and one contribution per rank")
+            params = machine.preview(commands[0])
+        except BaseException:
+            self._aggregator = None
+            raise
+        proposal = asyncio.ensure_future(self._timed_commit(commands))
+        proposal.add_done_callback(_seconds)  # a failure nobody awaits is still retrieved
+        self._proposals[round] = proposal
+        for old in [r for r in self._proposals if r < round - 1]:
+            del self._proposals[old]
+        info = {"round": round, "applied": machine.version, "wait_s": t1 - t0,
+                "aggregate_s": time.perf_counter() - t2, "commit_s": commit_s}
+        return params, info
+
+    async def _timed_commit(self, commands: tuple[bytes, ...]) -> float:
+        t0 = time.perf_counter()
+        await self._commit(commands)
+        return time.perf_counter() - t0
+
+    async def _previous_round_applied(self, round: int) -> float:
+        """Wait until version >= ``round``; re-raise the failure of round - 1's proposal if it
+        is ours. Returns that proposal's commit seconds (0.0 if it was not ours)."""
+        machine = self._machine
+        prior = self._proposals.get(round - 1)
+        if machine.version >= round:
+            return _seconds(prior)
+        applied = asyncio.ensure_future(self.wait_version(round, self._commit_timeout_s))
+        waits: set[asyncio.Future[Any]] = {applied}
+        if prior is not None:
+            waits.add(prior)
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if prior is not None and prior in done:
+                commit_s = prior.result()  # raises the proposal's failure
+                await applied
+                return commit_s
+            applied.result()
+            return 0.0
+        finally:
+            applied.cancel()
 
     async def wait_version(self, version: int, timeout: float | None = None) -> int:
         """Block until this replica applied ``version`` rounds; returns its version."""

@@ -178,6 +178,22 @@ class ShardStateMachine:
         self._version += 1
         return result
 
+    def preview(self, command: bytes) -> dict[str, F32]:
+        """The parameters ``apply(command)`` would leave, computed on a copy of the state;
+        changes nothing here. A leader publishes them while the command commits (the
+        pipelined sync round); ``apply`` later computes the same bits, being deterministic."""
+        clone = ShardStateMachine.__new__(ShardStateMachine)
+        clone._pieces = self._pieces
+        clone.optimizer, clone.schedule = self.optimizer, self.schedule
+        clone._params = {k: a.copy() for k, a in self._params.items()}
+        clone._opt = {k: {n: a.copy() for n, a in s.items()} for k, s in self._opt.items()}
+        clone._version = self._version
+        clone._async_steps = dict(self._async_steps)
+        clone._layer_versions = dict(self._layer_versions)
+        clone._locks = LayerLocks(clone._params)
+        clone.apply(command)
+        return clone._params
+
     def _apply_async(self, command: RoundCommand) -> ApplyResult:
         """One contribution of one rank, identified by (rank, step): a step at or below the
         rank's last applied one is a duplicate (re-proposed by a new leader) and a no-op.

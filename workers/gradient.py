@@ -206,10 +206,14 @@ gradient_task = ray.remote(num_cpus=1, max_retries=3)(_gradient_task)
 def launch_gradient_task(
     spec: TaskSpec, round_index: int, rank: int, x_ref: ObjectRef[Any], y_ref: ObjectRef[Any],
     indices: np.ndarray, param_refs: Sequence[ObjectRef[Any]], gpu_fraction: float = 0.0,
+    spec_ref: ObjectRef[Any] | None = None,
 ) -> tuple[list[ObjectRef[Any]], ObjectRef[Any]]:
     """Submit one task (non-blocking): returns (one gradient ref per shard, the metrics ref).
 
     Passes refs, never values: the data and parameter refs resolve zero-copy in the worker.
+    ``spec_ref``: ``ray.put(spec)`` made once per job, sent instead of pickling ``spec``
+    again for every task. Parameter refs may still be pending (Ray starts the task when
+    they resolve).
     """
     shards = len(spec.layout)
     if shards != len(param_refs):
@@ -218,6 +222,6 @@ def launch_gradient_task(
     if gpu_fraction > 0:
         options["num_gpus"] = gpu_fraction
     refs = gradient_task.options(**options).remote(
-        spec, round_index, rank, x_ref, y_ref, indices, *param_refs
-    )
+        spec if spec_ref is None else spec_ref, round_index, rank, x_ref, y_ref, indices,
+        *param_refs)
     return list(refs[:shards]), refs[shards]

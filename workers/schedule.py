@@ -7,7 +7,7 @@ Epoch ``e`` uses ``numpy.random.default_rng([seed, e]).permutation(n_train)``; g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,8 @@ class BatchSchedule:
     seed: int
     global_batch: int
     n_train: int
+    _cache: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False,
+                                          compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.global_batch < 1:
@@ -43,7 +45,13 @@ class BatchSchedule:
         """The epoch's sample order: ``default_rng([seed, epoch]).permutation(n_train)``."""
         if epoch < 0:
             raise ScheduleError(f"epoch must be >= 0, got {epoch}")
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_train)
+        order = self._cache.get(epoch)
+        if order is None:  # O(n_train): computed once per epoch, not once per worker slice
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_train)
+            order.flags.writeable = False
+            self._cache.clear()
+            self._cache[epoch] = order
+        return order
 
     def global_batch_indices(self, epoch: int, batch: int) -> np.ndarray:
         """Sample indices of global batch ``batch`` of ``epoch`` (length G)."""

@@ -45,7 +45,7 @@ def plain_torch_loop(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
     sched = BatchSchedule(seed=cfg.seed, global_batch=cfg.global_batch, n_train=data.n_train)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     for r in range(cfg.epochs * sched.batches_per_epoch):
-        idx = torch.from_numpy(sched.global_batch_indices(*sched.round_position(r)))
+        idx = torch.from_numpy(sched.global_batch_indices(*sched.round_position(r)).copy())
         opt.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()

@@ -1,0 +1,166 @@
+"""The pipelined sync round loop (``sync`` without backup workers).
+
+Round r's gradient tasks are submitted with the parameter refs that round r-1's
+``step_round`` calls WILL return, so Ray starts them the moment those calls answer, with no
+driver round trip in between. A shard leader answers round r-1 as soon as it has aggregated
+it (the next parameters computed on a copy) and commits it while round r computes; it
+answers round r only once round r-1 is applied. So round r is known committed when round
+r+1's answers arrive, or, for the last round before a barrier (epoch end, checkpoint, end of
+training), after ``wait_version``. The driver submits up to ``DEPTH`` rounds ahead and never
+past a barrier, so evaluation and checkpoints see exactly the version they name.
+
+Faults: the driver keeps every in-flight round's gradient refs. When a replica or its
+leadership is lost, it lets the submitted tasks settle, re-submits the longest prefix of
+rounds whose tasks all succeeded (``submit(replay=True)``; a round a shard already applied
+is success), waits until every shard applied them, and restarts the pipeline from there.
+Aggregation and the optimizer are deterministic, so the model bits are those of a run
+without the fault.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from jobs.backend import ParameterServerLike
+from jobs.config import TrainConfig
+from jobs.errors import TrainingError
+from jobs.round_result import RoundResult
+from paramserver.server import is_failover, root_cause
+from workers.gradient import GradientMetrics
+
+DEPTH = 3
+"""Rounds submitted ahead. 3 keeps the driver off the critical path: while it handles round
+r's commit, round r+2's tasks are already queued on round r+1's answers."""
+
+Launch = Callable[[int, Sequence[Any]], tuple[list[list[Any]], list[Any]]]
+"""(round, parameter refs by shard) -> (gradient refs [rank][shard], metrics ref by rank)."""
+
+
+@dataclass
+class _Flight:
+    round: int
+    launched: float
+    grads: list[list[Any]]  # [rank][shard]
+    metrics: list[Any]  # by rank
+    params: list[Any]  # by shard: the parameters of version round + 1
+    infos: list[Any]  # by shard: step_round's info dict
+
+
+class PipelinedRounds:
+    """Runs sync rounds ``[start, end)`` pipelined (see the module docstring)."""
+
+    def __init__(self, *, config: TrainConfig, server: ParameterServerLike, launch: Launch,
+                 stop_after: Callable[[int], bool]) -> None:
+        self.config = config
+        self.server = server
+        self.launch = launch
+        self.stop_after = stop_after  # round r ends at a barrier: launch nothing past it
+
+    def _submit(self, round: int, params: Sequence[Any]) -> _Flight:
+        launched = time.perf_counter()
+        grads, metrics = self.launch(round, params)
+        next_params, infos = self.server.step_round(round, grads, round)
+        return _Flight(round, launched, grads, metrics, next_params, infos)
+
+    def run(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
+        """Run rounds ``[start, end)``; blocks; raises TrainingError or the server's errors."""
+        params: Sequence[Any] = self.server.pull(start)
+        inflight: deque[_Flight] = deque()
+        last = time.perf_counter()
+        next_round = start
+        while inflight or next_round < end:
+            while (next_round < end and len(inflight) < DEPTH
+                   and not (inflight and self.stop_after(inflight[-1].round))):
+                flight = self._submit(next_round, params)
+                inflight.append(flight)
+                params = flight.params
+                next_round += 1
+            try:
+                done = [self._settle(inflight)]
+            except Exception as exc:  # classified right here
+                if not is_failover(exc):
+                    raise _user_error(exc) from None
+                done, next_round = self._recover(inflight)
+                params = self.server.pull(next_round)
+            for flight, metrics, info in done:
+                now = time.perf_counter()
+                on_round(_result(flight, metrics, info, now - max(last, flight.launched)))
+                last = now
+
+    def _settle(self, inflight: deque[_Flight]) -> tuple[_Flight, list[GradientMetrics],
+                                                         dict[str, Any]]:
+        """Block until the oldest round is committed on every shard; pop and return it with
+        its metrics and the leader's info (summed over shards)."""
+        timeout = self.config.timeout_s
+        oldest = inflight[0]
+        metrics: list[GradientMetrics] = ray.get(oldest.metrics, timeout=timeout)
+        infos = ray.get(oldest.infos, timeout=timeout)
+        if len(inflight) > 1:
+            later = ray.get(inflight[1].infos, timeout=timeout)
+            commit_s = max(float(i["commit_s"]) for i in later)
+        else:  # a barrier: wait for the commit itself (replaying on a leader failure)
+            for rank, grads in enumerate(oldest.grads):
+                self.server.remember(oldest.round, rank, grads, oldest.round)
+            t0 = time.perf_counter()
+            self.server.wait_version(oldest.round + 1, timeout)
+            commit_s = time.perf_counter() - t0
+        inflight.popleft()
+        info = {"aggregate_s": max(float(i["aggregate_s"]) for i in infos), "commit_s": commit_s}
+        return oldest, metrics, info
+
+    def _recover(self, inflight: deque[_Flight]) -> tuple[
+            list[tuple[_Flight, list[GradientMetrics], dict[str, Any]]], int]:
+        """After a lost replica/leader: replay the rounds whose tasks all succeeded, wait
+        until every shard applied them, and return them (to report) and the next round."""
+        timeout = self.config.timeout_s
+        refs = [ref for f in inflight for ref in f.metrics]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout)  # let launched tasks settle
+        good: list[tuple[_Flight, list[GradientMetrics], dict[str, Any]]] = []
+        for flight in inflight:
+            try:
+                metrics = ray.get(flight.metrics, timeout=0)
+            except Exception as exc:  # classified right here
+                if not is_failover(exc):
+                    raise _user_error(exc) from None
+                break  # this round's parameters were lost with the leader: recompute it
+            good.append((flight, metrics, {"aggregate_s": 0.0, "commit_s": 0.0}))
+        restart = good[-1][0].round + 1 if good else inflight[0].round
+        self.server.forget_leaders()
+        for flight, _, _ in good:
+            for rank, grads in enumerate(flight.grads):
+                self.server.submit(flight.round, rank, grads, flight.round, replay=True)
+        t0 = time.perf_counter()
+        self.server.wait_version(restart, timeout)
+        for _, _, info in good:
+            info["commit_s"] = time.perf_counter() - t0
+        inflight.clear()
+        return good, restart
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """A gradient task's failure as TrainingError; the server's typed errors as themselves."""
+    link: BaseException | None = exc
+    while isinstance(link, ray.exceptions.RayTaskError):
+        if str(getattr(link, "function_name", "")).endswith("_gradient_task"):
+            return TrainingError(f"a gradient task failed: {root_cause(exc)!r}")
+        link = link.cause if isinstance(link.cause, BaseException) else None
+    if isinstance(exc, TimeoutError):  # ray.get's GetTimeoutError or wait_version's
+        return TrainingError(f"a round did not finish in time ({exc}); check the server's "
+                             "status or raise timeout_s")
+    return root_cause(exc)
+
+
+def _result(flight: _Flight, metrics: list[GradientMetrics], info: dict[str, Any],
+            wall_s: float) -> RoundResult:
+    return RoundResult(
+        round=flight.round, contributors=len(metrics), samples=sum(m.samples for m in metrics),
+        loss_sum=sum(m.loss_sum for m in metrics), correct=sum(m.correct for m in metrics),
+        publish_s=0.0, compute_s=max(m.load_s + m.compute_s for m in metrics),
+        aggregate_s=float(info["aggregate_s"]), commit_s=float(info["commit_s"]),
+        wall_s=wall_s, devices=tuple(sorted({m.device for m in metrics})))

@@ -1,0 +1,27 @@
+"""What one committed round did, as the driver reports it (metrics.jsonl, progress)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundResult:
+    """What one committed round did; times are driver-observed seconds.
+
+    publish_s: pull until parameter refs exist. compute_s: launch until the last accepted
+    contribution. aggregate_s: time in submit/close calls. commit_s: waiting for the version.
+    """
+
+    round: int
+    contributors: int
+    samples: int
+    loss_sum: float
+    correct: int
+    publish_s: float
+    compute_s: float
+    aggregate_s: float
+    commit_s: float
+    wall_s: float
+    devices: tuple[str, ...] = ()
+    """Where the round's gradient tasks ran (``cpu``, ``cuda``), sorted and unique."""
