@@ -73,6 +73,20 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+class StoredFactory:
+    """Calls the factory at ``holder[0][which]``, a ``(state_machine, service)`` pair kept in
+    the object store by the group that spawned the replica (see ``RaftGroup.create``). The
+    ref rides inside a list so Ray hands it over as a ref and does not free it after the
+    actor's first start."""
+
+    def __init__(self, holder: list[Any], which: int) -> None:
+        self.holder, self.which = holder, which
+
+    def __call__(self, *args: Any) -> Any:
+        factory = ray.get(self.holder[0])[self.which]
+        return factory(*args)
+
+
 class RaftGroup:
     """Client of one Raft group (see the module docstring). Create it with :meth:`create`."""
 
@@ -125,6 +139,13 @@ class RaftGroup:
         storage = str(Path(storage_dir).resolve())
         token = secrets.token_bytes(32) if config.peer_tcp else None
         actor_cls = ray.remote(RaftReplica)
+        # The factories (a shard's initial parameters can be hundreds of MB) go into the object
+        # store once, referenced from the spawn closure the group keeps: a replica that Ray
+        # restarts after a crash reads them again. Passed inline instead, Ray would promote
+        # them to an object it frees after the first start, and every restart would fail.
+        stored = [ray.put((state_machine, service))]
+        machine_factory = StoredFactory(stored, 0)
+        service_factory = StoredFactory(stored, 1) if service is not None else None
 
         def spawn(index: int, bundle: int, join: bool) -> Any:
             return actor_cls.options(
@@ -132,8 +153,8 @@ class RaftGroup:
                 max_restarts=-1, max_task_retries=0, max_concurrency=1000,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     pg, placement_group_bundle_index=bundle),
-            ).remote(name, index, names, namespace, state_machine, storage, config,
-                     service, join=join, peer_token=token)
+            ).remote(name, index, names, namespace, machine_factory, storage, config,
+                     service_factory, join=join, peer_token=token)
 
         handles = {r: spawn(r, r, False) for r in range(replicas)}
         ray.get([h.ping.remote() for h in handles.values()], timeout=ready_timeout)

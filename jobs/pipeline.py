@@ -19,6 +19,7 @@ without the fault.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from jobs.errors import TrainingError
 from jobs.round_result import RoundResult
 from paramserver.server import is_failover, root_cause
 from workers.gradient import GradientMetrics
+
+LOG = logging.getLogger(__name__)
 
 DEPTH = 3
 """Rounds submitted ahead. 3 keeps the driver off the critical path: while it handles round
@@ -131,6 +134,9 @@ class PipelinedRounds:
                 break  # this round's parameters were lost with the leader: recompute it
             good.append((flight, metrics, {"aggregate_s": 0.0, "commit_s": 0.0}))
         restart = good[-1][0].round + 1 if good else inflight[0].round
+        LOG.warning("a shard replica or leader was lost during rounds %d..%d; replaying "
+                    "rounds %d..%d and resuming at round %d", inflight[0].round,
+                    inflight[-1].round, inflight[0].round, restart - 1, restart)
         self.server.forget_leaders()
         for flight, _, _ in good:
             for rank, grads in enumerate(flight.grads):

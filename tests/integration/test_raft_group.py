@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 import time
@@ -223,3 +224,29 @@ def test_a_relative_storage_dir_means_the_callers_directory(
     finally:
         group.shutdown()
     assert storage_path(tmp_path / "rel/raft", "reldir", 0).exists()
+
+
+class BigInitMachine(LogMachine):
+    """A LogMachine whose factory carries ~1 MB, like a shard's initial parameters."""
+
+    def __init__(self, blob: bytes) -> None:
+        super().__init__()
+        self.blob_len = len(blob)
+
+
+def test_a_replica_with_a_large_factory_restarts_after_a_crash(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Ray promotes large constructor arguments to an object it frees after the first start;
+    the group keeps its factories in the object store itself, so a restart still finds them."""
+    factory = functools.partial(BigInitMachine, b"\x01" * (1 << 20))
+    group = RaftGroup.create("it/bigfactory", 3, factory, tmp_path, config=FAST)
+    try:
+        group.propose_batch([f"before{i}".encode() for i in range(5)])
+        follower = next(s["index"] for s in group.status() if s["role"] == "FOLLOWER")
+        ray.kill(group.handles()[follower], no_restart=False)
+        group.propose_batch([f"after{i}".encode() for i in range(5)])
+        log = assert_identical(group, 3)  # the killed follower came back from storage
+        assert log[-5:] == [f"after{i}".encode() for i in range(5)]
+    finally:
+        group.shutdown()

@@ -1,0 +1,192 @@
+"""ShardService.step_round, the pipelined sync round, against an in-process fake replica.
+
+The fake context commits a proposal only when the test says so (``commit_next``), so every
+interleaving below is explicit and deterministic: no Ray, no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from paramserver import (
+    AggregatorConfig,
+    OptimizerConfig,
+    ShardPlan,
+    ShardStateMachine,
+    StaleRoundError,
+)
+from paramserver.errors import NonFiniteGradientError
+from paramserver.service import ShardService
+
+SHAPES = {"w": (6, 5), "b": (5,)}
+PLAN = ShardPlan.build(SHAPES, 1)
+OPT = OptimizerConfig(kind="sgd", lr=0.1, momentum=0.9)
+
+
+class LostLeadership(Exception):
+    """Stands in for consensus' NotLeaderError."""
+
+
+class FakeContext:
+    """A one-replica 'group': proposals queue until the test commits or fails them."""
+
+    def __init__(self, machine: ShardStateMachine) -> None:
+        self.machine = machine
+        self.queue: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self.waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    def is_leader(self) -> bool:
+        return True
+
+    @property
+    def state_machine(self) -> ShardStateMachine:
+        return self.machine
+
+    async def propose(self, command: bytes, timeout: float = 10.0) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append((command, fut))
+        return await fut
+
+    async def wait_applied(self, target: Any, timeout: float | None = None) -> None:
+        if target():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append((target, fut))
+        await asyncio.wait_for(fut, timeout)
+
+    def commit_next(self) -> None:
+        command, fut = self.queue.pop(0)
+        fut.set_result(self.machine.apply(command))
+        for target, waiter in list(self.waiters):
+            if target() and not waiter.done():
+                waiter.set_result(None)
+
+    def fail_next(self) -> None:
+        _, fut = self.queue.pop(0)
+        fut.set_exception(LostLeadership("lost leadership"))
+
+
+def _params(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _service(workers: int = 2) -> tuple[ShardService, FakeContext]:
+    ctx = FakeContext(ShardStateMachine(PLAN.pieces(0), _params(0), OPT))
+    config = AggregatorConfig(workers=workers, mode="sync")
+    return ShardService(ctx, config, commit_timeout_s=5.0, publish=lambda v: v), ctx
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+def _contributions(round: int, workers: int = 2) -> list[Awaitable[Any]]:
+    return [_ready((3 + rank, _params(100 * round + rank))) for rank in range(workers)]
+
+
+async def _settle() -> None:
+    for _ in range(20):  # let every runnable callback run; no wall-clock waiting
+        await asyncio.sleep(0)
+
+
+def test_answer_comes_before_the_commit_and_equals_the_applied_bits() -> None:
+    async def scenario() -> None:
+        service, ctx = _service()
+        params, info = await service.step_round(0, _contributions(0), 0)
+        assert ctx.machine.version == 0, "the answer must not wait for the commit"
+        assert info["round"] == 0 and info["applied"] == 0
+        await _settle()
+        assert len(ctx.queue) == 1, "the round's one command is being proposed"
+        ctx.commit_next()
+        assert ctx.machine.version == 1
+        for key, value in ctx.machine.params().items():
+            assert params[key].tobytes() == value.tobytes()
+
+    asyncio.run(scenario())
+
+
+def test_next_round_waits_for_the_previous_commit() -> None:
+    async def scenario() -> None:
+        service, ctx = _service()
+        await service.step_round(0, _contributions(0), 0)
+        nxt = asyncio.ensure_future(service.step_round(1, _contributions(1), 1))
+        await _settle()
+        assert not nxt.done(), "round 1 must not be answered before round 0 is applied"
+        ctx.commit_next()
+        params, info = await nxt
+        assert info["applied"] == 1
+        await _settle()
+        ctx.commit_next()
+        for key, value in ctx.machine.params().items():
+            assert params[key].tobytes() == value.tobytes()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_background_proposal_fails_the_next_round() -> None:
+    async def scenario() -> None:
+        service, ctx = _service()
+        await service.step_round(0, _contributions(0), 0)
+        nxt = asyncio.ensure_future(service.step_round(1, _contributions(1), 1))
+        await _settle()
+        ctx.fail_next()
+        with pytest.raises(LostLeadership):
+            await nxt
+        assert ctx.machine.version == 0, "nothing applied"
+        # The driver then re-submits round 0; the aggregator was rebuilt from version 0.
+        again = asyncio.ensure_future(service.step_round(0, _contributions(0), 0))
+        await again
+        await _settle()
+        ctx.commit_next()
+        assert ctx.machine.version == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_round_already_applied_is_stale() -> None:
+    async def scenario() -> None:
+        service, ctx = _service()
+        await service.step_round(0, _contributions(0), 0)
+        await _settle()
+        ctx.commit_next()
+        with pytest.raises(StaleRoundError):
+            await service.step_round(0, _contributions(0), 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_contribution_raises_its_typed_error_and_proposes_nothing() -> None:
+    async def scenario() -> None:
+        service, ctx = _service()
+        bad = _params(7)
+        bad["w"][0, 0] = np.nan
+        with pytest.raises(NonFiniteGradientError):
+            await service.step_round(0, [_ready((3, _params(1))), _ready((3, bad))], 0)
+        await _settle()
+        assert ctx.queue == [] and ctx.machine.version == 0
+
+    asyncio.run(scenario())
+
+
+def test_preview_changes_nothing_and_matches_apply() -> None:
+    from paramserver import RoundCommand
+
+    machine = ShardStateMachine(PLAN.pieces(0), _params(0), OPT)
+    other = ShardStateMachine(PLAN.pieces(0), _params(0), OPT)
+    for r in range(3):  # momentum state makes later rounds depend on earlier ones
+        command = RoundCommand(round=r, kind="sync", samples=5, ranks=(0, 1),
+                               grads=_params(50 + r)).encode()
+        before = machine.digest()
+        preview = machine.preview(command)
+        assert machine.digest() == before
+        machine.apply(command)
+        other.apply(command)
+        for key, value in machine.params().items():
+            assert preview[key].tobytes() == value.tobytes()
+    assert machine.digest() == other.digest()
