@@ -83,8 +83,10 @@ class StoredFactory:
         self.holder, self.which = holder, which
 
     def __call__(self, *args: Any) -> Any:
-        factory = ray.get(self.holder[0])[self.which]
-        return factory(*args)
+        # A replica is an async actor, where ray.get warns on every job: wait on the ref's
+        # future instead (resolved by Ray's own threads).
+        factories = self.holder[0].future().result()
+        return factories[self.which](*args)
 
 
 class RaftGroup:
