@@ -49,7 +49,7 @@ from consensus.errors import (
 )
 from consensus.replica import CommandError, RaftReplica, ReplicaContext, replica_name
 from consensus.replica_config import RaftGroupConfig
-from consensus.session import Envelope, encode_batch
+from consensus.session import encode_run
 from consensus.state_machine import StateMachine
 from consensus.types import ConfChangeKind
 
@@ -204,12 +204,12 @@ class RaftGroup:
 
         A command the state machine raised on returns a :class:`CommandError`.
         """
+        if not commands:
+            return []
         seqs = self._take_seqs(len(commands))
         try:
             ack = self._ack()
-            data = encode_batch(
-                [Envelope(self._client_id, s, c, ack) for s, c in zip(seqs, commands, strict=True)]
-            )
+            data = encode_run(self._client_id, seqs[0], commands, ack)
             # Large payloads go once to the object store and travel by reference on retries.
             payload: Any = ray.put(data) if len(data) > _INLINE_BYTES else data
             result: list[Any] = self._submit(

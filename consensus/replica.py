@@ -47,11 +47,14 @@ from consensus.replica_context import (
 )
 from consensus.session import (
     Envelope,
+    EnvelopeError,
     SessionTable,
     decode_batch,
     decode_image,
+    decode_run,
     encode_batch,
     encode_image,
+    is_run,
 )
 from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
@@ -232,11 +235,13 @@ class RaftReplica:
         results: list[bytes] = []
         if entry.kind == EntryKind.NORMAL and entry.data:
             try:
-                envelopes = decode_batch(entry.data)
-            except ValueError as exc:
+                if is_run(entry.data):
+                    results = self._sessions.apply_run(decode_run(entry.data), self._run_command)
+                else:
+                    results = [self._sessions.apply(e, self._run_command)
+                               for e in decode_batch(entry.data)]
+            except EnvelopeError as exc:
                 results = [pickle.dumps(CommandError(str(exc)))]
-            else:
-                results = [self._sessions.apply(e, self._run_command) for e in envelopes]
         self.applied_index, self._applied_term = entry.index, entry.term
         waiter = self._waiters.pop(entry.index, None)
         if waiter is not None and not waiter.future.done():

@@ -11,6 +11,10 @@ every replica, across leader changes, restarts and snapshot installs.
 Encoding (all big-endian, no pickle for commands):
   batch    := MAGIC u32:count envelope*
   envelope := u16:len(client_id) u64:seq u64:ack u32:len(command) client_id command
+  run      := RUN_MAGIC u16:len(client_id) u64:first_seq u64:ack u32:count client_id
+              u32:len(command)*count command*
+A *run* is the compact form of a batch from one client with consecutive seqs (what
+``RaftGroup`` sends): one header, so decoding and dedup cost no per-command objects.
 Results are pickled with the stdlib (they come from our own state machine) and cached as bytes.
 A ``seq`` of 0 means "no dedup" (used by replica-local service proposals).
 """
@@ -26,6 +30,8 @@ from typing import Any
 from consensus.errors import ConsensusError
 
 _MAGIC = b"RPB1"
+_RUN_MAGIC = b"RPR1"
+_RUN = struct.Struct(">HQQI")  # len(client_id), first seq, ack, count
 _ENVELOPE = struct.Struct(">HQQI")
 _COUNT = struct.Struct(">I")
 _SNAP_MAGIC = b"RPS1"
@@ -82,6 +88,51 @@ def decode_batch(data: bytes) -> list[Envelope]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class CommandRun:
+    """Commands of one client with seqs ``first_seq, first_seq + 1, ...`` (one log entry)."""
+
+    client_id: str
+    first_seq: int
+    commands: list[bytes]
+    ack: int = 0
+
+
+def encode_run(client_id: str, first_seq: int, commands: Sequence[bytes], ack: int) -> bytes:
+    """Encode a run (see the module docstring); ``first_seq`` >= 1."""
+    cid = client_id.encode()
+    lengths = struct.pack(f">{len(commands)}I", *map(len, commands))
+    return b"".join([_RUN_MAGIC, _RUN.pack(len(cid), first_seq, ack, len(commands)), cid,
+                     lengths, *commands])
+
+
+def is_run(data: bytes) -> bool:
+    """True if ``data`` was made by :func:`encode_run` (else it is a batch)."""
+    return data[:4] == _RUN_MAGIC
+
+
+def decode_run(data: bytes) -> CommandRun:
+    """Inverse of :func:`encode_run`; raises EnvelopeError on malformed bytes."""
+    if data[:4] != _RUN_MAGIC:
+        raise EnvelopeError("payload is not a command run (bad magic); propose via RaftGroup")
+    try:
+        cid_len, first, ack, count = _RUN.unpack_from(data, 4)
+        pos = 4 + _RUN.size
+        cid = data[pos:pos + cid_len].decode()
+        pos += cid_len
+        lengths = struct.unpack_from(f">{count}I", data, pos)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"command run malformed: {exc}") from exc
+    pos += 4 * count
+    if first < 1 or pos + sum(lengths) != len(data):
+        raise EnvelopeError("command run truncated or with trailing bytes")
+    commands = []
+    for size in lengths:
+        commands.append(data[pos:pos + size])
+        pos += size
+    return CommandRun(cid, first, commands, ack)
+
+
 @dataclass(slots=True)
 class _Client:
     floor: int = 0  # every seq < floor was acknowledged by the client and forgotten
@@ -119,6 +170,29 @@ class SessionTable:
             for seq in [s for s in client.results if s < env.ack]:
                 del client.results[seq]
         return result
+
+    def apply_run(self, run_: CommandRun, run: Callable[[bytes], Any]) -> list[bytes]:
+        """:meth:`apply` for every command of ``run_`` in seq order (same results, same
+        table afterwards), without per-command envelopes."""
+        client = self._clients.setdefault(run_.client_id, _Client())
+        results = client.results
+        out = []
+        seq = run_.first_seq
+        for command in run_.commands:
+            if seq < client.floor:
+                result = pickle.dumps(DuplicateCommand(run_.client_id, seq))
+            else:
+                cached = results.get(seq)
+                if cached is None:
+                    cached = results[seq] = pickle.dumps(run(command))
+                result = cached
+            out.append(result)
+            seq += 1
+        if run_.ack > client.floor:
+            client.floor = run_.ack
+            for old in [s for s in results if s < run_.ack]:
+                del results[old]
+        return out
 
     def cached(self, client_id: str, seq: int) -> bytes | None:
         """The cached pickled result of ``(client_id, seq)``, if still held."""

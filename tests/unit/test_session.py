@@ -5,16 +5,22 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consensus.session import (
+    CommandRun,
     DuplicateCommand,
     Envelope,
     EnvelopeError,
     SessionTable,
     decode_batch,
     decode_image,
+    decode_run,
     encode_batch,
     encode_image,
+    encode_run,
+    is_run,
 )
 
 
@@ -106,3 +112,39 @@ def test_image_split_round_trip() -> None:
     assert decode_image(encode_image(b"sess", b"user-state")) == (b"sess", b"user-state")
     with pytest.raises(EnvelopeError):
         decode_image(b"short")
+
+
+def test_run_round_trip_and_malformed_runs_are_rejected() -> None:
+    raw = encode_run("cliént", 41, [b"a", b"", b"\x00" * 300], ack=40)
+    assert is_run(raw) and not is_run(encode_batch([Envelope("c", 1, b"a")]))
+    assert decode_run(raw) == CommandRun("cliént", 41, [b"a", b"", b"\x00" * 300], 40)
+    for bad in (raw[:-1], raw + b"!", b"RPB1" + raw[4:], raw[:10]):
+        with pytest.raises(EnvelopeError):
+            decode_run(bad)
+
+
+# A client's life: runs of consecutive seqs, some re-sent (retries), with an ack that only
+# grows and never passes an unanswered seq.
+_runs = st.lists(st.tuples(st.integers(1, 6), st.booleans()), min_size=1, max_size=12)
+
+
+@given(_runs)
+def test_apply_run_equals_applying_its_envelopes_one_by_one(plan: list[tuple[int, bool]]) -> None:
+    """The compact run is only an encoding: results, applied commands and the table's
+    snapshot bytes are those of the per-envelope path, retries and acks included."""
+    by_run, by_env = SessionTable(), SessionTable()
+    sm_run, sm_env = Counter(), Counter()
+    seq, sent = 1, []
+    for size, retry in plan:
+        if retry and sent:
+            first, commands, ack = sent[-1]  # the client re-sends its last run unchanged
+        else:
+            first, commands, ack = seq, [f"c{seq + i}".encode() for i in range(size)], seq
+            seq += size
+            sent.append((first, commands, ack))
+        got = by_run.apply_run(decode_run(encode_run("c", first, commands, ack)), sm_run.apply)
+        want = [by_env.apply(Envelope("c", first + i, cmd, ack), sm_env.apply)
+                for i, cmd in enumerate(commands)]
+        assert got == want
+    assert sm_run.applied == sm_env.applied
+    assert by_run.encode() == by_env.encode()
