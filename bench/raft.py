@@ -4,26 +4,31 @@ Measured on both sides, with the same payloads (``bench.common.payload``: 7-bit 
 
 - ``p50_ms_100b`` / ``p99_ms_100b`` (and ``_1mb``): latency of one proposal at a time, from
   submit until the leader applied it;
-- ``ops_per_s_100b``: throughput with many 100-byte proposals in flight;
+- ``ops_per_s_100b``: throughput with many 100-byte proposals in flight: all
+  ``throughput_ops`` submitted at once, one command per call, each with its own completion
+  (raftps: ``propose_async`` futures; PySyncObj: its callbacks);
 - ``mb_per_s_1mb``: throughput with several 1 MB proposals in flight;
 - ``failover_s``: the leader is killed; seconds until the next proposal commits.
 
 raftps: ``RaftGroup.create`` with the default ``RaftGroupConfig`` (20 ms ticks, elections
 after 10-20 ticks = 200-400 ms, heartbeats every tick), sqlite storage that fsyncs before
-acknowledging, proposals from this driver process (a Ray actor call to the leader each), in
-flight = ``--inflight`` client threads each calling ``group.propose``. Failover = ``ray.kill``
-of the leader's actor (no restart), then ``group.propose`` (the client finds the new leader).
-Concurrent ``propose`` calls are coalesced by the client into shared entries (client group
-commit, ``consensus.coalescer``; PySyncObj batches too), and replicas talk to each other over
-TCP (``consensus.transport``), with Ray actor calls only driver -> leader.
-``ops_per_s_100b_async`` submits all proposals at once with ``propose_async`` (one command per
-call, as the PySyncObj side submits with callbacks); ``ops_per_s_100b_batched`` shows
-``propose_batch`` (100 commands per call).
+acknowledging, proposals from this driver process (a Ray actor call to the leader per
+batch). Queued ``propose_async``/``propose`` calls are coalesced by the client into shared
+entries (client group commit, ``consensus.coalescer``; PySyncObj batches too), and replicas
+talk to each other over TCP (``consensus.transport``). Failover = ``ray.kill`` of the
+leader's actor (no restart), then ``group.propose`` (the client finds the new leader).
+Extras (raftps only): ``ops_per_s_100b_threads`` = ``--inflight`` client threads each
+blocking in ``propose`` (latency-bound: that many in flight), ``ops_per_s_100b_batched`` =
+``propose_batch`` calls of ``batch`` commands, 4 in flight.
 
 PySyncObj: see ``bench.peers.pysyncobj_peer`` for the exact ``SyncObjConf`` (timers set to the
-same 200-400 ms election window), proposals issued inside the leader's process, in-memory log.
-Writes ``bench/results/raft.json`` as ``{"raftps": {...}, "pysyncobj": {...}}`` and prints a
-markdown table.
+same 200-400 ms election window), proposals issued inside the leader's process (no client
+hop, unlike raftps), in-memory log.
+
+Each side runs ``repeats`` times, interleaved (raftps, PySyncObj, raftps, ...), each time on a
+fresh group/cluster; every key is the median of its repeats (raw values under ``repeats``),
+and ``ratios`` gives raftps / PySyncObj per key. Writes ``bench/results/raft.json`` as
+``{"raftps": {...}, "pysyncobj": {...}}`` and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.common import markdown_table, payload, percentile, write_results
+from bench.common import (
+    interleaved_order,
+    markdown_table,
+    median,
+    payload,
+    percentile,
+    ratio,
+    write_results,
+)
 from bench.peers.pysyncobj_peer import CONF_OVERRIDES, PySyncObjCluster
 
 SMALL = 100
@@ -57,8 +70,9 @@ class RaftBenchConfig:
     throughput_ops_1mb: int = 60  # 1 MB proposals for MB/s
     inflight: int = 32  # concurrent proposals (raftps: client threads)
     inflight_1mb: int = 8  # concurrent 1 MB proposals (raftps)
-    batch: int = 100  # commands per propose_batch call (raftps extra)
+    batch: int = 1000  # commands per propose_batch call (raftps extra)
     timeout_s: float = 120.0  # limit on any one measurement
+    repeats: int = 3  # interleaved runs of each side; medians are reported
 
     def __post_init__(self) -> None:
         for key, value in asdict(self).items():
@@ -67,8 +81,8 @@ class RaftBenchConfig:
 
     @classmethod
     def quick(cls) -> RaftBenchConfig:
-        return cls(latency_ops=150, latency_ops_1mb=10, throughput_ops=2000,
-                   throughput_ops_1mb=16, timeout_s=20.0)
+        return cls(latency_ops=150, latency_ops_1mb=10, throughput_ops=10_000,
+                   throughput_ops_1mb=16, timeout_s=20.0, repeats=3)
 
 
 def _latency_stats(seconds: list[float], suffix: str) -> dict[str, float]:
@@ -166,12 +180,12 @@ def measure_raftps(cfg: RaftBenchConfig) -> dict[str, Any]:
         group.propose(b"warm-up", timeout=60.0)
         out: dict[str, Any] = _latency_stats(_sequential(group, SMALL, cfg.latency_ops), "100b")
         out |= _latency_stats(_sequential(group, LARGE, cfg.latency_ops_1mb), "1mb")
-        secs = _concurrent(group, SMALL, cfg.throughput_ops, cfg.inflight)
-        out["ops_per_s_100b"] = cfg.throughput_ops / secs
+        out["ops_per_s_100b"] = _async(group, cfg.throughput_ops)
         secs = _concurrent(group, LARGE, cfg.throughput_ops_1mb, cfg.inflight_1mb)
         out["mb_per_s_1mb"] = cfg.throughput_ops_1mb / secs
+        secs = _concurrent(group, SMALL, cfg.throughput_ops // 4, cfg.inflight)
+        out["ops_per_s_100b_threads"] = cfg.throughput_ops // 4 / secs
         out["ops_per_s_100b_batched"] = _batched(group, cfg)
-        out["ops_per_s_100b_async"] = _async(group, cfg.throughput_ops)
         out["failover_s"] = _raftps_failover(group)
         out["config"] = {k: v for k, v in asdict(RaftGroupConfig()).items() if k != "seed"}
         out["client"] = {"inflight_threads": cfg.inflight, "inflight_threads_1mb": cfg.inflight_1mb}
@@ -225,13 +239,37 @@ def _pysyncobj_failover(cluster: PySyncObjCluster) -> float:
 # ---------------------------------------------------------------------------- main
 
 
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per side: the median of every numeric key over its repeats, the raw values under
+    ``repeats``, the first run's settings/errors; raftps gets ``ratios`` to PySyncObj."""
+    out: dict[str, dict[str, Any]] = {}
+    for side, side_runs in runs.items():
+        numeric = sorted({k for r in side_runs for k, v in r.items()
+                          if isinstance(v, int | float) and not isinstance(v, bool)})
+        merged: dict[str, Any] = {k: v for k, v in side_runs[0].items() if k not in numeric}
+        merged["repeats"] = {k: [r.get(k, float("nan")) for r in side_runs] for k in numeric}
+        merged |= {k: median([v for v in merged["repeats"][k] if v == v]) for k in numeric}
+        errors = [r["error"] for r in side_runs if "error" in r]
+        if errors:
+            merged["error"] = errors
+        out[side] = merged
+    if "raftps" in out and "pysyncobj" in out:
+        out["raftps"]["ratios"] = {k: ratio(out["raftps"].get(k, float("nan")),
+                                            out["pysyncobj"].get(k, float("nan")))
+                                   for k in KEYS}
+    return out
+
+
+
 def report(results: dict[str, dict[str, Any]]) -> str:
     """The markdown table printed at the end (one row per metric, one column per side)."""
     sides = list(results)
-    rows = [[key, *(results[s].get(key, float("nan")) for s in sides)] for key in KEYS]
-    for extra in ("ops_per_s_100b_async", "ops_per_s_100b_batched"):
-        rows.append([extra, *(results[s].get(extra, float("nan")) for s in sides)])
-    return markdown_table(["metric", *sides], rows)
+    ratios = results.get("raftps", {}).get("ratios", {})
+    rows = [[key, *(results[s].get(key, float("nan")) for s in sides),
+             ratios.get(key, float("nan"))] for key in KEYS]
+    for extra in ("ops_per_s_100b_threads", "ops_per_s_100b_batched"):
+        rows.append([extra, *(results[s].get(extra, float("nan")) for s in sides), float("nan")])
+    return markdown_table(["metric (median)", *sides, "raftps / pysyncobj"], rows)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -244,15 +282,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
                  namespace="raftps-bench")  # never attach to a cluster found on the machine
-    results: dict[str, dict[str, Any]] = {}
-    for side, measure in (("raftps", measure_raftps), ("pysyncobj", measure_pysyncobj)):
+    sides: dict[str, Callable[[RaftBenchConfig], dict[str, Any]]] = {
+        "raftps": measure_raftps, "pysyncobj": measure_pysyncobj}
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for rep, side in interleaved_order(list(sides), cfg.repeats):
         started = time.perf_counter()
         try:
-            results[side] = measure(cfg)
+            run = sides[side](cfg)
         except Exception as exc:
-            results[side] = {"error": f"{type(exc).__name__}: {exc}"}
-        results[side]["wall_s"] = time.perf_counter() - started
-        print(f"[bench.raft] {side} done in {results[side]['wall_s']:.1f}s")
+            run = {"error": f"{type(exc).__name__}: {exc}"}
+        run["wall_s"] = time.perf_counter() - started
+        runs[side].append(run)
+        print(f"[bench.raft] repeat {rep} {side} done in {run['wall_s']:.1f}s")
+    results = summarize(runs)
     results["_settings"] = asdict(cfg) | {"quick": args.quick}
     path = write_results("raft", results)
     print(report({k: v for k, v in results.items() if not k.startswith("_")}))

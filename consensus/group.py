@@ -31,7 +31,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from consensus.coalescer import ProposalCoalescer
+from consensus.coalescer import ProposalCoalescer, ProposalFuture
 from consensus.errors import (
     ConsensusError,
     NotLeaderError,
@@ -194,9 +193,11 @@ class RaftGroup:
             raise ProposalTimeoutError(
                 f"group {self.name}: propose did not complete in {timeout} s") from None
 
-    def propose_async(self, command: bytes, timeout: float = 10.0) -> Future[Any]:
+    def propose_async(self, command: bytes, timeout: float = 10.0) -> ProposalFuture:
         """Queue ``command`` (exactly once, coalesced with other queued commands) and return
-        a future of its result; never blocks. The future fails like :meth:`propose` raises."""
+        a ``ProposalFuture`` of its result (``result``/``exception``/``done``/
+        ``add_done_callback``, like ``concurrent.futures.Future`` but not cancellable);
+        never blocks. It fails like :meth:`propose` raises."""
         return self._coalescer.submit(command, timeout)
 
     def propose_batch(self, commands: Sequence[bytes], timeout: float = 10.0) -> list[Any]:

@@ -57,3 +57,39 @@ def test_batches_respect_max_bytes_and_failures_reach_every_command() -> None:
     co.close()
     with pytest.raises(RuntimeError, match="shut down"):
         co.submit(b"late", 1.0)
+
+
+def test_proposal_futures_report_results_errors_timeouts_and_callbacks() -> None:
+    gate = _Gate()
+    co = ProposalCoalescer(gate, max_inflight=1, max_batch_bytes=1 << 20)
+    first = co.submit(b"abc", 5.0)
+    assert gate.entered.wait(10)
+    ok, bad = co.submit(b"xy", 5.0), co.submit(b"boom", 5.0)  # one batch: both fail
+    seen: list[tuple[str, object]] = []
+    first.add_done_callback(lambda f: seen.append(("first", f.result())))
+    ok.add_done_callback(lambda f: seen.append(("ok", type(f.exception()).__name__)))
+    assert not first.done() and not first.cancel() and not first.cancelled()
+    with pytest.raises(TimeoutError):
+        first.result(timeout=0)  # still in flight: a timeout, not a wrong answer
+    gate.release.set()
+    assert first.result(10) == 3 and first.exception(10) is None and first.done()
+    with pytest.raises(RuntimeError, match="batch failed"):
+        bad.result(10)
+    assert isinstance(ok.exception(10), RuntimeError)
+    late: list[object] = []
+    first.add_done_callback(lambda f: late.append(f.result()))  # already done: runs now
+    co.close()
+    assert sorted(seen) == [("first", 3), ("ok", "RuntimeError")]
+    assert late == [3]
+
+
+def test_a_raising_callback_does_not_stop_the_sender() -> None:
+    gate = _Gate()
+    co = ProposalCoalescer(gate, max_inflight=1, max_batch_bytes=1 << 20)
+    first = co.submit(b"a", 5.0)
+    assert gate.entered.wait(10)
+    first.add_done_callback(lambda f: 1 / 0)
+    after = co.submit(b"bb", 5.0)
+    gate.release.set()
+    assert after.result(10) == 2
+    co.close()
