@@ -77,6 +77,10 @@ class TrainConfig:
     checkpointed, so ``resume`` continues exactly where it left off."""
     progress: bool = True
     """Show per-epoch progress on stdout (a bar on a TTY, one line per epoch otherwise)."""
+    pipeline: bool = True
+    """``sync`` without backup workers: compute round t+1 on the leaders' preview of version
+    t+1 while round t commits (same bits, see docs/ARCHITECTURE.md). False: launch round t+1
+    only after every shard applied round t (strict BSP, slower)."""
 
     def __post_init__(self) -> None:
         self._check_counts()

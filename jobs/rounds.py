@@ -149,7 +149,8 @@ class RoundEngine:
         """Run rounds ``[start, end)``; blocks; raises ``TrainingError`` or server errors."""
         if self.config.mode == "async":
             self._run_async(start, end, on_round)
-        elif self.config.mode == "sync" and self.config.backup_workers == 0:
+        elif (self.config.mode == "sync" and self.config.backup_workers == 0
+              and self.config.pipeline):
             PipelinedRounds(config=self.config, server=self.server, launch=self._launch_all,
                             stop_after=self.stop_after).run(start, end, on_round)
         else:

@@ -58,6 +58,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds")
     p.add_argument("--address", default=None, help="Ray address (default RAY_ADDRESS or local)")
     p.add_argument("--job", default=d.job, help="job name (actor name prefix)")
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                   help="sync: start a round only after the previous one committed everywhere")
     return p
 
 
@@ -72,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, global_batch=args.global_batch, optimizer=args.optimizer, lr=lr,
         seed=args.seed, out=args.out or f"runs/{name}", resume=args.resume, gpu=args.gpu,
         checkpoint_every=args.checkpoint_every, max_rounds=args.max_rounds,
-        address=args.address, job=args.job,
+        address=args.address, job=args.job, pipeline=args.pipeline,
     )
 
 

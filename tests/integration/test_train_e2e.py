@@ -78,6 +78,15 @@ def test_same_seed_twice_gives_byte_identical_model_files(runs: dict[str, TrainR
     assert a == runs["w4-again"].model_path.read_bytes()
 
 
+def test_pipelined_and_strict_bsp_rounds_give_byte_identical_models(
+    runs: dict[str, TrainResult], tmp_path: Path
+) -> None:
+    """The pipelined loop computes round t+1 on the leaders' preview of version t+1; strict
+    BSP waits for the commit first. Same bits either way (the preview is apply's result)."""
+    strict = train(config(tmp_path, pipeline=False), backend=RaftServerBackend())
+    assert strict.model_path.read_bytes() == runs["w4"].model_path.read_bytes()
+
+
 def test_outputs_are_written(runs: dict[str, TrainResult]) -> None:
     out = runs["w4"].out_dir
     summary = json.loads((out / "summary.json").read_text())
