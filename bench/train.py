@@ -5,7 +5,9 @@ on synthetic 784-feature, 10-class data, synchronous SGD with a global batch of 
 over 2 workers (1024 samples each):
 
 - ``raftps_r1`` / ``raftps_r3``: ``jobs.api.train`` (the same config the CLI builds from
-  ``--data synthetic --model mlp --workers 2 --global-batch 2048 --replicas 1|3``), one epoch
+  ``--data synthetic --model mlp --workers 2 --global-batch 2048 --replicas 1|3``, the
+  default 2 shards; ``raftps_r3_s1``: the same with ``--shards 1``, the natural layout for a
+  0.94 MB model, half the replica processes), one epoch
   of ``warmup + rounds`` global batches;
 - ``ray_ps_example``: Ray's documented synchronous parameter server
   (``bench.peers.ray_ps_example``), ``warmup`` untimed then ``rounds`` timed iterations;
@@ -68,7 +70,7 @@ from bench.common import (
 WORKERS = 2
 GLOBAL_BATCH = 2048
 RAY_CPUS = 4  # logical CPUs of every Ray side (2 gradient tasks at once; fewer idle workers)
-SIDES = ("raftps_r1", "raftps_r3", "ray_ps_example", "torch_single")
+SIDES = ("raftps_r1", "raftps_r3", "raftps_r3_s1", "ray_ps_example", "torch_single")
 
 
 class BenchConfigError(ValueError):
@@ -101,16 +103,17 @@ class TrainBenchConfig:
         return cls(repeats=3, rounds=32, warmup=4)
 
 
-def raftps_args(replicas: int, rounds: int, out: Path, job: str) -> list[str]:
+def raftps_args(replicas: int, rounds: int, out: Path, job: str, shards: int = 2) -> list[str]:
     """The CLI flags of the raftps side (one epoch of exactly ``rounds`` global batches)."""
     n_train = rounds * GLOBAL_BATCH
     return ["--data", f"synthetic:784x10x{n_train}", "--model", "mlp",
             "--workers", str(WORKERS), "--global-batch", str(GLOBAL_BATCH),
-            "--replicas", str(replicas), "--optimizer", "sgd", "--lr", "0.05",
+            "--replicas", str(replicas), "--shards", str(shards), "--optimizer", "sgd",
+            "--lr", "0.05",
             "--epochs", "1", "--checkpoint-every", "0", "--out", str(out), "--job", job]
 
 
-def measure_raftps(replicas: int, cfg: TrainBenchConfig) -> dict[str, Any]:
+def measure_raftps(replicas: int, cfg: TrainBenchConfig, shards: int = 2) -> dict[str, Any]:
     """Train ``warmup + rounds`` rounds with ``jobs.api.train``; steady-state rate (see module).
 
     Needs Ray initialised. Blocks for the whole job; the output folder is a temp dir,
@@ -123,7 +126,7 @@ def measure_raftps(replicas: int, cfg: TrainBenchConfig) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix=f"raftps-bench-r{replicas}-"))
     job = f"bench-r{replicas}-{uuid.uuid4().hex[:6]}"
     try:
-        config = parse_config(raftps_args(replicas, cfg.warmup + cfg.rounds, out, job))
+        config = parse_config(raftps_args(replicas, cfg.warmup + cfg.rounds, out, job, shards))
         train(dataclasses.replace(config, progress=False))
         summary = json.loads((out / "summary.json").read_text())
         records = read_metrics(out / "metrics.jsonl")
@@ -167,6 +170,7 @@ def measure_side(side: str, cfg: TrainBenchConfig) -> dict[str, Any]:
     measures: dict[str, Callable[[], dict[str, Any]]] = {
         "raftps_r1": lambda: measure_raftps(1, cfg),
         "raftps_r3": lambda: measure_raftps(3, cfg),
+        "raftps_r3_s1": lambda: measure_raftps(3, cfg, shards=1),
         "ray_ps_example": lambda: measure_ray_example(cfg),
     }
     if side not in measures:
