@@ -62,6 +62,7 @@ _RETRYABLE = (
 )
 _Call = Callable[[Any, float], Any]
 _INLINE_BYTES = 64 << 10  # smaller proposals are sent inline with the actor call
+_INLINE_FACTORY_BYTES = 64 << 10  # below Ray's 100 KiB limit for inline task arguments
 _HEDGE_S = 0.3  # a call unanswered this long makes the client check for another leader
 _SUSPECT_S = 1.0  # after a replica failed a call as dead, ignore hints naming it this long
 
@@ -140,13 +141,17 @@ class RaftGroup:
         storage = str(Path(storage_dir).resolve())
         token = secrets.token_bytes(32) if config.peer_tcp else None
         actor_cls = ray.remote(RaftReplica)
-        # The factories (a shard's initial parameters can be hundreds of MB) go into the object
-        # store once, referenced from the spawn closure the group keeps: a replica that Ray
-        # restarts after a crash reads them again. Passed inline instead, Ray would promote
-        # them to an object it frees after the first start, and every restart would fail.
-        stored = [ray.put((state_machine, service))]
-        machine_factory = StoredFactory(stored, 0)
-        service_factory = StoredFactory(stored, 1) if service is not None else None
+        # Large factories go into the object store once, referenced from the spawn closure
+        # the group keeps, so a replica that Ray restarts after a crash reads them again.
+        # Passed inline, Ray would promote them to an object it frees after the first start,
+        # and every restart would fail. Small ones travel inline (no object, no Ray warning).
+        machine_factory: Callable[[], StateMachine] = state_machine
+        service_factory = service
+        pickled = ray.cloudpickle.dumps((state_machine, service))  # type: ignore[no-untyped-call]
+        if len(pickled) > _INLINE_FACTORY_BYTES:
+            stored = [ray.put((state_machine, service))]
+            machine_factory = StoredFactory(stored, 0)
+            service_factory = StoredFactory(stored, 1) if service is not None else None
 
         def spawn(index: int, bundle: int, join: bool) -> Any:
             return actor_cls.options(

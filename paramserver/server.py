@@ -93,7 +93,7 @@ class ParameterServer:
         parts = plan.split(initial)
         groups = []
         for s in range(plan.shards):
-            machine = partial(ShardStateMachine, plan.pieces(s), parts[s], config.optimizer,
+            machine = partial(ShardStateMachine.blank, plan.pieces(s), config.optimizer,
                               config.schedule)
             service = partial(ShardService, config=config.aggregator())
             groups.append(RaftGroup.create(
@@ -101,8 +101,26 @@ class ParameterServer:
                 namespace=config.namespace, config=config.group, service=service,
             ))
         server = cls(config, plan, groups)
+        server._seed(parts)
         server._version = server._min_version()
         return server
+
+    def _seed(self, parts: Sequence[Mapping[str, npt.NDArray[Any]]]) -> None:
+        """Write the initial parameters as the first log entry of every fresh shard (a
+        RestoreCommand), so they are durable and replicated like any round and a restarted
+        replica finds them in its storage. A shard that reloaded a log is left as it is."""
+        for s, group in enumerate(self._groups):
+            # A linearizable read (ReadIndex): a reloaded log is fully applied before we look.
+            if group.read("digest", timeout=self.config.rpc_timeout_s) != self._blank_digest(s):
+                continue
+            machine = ShardStateMachine(self.plan.pieces(s), parts[s], self.config.optimizer,
+                                        self.config.schedule)
+            group.propose(RestoreCommand(machine.snapshot()).encode(),
+                          timeout=self.config.rpc_timeout_s)
+
+    def _blank_digest(self, shard: int) -> str:
+        return ShardStateMachine.blank(self.plan.pieces(shard), self.config.optimizer,
+                                       self.config.schedule).digest()
 
     def shutdown(self) -> None:
         """Kill every replica of every shard (durable storage stays on disk)."""

@@ -95,6 +95,17 @@ class ShardStateMachine:
         machine._load(state)
         return machine
 
+    @classmethod
+    def blank(
+        cls, pieces: Sequence[Piece], optimizer: OptimizerConfig,
+        schedule: ScheduleConfig | None = None,
+    ) -> ShardStateMachine:
+        """A shard of zeros at version 0: what a replica starts from before the first log
+        entry (the job's initial parameters, a RestoreCommand) is applied. Its factory is
+        small, so Ray can restart a replica without the driver's copy of the parameters."""
+        zeros = {p.key: np.zeros(p.shape, np.float32) for p in pieces}
+        return cls(pieces, zeros, optimizer, schedule)
+
     def _check_params(self, params: Mapping[str, npt.NDArray[Any]]) -> None:
         if set(params) != set(self._pieces):
             raise UnknownLayerError(

@@ -210,3 +210,30 @@ def test_status_reports_a_dead_replica_instead_of_failing(server: ParameterServe
     dead = [r for r in shard["replicas"] if r["index"] == victim]
     assert dead and dead[0]["alive"] is False and "digest" not in dead[0]
     assert shard["version"] == 1 and shard["leader"] == leader
+
+
+def test_initial_parameters_are_the_first_log_entry_and_survive_a_recreate(
+    tmp_path: Path,
+) -> None:
+    """Replicas start blank and get the initial parameters through Raft (so Ray can restart
+    a replica without the driver's copy); a server re-created over the same storage keeps
+    its rounds instead of being seeded again."""
+    config = make_config(tmp_path)
+    first = ParameterServer.create(config, initial_tensors())
+    try:
+        for k, v in first.state_dict().items():
+            np.testing.assert_array_equal(v, initial_tensors()[k])
+        for r in range(3):
+            push_round(first, r)
+            first.wait_version(r + 1, timeout=60)
+        after = first.state_dict()
+    finally:
+        first.shutdown()
+    again = ParameterServer.create(config, initial_tensors())
+    try:
+        again.wait_version(3, timeout=60)
+        assert again.version == 3
+        for k, v in again.state_dict().items():
+            np.testing.assert_array_equal(v, after[k])
+    finally:
+        again.shutdown()
