@@ -12,7 +12,9 @@ Delivery is best effort, like the Ray path: Raft tolerates loss, duplication and
 reordering. A broken connection is dropped (its queued bytes are lost) and reopened on a later
 send. Each connection starts with the group's secret token (compared in constant time), so a
 stranger on the network cannot inject messages; traffic is not encrypted (like Ray's own
-unencrypted gRPC by default).
+unencrypted gRPC by default). Batches are pickled, but unpickled with an allow-list: only the
+message types of ``consensus.types`` (and plain data) can come out, never an arbitrary
+callable, so even a peer holding the token cannot run code here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import logging
 import pickle
 import struct
@@ -33,6 +36,24 @@ log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 _MAX_FRAME = 1 << 30
 _MAX_BUFFERED = 256 << 20  # drop (Raft retries) rather than buffer more for a slow peer
+
+
+class _MessageUnpickler(pickle.Unpickler):
+    """Unpickles Raft message batches; refuses every global outside ``consensus.types``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "consensus.types" and not name.startswith("_"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"peer batch names {module}.{name}; only Raft messages "
+                                     "(consensus.types) are accepted")
+
+
+def loads_batch(data: bytes) -> list[Any]:
+    """Decode a batch received from a peer (see ``_MessageUnpickler``)."""
+    batch = _MessageUnpickler(io.BytesIO(data)).load()
+    if not isinstance(batch, list):
+        raise pickle.UnpicklingError("a peer batch must be a list of messages")
+    return batch
 
 
 class PeerTransport:
@@ -103,7 +124,9 @@ class PeerTransport:
                 log.warning("peer connection with a wrong token refused")
                 return
             while True:
-                self._on_batch(pickle.loads(await self._read_frame(reader)))
+                self._on_batch(loads_batch(await self._read_frame(reader)))
+        except pickle.UnpicklingError as exc:
+            log.warning("peer connection closed: %s", exc)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, EOFError):
             pass
         finally:
