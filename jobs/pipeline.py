@@ -99,7 +99,7 @@ class PipelinedRounds:
     def _settle(self, inflight: deque[_Flight]) -> tuple[_Flight, list[GradientMetrics],
                                                          dict[str, Any]]:
         """Block until the oldest round is committed on every shard; pop and return it with
-        its metrics and the leader's info (summed over shards)."""
+        its metrics and the leaders' info (the slowest shard's times)."""
         timeout = self.config.timeout_s
         oldest = inflight[0]
         metrics: list[GradientMetrics] = ray.get(oldest.metrics, timeout=timeout)
