@@ -102,10 +102,13 @@ class PipelinedRounds:
         its metrics and the leaders' info (the slowest shard's times)."""
         timeout = self.config.timeout_s
         oldest = inflight[0]
-        metrics: list[GradientMetrics] = ray.get(oldest.metrics, timeout=timeout)
-        infos = ray.get(oldest.infos, timeout=timeout)
-        if len(inflight) > 1:
-            later = ray.get(inflight[1].infos, timeout=timeout)
+        later_refs = inflight[1].infos if len(inflight) > 1 else []
+        # One get for all (task errors first in the list, so they surface first).
+        values = ray.get([*oldest.metrics, *oldest.infos, *later_refs], timeout=timeout)
+        workers, shards = len(oldest.metrics), len(oldest.infos)
+        metrics: list[GradientMetrics] = values[:workers]
+        infos, later = values[workers:workers + shards], values[workers + shards:]
+        if later:
             commit_s = max(float(i["commit_s"]) for i in later)
         else:  # a barrier: wait for the commit itself (replaying on a leader failure)
             for rank, grads in enumerate(oldest.grads):
