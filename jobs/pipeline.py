@@ -19,6 +19,7 @@ without the fault.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -136,6 +137,9 @@ class PipelinedRounds:
                     raise _user_error(exc) from None
                 break  # this round's parameters were lost with the leader: recompute it
             good.append((flight, metrics, {"aggregate_s": 0.0, "commit_s": 0.0}))
+        for flight in list(inflight)[len(good):]:  # recomputed: read their errors so Ray
+            _discard([*flight.metrics, *flight.infos, *flight.params,  # does not log them
+                      *(ref for refs in flight.grads for ref in refs)], min(timeout, 10.0))
         restart = good[-1][0].round + 1 if good else inflight[0].round
         LOG.warning("a shard replica or leader was lost during rounds %d..%d; replaying "
                     "rounds %d..%d and resuming at round %d", inflight[0].round,
@@ -150,6 +154,15 @@ class PipelinedRounds:
             info["commit_s"] = time.perf_counter() - t0
         inflight.clear()
         return good, restart
+
+
+def _discard(refs: list[Any], timeout: float) -> None:
+    """Read refs whose values are not needed (they fail soon: their inputs failed), so that
+    the errors they hold count as handled: Ray logs every error object dropped unread."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+    for ref in ready:
+        with contextlib.suppress(Exception):  # the failure is handled by recovering
+            ray.get(ref, timeout=0)
 
 
 def _user_error(exc: BaseException) -> BaseException:
