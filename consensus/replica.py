@@ -20,8 +20,6 @@ Node ids are replica index + 1 (the core requires positive ids).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import inspect
 import itertools
 import logging
@@ -29,8 +27,7 @@ import os
 import pickle
 import random
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Any
 
 from consensus.core import RaftNode
 from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
+from consensus.peers import PeerRouter
 from consensus.replica_config import RaftGroupConfig
 from consensus.replica_context import (
     CommandError,
@@ -60,7 +58,6 @@ from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
 from consensus.transport import PeerTransport
 from consensus.types import (
-    AppendEntries,
     ConfChange,
     ConfChangeKind,
     Entry,
@@ -77,7 +74,6 @@ __all__ = ["CommandError", "RaftReplica", "ReplicaContext", "replica_name", "sto
 log = logging.getLogger(__name__)
 
 _INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
-_PEER_STALE_S = 2.0  # re-resolve a peer handle we have not heard from for this long
 
 
 @dataclass(slots=True)
@@ -127,19 +123,14 @@ class RaftReplica:
             hard_state=hard_state, snapshot=snapshot, entries=entries,
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
-        self._lookups = ThreadPoolExecutor(2, thread_name_prefix="raft-peers")
-        self._peers: dict[int, Any] = {}
-        self._peer_since: dict[int, float] = {}
-        self._peer_addr: dict[int, tuple[str, int]] = {}
         self._transport = PeerTransport(peer_token, self._on_batch) if peer_token else None
-        self._looking_up: set[int] = set()
-        self._heard: dict[int, float] = {}
+        self._router = PeerRouter(self._peer_name, namespace, self._transport)
         self._waiters: dict[int, _Waiter] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int | Callable[[], bool], asyncio.Future[None]]] = []
         self.apply_callbacks: list[Callable[[int], None]] = []
         self._read_ids = itertools.count(1)
-        self._sent_msgs = self._sent_entries = self._readies = 0
+        self._readies = 0
         self._wake = asyncio.Event()
         self._service = service(ReplicaContext(self)) if service is not None else None
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -178,11 +169,11 @@ class RaftReplica:
     async def _handle_ready(self, ready: Ready) -> None:
         self._readies += 1
         if ready.send_before_persist:  # leader: its append goes out while it syncs (§10.2.1)
-            self._send(ready.messages)
+            self._router.send(ready.messages)
             await self._persist(ready)
         else:
             await self._persist(ready)
-            self._send(ready.messages)
+            self._router.send(ready.messages)
         if ready.snapshot is not None:
             self._restore(ready.snapshot)
             self._fail_waiters_upto(ready.snapshot.meta.index)
@@ -311,67 +302,6 @@ class RaftReplica:
         index = node_id - 1
         return self._names[index] if index < len(self._names) else replica_name(self.group, index)
 
-    def _peer(self, node_id: int) -> Any:
-        now = time.monotonic()
-        handle = self._peers.get(node_id)
-        stale = now - max(self._heard.get(node_id, 0.0), self._peer_since.get(node_id, 0.0))
-        # Silent for long: maybe re-created under the same name. Look it up again in the
-        # background, and keep using the old handle meanwhile (dropping would starve a
-        # campaign whose election timeout exceeds _PEER_STALE_S).
-        refresh = handle is None or stale > _PEER_STALE_S
-        if refresh and node_id not in self._looking_up:
-            self._looking_up.add(node_id)
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self._lookups, self._lookup, node_id)
-            fut.add_done_callback(functools.partial(self._looked_up, node_id))
-        return handle
-
-    def _lookup(self, node_id: int) -> tuple[Any, tuple[str, int] | None]:
-        import ray
-
-        try:
-            handle = ray.get_actor(self._peer_name(node_id), namespace=self._namespace)
-        except ValueError:
-            time.sleep(0.1)  # not (yet/again) registered: throttle retries (helper thread)
-            return None, None
-        address: tuple[str, int] | None = None
-        if self._transport is not None:
-            with contextlib.suppress(Exception):  # dead or starting: the Ray path is used
-                # a future, not ray.get: Ray warns of any ray.get inside an async actor
-                found: Any = handle.transport_address.remote().future().result(timeout=2.0)
-                address = None if found is None else (str(found[0]), int(found[1]))
-        return handle, address
-
-    def _looked_up(self, node_id: int, fut: asyncio.Future[Any]) -> None:
-        self._looking_up.discard(node_id)
-        handle, address = (None, None) if fut.cancelled() or fut.exception() else fut.result()
-        if handle is not None:
-            self._peers[node_id] = handle
-        if address is not None and self._transport is not None:
-            if self._peer_addr.get(node_id) != address:
-                self._transport.forget(node_id)  # re-created elsewhere: reconnect
-            self._peer_addr[node_id] = address
-        self._peer_since[node_id] = time.monotonic()  # throttle lookups either way
-
-    def _send(self, messages: Sequence[Message]) -> None:
-        by_dst: dict[int, list[Message]] = defaultdict(list)
-        for msg in messages:
-            by_dst[msg.dst].append(msg)
-        for dst, batch in by_dst.items():
-            self._sent_msgs += len(batch)
-            self._sent_entries += sum(
-                len(m.entries) for m in batch if isinstance(m, AppendEntries))
-            handle = self._peer(dst)
-            if self._transport is not None and self._transport.send(
-                    dst, self._peer_addr.get(dst), batch):
-                continue
-            if handle is None:
-                continue
-            try:
-                handle.deliver.remote(batch)
-            except Exception:
-                self._peers.pop(dst, None)
-
     async def deliver(self, messages: list[Message]) -> None:
         """Step peer messages into the core (fire-and-forget from peers; never blocks)."""
         self._on_batch(messages)
@@ -385,7 +315,7 @@ class RaftReplica:
     def _on_batch(self, messages: list[Message]) -> None:
         now = time.monotonic()
         for msg in messages:
-            self._heard[msg.src] = now
+            self._router.heard(msg.src, now)
             try:
                 self._node.step(msg)
             except Exception:
@@ -492,8 +422,9 @@ class RaftReplica:
             "last_index": node.last_index,
             "leader": None if node.leader is None else node.leader - 1,
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
-            "alive": True, "readies": self._readies, "sent_msgs": self._sent_msgs,
-            "sent_entries": self._sent_entries, "pid": os.getpid(),
+            "alive": True, "readies": self._readies,
+            "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
+            "pid": os.getpid(),
             "cpu_s": time.process_time(),
         }
 
