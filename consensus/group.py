@@ -31,7 +31,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +193,7 @@ class RaftGroup:
         future = self.propose_async(command, timeout)
         try:
             return future.result(timeout=timeout + 1.0)
-        except FutureTimeout:
+        except TimeoutError:  # ProposalFuture.result's
             raise ProposalTimeoutError(
                 f"group {self.name}: propose did not complete in {timeout} s") from None
 

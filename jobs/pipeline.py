@@ -128,7 +128,7 @@ class PipelinedRounds:
         timeout = self.config.timeout_s
         refs = [ref for f in inflight for ref in f.metrics]
         ray.wait(refs, num_returns=len(refs), timeout=timeout)  # let launched tasks settle
-        good: list[tuple[_Flight, list[GradientMetrics], dict[str, Any]]] = []
+        good: list[tuple[_Flight, list[GradientMetrics]]] = []
         for flight in inflight:
             try:
                 metrics = ray.get(flight.metrics, timeout=0)
@@ -136,30 +136,33 @@ class PipelinedRounds:
                 if not is_failover(exc):
                     raise _user_error(exc) from None
                 break  # this round's parameters were lost with the leader: recompute it
-            good.append((flight, metrics, {"aggregate_s": 0.0, "commit_s": 0.0}))
-        for flight in list(inflight)[len(good):]:  # recomputed: read their errors so Ray
-            _discard([*flight.metrics, *flight.infos, *flight.params,  # does not log them
-                      *(ref for refs in flight.grads for ref in refs)], min(timeout, 10.0))
+            good.append((flight, metrics))
+        # Answers are not used any more, nor the outputs of rounds to recompute: read their
+        # errors, or Ray logs each one as an "unhandled error".
+        unused = [ref for f in inflight for ref in (*f.infos, *f.params)]
+        for flight in list(inflight)[len(good):]:
+            unused += [*flight.metrics, *(ref for refs in flight.grads for ref in refs)]
+        _discard(unused, min(timeout, 10.0))
         restart = good[-1][0].round + 1 if good else inflight[0].round
         LOG.warning("a shard replica or leader was lost during rounds %d..%d; replaying "
                     "rounds %d..%d and resuming at round %d", inflight[0].round,
                     inflight[-1].round, inflight[0].round, restart - 1, restart)
         self.server.forget_leaders()
-        for flight, _, _ in good:
+        for flight, _ in good:
             for rank, grads in enumerate(flight.grads):
                 self.server.submit(flight.round, rank, grads, flight.round, replay=True)
         t0 = time.perf_counter()
         self.server.wait_version(restart, timeout)
-        for _, _, info in good:
-            info["commit_s"] = time.perf_counter() - t0
+        info = {"aggregate_s": 0.0, "commit_s": time.perf_counter() - t0}
         inflight.clear()
-        return good, restart
+        return [(flight, metrics, info) for flight, metrics in good], restart
 
 
 def _discard(refs: list[Any], timeout: float) -> None:
     """Read refs whose values are not needed (they fail soon: their inputs failed), so that
     the errors they hold count as handled: Ray logs every error object dropped unread."""
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+    unique = list(dict.fromkeys(refs))
+    ready, _ = ray.wait(unique, num_returns=len(unique), timeout=timeout, fetch_local=False)
     for ref in ready:
         with contextlib.suppress(Exception):  # the failure is handled by recovering
             ray.get(ref, timeout=0)

@@ -106,21 +106,18 @@ class ParameterServer:
         return server
 
     def _seed(self, parts: Sequence[Mapping[str, npt.NDArray[Any]]]) -> None:
-        """Write the initial parameters as the first log entry of every fresh shard (a
-        RestoreCommand), so they are durable and replicated like any round and a restarted
-        replica finds them in its storage. A shard that reloaded a log is left as it is."""
+        """Write the initial parameters as the first log entry of every shard that applied
+        no round yet (a RestoreCommand), so they are durable and replicated like any round
+        and a restarted replica finds them in its storage. A shard past version 0 reloaded
+        its rounds and is left as it is."""
         for s, group in enumerate(self._groups):
             # A linearizable read (ReadIndex): a reloaded log is fully applied before we look.
-            if group.read("digest", timeout=self.config.rpc_timeout_s) != self._blank_digest(s):
+            if group.read("version", timeout=self.config.rpc_timeout_s) > 0:
                 continue
             machine = ShardStateMachine(self.plan.pieces(s), parts[s], self.config.optimizer,
                                         self.config.schedule)
             group.propose(RestoreCommand(machine.snapshot()).encode(),
                           timeout=self.config.rpc_timeout_s)
-
-    def _blank_digest(self, shard: int) -> str:
-        return ShardStateMachine.blank(self.plan.pieces(shard), self.config.optimizer,
-                                       self.config.schedule).digest()
 
     def shutdown(self) -> None:
         """Kill every replica of every shard (durable storage stays on disk)."""
@@ -182,7 +179,7 @@ class ParameterServer:
         if len(grad_refs) != len(self._groups):
             raise ValueError(f"got {len(grad_refs)} gradient refs for {len(self._groups)} "
                              "shards; the task must return one ref per shard")
-        self._pending.setdefault(round, {})[rank] = (list(grad_refs), param_version)
+        self.remember(round, rank, grad_refs, param_version)
         for shard in range(len(self._groups)):
             self._send(shard, round, rank, replay=replay)
 

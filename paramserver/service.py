@@ -149,16 +149,14 @@ class ShardService:
         parameters of version ``round + 1``, computed on a copy (``preview``: bit-identical to
         what ``apply`` will produce), so that the next round's gradients are computed while
         this one commits. ``info`` = {"round", "applied" (this replica's applied version, so
-        >= ``round``: the previous round IS committed), "wait_s" (for the contributions),
-        "aggregate_s", "commit_s" (the previous round's propose-to-apply seconds, 0 if
-        unknown)}. A caller may treat round r as committed only once round r+1's info (or
-        ``wait_version``) says so; if this leader fails first, it re-submits round r's
-        contributions elsewhere and gets the same bits. Raises StaleRoundError when the shard
-        already applied ``round``, and the aggregator's typed errors.
+        >= ``round``: the previous round IS committed), "aggregate_s", "commit_s" (the
+        previous round's propose-to-apply seconds, 0 if unknown)}. A caller may treat round r
+        as committed only once round r+1's info (or ``wait_version``) says so; if this leader
+        fails first, it re-submits round r's contributions elsewhere and gets the same bits.
+        Raises StaleRoundError when the shard already applied ``round``, and the
+        aggregator's typed errors.
         """
-        t0 = time.perf_counter()
         values = await asyncio.gather(*contributions)
-        t1 = time.perf_counter()
         commit_s = await self._previous_round_applied(round)
         machine = self._machine
         if machine.version != round:
@@ -183,7 +181,7 @@ class ShardService:
         self._proposals[round] = proposal
         for old in [r for r in self._proposals if r < round - 1]:
             del self._proposals[old]
-        info = {"round": round, "applied": machine.version, "wait_s": t1 - t0,
+        info = {"round": round, "applied": machine.version,
                 "aggregate_s": time.perf_counter() - t2, "commit_s": commit_s}
         return params, info
 
