@@ -9,6 +9,10 @@ over 2 workers (1024 samples each):
   default 2 shards; ``raftps_r3_s1``: the same with ``--shards 1``, the natural layout for a
   0.94 MB model, half the replica processes), one epoch
   of ``warmup + rounds`` global batches;
+- ``ceiling`` / ``ceiling_s1``: raftps' own data plane with no Raft (the same gradient tasks,
+  shard plan (2 shards / 1) and pipeline depth; one in-memory Ray actor per shard,
+  ``bench.peers.task_ceiling``): what the training contract's round costs in Ray alone, so an
+  upper bound for the raftps sides with the same shard count;
 - ``ray_ps_example``: Ray's documented synchronous parameter server
   (``bench.peers.ray_ps_example``), ``warmup`` untimed then ``rounds`` timed iterations;
 - ``torch_single``: one process, 2 torch threads, no communication
@@ -70,7 +74,8 @@ from bench.common import (
 WORKERS = 2
 GLOBAL_BATCH = 2048
 RAY_CPUS = 4  # logical CPUs of every Ray side (2 gradient tasks at once; fewer idle workers)
-SIDES = ("raftps_r1", "raftps_r3", "raftps_r3_s1", "ray_ps_example", "torch_single")
+SIDES = ("raftps_r1", "raftps_r3", "raftps_r3_s1", "ceiling", "ceiling_s1", "ray_ps_example",
+         "torch_single")
 
 
 class BenchConfigError(ValueError):
@@ -146,6 +151,17 @@ def measure_ray_example(cfg: TrainBenchConfig) -> dict[str, Any]:
     return {"samples_per_s": ray_ps_example.run(ps_cfg), "timed_rounds": cfg.rounds}
 
 
+def measure_ceiling(cfg: TrainBenchConfig, shards: int) -> dict[str, Any]:
+    """One timed run of raftps' data plane without Raft (``bench.peers.task_ceiling``)."""
+    from bench.peers import task_ceiling
+
+    ceiling_cfg = task_ceiling.TaskCeilingConfig(
+        shards=shards, workers=WORKERS, batch_per_worker=GLOBAL_BATCH // WORKERS,
+        iterations=cfg.rounds, warmup=cfg.warmup, seed=cfg.seed)
+    return {"samples_per_s": task_ceiling.run(ceiling_cfg), "timed_rounds": cfg.rounds,
+            "shards": shards}
+
+
 def measure_torch(cfg: TrainBenchConfig) -> dict[str, Any]:
     """One timed run of single-process torch with 2 threads (no Ray)."""
     import torch
@@ -171,6 +187,8 @@ def measure_side(side: str, cfg: TrainBenchConfig) -> dict[str, Any]:
         "raftps_r1": lambda: measure_raftps(1, cfg),
         "raftps_r3": lambda: measure_raftps(3, cfg),
         "raftps_r3_s1": lambda: measure_raftps(3, cfg, shards=1),
+        "ceiling": lambda: measure_ceiling(cfg, shards=2),
+        "ceiling_s1": lambda: measure_ceiling(cfg, shards=1),
         "ray_ps_example": lambda: measure_ray_example(cfg),
     }
     if side not in measures:
