@@ -19,7 +19,7 @@ from consensus.errors import (
 from consensus.replica_config import RaftGroupConfig
 from consensus.session import DuplicateCommand, Envelope, EnvelopeError, SessionTable
 from consensus.state_machine import StateMachine
-from consensus.storage import SqliteStorage
+from consensus.storage import SqliteStorage, StorageConfig
 
 if TYPE_CHECKING:
     from consensus.group import RaftGroup
@@ -61,5 +61,6 @@ __all__ = [
     "SessionTable",
     "SqliteStorage",
     "StateMachine",
+    "StorageConfig",
     "StorageCorruptError",
 ]

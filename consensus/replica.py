@@ -108,7 +108,7 @@ class RaftReplica:
         """
         self.group, self.index, self.node_id = group, index, index + 1
         self._names, self._namespace, self._config = list(names), namespace, config
-        self._storage = SqliteStorage(storage_path(storage_dir, group, index))
+        self._storage = SqliteStorage(storage_path(storage_dir, group, index), config.storage)
         hard_state, snapshot, entries = self._storage.load()
         self.state_machine = state_machine()
         self._sessions = SessionTable()

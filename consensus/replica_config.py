@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from consensus.config import RaftConfig
 from consensus.errors import ConfigError
+from consensus.storage import StorageConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,6 +50,10 @@ class RaftGroupConfig:
     peer_tcp: bool = True
     """Replicas exchange Raft messages over TCP connections (``consensus.transport``),
     falling back to Ray actor calls while no connection is up; False: Ray calls only."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """How each replica lays out its log on disk: payloads above ``inline_max_bytes`` go to
+    append-only segment files of ``segment_bytes`` (see ``consensus.storage``). A reopened
+    database may use other values; existing rows say where their bytes are."""
     seed: int | None = None
     """Seed of each replica's election-timeout RNG (``seed * 1000 + node id``); None draws one
     from the OS. Set it for reproducible runs."""

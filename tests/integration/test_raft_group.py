@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 import threading
@@ -224,6 +225,34 @@ def test_a_relative_storage_dir_means_the_callers_directory(
     finally:
         group.shutdown()
     assert storage_path(tmp_path / "rel/raft", "reldir", 0).exists()
+
+
+def test_the_group_config_sets_every_replicas_storage_layout(
+    ray_session: None, tmp_path: Path,
+) -> None:
+    """``RaftGroupConfig.storage`` reaches the replicas: with ``inline_max_bytes=16`` a 1 KB
+    command lands in segment files on every replica; with the default (64 KB) it stays in
+    sqlite and no segment is written."""
+    from consensus import StorageConfig
+    from consensus.replica import storage_path
+
+    def segments(root: Path, name: str) -> list[int]:  # segment bytes written, per replica
+        return [sum(p.stat().st_size
+                    for p in Path(f"{storage_path(root, name, i)}.segments").glob("*.seg"))
+                for i in range(3)]
+
+    for name, storage, expect_segments in (("it/seg-small", StorageConfig(inline_max_bytes=16),
+                                            True),
+                                           ("it/seg-default", StorageConfig(), False)):
+        group = RaftGroup.create(name, 3, LogMachine, tmp_path,
+                                 config=dataclasses.replace(FAST, storage=storage))
+        try:
+            assert group.propose(b"p" * 1024, timeout=30) == 1
+            wait_converged(group)
+        finally:
+            group.shutdown()
+        counts = segments(tmp_path, name)
+        assert all(c > 0 for c in counts) if expect_segments else counts == [0, 0, 0], counts
 
 
 class BigInitMachine(LogMachine):
