@@ -72,8 +72,21 @@ class ShardActor:
         return self.params, samples
 
 
-def _round_indices(rng: np.random.Generator, n: int, global_batch: int) -> np.ndarray:
-    return rng.permutation(n)[:global_batch]
+def _task_spec(config: TaskCeilingConfig) -> tuple[Any, list[Pieces]]:
+    """(TaskSpec, initial parameters by shard) of the benchmark MLP under raftps' plan."""
+    import torch
+
+    from paramserver.plan import ShardPlan
+    from workers.gradient import TaskSpec
+    from workers.models import ModelSpec
+
+    torch.manual_seed(config.seed)
+    initial = {name: p.detach().numpy().copy() for name, p in build_mlp().state_dict().items()}
+    plan = ShardPlan.build({k: tuple(v.shape) for k, v in initial.items()}, config.shards)
+    layout = tuple(tuple(tuple(piece) for piece in shard) for shard in plan.layout())
+    spec = TaskSpec(model=ModelSpec(factory=build_mlp, key="bench-mlp"), seed=config.seed,
+                    layout=layout)  # type: ignore[arg-type]
+    return spec, plan.split(initial)
 
 
 def run(config: TaskCeilingConfig) -> float:
@@ -82,26 +95,15 @@ def run(config: TaskCeilingConfig) -> float:
     Needs ``ray.init``. Blocks until the last round is answered; kills its actors.
     """
     import ray
-    import torch
 
-    from paramserver.plan import ShardPlan
-    from workers.gradient import TaskSpec, launch_gradient_task
-    from workers.models import ModelSpec
+    from workers.gradient import launch_gradient_task
 
-    torch.manual_seed(config.seed)
-    model = build_mlp()
-    initial = {name: p.detach().numpy().copy() for name, p in model.state_dict().items()}
-    plan = ShardPlan.build({k: tuple(v.shape) for k, v in initial.items()}, config.shards)
-    layout = tuple(tuple(tuple(piece) for piece in shard) for shard in plan.layout())
-    spec = TaskSpec(model=ModelSpec(factory=build_mlp, key="bench-mlp"), seed=config.seed,
-                    layout=layout)  # type: ignore[arg-type]
-    global_batch = config.workers * config.batch_per_worker
-    total = config.warmup + config.iterations
+    spec, parts = _task_spec(config)
+    global_batch, per = config.workers * config.batch_per_worker, config.batch_per_worker
     x, y = synthetic_classification(global_batch * 16, seed=config.seed)
     x_ref, y_ref, spec_ref = ray.put(x), ray.put(y), ray.put(spec)
-    actors: list[Any] = [ray.remote(ShardActor).remote(part, config.lr)
-                         for part in plan.split(initial)]
-    params: Sequence[Any] = [ray.put(part) for part in plan.split(initial)]
+    actors: list[Any] = [ray.remote(ShardActor).remote(part, config.lr) for part in parts]
+    params: Sequence[Any] = [ray.put(part) for part in parts]
     rng = np.random.default_rng(config.seed)
     inflight: deque[list[Any]] = deque()
     clock = {"settled": 0, "start": 0.0}
@@ -113,20 +115,16 @@ def run(config: TaskCeilingConfig) -> float:
             clock["start"] = time.perf_counter()
 
     try:
-        for index in range(total):
-            order = _round_indices(rng, len(x), global_batch)
-            grads, waits = [], []
-            for rank in range(config.workers):
-                lo = rank * config.batch_per_worker
-                refs, metrics = launch_gradient_task(
-                    spec, index, rank, x_ref, y_ref, order[lo:lo + config.batch_per_worker],
-                    params, spec_ref=spec_ref)
-                grads.append(refs)
-                waits.append(metrics)
-            answers = [actor.step.options(num_returns=2).remote(*[g[s] for g in grads])
+        for index in range(config.warmup + config.iterations):
+            order = rng.permutation(len(x))[:global_batch]
+            launched = [launch_gradient_task(spec, index, rank, x_ref, y_ref,
+                                             order[rank * per:(rank + 1) * per], params,
+                                             spec_ref=spec_ref)
+                        for rank in range(config.workers)]
+            answers = [actor.step.options(num_returns=2).remote(*[g[s] for g, _ in launched])
                        for s, actor in enumerate(actors)]
             params = [new for new, _ in answers]
-            inflight.append(waits + [count for _, count in answers])
+            inflight.append([m for _, m in launched] + [count for _, count in answers])
             if len(inflight) >= config.depth:
                 settle_oldest()
         while inflight:
