@@ -78,14 +78,37 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def check_names(config: TrainConfig) -> None:
+    """Fail before Ray starts when a flag names something that is not there: the model or
+    the loader (``--model``/``--data``: imported, not called) or, with ``--resume``, a
+    checkpoint under ``--out``. Raises ``ConfigError``; changes nothing."""
+    from pathlib import Path
+
+    from jobs.backend import RaftServerBackend
+    from workers.data import resolve_data
+    from workers.models import check_model_spec
+
+    try:
+        check_model_spec(config.model)
+        resolve_data(config.data)
+    except WorkersError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.resume and RaftServerBackend().latest_checkpoint(Path(config.out)) is None:
+        raise ConfigError(f"--resume found no checkpoint under {config.out}/checkpoints; "
+                          "drop --resume to start fresh, or point --out at an earlier run")
+
+
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parse flags into a TrainConfig; invalid flags/combinations exit 2 with one line."""
+    """Parse flags into a TrainConfig; invalid flags/combinations (including a model, loader
+    or resume checkpoint that is not there) exit 2 with one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return config_from_args(args)
+        config = config_from_args(args)
+        check_names(config)
     except ConfigError as exc:
         parser.error(str(exc))
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,12 +123,22 @@ def resolve_model(
         )
     if callable(spec):
         return ModelSpec(factory=spec, key=callable_key(spec))
+    user_factory = check_model_spec(spec)
+    if user_factory is not None:
+        return ModelSpec(factory=user_factory, key=spec)
+    builder = build_mlp if spec == "mlp" else build_cnn
+    if spec == "cnn":
+        build_cnn(in_features, num_classes)  # fail fast on a shape mismatch
+    factory = functools.partial(builder, in_features, num_classes)
+    return ModelSpec(factory=factory, key=f"{spec}:{in_features}x{num_classes}")
+
+
+def check_model_spec(spec: str) -> ModelFactory | None:
+    """Check that ``spec`` names a model without knowing the data: None for a built-in name,
+    else the imported user factory. Raises ``ModelFactoryError`` for an unknown name, a failed
+    import or a non-callable. Imports the factory's module; builds nothing."""
     if spec in BUILTIN_MODELS:
-        builder = build_mlp if spec == "mlp" else build_cnn
-        if spec == "cnn":
-            build_cnn(in_features, num_classes)  # fail fast on a shape mismatch
-        factory = functools.partial(builder, in_features, num_classes)
-        return ModelSpec(factory=factory, key=f"{spec}:{in_features}x{num_classes}")
+        return None
     if ":" not in spec:
         raise ModelFactoryError(
             f"unknown model {spec!r}: use one of {', '.join(BUILTIN_MODELS)} "
@@ -137,7 +147,7 @@ def resolve_model(
     fn = _import_attr(spec, "model factory", ModelFactoryError)
     if not callable(fn):
         raise ModelFactoryError(f"model factory {spec!r} is not callable")
-    return ModelSpec(factory=fn, key=spec)
+    return fn
 
 
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:

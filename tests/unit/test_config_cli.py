@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jobs.config import TrainConfig
@@ -43,14 +45,50 @@ def test_defaults_are_the_default_job() -> None:
     assert cfg.mode == "sync" and cfg.out == "runs/cnn-digits"
 
 
-def test_flags_map_onto_the_config() -> None:
+def test_flags_map_onto_the_config(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints" / "round-4").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "round-4" / "manifest.json").write_text("{}")
     cfg = parse_config(["--mode", "ssp", "--staleness", "2", "--workers", "4",
                         "--backup-workers", "1", "--optimizer", "adam", "--gpu", "0.5",
-                        "--out", "x", "--resume", "--checkpoint-every", "7"])
+                        "--out", str(tmp_path), "--resume", "--checkpoint-every", "7"])
     assert (cfg.mode, cfg.staleness, cfg.workers, cfg.backup_workers) == ("ssp", 2, 4, 1)
     assert cfg.optimizer == "adam" and cfg.lr == pytest.approx(1e-3)  # adam's default lr
-    assert cfg.gpu == 0.5 and cfg.resume and cfg.checkpoint_every == 7 and cfg.out == "x"
+    assert cfg.gpu == 0.5 and cfg.resume and cfg.checkpoint_every == 7
+    assert cfg.out == str(tmp_path)
     assert parse_config(["--gpu"]).gpu == 1.0
+    assert parse_config(["--model", "bench.common:build_mlp"]).model == "bench.common:build_mlp"
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "no_such_module_xyz:f"], "cannot import module 'no_such_module_xyz'"),
+        (["--model", "os:sep"], "is not callable"),
+        (["--data", "nope"], "unknown data 'nope'"),
+        (["--data", "os:no_loader"], "no callable loader named 'no_loader'"),
+        (["--data", "synthetic:abc"], "synthetic"),
+    ],
+)
+def test_flags_naming_a_missing_model_or_loader_exit_2_before_ray_starts(
+    argv: list[str], reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_config(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and reason in err, err
+
+
+def test_resume_without_a_checkpoint_exits_2_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        parse_config(["--out", str(out), "--resume"])
+    assert exc.value.code == 2
+    assert "--resume found no checkpoint" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_config_errors_are_value_errors_and_config_is_frozen() -> None:
