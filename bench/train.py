@@ -1,6 +1,7 @@
 """``python -m bench.train [--quick]``: training throughput of raftps next to its peers.
 
-One run measures four sides on the same job, the benchmark MLP (784 → 256 → 128 → 10, ReLU)
+One run measures up to seven sides (``--quick``: five, without the two 1-shard sides) on the
+same job, the benchmark MLP (784 → 256 → 128 → 10, ReLU)
 on synthetic 784-feature, 10-class data, synchronous SGD with a global batch of 2048 split
 over 2 workers (1024 samples each):
 
@@ -76,6 +77,8 @@ GLOBAL_BATCH = 2048
 RAY_CPUS = 4  # logical CPUs of every Ray side (2 gradient tasks at once; fewer idle workers)
 SIDES = ("raftps_r1", "raftps_r3", "raftps_r3_s1", "ceiling", "ceiling_s1", "ray_ps_example",
          "torch_single")
+# --quick keeps the issue's four sides plus the 2-shard ceiling (about 3 min on 2 cores)
+QUICK_SIDES = ("raftps_r1", "raftps_r3", "ceiling", "ray_ps_example", "torch_single")
 
 
 class BenchConfigError(ValueError):
@@ -249,13 +252,14 @@ def report(results: dict[str, dict[str, Any]]) -> str:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="raftps training throughput vs its peers")
     parser.add_argument("--quick", action="store_true",
-                        help="3 repeats of 4 + 32 rounds (about 2-3 min on 2 cores)")
+                        help="3 repeats of 4 + 32 rounds of 5 sides (about 3 min on 2 cores)")
     parser.add_argument("--repeats", type=int, help="override the repeats of the preset")
     parser.add_argument("--rounds", type=int, help="override the timed rounds of the preset")
     parser.add_argument("--warmup", type=int, help="override the warm-up rounds of the preset")
     parser.add_argument("--seed", type=int, help="override the seed")
-    parser.add_argument("--sides", default=",".join(SIDES),
-                        help="comma-separated subset of the sides, in run order")
+    parser.add_argument("--sides", default=None,
+                        help="comma-separated sides, in run order (default: all; with --quick: "
+                             + ",".join(QUICK_SIDES) + ")")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child mode
     return parser.parse_args(argv)
 
@@ -274,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "loadavg_1m_before": load_before, "loadavg_1m_after": os.getloadavg()[0]}
         print(json.dumps(child), flush=True)
         return child
-    sides = [s for s in args.sides.split(",") if s]
+    chosen = args.sides or ",".join(QUICK_SIDES if args.quick else SIDES)
+    sides = [s for s in chosen.split(",") if s]
     unknown = sorted(set(sides) - set(SIDES))
     if unknown:
         raise BenchConfigError(f"unknown sides {unknown}; pick from {', '.join(SIDES)}")
