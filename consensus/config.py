@@ -45,6 +45,14 @@ class RaftConfig:
     max_apply_bytes: int = 64 << 20
     """Max payload bytes of committed entries in one Ready (at least one entry); the rest
     follows in later Readies, so a restart or catch-up does not apply the whole log at once."""
+    lost_state: bool = False
+    """This replica restarted WITHOUT its durable state (e.g. on a new node after its disk
+    was lost) but under its old id. It may have voted, or acknowledged entries, in terms it no
+    longer remembers, so it never grants a vote (nor a pre-vote) and never campaigns: its
+    empty log would otherwise let a candidate that lacks committed entries win (§5.4.1
+    assumes voters keep what they acknowledged). It still replicates, and its new acks are
+    durable. Replace it with a fresh member (thesis §4: a server that loses its disk rejoins
+    as a new server); until then the group tolerates one failure fewer."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:

@@ -91,8 +91,9 @@ class Election(NodeState):
         return _PENDING
 
     def _handle_vote_request(self, m: RequestVote) -> None:
-        """§5.2 one vote per term and §5.4.1 up-to-date check; pre-votes record nothing."""
-        can_vote = (
+        """§5.2 one vote per term and §5.4.1 up-to-date check; pre-votes record nothing.
+        A replica that lost its durable state never votes (RaftConfig.lost_state)."""
+        can_vote = not self.config.lost_state and (
             self.vote == m.src
             or (self.vote is None and self.leader is None)
             or (m.pre_vote and m.term > self.term)

@@ -101,8 +101,9 @@ class NodeState:
         raise NotImplementedError  # provided by Replication
 
     def _promotable(self) -> bool:
-        """May campaign: a voter whose full membership is known (see RaftConfig.voters)."""
-        return self._membership_known and self.id in self.voters
+        """May campaign: a voter whose full membership is known (see RaftConfig.voters)
+        and whose durable state was not lost (see RaftConfig.lost_state)."""
+        return self._membership_known and self.id in self.voters and not self.config.lost_state
 
     def _quorum(self) -> int:
         return len(self.voters) // 2 + 1

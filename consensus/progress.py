@@ -91,6 +91,12 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
+        if match_hint < self.match:
+            # The follower's log ends before entries it acknowledged: it restarted without
+            # its durable state (RaftConfig.lost_state), or this is a duplicate of an old
+            # reply. Repair from its actual log. A lower match only delays later commits;
+            # it never un-commits anything.
+            self.match = match_hint
         self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True

@@ -35,6 +35,7 @@ from typing import Any
 
 from consensus.core import RaftNode
 from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
+from consensus.lost_state import detect_lost_state
 from consensus.peers import PeerRouter
 from consensus.replica_config import RaftGroupConfig
 from consensus.replica_context import (
@@ -62,6 +63,7 @@ from consensus.types import (
     ConfChangeKind,
     Entry,
     EntryKind,
+    HardState,
     Message,
     Ready,
     Role,
@@ -74,6 +76,17 @@ __all__ = ["CommandError", "RaftReplica", "ReplicaContext", "replica_name", "sto
 log = logging.getLogger(__name__)
 
 _INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
+
+
+def _reconstructed() -> bool:
+    """True if Ray restarted this actor: its constructor ran before (maybe on another node).
+    False outside a Ray actor (tests that build a replica directly)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # no Ray worker / not an actor: a first start
+        return False
 
 
 @dataclass(slots=True)
@@ -108,8 +121,16 @@ class RaftReplica:
         """
         self.group, self.index, self.node_id = group, index, index + 1
         self._names, self._namespace, self._config = list(names), namespace, config
-        self._storage = SqliteStorage(storage_path(storage_dir, group, index), config.storage)
+        db_path = storage_path(storage_dir, group, index)
+        self._storage = SqliteStorage(db_path, config.storage)
         hard_state, snapshot, entries = self._storage.load()
+        self.lost_state = detect_lost_state(
+            db_path, reconstructed=_reconstructed(), join=join,
+            storage_empty=hard_state == HardState() and snapshot is None and not entries)
+        if self.lost_state:
+            log.error("replica %s of %s started without its durable state (a new node or a "
+                      "lost disk): it will not vote or campaign; replace it with "
+                      "RaftGroup.replace(%d)", index, group, index)
         self.state_machine = state_machine()
         self._sessions = SessionTable()
         self.applied_index = self._applied_term = self._snap_index = 0
@@ -119,7 +140,7 @@ class RaftReplica:
         seed = config.seed * 1000 + self.node_id if config.seed is not None else None
         rng = random.Random(seed if seed is not None else os.urandom(16))
         self._node = RaftNode(
-            config.raft_config(self.node_id, voters), rng,
+            config.raft_config(self.node_id, voters, self.lost_state), rng,
             hard_state=hard_state, snapshot=snapshot, entries=entries,
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
@@ -422,7 +443,7 @@ class RaftReplica:
             "last_index": node.last_index,
             "leader": None if node.leader is None else node.leader - 1,
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
-            "alive": True, "readies": self._readies,
+            "alive": True, "readies": self._readies, "lost_state": self.lost_state,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),
             "cpu_s": time.process_time(),

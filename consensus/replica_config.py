@@ -75,11 +75,14 @@ class RaftGroupConfig:
                 f"client_max_batch_bytes must be >= 1, got {self.client_max_batch_bytes}")
         self.raft_config(1, (1,))  # validates the Raft fields with RaftConfig's own messages
 
-    def raft_config(self, node_id: int, voters: tuple[int, ...]) -> RaftConfig:
-        """The core's config for replica ``node_id`` (node ids are replica index + 1)."""
+    def raft_config(self, node_id: int, voters: tuple[int, ...],
+                    lost_state: bool = False) -> RaftConfig:
+        """The core's config for replica ``node_id`` (node ids are replica index + 1);
+        ``lost_state``: see ``RaftConfig.lost_state``."""
         return RaftConfig(
             id=node_id,
             voters=voters,
+            lost_state=lost_state,
             election_ticks=self.election_ticks,
             heartbeat_ticks=self.heartbeat_ticks,
             pre_vote=self.pre_vote,

@@ -354,3 +354,40 @@ def test_committed_entries_are_handed_out_in_bounded_batches() -> None:
         batches.append([e.index for e in rd.committed_entries])
         node.advance(rd)
     assert batches == [[1, 2], [3, 4], [5, 6], [7, 8]]  # 2 x 116 bytes <= 300, stop at commit
+
+
+@pytest.mark.parametrize("lost_state", [False, True])
+def test_a_replica_that_lost_its_disk_cannot_elect_a_leader_missing_committed_entries(
+    lost_state: bool,
+) -> None:
+    """Node 3 acknowledges entry e (committed by leader 1 with 3's ack, node 2 cut off), then
+    restarts under its old id with an EMPTY log (its disk is gone) while leader 1 is down.
+    Node 2, which lacks e, campaigns. An amnesiac voter grants it (its empty log is "less up
+    to date"), so a leader without a committed entry would be elected: e is lost. Flagged
+    ``lost_state``, node 3 refuses every (pre-)vote and node 2 cannot win; once node 1 is back,
+    e is committed everywhere."""
+    net = Net.of(3)
+    leader = net.elect(1)
+    net.isolated = {2}
+    index = leader.propose(b"e")
+    net.pump()
+    assert leader.commit_index >= index and net.nodes[3].last_index >= index
+    net.nodes[3] = make_node(3, lost_state=lost_state, seed=3)  # restarted on a new disk
+    net.isolated = {1}
+    candidate = net.nodes[2]
+    for _ in range(6 * candidate.config.election_ticks):
+        candidate.tick()
+        net.pump()
+    if not lost_state:  # the hazard the flag exists for
+        assert candidate.role == Role.LEADER and candidate.term_at(index) != leader.term
+        return
+    assert candidate.role != Role.LEADER and net.nodes[3].role == Role.FOLLOWER
+    net.isolated = set()
+    net.tick_all(6 * leader.config.election_ticks)
+    current = net.leader()
+    assert current.id in (1, 2) and current.term_at(index) == leader.term_at(index)
+    later = current.propose(b"after")  # the amnesiac's reject makes the leader repair it
+    net.pump()
+    for node in net.nodes.values():
+        assert node.term_at(index) == leader.term_at(index), node.status()
+        assert node.commit_index >= later, node.status()

@@ -1,0 +1,39 @@
+"""Does a replica start without the durable state it once had? (thesis §4: disk loss)
+
+Ray restarts a crashed replica actor by re-running its constructor, possibly on another node.
+With node-local storage that node has no database for it: the replica comes back under its
+old id with an empty log and no memory of its votes. Voting then would be unsafe (see
+``RaftConfig.lost_state``), so such a replica runs with ``lost_state`` until it is replaced.
+
+The decision is sticky: a marker file next to the database records it, so a replica that
+was flagged keeps the flag over later restarts (its new log does not bring its old votes
+back). Only ``RaftGroup.replace`` (a new member, a new database path) clears it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MARKER_SUFFIX = ".lost-state"
+
+
+def marker_path(db_path: Path) -> Path:
+    """The sticky marker of the database at ``db_path``."""
+    return db_path.with_name(db_path.name + MARKER_SUFFIX)
+
+
+def detect_lost_state(db_path: Path, *, reconstructed: bool, storage_empty: bool,
+                      join: bool) -> bool:
+    """True if the replica whose database is ``db_path`` must run with ``lost_state``.
+
+    ``reconstructed``: Ray restarted this actor (it ran before); ``storage_empty``: no hard
+    state, snapshot or entry was found; ``join``: a member added empty on purpose. A restart
+    that finds no state is flagged and the marker written (blocks on a small file write).
+    """
+    marker = marker_path(db_path)
+    if marker.exists():
+        return True
+    if reconstructed and storage_empty and not join:
+        marker.write_text("restarted without its durable state; replace this replica\n")
+        return True
+    return False
