@@ -21,7 +21,7 @@ from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.errors import ConfigError, ConsensusError
 from consensus.invariants import InvariantChecker, InvariantViolation
-from consensus.sim_model import Host, KVStateMachine
+from consensus.sim_model import Durable, Host, KVStateMachine
 from consensus.types import (
     ConfChange,
     ConfChangeKind,
@@ -77,6 +77,10 @@ class SimConfig:
     """Change the partition (heal, split, one-way link, isolate the leader)."""
     p_crash: float = 0.006
     """Crash a live node (half the time while it persists: a torn write)."""
+    p_disk_loss: float = 0.0
+    """A (non-torn) crash also wipes the node's disk; it restarts empty under its id with
+    ``RaftConfig.lost_state``. At most ``(nodes - 1) // 2`` nodes per run lose their disk, so a
+    quorum of nodes that may vote always remains."""
     p_restart: float = 0.05
     """Restart a crashed node from its durable state."""
     p_compact: float = 0.02
@@ -107,6 +111,7 @@ class SimResult:
     max_term: int = 0
     crashes: int = 0
     torn_writes: int = 0
+    disk_losses: int = 0
     snapshots_sent: int = 0
     snapshots_installed: int = 0
     reads: int = 0
@@ -147,7 +152,8 @@ class Simulator:
         return RaftConfig(
             id=node_id, voters=self.ids, election_ticks=c.election_ticks,
             pre_vote=c.pre_vote, check_quorum=c.check_quorum, max_msg_bytes=c.max_msg_bytes,
-            max_inflight_bytes=c.max_inflight_bytes, snapshot_chunk_bytes=c.snapshot_chunk_bytes)
+            max_inflight_bytes=c.max_inflight_bytes, snapshot_chunk_bytes=c.snapshot_chunk_bytes,
+            lost_state=self.hosts[node_id].lost)
 
     def _start(self, host: Host) -> None:
         """(Re)start ``host`` from its durable state, as a real process restart would."""
@@ -169,6 +175,9 @@ class Simulator:
         self.result.crashes += 1
         self.result.torn_writes += int(torn)
         self.check_acked_durable()
+
+    def _may_lose_a_disk(self) -> bool:
+        return sum(h.lost for h in self.hosts.values()) < (self.cfg.nodes - 1) // 2
 
     def live(self) -> list[RaftNode]:
         return [h.node for h in self.hosts.values() if h.node is not None]
@@ -210,6 +219,9 @@ class Simulator:
                     host.torn_next = True
                 else:
                     self._crash(host, torn=False)
+                    if rng.random() < c.p_disk_loss and self._may_lose_a_disk():
+                        host.durable, host.lost = Durable(), True
+                        self.result.disk_losses += 1
         if rng.random() < c.p_restart:
             down = [h for h in self.hosts.values() if h.node is None]
             if down:
@@ -395,11 +407,20 @@ class Simulator:
         """No acknowledged proposal is lost: each stays on the durable state of a majority
         of the voters that committed it."""
         for data, (index, term, voters) in self.acked.items():
-            holders = sum(1 for v in voters if self.hosts[v].durable.holds(index, term))
-            if holders < len(voters) // 2 + 1:
+            holders = sum(1 for v in voters if self.hosts[v].durable.holds(index, term)
+                          and not self.hosts[v].lost)
+            if holders < self._holders_needed(voters):
                 raise InvariantViolation(
                     f"acknowledged proposal {data!r} (index {index}, term {term}) is durable "
                     f"on only {holders} of its voters {voters}")
+
+    def _holders_needed(self, voters: tuple[int, ...]) -> int:
+        """Durable copies an acknowledged entry needs among voters that may still vote: a
+        majority; with ``lost`` voters (who never vote again), enough that every quorum of
+        the others includes one (an election winner then has the entry, §5.4.1)."""
+        lost = sum(1 for v in voters if self.hosts[v].lost)
+        quorum = len(voters) // 2 + 1
+        return quorum if lost == 0 else len(voters) - lost - quorum + 1
 
     def heal_and_check_liveness(self) -> None:
         """Heal every fault and restart every node; a leader must then commit a fresh entry

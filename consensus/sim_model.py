@@ -73,3 +73,4 @@ class Host:
     sm: KVStateMachine = field(default_factory=KVStateMachine)
     applied: int = 0
     torn_next: bool = False
+    lost: bool = False  # lost its disk once: runs with RaftConfig.lost_state from then on
