@@ -389,6 +389,14 @@ class RaftGroup:
 
     # ------------------------------------------------------------------ membership
 
+    def heal(self, timeout: float = 60.0) -> dict[int, int]:
+        """Replace every member that reports ``lost_state`` (Ray restarted it without its
+        storage: see ``RaftConfig.lost_state``); returns {old index: new index}, empty when
+        all is well. Members that do not answer are left alone (they may be restarting).
+        Blocks for one status round, plus up to ``timeout`` per replacement."""
+        lost = [s["index"] for s in self.status() if s.get("lost_state")]
+        return {old: self.replace(old, timeout) for old in lost}
+
     def replace(self, replica: int, timeout: float = 60.0) -> int:
         """Replace replica ``replica`` (gone for good): remove it from the membership, kill
         it, start a fresh one (new index, empty storage) in its bundle and add it; it catches

@@ -42,6 +42,9 @@ class ParameterServerLike(Protocol):
     def close_round(self, round: int) -> None:
         """Straggler deadline passed: complete ``round`` with the contributions it has."""
 
+    def heal(self) -> list[tuple[int, int, int]]:
+        """Replace replicas that came back without their storage: (shard, old, new) each."""
+
     def wait_version(self, version: int, timeout: float) -> None:
         """Block until every shard applied >= version; raises server errors or TimeoutError."""
 

@@ -160,6 +160,7 @@ class Driver:
             acc = None
             if done % per_epoch == 0:
                 acc = evaluate(model, server.state_dict(), data)
+                server.heal()  # at the epoch barrier: replace replicas that lost their disk
             log.append(result, epoch=epoch, test_accuracy=acc)
             progress.round_done(epoch, result.loss_sum / max(result.samples, 1),
                                 result.samples, result.wall_s)

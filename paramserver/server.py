@@ -14,6 +14,7 @@ The facade is used from one driver thread; it is not thread-safe.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -32,6 +33,8 @@ from paramserver.plan import ShardPlan
 from paramserver.server_config import ServerConfig
 from paramserver.service import ShardService
 from paramserver.shard import ShardStateMachine
+
+LOG = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 _FAILOVER = (ConsensusError, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
@@ -357,6 +360,21 @@ class ParameterServer:
         self._replayed.clear()
         self._version = loaded.shards[0].version
         return loaded.round
+
+    def heal(self) -> list[tuple[int, int, int]]:
+        """Replace the replicas that came back without their storage (a lost node or disk):
+        ``(shard, old index, new index)`` for each; see ``RaftGroup.heal``. Blocks while a
+        replacement catches up (seconds); call it between rounds (the driver does, at epoch
+        ends)."""
+        healed = []
+        for shard, group in enumerate(self._groups):
+            for old, new in group.heal(timeout=self.config.rpc_timeout_s).items():
+                LOG.warning("shard %d: replica %d came back without its storage; replaced by "
+                            "replica %d", shard, old, new)
+                healed.append((shard, old, new))
+        if healed:
+            self.forget_leaders()
+        return healed
 
     def status(self) -> list[dict[str, Any]]:
         """Per shard: name, leader replica, version, and per replica its role, applied index,

@@ -52,3 +52,41 @@ def test_killing_a_shard_leader_mid_training_changes_no_byte(tmp_path: Path) -> 
     assert killed, "the leader was never killed; the test proved nothing"
     assert faulty.rounds == clean.rounds == 48
     assert faulty.model_path.read_bytes() == clean.model_path.read_bytes()
+
+
+def lose_a_follower_disk_after(out: Path, job: str, rounds: int, lost: list[str]) -> None:
+    """After ``rounds`` rounds, wipe the storage of a shard-0 follower and kill it: Ray
+    restarts it with an empty disk, as on a replacement node."""
+    from tests.integration.test_raft_group import wipe_storage
+
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= rounds:
+            break
+        time.sleep(0.05)  # polling a file written by the job; not a test of logic timing
+    for r in range(3):
+        handle = ray.get_actor(f"{job}/shard-0/replica-{r}")
+        if ray.get(handle.status.remote(), timeout=10)["role"] == "FOLLOWER":
+            wipe_storage(out.resolve() / "raft", f"{job}/shard-0", r)
+            ray.kill(handle, no_restart=False)
+            lost.append(f"replica-{r}")
+            return
+
+
+def test_losing_a_follower_with_its_disk_mid_training_changes_no_byte(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The follower comes back empty (lost_state: it never votes), training goes on, the
+    driver replaces it at the next epoch end, and the model is byte-identical."""
+    clean = train(config(tmp_path / "clean", "disk-clean"), backend=RaftServerBackend())
+    lost: list[str] = []
+    loser = threading.Thread(target=lose_a_follower_disk_after,
+                             args=(tmp_path / "faulty", "disk-faulty", 6, lost))
+    loser.start()
+    with caplog.at_level("WARNING", logger="paramserver.server"):
+        faulty = train(config(tmp_path / "faulty", "disk-faulty"), backend=RaftServerBackend())
+    loser.join(timeout=130)
+    assert lost, "no follower lost its disk; the test proved nothing"
+    assert any("came back without its storage" in r.getMessage() for r in caplog.records)
+    assert faulty.model_path.read_bytes() == clean.model_path.read_bytes()

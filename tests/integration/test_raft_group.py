@@ -255,7 +255,7 @@ def test_the_group_config_sets_every_replicas_storage_layout(
         assert all(c > 0 for c in counts) if expect_segments else counts == [0, 0, 0], counts
 
 
-def _wipe_storage(root: Path, group: str, index: int) -> None:
+def wipe_storage(root: Path, group: str, index: int) -> None:
     """Delete a replica's database, WAL and segments (the running process keeps its open
     files; a restart finds nothing: a node with a new disk)."""
     import shutil
@@ -274,15 +274,15 @@ def test_a_replica_restarted_without_its_disk_never_votes_until_replaced(
     ray_session: None, tmp_path: Path,
 ) -> None:
     """Ray restarts a follower whose storage is gone: it comes back flagged ``lost_state``
-    (never votes or campaigns), the group keeps committing, and ``replace`` brings back a
-    full member with every command."""
+    (never votes or campaigns), the group keeps committing, and ``heal`` replaces it (and
+    only it) with a full member holding every command."""
     group = RaftGroup.create("it/disk-loss", 3, LogMachine, tmp_path, config=FAST)
     try:
         for i in range(10):
             group.propose(f"a{i}".encode(), timeout=30)
         leader = group.leader_index()
         victim = next(i for i in group.indices() if i != leader)
-        _wipe_storage(tmp_path, "it/disk-loss", victim)
+        wipe_storage(tmp_path, "it/disk-loss", victim)
         ray.kill(group.handles()[group.indices().index(victim)], no_restart=False)
         deadline = time.monotonic() + 30
         while True:  # poll (no fixed sleep) until the restarted replica answers
@@ -294,7 +294,9 @@ def test_a_replica_restarted_without_its_disk_never_votes_until_replaced(
         assert not statuses[leader]["lost_state"]
         for i in range(10):
             group.propose(f"b{i}".encode(), timeout=30)
-        new_index = group.replace(victim)
+        healed = group.heal()
+        assert list(healed) == [victim] and group.heal() == {}
+        new_index = healed[victim]
         group.propose(b"after-replace", timeout=30)
         log = assert_identical(group, 3)
         assert log == [f"a{i}".encode() for i in range(10)] + [
