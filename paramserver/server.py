@@ -223,7 +223,7 @@ class ParameterServer:
     def _send(self, shard: int, round: int, rank: int, *, replay: bool = False) -> None:
         refs, param_version = self._pending[round][rank]
         ref = self._leader(shard).call_service.remote(
-            "submit", round, rank, refs[shard], param_version, leader_only=True)
+            "submit", round, rank, refs[shard], param_version, replay, leader_only=True)
         self._inflight[ref] = shard
         if replay:
             self._replayed.add(ref)

@@ -101,7 +101,7 @@ class ShardService:
 
     async def submit(
         self, round: int, rank: int, contribution: tuple[int, Mapping[str, F32]],
-        param_version: int,
+        param_version: int, replay: bool = False,
     ) -> dict[str, int | bool]:
         """Admit ``rank``'s (samples, summed gradients) for ``round``; leader only.
 
@@ -110,9 +110,18 @@ class ShardService:
         Raises the aggregator's typed errors (changing nothing) or the consensus errors of a
         failed proposal; after a failed proposal the aggregator is dropped, so a re-submission
         of the round's contributions (by the driver) rebuilds it from the applied version.
+        ``replay``: the driver re-sends a contribution after a failover; a round this shard
+        already applied is then an answer (``duplicate``), not a StaleRoundError.
         """
         samples, grads = contribution
-        outcome = self._fresh_aggregator().submit(round, rank, grads, samples, param_version)
+        try:
+            outcome = self._fresh_aggregator().submit(round, rank, grads, samples,
+                                                      param_version)
+        except StaleRoundError:
+            if not replay:
+                raise
+            return {"accepted": False, "duplicate": True, "received": 0,
+                    "version": self._machine.version}
         await self._commit(outcome.commands)
         return {"accepted": outcome.accepted, "duplicate": outcome.duplicate,
                 "received": outcome.received, "version": self._machine.version}

@@ -161,6 +161,31 @@ def test_a_round_already_applied_is_stale() -> None:
     asyncio.run(scenario())
 
 
+def test_a_replayed_contribution_to_an_applied_round_is_an_answer_not_an_error() -> None:
+    """After a failover the driver re-sends round contributions with replay=True; a round
+    this shard already applied answers ``duplicate`` (an error nobody reads would make Ray
+    print "unhandled error" tracebacks), changes nothing and proposes nothing. Without
+    replay the same call still raises StaleRoundError."""
+    async def scenario() -> None:
+        service, ctx = _service()
+        await service.step_round(0, _contributions(0), 0)
+        await _settle()
+        ctx.commit_next()
+        # a new leader (fresh aggregator) over the same applied state, as after a failover
+        service = ShardService(ctx, AggregatorConfig(workers=2, mode="sync"),
+                               commit_timeout_s=5.0, publish=lambda v: v)
+        before = {k: v.tobytes() for k, v in ctx.machine.params().items()}
+        contribution = (3, _params(0))
+        answer = await service.submit(0, 0, contribution, 0, replay=True)
+        assert answer["duplicate"] is True and answer["accepted"] is False
+        assert answer["version"] == 1 and not ctx.queue
+        assert {k: v.tobytes() for k, v in ctx.machine.params().items()} == before
+        with pytest.raises(StaleRoundError):
+            await service.submit(0, 0, contribution, 0)
+
+    asyncio.run(scenario())
+
+
 def test_a_bad_contribution_raises_its_typed_error_and_proposes_nothing() -> None:
     async def scenario() -> None:
         service, ctx = _service()
