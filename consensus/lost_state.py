@@ -5,6 +5,12 @@ With node-local storage that node has no database for it: the replica comes back
 old id with an empty log and no memory of its votes. Voting then would be unsafe (see
 ``RaftConfig.lost_state``), so such a replica runs with ``lost_state`` until it is replaced.
 
+A group re-created over existing storage (a new driver, ``--resume``) can also place a
+replica on a node without its database; that start is not a Ray restart. So every empty
+first start is provisional: the replica does not vote until each peer reports that it, too,
+started empty (a fresh group); if one started with state, the group existed and the empty
+replica is flagged (``RaftReplica._confirm_fresh``).
+
 The decision is sticky: a marker file next to the database records it, so a replica that
 was flagged keeps the flag over later restarts (its new log does not bring its old votes
 back). Only ``RaftGroup.replace`` (a new member, a new database path) clears it.
@@ -30,10 +36,14 @@ def detect_lost_state(db_path: Path, *, reconstructed: bool, storage_empty: bool
     state, snapshot or entry was found; ``join``: a member added empty on purpose. A restart
     that finds no state is flagged and the marker written (blocks on a small file write).
     """
-    marker = marker_path(db_path)
-    if marker.exists():
+    if marker_path(db_path).exists():
         return True
     if reconstructed and storage_empty and not join:
-        marker.write_text("restarted without its durable state; replace this replica\n")
+        mark_lost_state(db_path)
         return True
     return False
+
+
+def mark_lost_state(db_path: Path) -> None:
+    """Write the sticky marker of the database at ``db_path`` (a small file write)."""
+    marker_path(db_path).write_text("started without its durable state; replace this replica\n")

@@ -20,6 +20,7 @@ Node ids are replica index + 1 (the core requires positive ids).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -35,7 +36,7 @@ from typing import Any
 
 from consensus.core import RaftNode
 from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
-from consensus.lost_state import detect_lost_state
+from consensus.lost_state import detect_lost_state, mark_lost_state
 from consensus.peers import PeerRouter
 from consensus.replica_config import RaftGroupConfig
 from consensus.replica_context import (
@@ -124,13 +125,16 @@ class RaftReplica:
         db_path = storage_path(storage_dir, group, index)
         self._storage = SqliteStorage(db_path, config.storage)
         hard_state, snapshot, entries = self._storage.load()
-        self.lost_state = detect_lost_state(
-            db_path, reconstructed=_reconstructed(), join=join,
-            storage_empty=hard_state == HardState() and snapshot is None and not entries)
+        self._db_path = db_path
+        self._started_empty = hard_state == HardState() and snapshot is None and not entries
+        self.lost_state = detect_lost_state(db_path, reconstructed=_reconstructed(), join=join,
+                                            storage_empty=self._started_empty)
         if self.lost_state:
-            log.error("replica %s of %s started without its durable state (a new node or a "
-                      "lost disk): it will not vote or campaign; replace it with "
-                      "RaftGroup.replace(%d)", index, group, index)
+            self._log_lost_state()
+        # an empty first start may be a re-created group on a node without our database:
+        # no vote until every peer says it started empty too (see consensus.lost_state)
+        self._confirming_fresh = (self._started_empty and not join and not self.lost_state
+                                  and len(names) > 1)
         self.state_machine = state_machine()
         self._sessions = SessionTable()
         self.applied_index = self._applied_term = self._snap_index = 0
@@ -140,7 +144,8 @@ class RaftReplica:
         seed = config.seed * 1000 + self.node_id if config.seed is not None else None
         rng = random.Random(seed if seed is not None else os.urandom(16))
         self._node = RaftNode(
-            config.raft_config(self.node_id, voters, self.lost_state), rng,
+            config.raft_config(self.node_id, voters,
+                               self.lost_state or self._confirming_fresh), rng,
             hard_state=hard_state, snapshot=snapshot, entries=entries,
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
@@ -155,6 +160,46 @@ class RaftReplica:
         self._wake = asyncio.Event()
         self._service = service(ReplicaContext(self)) if service is not None else None
         self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._confirming_fresh:
+            self._fresh_task = asyncio.get_running_loop().create_task(self._confirm_fresh())
+
+    def _log_lost_state(self) -> None:
+        log.error("replica %s of %s started without its durable state (a new node or a lost "
+                  "disk): it will not vote or campaign; replace it with RaftGroup.replace(%d)"
+                  " or RaftGroup.heal()", self.index, self.group, self.index)
+
+    async def _confirm_fresh(self) -> None:
+        """Provisional empty start: ask every peer whether it started empty. All did: a
+        fresh group, so vote normally. One did not: the group existed and this replica lost
+        its database; flag it for good (marker) so ``RaftGroup.heal`` replaces it."""
+        loop = asyncio.get_running_loop()
+        pending = {i for i in range(1, len(self._names) + 1) if i != self.node_id}
+        while pending:
+            for node_id in sorted(pending):
+                try:
+                    handle = await loop.run_in_executor(None, self._actor, node_id)
+                    peer_started_empty = await handle.started_empty.remote()
+                except Exception:  # not started yet (or restarting): ask again
+                    continue
+                if not peer_started_empty:
+                    self.lost_state, self._confirming_fresh = True, False
+                    await loop.run_in_executor(None, mark_lost_state, self._db_path)
+                    self._log_lost_state()
+                    return
+                pending.discard(node_id)
+            if pending:
+                await asyncio.sleep(self._config.tick_interval_s)
+        self._node.config = dataclasses.replace(self._node.config, lost_state=False)
+        self._confirming_fresh = False
+
+    def _actor(self, node_id: int) -> Any:
+        import ray
+
+        return ray.get_actor(self._peer_name(node_id), namespace=self._namespace)
+
+    async def started_empty(self) -> bool:
+        """Whether this replica found no durable state when it started (see _confirm_fresh)."""
+        return self._started_empty
 
     # ------------------------------------------------------------------ drive loop
 
@@ -444,6 +489,7 @@ class RaftReplica:
             "leader": None if node.leader is None else node.leader - 1,
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
             "alive": True, "readies": self._readies, "lost_state": self.lost_state,
+            "confirming_fresh": self._confirming_fresh,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),
             "cpu_s": time.process_time(),

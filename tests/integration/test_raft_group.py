@@ -306,6 +306,47 @@ def test_a_replica_restarted_without_its_disk_never_votes_until_replaced(
         group.shutdown()
 
 
+def test_a_re_created_group_flags_a_replica_placed_without_its_database(
+    ray_session: None, tmp_path: Path,
+) -> None:
+    """Re-creating a group over existing storage (a new driver, ``--resume``) may put a
+    replica on a node that lacks its database. That start is not a Ray restart, so only its
+    peers can tell: it must not vote as a fresh member (its empty log could elect a leader
+    missing committed entries); it comes up flagged and ``heal`` replaces it. A brand-new
+    group flags nobody."""
+    def settled(group: RaftGroup) -> dict[int, dict[str, Any]]:
+        """Poll (no fixed sleep) until every replica has finished asking its peers."""
+        deadline = time.monotonic() + 30
+        while True:
+            statuses = {s["index"]: s for s in group.status() if s.get("alive")}
+            if len(statuses) == 3 and not any(s.get("confirming_fresh") for s in statuses.values()):
+                return statuses
+            assert time.monotonic() < deadline, statuses
+            time.sleep(0.05)
+
+    name = "it/recreate"
+    group = RaftGroup.create(name, 3, LogMachine, tmp_path, config=FAST)
+    try:
+        for i in range(10):
+            group.propose(f"a{i}".encode(), timeout=30)
+        assert not any(s["lost_state"] for s in settled(group).values())
+        wait_converged(group)
+    finally:
+        group.shutdown()
+    wipe_storage(tmp_path, name, 2)
+    group = RaftGroup.create(name, 3, LogMachine, tmp_path, config=FAST)
+    try:
+        statuses = settled(group)
+        assert statuses[2]["lost_state"] and not statuses[0]["lost_state"]
+        group.propose(b"b", timeout=30)
+        healed = group.heal()
+        assert list(healed) == [2]
+        log = assert_identical(group, 3)
+        assert log == [f"a{i}".encode() for i in range(10)] + [b"b"]
+    finally:
+        group.shutdown()
+
+
 class BigInitMachine(LogMachine):
     """A LogMachine whose factory carries ~1 MB, like a shard's initial parameters."""
 
