@@ -10,7 +10,6 @@ import hashlib
 import json
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ray.cluster_utils import Cluster
 
 from jobs import TrainConfig, train
 from jobs.backend import RaftServerBackend
+from tests.chaos.test_train_kill import wait_for_rounds
 
 
 def config(out: Path, job: str) -> TrainConfig:
@@ -32,12 +32,7 @@ def remove_replica_node(cluster: Cluster, out: Path, job: str, rounds: int,
                         removed: list[str]) -> None:
     """After ``rounds`` rounds, remove the worker node that hosts a shard-0 replica (the
     leader's if it is not on the head node)."""
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= rounds:
-            break
-        time.sleep(0.05)  # polling a file the job writes
+    wait_for_rounds(out, rounds)
     head = cluster.head_node.node_id
     by_id = {node.node_id: node for node in cluster.worker_nodes}
     candidates: list[tuple[bool, str, str]] = []

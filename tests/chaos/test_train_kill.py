@@ -25,14 +25,19 @@ def config(out: Path, job: str) -> TrainConfig:
                        timeout_s=120.0)
 
 
-def kill_leader_after(out: Path, job: str, rounds: int, killed: list[str]) -> None:
-    """Wait until ``rounds`` rounds are in metrics.jsonl, then kill shard 0's leader."""
+def wait_for_rounds(out: Path, rounds: int) -> None:
+    """Block until the job writing ``out`` has logged ``rounds`` rounds (at most 120 s)."""
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= rounds:
-            break
+            return
         time.sleep(0.05)  # polling a file written by the job; not a test of logic timing
+
+
+def kill_leader_after(out: Path, job: str, rounds: int, killed: list[str]) -> None:
+    """Wait until ``rounds`` rounds are in metrics.jsonl, then kill shard 0's leader."""
+    wait_for_rounds(out, rounds)
     for r in range(3):
         handle = ray.get_actor(f"{job}/shard-0/replica-{r}")
         if ray.get(handle.status.remote(), timeout=10)["role"] == "LEADER":
@@ -59,12 +64,7 @@ def lose_a_follower_disk_after(out: Path, job: str, rounds: int, lost: list[str]
     restarts it with an empty disk, as on a replacement node."""
     from tests.integration.test_raft_group import wipe_storage
 
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= rounds:
-            break
-        time.sleep(0.05)  # polling a file written by the job; not a test of logic timing
+    wait_for_rounds(out, rounds)
     for r in range(3):
         handle = ray.get_actor(f"{job}/shard-0/replica-{r}")
         if ray.get(handle.status.remote(), timeout=10)["role"] == "FOLLOWER":
