@@ -394,7 +394,13 @@ class RaftGroup:
         storage: see ``RaftConfig.lost_state``); returns {old index: new index}, empty when
         all is well. Members that do not answer are left alone (they may be restarting).
         Blocks for one status round, plus up to ``timeout`` per replacement."""
-        lost = [s["index"] for s in self.status() if s.get("lost_state")]
+        statuses = self.status()
+        views = [s["voters"] for s in statuses if s.get("role") == "LEADER"] or [
+            s["voters"] for s in statuses if "voters" in s]
+        voters = set(views[0]) if views else set()
+        # a flagged replica that is no longer a voter (removed earlier; a re-created group
+        # brought its old database back) never votes and is not replaced
+        lost = [s["index"] for s in statuses if s.get("lost_state") and s["index"] in voters]
         return {old: self.replace(old, timeout) for old in lost}
 
     def replace(self, replica: int, timeout: float = 60.0) -> int:

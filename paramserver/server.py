@@ -368,7 +368,15 @@ class ParameterServer:
         ends)."""
         healed = []
         for shard, group in enumerate(self._groups):
-            for old, new in group.heal(timeout=self.config.rpc_timeout_s).items():
+            try:
+                replaced = group.heal(timeout=self.config.rpc_timeout_s)
+            except (ConsensusError, ValueError, TimeoutError, ray.exceptions.RayError) as exc:
+                # the flagged replica never votes, so the shard is safe, one voter short;
+                # training goes on and the next epoch end tries again
+                LOG.warning("shard %d: could not replace a replica that lost its storage "
+                            "(%s); will retry at the next epoch end", shard, exc)
+                continue
+            for old, new in replaced.items():
                 LOG.warning("shard %d: replica %d came back without its storage; replaced by "
                             "replica %d", shard, old, new)
                 healed.append((shard, old, new))

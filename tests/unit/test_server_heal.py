@@ -1,0 +1,50 @@
+"""ParameterServer.heal: replacements are reported; a shard whose replacement fails is
+logged and skipped (its flagged replica never votes, so training may go on), never raised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from consensus import ConsensusError
+from paramserver.plan import ShardPlan
+from paramserver.server import ParameterServer
+from paramserver.server_config import ServerConfig
+
+
+class FakeGroup:
+    def __init__(self, result: dict[int, int] | Exception) -> None:
+        self.result = result
+        self.calls = 0
+
+    def heal(self, timeout: float = 60.0) -> dict[int, int]:
+        self.calls += 1
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def _server(groups: list[Any]) -> ParameterServer:
+    plan = ShardPlan.build({"w": (4, 2), "b": (2,)}, len(groups))
+    return ParameterServer(ServerConfig(job="heal-test", shards=len(groups)), plan, groups)
+
+
+def test_heal_reports_each_replacement_and_skips_a_failing_shard(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = FakeGroup(ConsensusError("no leader"))
+    healthy = FakeGroup({1: 3})
+    server = _server([failing, healthy])
+    with caplog.at_level("WARNING", logger="paramserver.server"):
+        assert server.heal() == [(1, 1, 3)]
+    assert failing.calls == healthy.calls == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("shard 0: could not replace" in m and "no leader" in m for m in messages)
+    assert any("shard 1: replica 1 came back without its storage; replaced by replica 3" in m
+               for m in messages)
+
+
+def test_heal_with_nothing_lost_does_nothing() -> None:
+    groups = [FakeGroup({}), FakeGroup({})]
+    assert _server(groups).heal() == []
