@@ -163,7 +163,29 @@ class RaftGroup:
 
         handles = {r: spawn(r, r, False) for r in range(replicas)}
         ray.get([h.ping.remote() for h in handles.values()], timeout=ready_timeout)
-        return cls(name, namespace, config, spawn, handles, pg)
+        group = cls(name, namespace, config, spawn, handles, pg)
+        group._adopt_logged_members(ready_timeout)
+        return group
+
+    def _adopt_logged_members(self, timeout: float) -> None:
+        """Re-created over storage whose membership changed (``replace``), the group started
+        replicas 0..R-1 while its log names other members: start each logged member that
+        has no actor, in the bundle of a started replica the log no longer names (that one
+        is stopped). A fresh or unchanged group is left as it is."""
+        statuses = [s for s in self.status() if s.get("voters")]
+        if not statuses:
+            return
+        newest = max(statuses, key=lambda s: (s["last_index"], s["term"]))
+        voters = set(newest["voters"])
+        missing = sorted(voters - set(self._handles))
+        extra = sorted(set(self._handles) - voters)
+        for index, spare in zip(missing, extra, strict=False):
+            ray.kill(self._handles.pop(spare), no_restart=True)
+            bundle = self._bundle.pop(spare)
+            handle = self._spawn(index, bundle, False)
+            ray.get(handle.ping.remote(), timeout=timeout)
+            self._handles[index], self._bundle[index] = handle, bundle
+        self._next_index = max(self._next_index, *(i + 1 for i in (*voters, *extra)))
 
     # ------------------------------------------------------------------ sequencing
 
