@@ -18,6 +18,8 @@ back). Only ``RaftGroup.replace`` (a new member, a new database path) clears it.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 MARKER_SUFFIX = ".lost-state"
@@ -26,6 +28,17 @@ MARKER_SUFFIX = ".lost-state"
 def marker_path(db_path: Path) -> Path:
     """The sticky marker of the database at ``db_path``."""
     return db_path.with_name(db_path.name + MARKER_SUFFIX)
+
+
+def ray_restarted() -> bool:
+    """True if Ray restarted the calling actor: its constructor ran before (maybe on another
+    node). False outside a Ray actor (a replica built directly, in tests)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # no Ray worker / not an actor: a first start
+        return False
 
 
 def detect_lost_state(db_path: Path, *, reconstructed: bool, storage_empty: bool,
@@ -47,3 +60,24 @@ def detect_lost_state(db_path: Path, *, reconstructed: bool, storage_empty: bool
 def mark_lost_state(db_path: Path) -> None:
     """Write the sticky marker of the database at ``db_path`` (a small file write)."""
     marker_path(db_path).write_text("started without its durable state; replace this replica\n")
+
+
+async def peers_started_empty(peers: Iterable[int], ask: Callable[[int], Awaitable[bool]],
+                              retry_s: float) -> bool:
+    """Ask every peer whether it started with empty storage, retrying those that cannot
+    answer yet (not started, restarting) every ``retry_s`` seconds until each has answered.
+    True if all did (a fresh group); False as soon as one did not (the group existed).
+    ``ask(peer)`` returns the peer's answer or raises if it cannot be reached."""
+    pending = set(peers)
+    while pending:
+        for peer in sorted(pending):
+            try:
+                started_empty = await ask(peer)
+            except Exception:  # not reachable yet: ask again next time
+                continue
+            if not started_empty:
+                return False
+            pending.discard(peer)
+        if pending:
+            await asyncio.sleep(retry_s)
+    return True

@@ -36,7 +36,12 @@ from typing import Any
 
 from consensus.core import RaftNode
 from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
-from consensus.lost_state import detect_lost_state, mark_lost_state
+from consensus.lost_state import (
+    detect_lost_state,
+    mark_lost_state,
+    peers_started_empty,
+    ray_restarted,
+)
 from consensus.peers import PeerRouter
 from consensus.replica_config import RaftGroupConfig
 from consensus.replica_context import (
@@ -79,17 +84,6 @@ log = logging.getLogger(__name__)
 _INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
 
 
-def _reconstructed() -> bool:
-    """True if Ray restarted this actor: its constructor ran before (maybe on another node).
-    False outside a Ray actor (tests that build a replica directly)."""
-    try:
-        import ray
-
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
-    except Exception:  # no Ray worker / not an actor: a first start
-        return False
-
-
 @dataclass(slots=True)
 class _Waiter:
     term: int
@@ -122,19 +116,11 @@ class RaftReplica:
         """
         self.group, self.index, self.node_id = group, index, index + 1
         self._names, self._namespace, self._config = list(names), namespace, config
-        db_path = storage_path(storage_dir, group, index)
-        self._storage = SqliteStorage(db_path, config.storage)
+        self._db_path = storage_path(storage_dir, group, index)
+        self._storage = SqliteStorage(self._db_path, config.storage)
         hard_state, snapshot, entries = self._storage.load()
-        self._db_path = db_path
-        self._started_empty = hard_state == HardState() and snapshot is None and not entries
-        self.lost_state = detect_lost_state(db_path, reconstructed=_reconstructed(), join=join,
-                                            storage_empty=self._started_empty)
-        if self.lost_state:
-            self._log_lost_state()
-        # an empty first start may be a re-created group on a node without our database:
-        # no vote until every peer says it started empty too (see consensus.lost_state)
-        self._confirming_fresh = (self._started_empty and not join and not self.lost_state
-                                  and len(names) > 1)
+        self._check_lost_state(hard_state == HardState() and snapshot is None and not entries,
+                               join)
         self.state_machine = state_machine()
         self._sessions = SessionTable()
         self.applied_index = self._applied_term = self._snap_index = 0
@@ -163,33 +149,41 @@ class RaftReplica:
         if self._confirming_fresh:
             self._fresh_task = asyncio.get_running_loop().create_task(self._confirm_fresh())
 
+    def _check_lost_state(self, started_empty: bool, join: bool) -> None:
+        """Set ``lost_state`` (see consensus.lost_state) and whether this empty first start
+        must first confirm with its peers that the group is fresh."""
+        self._started_empty = started_empty
+        self.lost_state = detect_lost_state(self._db_path, reconstructed=ray_restarted(),
+                                            join=join, storage_empty=started_empty)
+        if self.lost_state:
+            self._log_lost_state()
+        # an empty first start may be a re-created group on a node without our database:
+        # no vote until every peer says it started empty too
+        self._confirming_fresh = (started_empty and not join and not self.lost_state
+                                  and len(self._names) > 1)
+
     def _log_lost_state(self) -> None:
         log.error("replica %s of %s started without its durable state (a new node or a lost "
                   "disk): it will not vote or campaign; replace it with RaftGroup.replace(%d)"
                   " or RaftGroup.heal()", self.index, self.group, self.index)
 
     async def _confirm_fresh(self) -> None:
-        """Provisional empty start: ask every peer whether it started empty. All did: a
-        fresh group, so vote normally. One did not: the group existed and this replica lost
-        its database; flag it for good (marker) so ``RaftGroup.heal`` replaces it."""
+        """Provisional empty start: all peers started empty too → a fresh group, vote
+        normally; one did not → the group existed and this replica lost its database: flag
+        it for good (marker) so ``RaftGroup.heal`` replaces it."""
         loop = asyncio.get_running_loop()
-        pending = {i for i in range(1, len(self._names) + 1) if i != self.node_id}
-        while pending:
-            for node_id in sorted(pending):
-                try:
-                    handle = await loop.run_in_executor(None, self._actor, node_id)
-                    peer_started_empty = await handle.started_empty.remote()
-                except Exception:  # not started yet (or restarting): ask again
-                    continue
-                if not peer_started_empty:
-                    self.lost_state, self._confirming_fresh = True, False
-                    await loop.run_in_executor(None, mark_lost_state, self._db_path)
-                    self._log_lost_state()
-                    return
-                pending.discard(node_id)
-            if pending:
-                await asyncio.sleep(self._config.tick_interval_s)
-        self._node.config = dataclasses.replace(self._node.config, lost_state=False)
+
+        async def ask(node_id: int) -> bool:
+            handle = await loop.run_in_executor(None, self._actor, node_id)
+            return bool(await handle.started_empty.remote())
+
+        peers = [i for i in range(1, len(self._names) + 1) if i != self.node_id]
+        if await peers_started_empty(peers, ask, self._config.tick_interval_s):
+            self._node.config = dataclasses.replace(self._node.config, lost_state=False)
+        else:
+            self.lost_state = True
+            await loop.run_in_executor(None, mark_lost_state, self._db_path)
+            self._log_lost_state()
         self._confirming_fresh = False
 
     def _actor(self, node_id: int) -> Any:
