@@ -10,7 +10,8 @@ training), after ``wait_version``. The driver submits up to ``DEPTH`` rounds ahe
 past a barrier, so evaluation and checkpoints see exactly the version they name.
 
 Faults: the driver keeps every in-flight round's gradient refs. When a replica or its
-leadership is lost, it lets the submitted tasks settle, re-submits the longest prefix of
+leadership is lost (or a node, with objects Ray cannot reconstruct), it lets the submitted
+tasks settle, re-submits the longest prefix of
 rounds whose tasks all succeeded (``submit(replay=True)``; a round a shard already applied
 is success), waits until every shard applied them, and restarts the pipeline from there.
 Aggregation and the optimizer are deterministic, so the model bits are those of a run
@@ -88,7 +89,7 @@ class PipelinedRounds:
             try:
                 done = [self._settle(inflight)]
             except Exception as exc:  # classified right here
-                if not is_failover(exc):
+                if not (is_failover(exc) or _object_lost(exc)):
                     raise _user_error(exc) from None
                 done, next_round = self._recover(inflight)
                 params = self.server.pull(next_round)
@@ -133,9 +134,9 @@ class PipelinedRounds:
             try:
                 metrics = ray.get(flight.metrics, timeout=0)
             except Exception as exc:  # classified right here
-                if not is_failover(exc):
+                if not (is_failover(exc) or _object_lost(exc)):
                     raise _user_error(exc) from None
-                break  # this round's parameters were lost with the leader: recompute it
+                break  # this round's parameters were lost with the leader/node: recompute it
             good.append((flight, metrics))
         # Answers are not used any more, nor the outputs of rounds to recompute: read their
         # errors, or Ray logs each one as an "unhandled error".
@@ -152,10 +153,28 @@ class PipelinedRounds:
             for rank, grads in enumerate(flight.grads):
                 self.server.submit(flight.round, rank, grads, flight.round, replay=True)
         t0 = time.perf_counter()
-        self.server.wait_version(restart, timeout)
+        try:
+            self.server.wait_version(restart, timeout)
+        except Exception as exc:
+            if not _object_lost(exc):
+                raise
+            # a replayed round's gradients died with a node after some shard applied it:
+            # the shards' versions differ and the old parameters are gone, so it cannot be
+            # recomputed here; the last checkpoint gives the same bits
+            raise TrainingError(
+                f"gradients of rounds {inflight[0].round}..{restart - 1} were lost with a node "
+                f"before every shard applied them ({root_cause(exc)!r}); rerun with --resume "
+                "to continue from the last checkpoint (the model bits are the same)") from None
         info = {"aggregate_s": 0.0, "commit_s": time.perf_counter() - t0}
         inflight.clear()
         return [(flight, metrics, info) for flight, metrics in good], restart
+
+
+def _object_lost(exc: BaseException) -> bool:
+    """True when ``exc`` (or its root cause) is an object lost with a node (Ray could not
+    reconstruct it, e.g. an actor's answer): the round needing it must be recomputed."""
+    return isinstance(exc, ray.exceptions.ObjectLostError) or isinstance(
+        root_cause(exc), ray.exceptions.ObjectLostError)
 
 
 def _discard(refs: list[Any], timeout: float) -> None:

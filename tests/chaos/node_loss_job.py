@@ -1,11 +1,14 @@
 """Run by test_node_loss.py in its own process: a multi-node Ray (``ray.cluster_utils``),
 one clean training job, then the same job while the node of a shard-0 replica is removed.
 
-Prints one JSON line: {"clean": hex digest, "faulty": hex digest, "removed": what}.
+Prints one JSON line: {"clean": hex digest, "faulty": hex digest, "removed": what, ...}.
+If the faulty run stops with the documented "rerun with --resume" error (gradients lost with
+the node after one shard applied them), it resumes from its checkpoint, as a user would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -16,7 +19,7 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-from jobs import TrainConfig, train
+from jobs import TrainConfig, TrainingError, train
 from jobs.backend import RaftServerBackend
 from tests.chaos.test_train_kill import wait_for_rounds
 
@@ -69,12 +72,22 @@ def main(root: str) -> None:
         remover = threading.Thread(target=remove_replica_node,
                                    args=(cluster, out / "faulty", "node-faulty", 10, removed))
         remover.start()
-        faulty = train(config(out / "faulty", "node-faulty"), backend=RaftServerBackend())
+        faulty_config = config(out / "faulty", "node-faulty")
+        resumed = False
+        try:
+            faulty = train(faulty_config, backend=RaftServerBackend())
+        except TrainingError as exc:  # the documented rare case: resume from the checkpoint
+            if "rerun with --resume" not in str(exc):
+                raise
+            resumed = True
+            faulty = train(dataclasses.replace(faulty_config, resume=True),
+                           backend=RaftServerBackend())
         remover.join(timeout=130)
         print(json.dumps({
             "clean": hashlib.sha256(clean.model_path.read_bytes()).hexdigest(),
             "faulty": hashlib.sha256(faulty.model_path.read_bytes()).hexdigest(),
-            "removed": removed, "rounds": [clean.rounds, faulty.rounds]}), flush=True)
+            "removed": removed, "rounds": [clean.rounds, faulty.rounds],
+            "resumed": resumed}), flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()

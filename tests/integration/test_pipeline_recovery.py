@@ -30,6 +30,16 @@ def _lost_leader() -> None:
     raise NotLeaderError("scripted: the leader is gone", leader_hint=None)
 
 
+@ray.remote
+def _lost_with_node() -> None:
+    # what Ray raises for an actor's answer that lived on a node that died
+    raise ray.exceptions.ObjectReconstructionFailedError("00" * 28, "", "")
+
+
+LOSSES = {"leader": (_lost_leader, NotLeaderError),
+          "node": (_lost_with_node, ray.exceptions.ObjectReconstructionFailedError)}
+
+
 @ray.remote(num_returns=2)
 def _task(params: tuple[str, int], round: int, rank: int) -> tuple[Any, GradientMetrics]:
     assert params == ("params", round), f"round {round} computed on {params}"
@@ -50,9 +60,10 @@ class ScriptedServer:
     does everything computed on them. Never blocks, like the real facade. A round applies
     when its answer succeeds or when all its ranks are replayed, and only as the next one."""
 
-    def __init__(self, fail_at: int) -> None:
+    def __init__(self, fail_at: int, loss: str = "leader") -> None:
         self.fail_at = fail_at
         self.failed = False
+        self.lose, self.lost_error = LOSSES[loss]
         self.events: list[tuple[str, int, Any]] = []  # ("step", round, answer) | ("replay", ..)
 
     def applied(self) -> list[int]:
@@ -69,7 +80,7 @@ class ScriptedServer:
                 continue
             try:
                 ray.get(what)
-            except NotLeaderError:
+            except self.lost_error:
                 continue
             done.append(round)
         return done
@@ -82,7 +93,7 @@ class ScriptedServer:
                    param_version: int) -> tuple[list[Any], list[Any]]:
         if round == self.fail_at and not self.failed:
             self.failed = True
-            lost = _lost_leader.remote()
+            lost = self.lose.remote()
             self.events.append(("step", round, lost))
             return [lost], [lost]
         params, info = _answer.remote(round, *(refs[0] for refs in grad_refs))
@@ -114,9 +125,14 @@ def _launch(round: int, params: Sequence[Any]) -> tuple[list[list[Any]], list[An
     return grads, metrics
 
 
+@pytest.mark.parametrize("loss", ["leader", "node"])
 @pytest.mark.parametrize("fail_at", [0, 3, BARRIER])
-def test_a_lost_leader_mid_pipeline_replays_and_every_round_applies_once(fail_at: int) -> None:
-    server = ScriptedServer(fail_at)
+def test_a_lost_leader_mid_pipeline_replays_and_every_round_applies_once(
+    fail_at: int, loss: str,
+) -> None:
+    """``loss="node"``: the answer is an object Ray cannot reconstruct (its node died), not
+    a consensus error; recovery must treat it the same way, not as the user's error."""
+    server = ScriptedServer(fail_at, loss)
     config = TrainConfig(workers=WORKERS, timeout_s=60.0, progress=False)
     reported: list[RoundResult] = []
     PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
@@ -134,3 +150,24 @@ def test_a_lost_leader_mid_pipeline_replays_and_every_round_applies_once(fail_at
     after_barrier = fail_at == BARRIER  # nothing past a barrier runs before it settles
     assert steps.count(fail_at) == 1
     assert steps.count(fail_at + 1) == (1 if after_barrier else 2)
+
+
+class GradientsLostServer(ScriptedServer):
+    """After the leader loss, the replayed rounds' gradients are gone too (they lived on the
+    node that died, after another shard applied them): waiting for the replay fails."""
+
+    def wait_version(self, version: int, timeout: float) -> None:
+        if self.failed:
+            raise ray.exceptions.ObjectReconstructionFailedError("00" * 28, "", "")
+        super().wait_version(version, timeout)
+
+
+def test_replayed_gradients_lost_with_a_node_stop_with_a_clear_resume_error() -> None:
+    from jobs.errors import TrainingError
+
+    server = GradientsLostServer(3, "node")
+    config = TrainConfig(workers=WORKERS, timeout_s=60.0, progress=False)
+    with pytest.raises(TrainingError, match="rerun with --resume"):
+        PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
+                        launch=_launch, stop_after=lambda r: r == BARRIER).run(0, 8,
+                                                                               lambda r: None)
