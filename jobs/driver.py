@@ -2,9 +2,11 @@
 
 Lifecycle (a small state machine): LOAD data and model (bad input raises here, before the
 output folder is touched) → START the server (fresh, or restored from the latest checkpoint)
-→ TRAIN rounds, evaluating at each epoch end and checkpointing every ``checkpoint_every``
-rounds → FINISH: a final checkpoint, model.safetensors, summary.json, curves.png. On any
-error the server is shut down and the last checkpoint is left as it was.
+→ TRAIN rounds, evaluating (and healing replicas that lost their disk) at each epoch end and
+checkpointing every ``checkpoint_every`` rounds; rounds lost with a node that cannot be
+completed in place (``RoundsLostError``) continue from the last checkpoint → FINISH: a final
+checkpoint, model.safetensors, summary.json, curves.png. On any error the server is shut
+down and the last checkpoint is left as it was.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from safetensors.torch import save_file
 
 from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend
 from jobs.config import TrainConfig
-from jobs.errors import ResumeError
+from jobs.errors import ResumeError, RoundsLostError
 from jobs.metrics import MetricsLog, read_metrics
 from jobs.plots import plot_curves
 from jobs.progress import EpochProgress
@@ -38,6 +40,7 @@ from workers.models import ModelFactory, ModelSpec, build_model, initial_paramet
 from workers.schedule import BatchSchedule
 
 LOG = logging.getLogger(__name__)
+_RESTORES = 3  # times a job continues from its last checkpoint after rounds were lost
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +120,17 @@ class Driver:
         server = self.backend.create(cfg, initial_parameters(model))
         try:
             start = server.restore(latest) if latest is not None else 0
-            train_s, samples = self._train(server, spec, model, data, schedule, start, end)
+            for attempt in range(_RESTORES + 1):
+                try:
+                    train_s, samples = self._train(server, spec, model, data, schedule,
+                                                   start, end)
+                    break
+                except RoundsLostError as exc:
+                    latest = self.backend.latest_checkpoint(self.out)
+                    if latest is None or attempt == _RESTORES:
+                        raise
+                    LOG.warning("%s; restoring %s", exc, latest)
+                    start = server.restore(latest)
             return self._finish(server, model, data, end, train_s, samples, t_start)
         finally:
             server.shutdown()

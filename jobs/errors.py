@@ -15,5 +15,11 @@ class TrainingError(JobsError):
     """Training stopped: a round could not complete. The last checkpoint is left intact."""
 
 
+class RoundsLostError(TrainingError):
+    """Rounds cannot be completed in place: their gradients died with a node after some shard
+    had applied them (shard versions differ; the old parameters are gone). The driver
+    continues from the last checkpoint (same model bits); with none yet, training stops."""
+
+
 class ResumeError(JobsError):
     """``resume`` was asked for but the output folder holds nothing to resume from."""

@@ -32,7 +32,7 @@ import ray
 
 from jobs.backend import ParameterServerLike
 from jobs.config import TrainConfig
-from jobs.errors import TrainingError
+from jobs.errors import RoundsLostError, TrainingError
 from jobs.round_result import RoundResult
 from paramserver.server import is_failover, root_cause
 from workers.gradient import GradientMetrics
@@ -161,10 +161,11 @@ class PipelinedRounds:
             # a replayed round's gradients died with a node after some shard applied it:
             # the shards' versions differ and the old parameters are gone, so it cannot be
             # recomputed here; the last checkpoint gives the same bits
-            raise TrainingError(
+            raise RoundsLostError(
                 f"gradients of rounds {inflight[0].round}..{restart - 1} were lost with a node "
-                f"before every shard applied them ({root_cause(exc)!r}); rerun with --resume "
-                "to continue from the last checkpoint (the model bits are the same)") from None
+                f"before every shard applied them ({root_cause(exc)!r}); continuing from the "
+                "last checkpoint gives the same model bits (rerun with --resume if this "
+                "stopped the job)") from None
         info = {"aggregate_s": 0.0, "commit_s": time.perf_counter() - t0}
         inflight.clear()
         return [(flight, metrics, info) for flight, metrics in good], restart

@@ -115,6 +115,11 @@ class RoundAggregator:
         self._sums: dict[str, F32] = {}  # per key: the reused output buffer of tree_sum
 
     @property
+    def applied_version(self) -> int:
+        """The newest applied version this aggregator was told of (``advance``)."""
+        return self._applied
+
+    @property
     def next_round(self) -> int:
         """The lowest round not yet emitted (the current slot in ``sync``)."""
         return self._next

@@ -91,9 +91,10 @@ class ShardService:
         return machine
 
     def _fresh_aggregator(self) -> RoundAggregator:
-        """The aggregator, rebuilt from the applied version when missing."""
+        """The aggregator, rebuilt from the applied version when missing or when the shard
+        went back to an older version (a checkpoint restored in place)."""
         machine = self._machine
-        if self._aggregator is None:
+        if self._aggregator is None or machine.version < self._aggregator.applied_version:
             shapes = {k: tuple(v.shape) for k, v in machine.params().items()}
             self._aggregator = RoundAggregator(self._config, shapes, start_round=machine.version)
         self._aggregator.advance(machine.version)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,6 +110,35 @@ def test_stop_then_resume_ends_with_the_uninterrupted_model(
     resumed = train(config(tmp_path, resume=True), backend=RaftServerBackend())
     assert resumed.rounds == 16
     assert resumed.model_path.read_bytes() == runs["w4"].model_path.read_bytes()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == list(range(16))
+
+
+def test_rounds_lost_with_a_node_continue_from_the_last_checkpoint(
+    runs: dict[str, TrainResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When rounds cannot be completed in place (their gradients died with a node after one
+    shard applied them), the driver restores the last checkpoint and goes on: same bytes as
+    the run without the fault, every round reported once."""
+    from jobs import RoundsLostError
+    from jobs.pipeline import PipelinedRounds
+
+    original = PipelinedRounds.run
+    raised: list[int] = []
+
+    def run_losing_round_6(self: PipelinedRounds, start: int, end: int,
+                           on_round: Callable[[Any], None]) -> None:
+        def report(result: Any) -> None:
+            if result.round == 6 and not raised:
+                raised.append(result.round)
+                raise RoundsLostError("scripted: rounds 6..7 lost with a node")
+            on_round(result)
+        original(self, start, end, report)
+
+    monkeypatch.setattr(PipelinedRounds, "run", run_losing_round_6)
+    result = train(config(tmp_path), backend=RaftServerBackend())
+    assert raised == [6]
+    assert result.model_path.read_bytes() == runs["w4"].model_path.read_bytes()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == list(range(16))
 
