@@ -80,14 +80,21 @@ class RoundEngine:
                  fetch_local=False)
         state = _Round(index=index, version=version, launched=time.perf_counter(),
                        publish_s=time.perf_counter() - t0)
-        epoch, batch = self.schedule.round_position(index)
-        for rank in ranks:
-            idx = self.schedule.worker_indices(epoch, batch, rank, self.config.workers)
-            grads, metrics_ref = launch_gradient_task(
-                self.spec, index, rank, self.x_ref, self.y_ref, idx, param_refs,
-                gpu_fraction=self.config.gpu, spec_ref=self.spec_ref)
+        for rank, (grads, metrics_ref) in zip(ranks, self._tasks(index, param_refs, ranks),
+                                              strict=True):
             state.pending[metrics_ref] = (rank, grads)
         return state
+
+    def _tasks(self, index: int, param_refs: Any,
+               ranks: range) -> list[tuple[list[Any], Any]]:
+        """Submit the gradient tasks of ``ranks`` for round ``index`` (params may be refs
+        still pending): (gradient refs by shard, metrics ref) per rank."""
+        epoch, batch = self.schedule.round_position(index)
+        return [launch_gradient_task(
+                    self.spec, index, rank, self.x_ref, self.y_ref,
+                    self.schedule.worker_indices(epoch, batch, rank, self.config.workers),
+                    param_refs, gpu_fraction=self.config.gpu, spec_ref=self.spec_ref)
+                for rank in ranks]
 
     def _collect(self, rounds: list[_Round], budget_s: float) -> list[tuple[_Round, Any]]:
         """Wait (at most ``budget_s``) for any results; fetch the ready metrics in one get."""
@@ -157,17 +164,9 @@ class RoundEngine:
             self._run_rounds(start, end, on_round)
 
     def _launch_all(self, index: int, param_refs: Any) -> tuple[list[list[Any]], list[Any]]:
-        """Submit every rank's task of round ``index`` (params may be refs still pending)."""
-        epoch, batch = self.schedule.round_position(index)
-        grads, metrics = [], []
-        for rank in range(self.config.workers):
-            idx = self.schedule.worker_indices(epoch, batch, rank, self.config.workers)
-            g, m = launch_gradient_task(self.spec, index, rank, self.x_ref, self.y_ref, idx,
-                                        param_refs, gpu_fraction=self.config.gpu,
-                                        spec_ref=self.spec_ref)
-            grads.append(g)
-            metrics.append(m)
-        return grads, metrics
+        """Every rank's task of round ``index``: (gradient refs [rank][shard], metrics refs)."""
+        tasks = self._tasks(index, param_refs, range(self.config.workers))
+        return [grads for grads, _ in tasks], [metrics for _, metrics in tasks]
 
     def _run_rounds(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         stale = self.config.staleness

@@ -28,7 +28,7 @@ import ray
 from consensus import ConsensusError, RaftGroup
 from paramserver.checkpoint import read_checkpoint, write_checkpoint
 from paramserver.commands import RestoreCommand
-from paramserver.errors import CheckpointCorruptError, ParamServerError, StaleRoundError
+from paramserver.errors import CheckpointCorruptError, ParamServerError
 from paramserver.plan import ShardPlan
 from paramserver.server_config import ServerConfig
 from paramserver.service import ShardService
@@ -77,7 +77,6 @@ class ParameterServer:
         self._pending: dict[int, dict[int, tuple[list[Any], int]]] = {}
         self._closed: set[int] = set()
         self._inflight: dict[Any, int] = {}  # submit/close call ref -> shard
-        self._replayed: set[Any] = set()  # refs of contributions re-sent after a failover
         self._version = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -225,8 +224,6 @@ class ParameterServer:
         ref = self._leader(shard).call_service.remote(
             "submit", round, rank, refs[shard], param_version, replay, leader_only=True)
         self._inflight[ref] = shard
-        if replay:
-            self._replayed.add(ref)
 
     def _resubmit(self, shard: int) -> None:
         """After a failure on ``shard``: find its leader again and replay what it may lack."""
@@ -271,14 +268,10 @@ class ParameterServer:
             ref = ready[0]
             is_wait = ref in waits
             shard = waits.pop(ref) if is_wait else self._inflight.pop(ref)
-            replayed = ref in self._replayed
-            self._replayed.discard(ref)
             try:
                 answer = ray.get(ref, timeout=0)
             except (ray.exceptions.RayError, ConsensusError) as exc:
                 err = _cause(exc)
-                if replayed and isinstance(err, StaleRoundError):
-                    continue  # the old leader committed that round before it died: done
                 if isinstance(err, ParamServerError) or not isinstance(err, _FAILOVER):
                     self._forget_applied(version)
                     raise err from None
@@ -309,7 +302,6 @@ class ParameterServer:
         self._closed = {r for r in self._closed if r >= version}
         if not self._pending:
             self._inflight.clear()
-            self._replayed.clear()
 
     @property
     def version(self) -> int:
@@ -357,7 +349,6 @@ class ParameterServer:
             group.propose(command, timeout=self.config.rpc_timeout_s)
         self._pending.clear()
         self._inflight.clear()
-        self._replayed.clear()
         self._version = loaded.shards[0].version
         return loaded.round
 
