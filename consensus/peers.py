@@ -71,6 +71,10 @@ class PeerRouter:
             except Exception:
                 self._handles.pop(dst, None)
 
+    def handle(self, node_id: int) -> Any:
+        """The peer's actor handle, or None while it is being looked up (never blocks)."""
+        return self._handle(node_id)
+
     def _handle(self, node_id: int) -> Any:
         now = time.monotonic()
         handle = self._handles.get(node_id)

@@ -174,7 +174,9 @@ class RaftReplica:
         loop = asyncio.get_running_loop()
 
         async def ask(node_id: int) -> bool:
-            handle = await loop.run_in_executor(None, self._actor, node_id)
+            handle = self._router.handle(node_id)
+            if handle is None:
+                raise LookupError(f"replica {node_id - 1} is still being looked up")
             return bool(await handle.started_empty.remote())
 
         peers = [i for i in range(1, len(self._names) + 1) if i != self.node_id]
@@ -185,11 +187,6 @@ class RaftReplica:
             await loop.run_in_executor(None, mark_lost_state, self._db_path)
             self._log_lost_state()
         self._confirming_fresh = False
-
-    def _actor(self, node_id: int) -> Any:
-        import ray
-
-        return ray.get_actor(self._peer_name(node_id), namespace=self._namespace)
 
     async def started_empty(self) -> bool:
         """Whether this replica found no durable state when it started (see _confirm_fresh)."""
