@@ -72,6 +72,15 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def _logged_voters(statuses: Sequence[dict[str, Any]]) -> set[int]:
+    """The member indices named by the newest log among the replicas that answered (empty
+    if none did): membership changes are log entries, so the longest log knows them all."""
+    known = [s for s in statuses if s.get("voters")]
+    if not known:
+        return set()
+    return set(max(known, key=lambda s: (s["last_index"], s["term"]))["voters"])
+
+
 class StoredFactory:
     """Calls the factory at ``holder[0][which]``, a ``(state_machine, service)`` pair kept in
     the object store by the group that spawned the replica (see ``RaftGroup.create``). The
@@ -172,11 +181,9 @@ class RaftGroup:
         replicas 0..R-1 while its log names other members: start each logged member that
         has no actor, in the bundle of a started replica the log no longer names (that one
         is stopped). A fresh or unchanged group is left as it is."""
-        statuses = [s for s in self.status() if s.get("voters")]
-        if not statuses:
+        voters = _logged_voters(self.status())
+        if not voters:
             return
-        newest = max(statuses, key=lambda s: (s["last_index"], s["term"]))
-        voters = set(newest["voters"])
         missing = sorted(voters - set(self._handles))
         extra = sorted(set(self._handles) - voters)
         for index, spare in zip(missing, extra, strict=False):
@@ -417,9 +424,7 @@ class RaftGroup:
         all is well. Members that do not answer are left alone (they may be restarting).
         Blocks for one status round, plus up to ``timeout`` per replacement."""
         statuses = self.status()
-        views = [s["voters"] for s in statuses if s.get("role") == "LEADER"] or [
-            s["voters"] for s in statuses if "voters" in s]
-        voters = set(views[0]) if views else set()
+        voters = _logged_voters(statuses)
         # a flagged replica that is no longer a voter (removed earlier; a re-created group
         # brought its old database back) never votes and is not replaced
         lost = [s["index"] for s in statuses if s.get("lost_state") and s["index"] in voters]
