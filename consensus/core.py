@@ -223,12 +223,55 @@ class RaftNode(Election, Replication):
                                   and self.term == prev.term and self.vote == prev.vote)
         return rd
 
+    def early_messages(self) -> list[Message]:
+        """Messages the host may send NOW, while the Ready it took last is still being
+        persisted or applied (before ``advance``): the ones that claim nothing that Ready,
+        or any later one, still has to make durable. Heartbeats and their answers then
+        never wait behind the fsync or the apply of a large entry.
+
+        Nothing is sent early while the node's term or vote differs from what the last
+        advanced Ready made durable (a new term or a vote must be on disk before anyone
+        hears of it). Then a leader's messages all qualify (thesis §10.2.1: a leader may
+        send entries before its own write is durable; it counts itself toward a quorum only
+        up to ``stable``). A follower's qualify when they are a rejection, a success whose
+        ``match_index`` is at most its ``stable`` index (already durable), a vote or
+        pre-vote refusal, a granted pre-vote (pre-votes are never persisted) or a snapshot
+        chunk's acknowledgement (chunks are held in memory until the last one). The others
+        stay queued, in order, for the next ``ready()``. Returns them in send order."""
+        if (self.term, self.vote) != self._durable_vote:
+            return []
+        if self.role == Role.LEADER:
+            self._flush_leader()
+            sent, self._msgs = self._msgs, []
+            return sent
+        early: list[Message] = []
+        keep: list[Message] = []
+        for msg in self._msgs:
+            (early if self._claims_nothing_unstable(msg) else keep).append(msg)
+        self._msgs = keep
+        return early
+
+    def _claims_nothing_unstable(self, msg: Message) -> bool:
+        """Whether a follower's (or candidate's) ``msg`` may go out before ``advance``."""
+        if isinstance(msg, AppendEntriesResponse):
+            # stable may already count a snapshot still being persisted: take the lower
+            durable = min(self._durable_index, self.log.stable)
+            return not msg.success or msg.match_index <= durable
+        if isinstance(msg, RequestVoteResponse):
+            return msg.pre_vote or not msg.granted
+        if isinstance(msg, InstallSnapshotResponse):
+            return not msg.done
+        return False
+
     def advance(self, ready: Ready) -> None:
         """The host persisted, sent and applied ``ready``: mark entries stable and applied."""
         log = self.log
+        if ready.hard_state is not None:
+            self._durable_vote = (ready.hard_state.term, ready.hard_state.vote)
         if ready.entries:
             last = ready.entries[-1]
             log.stable_to(last.index, last.term)
+        self._durable_index = log.stable
         if ready.committed_entries:
             log.applied = max(log.applied, ready.committed_entries[-1].index)
         elif ready.snapshot is not None:

@@ -247,7 +247,8 @@ class RaftGroup:
             # Large payloads go once to the object store and travel by reference on retries.
             payload: Any = ray.put(data) if len(data) > _INLINE_BYTES else data
             result: list[Any] = self._submit(
-                lambda h, t: h.propose_entry.remote(payload, t), timeout, "propose")
+                lambda h, t: h.propose_entry.remote(payload, t), timeout, "propose",
+                size=len(data))
             return result
         finally:
             self._done(seqs)
@@ -266,14 +267,20 @@ class RaftGroup:
             return h.call_service.remote(method, *args, leader_only=leader_only)
         return self._submit(call, timeout, f"service {method}", any_replica=not leader_only)
 
-    def _submit(self, call: _Call, timeout: float, what: str, any_replica: bool = False) -> Any:
+    def _submit(self, call: _Call, timeout: float, what: str, any_replica: bool = False,
+                size: int = 0) -> Any:
+        """Run ``call`` on the leader until it answers or ``timeout`` passes. One attempt
+        may take ``attempt_timeout_s`` plus ``size`` bytes at ``attempt_bytes_per_s``: an
+        attempt that times out is re-proposed, and re-proposing a large entry before the
+        first copy could even be written would only add load."""
         deadline = time.monotonic() + timeout
+        per_attempt = self.config.attempt_timeout_s + size / self.config.attempt_bytes_per_s
         while (remaining := deadline - time.monotonic()) > 0:
             index = self._target(remaining, any_replica)
             if index is None:
                 time.sleep(min(0.02, remaining))
                 continue
-            attempt = min(remaining, self.config.attempt_timeout_s)
+            attempt = min(remaining, per_attempt)
             try:
                 done, value = self._wait_or_switch(call(self._handles[index], attempt), index,
                                                    attempt + 1.0)

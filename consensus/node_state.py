@@ -83,6 +83,9 @@ class NodeState:
         self._recv_snap: tuple[SnapshotMeta, bytearray] | None = None
         self._ready_snapshot: Snapshot | None = None
         self._prev_hs = HardState(self.term, self.vote, self.log.committed)
+        # (term, vote) as of the last advanced Ready: what the host has made durable
+        self._durable_vote: tuple[int, int | None] = (self.term, self.vote)
+        self._durable_index = self.log.stable  # log.stable as of the last advanced Ready
         self._applying = self.log.applied
         self._need_bcast = False
         self._need_commit_bcast = False

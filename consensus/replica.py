@@ -135,6 +135,12 @@ class RaftReplica:
             hard_state=hard_state, snapshot=snapshot, entries=entries,
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
+        self._applier = ThreadPoolExecutor(1, thread_name_prefix="raft-apply")
+        self._idle = asyncio.Event()  # set while no apply runs (see _apply_off_loop)
+        self._idle.set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._snap_bytes = len(snapshot.data) if snapshot is not None else 0
+        self._bytes_since_snap = self._applied_bytes = 0
         self._transport = PeerTransport(peer_token, self._on_batch) if peer_token else None
         self._router = PeerRouter(self._peer_name, namespace, self._transport)
         self._waiters: dict[int, _Waiter] = {}
@@ -143,6 +149,9 @@ class RaftReplica:
         self.apply_callbacks: list[Callable[[int], None]] = []
         self._read_ids = itertools.count(1)
         self._readies = 0
+        self._busy = False  # a Ready is being handled (see _run)
+        self.leader_changes = 0
+        self._leader_seen: tuple[int, int] | None = None
         self._wake = asyncio.Event()
         self._service = service(ReplicaContext(self)) if service is not None else None
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -195,47 +204,66 @@ class RaftReplica:
     # ------------------------------------------------------------------ drive loop
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The drive loop: take each Ready and handle it (persist, send, apply, advance).
+
+        Ticks run in their own task (``_tick_loop``), so logical time never waits behind a
+        Ready; while one is in flight (its fsync or apply runs in a thread), the core keeps
+        being stepped by arriving messages and ticks, and what ``RaftNode.early_messages``
+        allows (heartbeats, their answers) is sent at once (``_send_early``). Correctness
+        relies on that interleaving being legal for the core: stepping and ticking between
+        ``ready()`` and ``advance`` (tests/sim's ``in_flight`` profile checks it)."""
         if self._transport is not None:
             import ray
 
             host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
             await self._transport.start(host)
-        tick = self._config.tick_interval_s
-        next_tick = loop.time() + tick
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
         while True:
-            delay = next_tick - loop.time()
-            if delay > 0 and not self._wake.is_set():
-                timer = loop.call_later(delay, self._wake.set)  # cheaper than wait_for
-                await self._wake.wait()
-                timer.cancel()
+            await self._wake.wait()
             await asyncio.sleep(0)  # let calls that arrived together batch into one Ready
             self._wake.clear()
-            if loop.time() >= next_tick:
-                self._node.tick()
-                next_tick = max(next_tick + tick, loop.time())
             try:
                 while self._node.has_ready():
+                    self._busy = True
                     await self._handle_ready(self._node.ready())
             except Exception:
                 # Fail-stop: a Ready half done (say, storage failed) leaves the core and the
                 # disk disagreeing. Exit; Ray restarts the actor, which reloads from storage.
                 log.exception("replica %s: Ready handling failed; restarting", self.node_id)
                 os._exit(1)
+            finally:
+                self._busy = False
+
+    async def _tick_loop(self) -> None:
+        """Tick the core every ``tick_interval_s``, whatever the drive loop is doing."""
+        loop = asyncio.get_running_loop()
+        tick = self._config.tick_interval_s
+        next_tick = loop.time() + tick
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            self._node.tick()
+            next_tick = max(next_tick + tick, loop.time())
+            self._send_early()
+            self._wake.set()
+
+    def _send_early(self) -> None:
+        """While a Ready is in flight, send what the core allows before it is durable."""
+        if self._busy:
+            early = self._node.early_messages()
+            if early:
+                self._router.send(early)
 
     async def _handle_ready(self, ready: Ready) -> None:
         self._readies += 1
+        self._count_leader_change(ready)
         if ready.send_before_persist:  # leader: its append goes out while it syncs (§10.2.1)
             self._router.send(ready.messages)
             await self._persist(ready)
         else:
             await self._persist(ready)
             self._router.send(ready.messages)
-        if ready.snapshot is not None:
-            self._restore(ready.snapshot)
-            self._fail_waiters_upto(ready.snapshot.meta.index)
-        for entry in ready.committed_entries:
-            self._apply(entry)
+        if ready.snapshot is not None or ready.committed_entries:
+            await self._apply_off_loop(ready)
         for rs in ready.read_states:
             fut = self._reads.pop(rs.ctx, None)
             if fut is not None and not fut.done():
@@ -244,6 +272,47 @@ class RaftReplica:
         if ready.committed_entries or ready.snapshot is not None:
             self._after_apply()
             await self._maybe_compact()
+
+    def _count_leader_change(self, ready: Ready) -> None:
+        """Count each new (term, leader) this replica learns after the first one: the
+        elections a healthy group should never need."""
+        if ready.leader is None:
+            return
+        seen = (ready.term, ready.leader)
+        if self._leader_seen is not None and seen != self._leader_seen:
+            self.leader_changes += 1
+        self._leader_seen = seen
+
+    async def _apply_off_loop(self, ready: Ready) -> None:
+        """Restore ``ready``'s snapshot and apply its committed entries in the apply thread
+        (a large round's optimizer step takes long; the loop keeps ticking and stepping
+        meanwhile), then resolve the proposals' waiters here, on the loop. Between the
+        start and the end, ``apply_idle`` blocks: loop-side readers of the state machine
+        wait for it, so they never see a half-applied state."""
+        self._idle.clear()
+        try:
+            applied = await asyncio.get_running_loop().run_in_executor(
+                self._applier, self._apply_ready, ready)
+        finally:
+            self._idle.set()
+        if ready.snapshot is not None:
+            self._fail_waiters_upto(ready.snapshot.meta.index)
+        for entry, results in applied:
+            self._applied(entry, results)
+
+    def _apply_ready(self, ready: Ready) -> list[tuple[Entry, list[bytes]]]:
+        """(apply thread) The snapshot, then each new entry: its results, in order."""
+        if ready.snapshot is not None:
+            self._restore(ready.snapshot)
+        fresh = [e for e in ready.committed_entries if e.index > self.applied_index]
+        self._applied_bytes += sum(len(e.data) for e in fresh)
+        return [(entry, self._execute(entry)) for entry in fresh]
+
+    async def apply_idle(self) -> None:
+        """Return once no apply runs; the caller then reads the state machine without
+        awaiting anything in between (the next apply can only start after it yields)."""
+        while not self._idle.is_set():
+            await self._idle.wait()
 
     async def _persist(self, ready: Ready) -> None:
         """Make ``ready``'s hard state/entries/snapshot durable (returns once they are).
@@ -277,19 +346,19 @@ class RaftReplica:
         except Exception as exc:  # deterministic: every replica records the same error
             return CommandError(f"{type(exc).__name__}: {exc}")
 
-    def _apply(self, entry: Entry) -> None:
-        if entry.index <= self.applied_index:
-            return
-        results: list[bytes] = []
-        if entry.kind == EntryKind.NORMAL and entry.data:
-            try:
-                if is_run(entry.data):
-                    results = self._sessions.apply_run(decode_run(entry.data), self._run_command)
-                else:
-                    results = [self._sessions.apply(e, self._run_command)
-                               for e in decode_batch(entry.data)]
-            except EnvelopeError as exc:
-                results = [pickle.dumps(CommandError(str(exc)))]
+    def _execute(self, entry: Entry) -> list[bytes]:
+        """(apply thread) Run ``entry``'s commands through the session table."""
+        if entry.kind != EntryKind.NORMAL or not entry.data:
+            return []
+        try:
+            if is_run(entry.data):
+                return self._sessions.apply_run(decode_run(entry.data), self._run_command)
+            return [self._sessions.apply(e, self._run_command) for e in decode_batch(entry.data)]
+        except EnvelopeError as exc:
+            return [pickle.dumps(CommandError(str(exc)))]
+
+    def _applied(self, entry: Entry, results: list[bytes]) -> None:
+        """(loop) ``entry`` is applied: advance the applied index, answer its proposer."""
         self.applied_index, self._applied_term = entry.index, entry.term
         waiter = self._waiters.pop(entry.index, None)
         if waiter is not None and not waiter.future.done():
@@ -324,24 +393,41 @@ class RaftReplica:
                 log.exception("on_apply callback failed")
 
     async def _maybe_compact(self) -> None:
-        if self.applied_index - self._snap_index < self._config.snapshot_every:
+        """Snapshot and compact once ``snapshot_every`` entries, or ``_compact_bytes()`` of
+        entry bytes, were applied since the last snapshot. The state is encoded and written
+        in the disk thread; the drive loop waits (no apply can run meanwhile), ticks and
+        messages go on."""
+        self._bytes_since_snap += self._applied_bytes
+        self._applied_bytes = 0
+        due_count = self.applied_index - self._snap_index >= self._config.snapshot_every
+        if not due_count and self._bytes_since_snap < self._compact_bytes():
             return
-        image = encode_image(self._sessions.encode(), self.state_machine.snapshot())
         meta = SnapshotMeta(
             index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied()
         )
-        snapshot = Snapshot(meta=meta, data=image)
-        await asyncio.get_running_loop().run_in_executor(
-            self._disk, self._storage.compact, snapshot
-        )
+        snapshot = await asyncio.get_running_loop().run_in_executor(
+            self._disk, self._write_snapshot, meta)
         self._node.compact(snapshot)
         self._snap_index = meta.index
+        self._snap_bytes = len(snapshot.data)
+        self._bytes_since_snap = 0
+
+    def _compact_bytes(self) -> int:
+        """Entry bytes applied since the last snapshot that trigger the next one: the
+        configured value, else twice the last snapshot's size (at least 64 MiB), which keeps
+        the log on disk below about twice the state's size plus one entry."""
+        configured = self._config.snapshot_log_bytes
+        return configured if configured is not None else max(2 * self._snap_bytes, 64 << 20)
+
+    def _write_snapshot(self, meta: SnapshotMeta) -> Snapshot:
+        """(disk thread) Encode the state machine's image and make it the durable snapshot."""
+        image = encode_image(self._sessions.encode(), self.state_machine.snapshot())
+        snapshot = Snapshot(meta=meta, data=image)
+        self._storage.compact(snapshot)
+        return snapshot
 
     def _voters_at_applied(self) -> tuple[int, ...]:
-        voters_at = getattr(self._node, "voters_at", None)
-        if callable(voters_at):
-            return tuple(voters_at(self.applied_index))
-        return tuple(self._node.voters)
+        return tuple(self._node.voters_at(self.applied_index))
 
     async def wait_applied(
         self, target: int | Callable[[], bool], timeout: float | None = None
@@ -377,12 +463,17 @@ class RaftReplica:
                 self._node.step(msg)
             except Exception:
                 log.exception("replica %s: step(%s) failed", self.node_id, type(msg).__name__)
+        self._send_early()
         self._wake.set()
 
     # ------------------------------------------------------------------ client API
 
     def is_leader(self) -> bool:
         return self._node.role == Role.LEADER
+
+    @property
+    def term(self) -> int:
+        return self._node.term
 
     def _require_leader(self) -> None:
         if not self.is_leader():
@@ -442,6 +533,7 @@ class RaftReplica:
         finally:
             self._reads.pop(ctx, None)
         await self.wait_applied(index, timeout)
+        await self.apply_idle()
         return self.state_machine.query(query)
 
     async def change_member(self, kind: int, node_id: int, timeout: float) -> int:
@@ -480,6 +572,7 @@ class RaftReplica:
             "leader": None if node.leader is None else node.leader - 1,
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
             "alive": True, "readies": self._readies, "lost_state": self.lost_state,
+            "leader_changes": self.leader_changes,
             "confirming_fresh": self._confirming_fresh,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),
@@ -488,6 +581,7 @@ class RaftReplica:
 
     async def snapshot_bytes(self) -> bytes:
         """The user state machine's ``snapshot()`` (taken between applies)."""
+        await self.apply_idle()
         return self.state_machine.snapshot()
 
     async def ping(self) -> int:

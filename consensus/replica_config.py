@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from consensus.config import RaftConfig
 from consensus.errors import ConfigError
@@ -31,6 +32,16 @@ class RaftGroupConfig:
     """A leader that loses contact with a quorum steps down (and followers are sticky)."""
     snapshot_every: int = 10_000
     """Take a snapshot and compact the log once this many entries applied since the last one."""
+    snapshot_log_bytes: int | None = None
+    """Also take one once the entries applied since the last snapshot hold this many bytes.
+    None: once they hold twice the last snapshot's bytes (at least 64 MiB), so the log on
+    disk stays below about twice the state's size plus one entry, whatever the model size."""
+    durability: Literal["disk", "memory"] = "disk"
+    """``disk``: every entry is fsynced before a replica acknowledges it (a crash of the whole
+    group loses nothing). ``memory``: an entry counts once a majority holds it in memory;
+    the log is written without fsync and snapshots are made durable every
+    ``snapshot_every``/``snapshot_log_bytes`` (a minority crash loses nothing; a whole-group
+    crash resumes from the last durable snapshot)."""
     max_msg_bytes: int = 4 << 20
     """Max entry bytes in one AppendEntries."""
     max_inflight_bytes: int = 64 << 20
@@ -42,6 +53,10 @@ class RaftGroupConfig:
     attempt_timeout_s: float = 2.0
     """Client side: how long one attempt on one replica may take before the client retries
     (same seq) elsewhere; the overall deadline is the ``timeout`` of each call."""
+    attempt_bytes_per_s: float = 16e6
+    """Client side: an attempt on a proposal of ``n`` bytes may take ``attempt_timeout_s +
+    n / attempt_bytes_per_s`` (an 80 MB entry is sent to every follower, fsynced three
+    times and applied before it answers)."""
     client_max_inflight_batches: int = 4
     """Client side: at most this many coalesced ``propose`` batches (actor calls) in flight per
     ``RaftGroup`` client; concurrent ``propose`` calls queue behind them and share entries."""
@@ -65,8 +80,15 @@ class RaftGroupConfig:
             )
         if self.snapshot_every < 1:
             raise ConfigError(f"snapshot_every must be >= 1 entry, got {self.snapshot_every}")
+        if self.snapshot_log_bytes is not None and self.snapshot_log_bytes < 1:
+            raise ConfigError(f"snapshot_log_bytes must be >= 1 byte or None, got "
+                              f"{self.snapshot_log_bytes}")
+        if self.durability not in ("disk", "memory"):
+            raise ConfigError(f"durability must be 'disk' or 'memory', got {self.durability!r}")
         if self.attempt_timeout_s <= 0:
             raise ConfigError(f"attempt_timeout_s must be > 0, got {self.attempt_timeout_s}")
+        if not self.attempt_bytes_per_s > 0:
+            raise ConfigError(f"attempt_bytes_per_s must be > 0, got {self.attempt_bytes_per_s}")
         if self.client_max_inflight_batches < 1:
             raise ConfigError(f"client_max_inflight_batches must be >= 1, got "
                               f"{self.client_max_inflight_batches}")

@@ -51,8 +51,24 @@ class ReplicaContext:
 
     @property
     def state_machine(self) -> StateMachine:
-        """The live state machine (read it between applies; never mutate it directly)."""
+        """The live state machine: read it right after ``apply_idle`` (applies run in a
+        thread) or through its own thread-safe readers; never mutate it directly."""
         return self._replica.state_machine
+
+    async def apply_idle(self) -> None:
+        """Return once no apply is running; read the state machine right after, without
+        awaiting in between (applies run in a thread; see ``RaftReplica.apply_idle``)."""
+        await self._replica.apply_idle()
+
+    @property
+    def leader_changes(self) -> int:
+        """New (term, leader) pairs this replica learnt after its first one."""
+        return self._replica.leader_changes
+
+    @property
+    def term(self) -> int:
+        """This replica's current term."""
+        return self._replica.term
 
     @property
     def applied_index(self) -> int:

@@ -81,6 +81,11 @@ class SimConfig:
     """A (non-torn) crash also wipes the node's disk; it restarts empty under its id with
     ``RaftConfig.lost_state``. At most ``(nodes - 1) // 2`` nodes per run lose their disk, so a
     quorum of nodes that may vote always remains."""
+    p_step_in_flight: float = 0.0
+    """While a host persists a Ready, due messages to it are stepped in, it may tick, and
+    what ``RaftNode.early_messages`` allows is sent before the write is durable (the real
+    replica does this while its disk or apply thread works); a torn crash then comes
+    after those sends. 0 draws nothing, so older seeds replay unchanged."""
     p_restart: float = 0.05
     """Restart a crashed node from its durable state."""
     p_compact: float = 0.02
@@ -116,6 +121,7 @@ class SimResult:
     snapshots_installed: int = 0
     reads: int = 0
     messages: int = 0
+    early_messages: int = 0
 
 
 class Simulator:
@@ -342,6 +348,8 @@ class Simulator:
             if node is None or not node.has_ready():
                 return
             rd = node.ready()
+            if self.faults and self.cfg.p_step_in_flight > 0:
+                self._while_persisting(host, node)
             if host.torn_next:
                 if rd.send_before_persist:  # thesis §10.2.1: sent, then crashed before sync
                     for msg in rd.messages:
@@ -366,6 +374,25 @@ class Simulator:
             for rs in rd.read_states:
                 self._check_read(host, rs.ctx, rs.index)
             self._observe_commit(node, node.advance, rd)
+
+    def _while_persisting(self, host: Host, node: RaftNode) -> None:
+        """The host's disk (or apply) thread holds the Ready just taken: meanwhile the core
+        is stepped with the messages due to it, may tick, and its early messages go out."""
+        if self.rng.random() >= self.cfg.p_step_in_flight:
+            return
+        now = self.now
+        mine = [(t, m) for t, m in self.net
+                if t <= now and m.dst == host.id and (m.src, m.dst) not in self.blocked]
+        if mine:
+            self.net = [item for item in self.net if item not in mine]
+        for _, msg in mine:
+            self.result.messages += 1
+            self._observe_commit(node, node.step, msg)
+        if self.rng.random() < 0.5:
+            node.tick()
+        for msg in node.early_messages():
+            self.result.early_messages += 1
+            self._send(msg)
 
     def _observe_commit(self, node: RaftNode, action: Callable[[T], object], arg: T) -> None:
         """Run ``action(arg)``; if it made a leader commit by counting, remember the voters it

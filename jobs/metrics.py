@@ -14,8 +14,8 @@ class MetricsLog:
 
     Line fields: round, epoch, loss (mean over the round's samples), accuracy (train batch),
     samples, contributors, samples_per_s, publish_s, compute_s, aggregate_s, commit_s,
-    devices (where the gradient tasks ran), and ``test_accuracy`` on a round that ends an
-    epoch.
+    devices (where the gradient tasks ran), leader_changes (per shard, so far) and failovers
+    (driver recoveries so far), and ``test_accuracy`` on a round that ends an epoch.
     """
 
     def __init__(self, path: Path, *, start_round: int) -> None:
@@ -42,6 +42,8 @@ class MetricsLog:
             "aggregate_s": result.aggregate_s,
             "commit_s": result.commit_s,
             "devices": list(result.devices),
+            "leader_changes": list(result.leader_changes),
+            "failovers": result.failovers,
         }
         if test_accuracy is not None:
             record["test_accuracy"] = test_accuracy

@@ -21,6 +21,7 @@ without the fault.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -66,6 +67,8 @@ class PipelinedRounds:
         self.server = server
         self.launch = launch
         self.stop_after = stop_after  # round r ends at a barrier: launch nothing past it
+        self.leader_changes: list[int] = []  # per shard, the most any leader reported
+        self.failovers = 0
 
     def _submit(self, round: int, params: Sequence[Any]) -> _Flight:
         launched = time.perf_counter()
@@ -95,8 +98,19 @@ class PipelinedRounds:
                 params = self.server.pull(next_round)
             for flight, metrics, info in done:
                 now = time.perf_counter()
-                on_round(_result(flight, metrics, info, now - max(last, flight.launched)))
+                self._count(info)
+                result = _result(flight, metrics, info, now - max(last, flight.launched))
+                on_round(dataclasses.replace(result, leader_changes=tuple(self.leader_changes),
+                                             failovers=self.failovers))
                 last = now
+
+    def _count(self, info: dict[str, Any]) -> None:
+        """Fold the shard leaders' leader-change counts of one round into the totals."""
+        changes = info.get("leader_changes", [])
+        if len(self.leader_changes) < len(changes):
+            self.leader_changes += [0] * (len(changes) - len(self.leader_changes))
+        for shard, count in enumerate(changes):
+            self.leader_changes[shard] = max(self.leader_changes[shard], int(count))
 
     def _settle(self, inflight: deque[_Flight]) -> tuple[_Flight, list[GradientMetrics],
                                                          dict[str, Any]]:
@@ -119,7 +133,8 @@ class PipelinedRounds:
             self.server.wait_version(oldest.round + 1, timeout)
             commit_s = time.perf_counter() - t0
         inflight.popleft()
-        info = {"aggregate_s": max(float(i["aggregate_s"]) for i in infos), "commit_s": commit_s}
+        info = {"aggregate_s": max(float(i["aggregate_s"]) for i in infos), "commit_s": commit_s,
+                "leader_changes": [int(i.get("leader_changes", 0)) for i in infos]}
         return oldest, metrics, info
 
     def _recover(self, inflight: deque[_Flight]) -> tuple[
@@ -145,6 +160,7 @@ class PipelinedRounds:
             unused += [*flight.metrics, *(ref for refs in flight.grads for ref in refs)]
         _discard(unused, min(timeout, 10.0))
         restart = good[-1][0].round + 1 if good else inflight[0].round
+        self.failovers += 1
         LOG.warning("a shard replica or leader was lost during rounds %d..%d; replaying "
                     "rounds %d..%d and resuming at round %d", inflight[0].round,
                     inflight[-1].round, inflight[0].round, restart - 1, restart)

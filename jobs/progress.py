@@ -22,17 +22,21 @@ class EpochProgress:
         self._samples = 0
         self._seconds = 0.0
         self._loss = float("nan")
+        self._changes = 0
 
-    def round_done(self, epoch: int, loss: float, samples: int, wall_s: float) -> None:
-        """Advance the epoch's bar by one round."""
+    def round_done(self, epoch: int, loss: float, samples: int, wall_s: float,
+                   leader_changes: int = 0) -> None:
+        """Advance the epoch's bar by one round; ``leader_changes``: so far, all shards."""
         self._loss, self._samples, self._seconds = loss, self._samples + samples, \
             self._seconds + wall_s
+        self._changes = max(self._changes, leader_changes)
         if not (self.enabled and self.tty):
             return
         if self._bar is None:
             self._bar = tqdm(total=self.rounds_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}",
                              file=self.stream, leave=True)
-        self._bar.set_postfix(loss=f"{loss:.4f}", sps=f"{self.rate():.0f}")
+        self._bar.set_postfix(loss=f"{loss:.4f}", sps=f"{self.rate():.0f}",
+                              leader_changes=self._changes)
         self._bar.update(1)
 
     def rate(self) -> float:
@@ -43,10 +47,11 @@ class EpochProgress:
         """Close the epoch: final postfix on a TTY, or one summary line otherwise."""
         if self.enabled and self.tty and self._bar is not None:
             self._bar.set_postfix(loss=f"{self._loss:.4f}", acc=f"{test_accuracy:.4f}",
-                                  sps=f"{self.rate():.0f}")
+                                  sps=f"{self.rate():.0f}", leader_changes=self._changes)
             self._bar.close()
         elif self.enabled:
             print(f"epoch {epoch + 1}/{self.epochs} loss {self._loss:.4f} "
-                  f"test_accuracy {test_accuracy:.4f} samples/s {self.rate():.0f}",
+                  f"test_accuracy {test_accuracy:.4f} samples/s {self.rate():.0f} "
+                  f"leader_changes {self._changes}",
                   file=self.stream, flush=True)
         self._bar, self._samples, self._seconds = None, 0, 0.0

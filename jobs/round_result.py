@@ -25,3 +25,9 @@ class RoundResult:
     wall_s: float
     devices: tuple[str, ...] = ()
     """Where the round's gradient tasks ran (``cpu``, ``cuda``), sorted and unique."""
+    leader_changes: tuple[int, ...] = ()
+    """Per shard: leader changes seen so far in this run, as the shard's leader counts them
+    (new (term, leader) pairs after the first; a healthy run stays at 0). Empty when the
+    round loop does not learn them per round (then summary.json still has them)."""
+    failovers: int = 0
+    """Times so far the driver recovered rounds after losing a replica, a leader or a node."""

@@ -14,8 +14,10 @@ A ``ShardService`` is built on every replica of a shard's Raft group (``service=
   the parameters as an object-store ref, put once per version and shared by every reader.
 * ``export`` / ``wait_version`` / ``info`` serve the driver's checkpoints and barriers.
 
-All methods run on the replica's event loop thread, between applies, so they see the state
-machine between rounds and never concurrently with ``apply``.
+All methods run on the replica's event loop thread. Applies run in the replica's apply
+thread, so a method reads the state machine only right after ``ctx.apply_idle()`` (without
+yielding in between); the heavy arithmetic of ``step_round`` (the sum, the preview) runs in
+a compute thread, at a time no apply can run (see the method).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -48,6 +51,14 @@ class ShardContext(Protocol):
 
     async def wait_applied(self, target: Any, timeout: float | None = None) -> None: ...
 
+    async def apply_idle(self) -> None: ...
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def leader_changes(self) -> int: ...
+
 
 class Publisher(Protocol):
     """Puts a value into the object store and returns a ref (``ray.put``)."""
@@ -60,6 +71,22 @@ def _seconds(proposal: asyncio.Future[float] | None) -> float:
     if proposal is None or not proposal.done() or proposal.cancelled():
         return 0.0
     return 0.0 if proposal.exception() is not None else proposal.result()
+
+
+def _aggregate_and_preview(
+    aggregator: RoundAggregator, machine: ShardStateMachine, round: int,
+    values: Sequence[tuple[int, Mapping[str, F32]]], param_version: int,
+) -> tuple[tuple[bytes, ...], dict[str, F32]]:
+    """(compute thread) Admit every rank's contribution; the round's ONE command and the
+    parameters its apply will produce."""
+    commands: tuple[bytes, ...] = ()
+    for rank, (samples, grads) in enumerate(values):
+        commands += aggregator.submit(round, rank, grads, samples, param_version).commands
+    if len(commands) != 1:
+        raise PlanError(f"round {round} produced {len(commands)} commands from "
+                        f"{len(values)} contributions; step_round needs sync mode "
+                        "without backup workers and one contribution per rank")
+    return commands, machine.preview(commands[0])
 
 
 def _ray_put(value: Any) -> Any:
@@ -82,6 +109,7 @@ class ShardService:
         self._aggregator: RoundAggregator | None = None
         self._published: tuple[int, Any] | None = None
         self._proposals: dict[int, asyncio.Future[float]] = {}  # step_round: round -> commit_s
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="shard-compute")
 
     @property
     def _machine(self) -> ShardStateMachine:
@@ -112,9 +140,14 @@ class ShardService:
         failed proposal; after a failed proposal the aggregator is dropped, so a re-submission
         of the round's contributions (by the driver) rebuilds it from the applied version.
         ``replay``: the driver re-sends a contribution after a failover; a round this shard
-        already applied is then an answer (``duplicate``), not a StaleRoundError.
+        already applied is then an answer (``duplicate``), not a StaleRoundError, and a
+        round ahead of the next one waits until the rounds before it applied (the driver
+        replays several rounds at once, in order), never a FutureRoundError.
         """
         samples, grads = contribution
+        if replay and round > self._machine.version:
+            # replayed rounds arrive together, each needing the one before it applied
+            await self.wait_version(round, self._commit_timeout_s)
         try:
             outcome = self._fresh_aggregator().submit(round, rank, grads, samples,
                                                       param_version)
@@ -174,15 +207,13 @@ class ShardService:
                                   f"{machine.version}); resume from a pull of the version")
         t2 = time.perf_counter()
         aggregator = self._fresh_aggregator()
-        commands: tuple[bytes, ...] = ()
         try:
-            for rank, (samples, grads) in enumerate(values):
-                commands += aggregator.submit(round, rank, grads, samples, param_version).commands
-            if len(commands) != 1:
-                raise PlanError(f"round {round} produced {len(commands)} commands from "
-                                f"{len(values)} contributions; step_round needs sync mode "
-                                "without backup workers and one contribution per rank")
-            params = machine.preview(commands[0])
+            # the sum and the optimizer step of a large shard take long: off the loop, so
+            # heartbeats go on; no apply runs meanwhile (this round is not proposed yet and
+            # round - 1 is applied)
+            commands, params = await asyncio.get_running_loop().run_in_executor(
+                self._compute, _aggregate_and_preview, aggregator, machine, round,
+                values, param_version)
         except BaseException:
             self._aggregator = None
             raise
@@ -192,7 +223,8 @@ class ShardService:
         for old in [r for r in self._proposals if r < round - 1]:
             del self._proposals[old]
         info = {"round": round, "applied": machine.version,
-                "aggregate_s": time.perf_counter() - t2, "commit_s": commit_s}
+                "aggregate_s": time.perf_counter() - t2, "commit_s": commit_s,
+                "term": self._ctx.term, "leader_changes": self._ctx.leader_changes}
         return params, info
 
     async def _timed_commit(self, commands: tuple[bytes, ...]) -> float:
@@ -231,21 +263,27 @@ class ShardService:
     async def pull(self, min_version: int, timeout: float | None = None) -> list[Any]:
         """Parameters at a version >= ``min_version`` as ``[version, ref]`` (the ref wrapped in
         a list so Ray passes it through). Puts them in the object store once per version."""
-        version = await self.wait_version(min_version, timeout)
+        await self.wait_version(min_version, timeout)
+        await self._ctx.apply_idle()  # then read without yielding: no apply overlaps
+        version = self._machine.version
         if self._published is None or self._published[0] != version:
             self._published = (version, self._publish(self._machine.params()))
         return [version, self._published[1]]
 
-    def export(self, version: int) -> ShardState:
+    async def export(self, version: int) -> ShardState:
         """A deep copy of the shard at exactly ``version`` (for a consistent checkpoint cut)."""
+        await self._ctx.apply_idle()
         state = self._machine.export_state()
         if state.version != version:
             raise PlanError(f"shard is at version {state.version}, not {version}; "
                             "checkpoints are cut only after every shard applied the round")
         return state
 
-    def info(self) -> dict[str, Any]:
-        """Version, digest of the shard's bytes, and whether this replica leads."""
+    async def info(self) -> dict[str, Any]:
+        """Version, digest of the shard's bytes, whether this replica leads, its term and
+        the leader changes it saw."""
+        await self._ctx.apply_idle()
         machine = self._machine
         return {"version": machine.version, "digest": machine.digest(),
-                "leader": self._ctx.is_leader()}
+                "leader": self._ctx.is_leader(), "term": self._ctx.term,
+                "leader_changes": self._ctx.leader_changes}

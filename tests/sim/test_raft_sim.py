@@ -14,7 +14,7 @@ from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.invariants import InvariantChecker, InvariantViolation
 from consensus.sim import SimConfig, Simulator, run_seed
-from consensus.types import RequestVote, RequestVoteResponse, Role
+from consensus.types import Message, RequestVote, RequestVoteResponse, Role
 
 CI_SEEDS = 300
 STEPS = 300
@@ -28,6 +28,8 @@ PROFILES: dict[str, SimConfig] = {
     "membership": SimConfig(nodes=5, p_conf=0.03, p_crash=0.01, p_partition=0.02,
                             p_compact=0.05),
     "disk_loss": SimConfig(p_crash=0.03, p_disk_loss=0.5, p_partition=0.02, p_compact=0.05),
+    "in_flight": SimConfig(p_step_in_flight=0.6, p_crash=0.05, p_restart=0.1,
+                           p_partition=0.02, p_compact=0.05, p_drop=0.1),
 }
 
 
@@ -140,3 +142,31 @@ def test_checker_catches_a_node_that_votes_after_losing_its_disk() -> None:
     assert any("Leader Completeness" in c or "durable" in c for c in caught), caught
     for seed in range(20):
         assert run_seed(seed, STEPS, PROFILES["disk_loss"]).max_commit > 0
+
+
+class _SendsEverythingEarly(RaftNode):
+    """A broken host contract: every queued message goes out before the Ready is durable
+    (vote grants and acknowledgements of entries still being written included)."""
+
+    def early_messages(self) -> list[Message]:
+        early, self._msgs = self._msgs, []
+        return early
+
+
+def test_in_flight_profile_sends_early_messages_and_keeps_invariants() -> None:
+    """Seeds of the in_flight profile do step nodes mid-persist and send early messages."""
+    early = 0
+    for seed in range(5):
+        result = run_seed(seed, STEPS, PROFILES["in_flight"])
+        early += result.early_messages
+        assert result.max_commit > 0
+    assert early > 30
+
+
+def test_checker_catches_messages_sent_early_that_claim_unstable_state() -> None:
+    """The in_flight profile is not vacuous: a node that sends every message before its
+    Ready is durable (acks of unsynced entries, votes not yet on disk) loses acknowledged
+    entries or elects two leaders within a few hundred seeds (the first is seed 287)."""
+    with pytest.raises(InvariantViolation):
+        for seed in range(400):
+            run_seed(seed, STEPS, PROFILES["in_flight"], node_factory=_SendsEverythingEarly)

@@ -40,12 +40,18 @@ class FakeContext:
         self.queue: list[tuple[bytes, asyncio.Future[Any]]] = []
         self.waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
+    term = 1
+    leader_changes = 0
+
     def is_leader(self) -> bool:
         return True
 
     @property
     def state_machine(self) -> ShardStateMachine:
         return self.machine
+
+    async def apply_idle(self) -> None:
+        return None  # applies run inline in commit_next
 
     async def propose(self, command: bytes, timeout: float = 10.0) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -182,6 +188,29 @@ def test_a_replayed_contribution_to_an_applied_round_is_an_answer_not_an_error()
         assert {k: v.tobytes() for k, v in ctx.machine.params().items()} == before
         with pytest.raises(StaleRoundError):
             await service.submit(0, 0, contribution, 0)
+
+    asyncio.run(scenario())
+
+
+def test_replaying_several_rounds_at_once_applies_them_in_order() -> None:
+    """A recovery re-sends rounds 0 and 1 together (replay=True): round 1's contributions
+    arrive while round 0 is still committing. They wait for it instead of failing with
+    FutureRoundError, and both rounds apply once, in order."""
+    async def scenario() -> None:
+        service, ctx = _service()
+        calls = [asyncio.ensure_future(service.submit(r, rank, (3, _params(10 * r + rank)), r,
+                                                      replay=True))
+                 for r in (0, 1) for rank in (0, 1)]
+        await _settle()
+        assert len(ctx.queue) == 1  # round 0 proposed; round 1 waits, nothing failed
+        assert not any(c.done() for c in calls[2:])
+        ctx.commit_next()
+        await _settle()
+        assert len(ctx.queue) == 1  # now round 1
+        ctx.commit_next()
+        answers = await asyncio.gather(*calls)
+        assert ctx.machine.version == 2
+        assert sum(bool(a["accepted"]) for a in answers) == 4
 
     asyncio.run(scenario())
 
