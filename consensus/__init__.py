@@ -15,6 +15,7 @@ from consensus.errors import (
     ProposalDroppedError,
     ProposalTimeoutError,
     StorageCorruptError,
+    StorageFullError,
 )
 from consensus.replica_config import RaftGroupConfig
 from consensus.session import DuplicateCommand, Envelope, EnvelopeError, SessionTable
@@ -63,4 +64,5 @@ __all__ = [
     "StateMachine",
     "StorageConfig",
     "StorageCorruptError",
+    "StorageFullError",
 ]

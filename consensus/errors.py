@@ -41,5 +41,30 @@ class StorageCorruptError(ConsensusError):
         return (type(self), (self.path, self.detail))
 
 
+class StorageFullError(ConsensusError):
+    """The filesystem under Raft storage cannot hold a write. Raised before the write starts
+    (free-space check) or when it fails with ENOSPC / SQLITE_FULL; either way the previous
+    durable state is intact. The message names the path, the bytes needed and the bytes free.
+
+    ``needed`` is None when the writer could not tell (sqlite ran out mid-transaction);
+    ``free`` is None when the filesystem could not be asked.
+    """
+
+    def __init__(self, path: str, needed: int | None, free: int | None) -> None:
+        need = f"needs {needed} bytes" if needed is not None else "needs more space"
+        have = f"{free} bytes are free" if free is not None else "free space is unknown"
+        super().__init__(
+            f"Raft storage {path} is out of disk space: {need}, {have} on that filesystem. "
+            "Free space there, or point storage_dir (RaftGroup / ServerConfig) at a "
+            "filesystem with room; the previous durable state is unchanged."
+        )
+        self.path = path
+        self.needed = needed
+        self.free = free
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.needed, self.free))
+
+
 class ConfigError(ConsensusError, ValueError):
     """A configuration value is out of range; the message says which and what is allowed."""

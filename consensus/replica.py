@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from consensus.core import RaftNode
-from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
+from consensus.errors import (
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalTimeoutError,
+    StorageFullError,
+)
 from consensus.lost_state import (
     detect_lost_state,
     mark_lost_state,
@@ -151,6 +156,7 @@ class RaftReplica:
         self._readies = 0
         self._busy = False  # a Ready is being handled (see _run)
         self.leader_changes = 0
+        self.storage_full: StorageFullError | None = None  # see _disk_full
         self._leader_seen: tuple[int, int] | None = None
         self._wake = asyncio.Event()
         self._service = service(ReplicaContext(self)) if service is not None else None
@@ -405,12 +411,29 @@ class RaftReplica:
         meta = SnapshotMeta(
             index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied()
         )
-        snapshot = await asyncio.get_running_loop().run_in_executor(
-            self._disk, self._write_snapshot, meta)
+        try:
+            snapshot = await asyncio.get_running_loop().run_in_executor(
+                self._disk, self._write_snapshot, meta)
+        except StorageFullError as exc:
+            self._disk_full(exc)  # nothing changed; the log keeps growing meanwhile
+            return
         self._node.compact(snapshot)
         self._snap_index = meta.index
         self._snap_bytes = len(snapshot.data)
         self._bytes_since_snap = 0
+        try:  # the next cycle needs a snapshot's room plus the log that precedes it
+            self._storage.check_space(3 * self._snap_bytes)
+            self.storage_full = None
+        except StorageFullError as exc:
+            self._disk_full(exc)
+
+    def _disk_full(self, exc: StorageFullError) -> None:
+        """Remember (and log once) that the disk cannot hold the next snapshot: proposals
+        here raise it from now on, so the job stops with this error instead of filling
+        the disk and crash-looping."""
+        if self.storage_full is None:
+            log.error("replica %s of %s: %s", self.index, self.group, exc)
+        self.storage_full = exc
 
     def _compact_bytes(self) -> int:
         """Entry bytes applied since the last snapshot that trigger the next one: the
@@ -498,8 +521,11 @@ class RaftReplica:
         return await self.propose_entry(encode_batch(envelopes), timeout)
 
     async def propose_entry(self, data: bytes, timeout: float) -> list[Any]:
-        """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``."""
+        """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``.
+        Raises StorageFullError once this replica's disk cannot hold its next snapshot."""
         self._require_leader()
+        if self.storage_full is not None:
+            raise self.storage_full
         index = self._node.propose(data)
         fut = self._wait_index(index)
         self._wake.set()
@@ -573,6 +599,8 @@ class RaftReplica:
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
             "alive": True, "readies": self._readies, "lost_state": self.lost_state,
             "leader_changes": self.leader_changes,
+            "storage_full": None if self.storage_full is None else str(self.storage_full),
+            "disk_bytes": self._storage.disk_bytes(),
             "confirming_fresh": self._confirming_fresh,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),

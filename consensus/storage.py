@@ -26,6 +26,18 @@ Contract (Raft Figure 2, "persistent state on all servers"):
   writes (WAL + checkpoint, 4 KB overflow pages); a segment append ~1 ms and one write.
   Segments rotate at ``segment_bytes``; a segment no row references is deleted after a
   compaction, snapshot install or rotation.
+- Snapshot images live in files, ``<db>.snapshots/<index>-<term>.snap`` (a sqlite BLOB is
+  capped at 1e9 bytes); the row keeps the file name, size and CRC (of index, term, voters
+  and image). The file is durable (written in chunks, fsync'ed, renamed, directory fsync'ed:
+  ``consensus.snapshot_files``) BEFORE the transaction recording it commits; the file it
+  supersedes, like any orphan, is deleted after the commit and by ``load``. So a crash
+  leaves the old snapshot or the new one. A missing, short or CRC-failing image raises
+  StorageCorruptError naming the file. Databases that kept the image as a BLOB in the row
+  (``file`` NULL) still load; their next snapshot goes to a file.
+- Disk space: a ``save``/``compact`` with a snapshot first checks the filesystem can hold it
+  (:meth:`SqliteStorage.check_space`), else raises :class:`StorageFullError` having changed
+  nothing. ENOSPC from a segment or snapshot write and SQLITE_FULL from the transaction raise
+  it too, the previous durable state intact. :meth:`SqliteStorage.disk_bytes` sizes it all.
 
 Not thread-safe: one thread at a time (the replica uses a single-thread executor), but that
 thread may differ from the creating one.
@@ -37,11 +49,14 @@ import os
 import sqlite3
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from consensus.errors import ConfigError, StorageCorruptError
+from consensus import snapshot_files
+from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
+from consensus.snapshot_files import SnapshotFiles, StoredSnapshot
 from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
 _SCHEMA = """
@@ -54,7 +69,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     idx INTEGER NOT NULL, term INTEGER NOT NULL, voters TEXT NOT NULL,
-    data BLOB NOT NULL, crc INTEGER NOT NULL);
+    data BLOB NOT NULL, crc INTEGER NOT NULL, file TEXT, size INTEGER);
 CREATE TABLE IF NOT EXISTS payload_refs (
     idx INTEGER PRIMARY KEY, seg INTEGER NOT NULL, off INTEGER NOT NULL, size INTEGER NOT NULL);
 """
@@ -70,9 +85,24 @@ def _entry_crc(idx: int, term: int, kind: int, data: bytes) -> int:
     return zlib.crc32(data, zlib.crc32(struct.pack(">qqq", idx, term, kind)))
 
 
+def _snapshot_header_crc(idx: int, term: int, voters: str) -> int:
+    """The CRC of a snapshot's metadata: the seed its image's CRC is chained from."""
+    return zlib.crc32(struct.pack(">qq", idx, term) + voters.encode())
+
+
 def _snapshot_crc(idx: int, term: int, voters: str, data: bytes) -> int:
-    header = struct.pack(">qq", idx, term) + voters.encode()
-    return zlib.crc32(data, zlib.crc32(header))
+    return zlib.crc32(data, _snapshot_header_crc(idx, term, voters))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the file-backed snapshot columns to a database created before they existed."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(snapshot)")}
+    if "file" in columns:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("ALTER TABLE snapshot ADD COLUMN file TEXT")
+    db.execute("ALTER TABLE snapshot ADD COLUMN size INTEGER")
+    db.execute("COMMIT")
 
 
 def _voters_text(voters: tuple[int, ...]) -> str:
@@ -111,7 +141,7 @@ class _Segments:
     def __init__(self, directory: Path, segment_bytes: int) -> None:
         self.dir = directory
         self._limit = segment_bytes
-        directory.mkdir(parents=True, exist_ok=True)
+        snapshot_files.durable_dir(directory)
         ids = self.ids()
         self.current = max(ids) if ids else 1
         self._fd = self._open(self.current)
@@ -166,6 +196,10 @@ class _Segments:
             os.close(fd)
         return data if len(data) == size else None
 
+    def total_bytes(self) -> int:
+        """Bytes of the segment files on disk (stat calls only)."""
+        return sum(self.path(seg).stat().st_size for seg in self.ids())
+
     def collect(self, live: set[int]) -> None:
         """Delete every segment but the current one that is not in ``live``."""
         for seg in self.ids():
@@ -179,7 +213,8 @@ class _Segments:
 
 
 class SqliteStorage:
-    """One replica's durable Raft state: a sqlite file (plus ``-wal``) and payload segments."""
+    """One replica's durable Raft state: a sqlite file (plus ``-wal``), payload segments and
+    snapshot image files."""
 
     def __init__(self, path: str | Path, config: StorageConfig | None = None) -> None:
         """Open (creating if missing) the database at ``path``; blocks on disk IO.
@@ -196,26 +231,35 @@ class SqliteStorage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
             self._durable_term_vote: tuple[int, int | None] | None = None
         except sqlite3.DatabaseError as exc:
             raise StorageCorruptError(str(self.path), f"cannot open: {exc}") from exc
         self._segments = _Segments(
             self.path.with_name(self.path.name + ".segments"), self.config.segment_bytes)
+        self._snapshots = SnapshotFiles(
+            self.path.with_name(self.path.name + ".snapshots"), self.path)
 
     # ------------------------------------------------------------------ reading
 
     def load(self) -> tuple[HardState, Snapshot | None, list[Entry]]:
-        """Read and verify everything; raises StorageCorruptError on any integrity failure."""
+        """Read and verify everything; raises StorageCorruptError on any integrity failure.
+
+        Blocks on disk IO (a snapshot image is read whole). Once everything verified, deletes
+        the snapshot files the row does not reference (left by a crash); on failure deletes
+        nothing, so an operator can still inspect them.
+        """
         try:
             check = self._db.execute("PRAGMA quick_check").fetchall()
             if [tuple(row) for row in check] != [("ok",)]:
                 raise self._corrupt(f"quick_check: {check[:3]}")
             hard_state = self._load_hard_state()
-            snapshot = self._load_snapshot()
+            snapshot, snapshot_file = self._load_snapshot()
             entries = self._load_entries(snapshot)
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(f"sqlite: {exc}") from exc
         self._durable_term_vote = (hard_state.term, hard_state.vote)
+        self._snapshots.collect(keep=snapshot_file)
         return hard_state, snapshot, entries
 
     def _corrupt(self, detail: str) -> StorageCorruptError:
@@ -232,17 +276,21 @@ class SqliteStorage:
             raise self._corrupt("hard state CRC mismatch")
         return HardState(term=term, vote=None if vote == _NO_VOTE else vote, commit=commit)
 
-    def _load_snapshot(self) -> Snapshot | None:
+    def _load_snapshot(self) -> tuple[Snapshot | None, str | None]:
+        """The verified snapshot, and the name of its file (None: none, or a BLOB row)."""
         row = self._db.execute(
-            "SELECT idx, term, voters, data, crc FROM snapshot WHERE id = 0"
+            "SELECT idx, term, voters, data, crc, file, size FROM snapshot WHERE id = 0"
         ).fetchone()
         if row is None:
-            return None
-        idx, term, voters, data, crc = row
-        if _snapshot_crc(idx, term, voters, bytes(data)) != crc:
+            return None, None
+        idx, term, voters, data, crc, file, size = row
+        if file is not None:  # the image is in a file: verified chunk by chunk
+            stored = StoredSnapshot(name=file, size=size, crc=crc)
+            data = self._snapshots.read(stored, _snapshot_header_crc(idx, term, voters))
+        elif _snapshot_crc(idx, term, voters, bytes(data)) != crc:  # written before files
             raise self._corrupt(f"snapshot at index {idx} CRC mismatch")
         meta = SnapshotMeta(index=idx, term=term, voters=_voters_tuple(voters))
-        return Snapshot(meta=meta, data=bytes(data))
+        return Snapshot(meta=meta, data=bytes(data)), file
 
     def _load_entries(self, snapshot: Snapshot | None) -> list[Entry]:
         rows = self._db.execute(
@@ -271,35 +319,37 @@ class SqliteStorage:
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
     ) -> None:
-        """Persist one Ready atomically and durably (one transaction, one fsync).
+        """Persist one Ready atomically and durably (one transaction, one fsync); blocks on IO.
 
-        Order inside the transaction: snapshot (§7 log retention), then entries (truncating
-        any stored entry at or above the first new index), then hard state. Raises
-        ``sqlite3.Error`` on IO failure, after rolling back (the previous state remains).
+        Order: large payloads are appended to segments and a snapshot image written to its
+        file, both durably, then ONE transaction records snapshot (§7 log retention), entries
+        (truncating any stored entry at or above the first new index) and hard state.
+        With a snapshot, the free space is checked first (StorageFullError, nothing changed).
+        Raises StorageFullError on ENOSPC / SQLITE_FULL and ``sqlite3.Error`` on other IO
+        failures, after rolling back: the previous durable state remains.
         """
         if hard_state is None and not entries and snapshot is None:
             return
         db = self._db
+        if snapshot is not None:
+            self.check_space(len(snapshot.data) + self._payload_bytes(entries))
         segment_before = self._segments.current
         refs = self._append_payloads(entries)  # durable before any row points at them
+        stored = None if snapshot is None else self._write_snapshot_file(snapshot)
         # Only the commit index moved: it need not be durable (a restart recomputes it from a
         # quorum, Raft Figure 2 keeps it volatile), so skip the fsync; the next durable
         # transaction syncs the WAL, and with it this one, anyway.
         commit_only = not self.needs_sync(hard_state, entries, snapshot)
         if commit_only:
             db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("BEGIN IMMEDIATE")
         try:
-            if snapshot is not None:
-                self._write_snapshot(snapshot, keep_matching_suffix=True)
-            if entries:
-                self._write_entries(entries, refs)
-            if hard_state is not None:
-                self._write_hard_state(hard_state)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            with self._transaction(stored):
+                if snapshot is not None and stored is not None:
+                    self._write_snapshot(snapshot, stored, keep_matching_suffix=True)
+                if entries:
+                    self._write_entries(entries, refs)
+                if hard_state is not None:
+                    self._write_hard_state(hard_state)
         finally:
             if commit_only:
                 db.execute("PRAGMA synchronous=FULL")
@@ -307,6 +357,57 @@ class SqliteStorage:
             self._durable_term_vote = (hard_state.term, hard_state.vote)
         if snapshot is not None or self._segments.current != segment_before:
             self._collect_segments()
+        if stored is not None:
+            self._snapshots.collect(keep=stored.name)
+
+    @contextmanager
+    def _transaction(self, new_file: StoredSnapshot | None) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT around the body. On any error: roll back, delete
+        ``new_file`` (no committed row references it) and re-raise, SQLITE_FULL as
+        StorageFullError."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:  # a failed COMMIT may have rolled back already
+                db.execute("ROLLBACK")
+            if new_file is not None:
+                self._snapshots.discard(new_file.name)
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                free = snapshot_files.free_bytes(self.path.parent)
+                raise StorageFullError(str(self.path), None, free) from exc
+            raise
+
+    def check_space(self, nbytes: int) -> None:
+        """Raise StorageFullError (naming the directory, bytes needed and free, and what to
+        change) unless the snapshot filesystem can take ``nbytes`` more (plus a small reserve
+        for the sqlite commit). One ``statvfs``; changes nothing. ``save``/``compact`` call it
+        for a snapshot's size; a host may call it as soon as it knows the size, from any
+        thread (it touches no state). A new snapshot needs its full size free: the old one is
+        deleted only after the new one commits."""
+        snapshot_files.check_space(self._snapshots.dir, nbytes)
+
+    def disk_bytes(self) -> dict[str, int]:
+        """Bytes this replica keeps on disk, from stat calls only (no reads):
+        ``log_bytes`` (sqlite file, ``-wal``, ``-shm`` and payload segments; an old-format
+        snapshot BLOB counts here), ``snapshot_bytes`` (snapshot files, orphans included)
+        and ``total_bytes``."""
+        sqlite_files = (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+        log = sum(p.stat().st_size for p in sqlite_files if p.exists())
+        log += self._segments.total_bytes()
+        snap = self._snapshots.total_bytes()
+        return {"log_bytes": log, "snapshot_bytes": snap, "total_bytes": log + snap}
+
+    def _write_snapshot_file(self, snapshot: Snapshot) -> StoredSnapshot:
+        """Write ``snapshot``'s image to a new durable file (blocks on IO); see SnapshotFiles."""
+        meta = snapshot.meta
+        seed = _snapshot_header_crc(meta.index, meta.term, _voters_text(meta.voters))
+        return self._snapshots.write(meta.index, meta.term, snapshot.data, seed)
+
+    def _payload_bytes(self, entries: Sequence[Entry]) -> int:
+        return sum(len(e.data) for e in entries if len(e.data) > self.config.inline_max_bytes)
 
     def _append_payloads(self, entries: Sequence[Entry]) -> dict[int, tuple[int, int]]:
         """Append the payloads above ``inline_max_bytes`` to segments, durably (blocks on IO).
@@ -315,7 +416,8 @@ class SqliteStorage:
         large = [e for e in entries if len(e.data) > self.config.inline_max_bytes]
         if not large:
             return {}
-        places = self._segments.append([e.data for e in large])
+        with snapshot_files.full_on_enospc(self._segments.dir, sum(len(e.data) for e in large)):
+            places = self._segments.append([e.data for e in large])
         return {e.index: place for e, place in zip(large, places, strict=True)}
 
     def _write_entries(self, entries: Sequence[Entry], refs: dict[int, tuple[int, int]]) -> None:
@@ -353,18 +455,20 @@ class SqliteStorage:
         return self._durable_term_vote != (hard_state.term, hard_state.vote)
 
     def compact(self, snapshot: Snapshot) -> None:
-        """Store ``snapshot`` (taken by this host) and delete the entries it covers; durable."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._write_snapshot(snapshot, keep_matching_suffix=False)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        """Store ``snapshot`` (taken by this host) and delete the entries it covers; durable
+        when it returns (blocks on IO). Raises StorageFullError if the image does not fit
+        (checked before writing; changes nothing) or on ENOSPC (previous state remains)."""
+        stored = self._write_snapshot_file(snapshot)  # checks the space first
+        with self._transaction(stored):
+            self._write_snapshot(snapshot, stored, keep_matching_suffix=False)
         self._collect_segments()
+        self._snapshots.collect(keep=stored.name)
 
-    def _write_snapshot(self, snapshot: Snapshot, *, keep_matching_suffix: bool) -> None:
+    def _write_snapshot(
+        self, snapshot: Snapshot, stored: StoredSnapshot, *, keep_matching_suffix: bool
+    ) -> None:
+        """Inside the open transaction: drop the entries ``snapshot`` covers (§7) and point
+        the snapshot row at ``stored``, the image's durable file."""
         meta = snapshot.meta
         voters = _voters_text(meta.voters)
         if keep_matching_suffix:
@@ -376,10 +480,9 @@ class SqliteStorage:
         self._db.execute("DELETE FROM entries WHERE idx <= ?", (meta.index,))
         self._db.execute("DELETE FROM payload_refs WHERE idx <= ?", (meta.index,))
         self._db.execute(
-            "INSERT OR REPLACE INTO snapshot (id, idx, term, voters, data, crc) "
-            "VALUES (0, ?, ?, ?, ?, ?)",
-            (meta.index, meta.term, voters, snapshot.data,
-             _snapshot_crc(meta.index, meta.term, voters, snapshot.data)),
+            "INSERT OR REPLACE INTO snapshot (id, idx, term, voters, data, crc, file, size) "
+            "VALUES (0, ?, ?, ?, ?, ?, ?, ?)",
+            (meta.index, meta.term, voters, b"", stored.crc, stored.name, stored.size),
         )
 
     def _write_hard_state(self, hs: HardState) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import ray
 
-from consensus import ConsensusError, RaftGroup
+from consensus import ConsensusError, RaftGroup, StorageFullError
 from paramserver.checkpoint import read_checkpoint, write_checkpoint
 from paramserver.commands import RestoreCommand
 from paramserver.errors import CheckpointCorruptError, ParamServerError
@@ -54,8 +54,12 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def is_failover(exc: BaseException) -> bool:
     """True when ``exc`` (or its root cause) means "a replica or its leadership is gone":
-    re-submit to the new leader instead of failing the job."""
-    return isinstance(exc, _FAILOVER) or isinstance(root_cause(exc), _FAILOVER)
+    re-submit to the new leader instead of failing the job. A full disk is not: no other
+    replica would do better, and the user must act."""
+    cause = root_cause(exc)
+    if isinstance(exc, StorageFullError) or isinstance(cause, StorageFullError):
+        return False
+    return isinstance(exc, _FAILOVER) or isinstance(cause, _FAILOVER)
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -159,7 +163,7 @@ class ParameterServer:
                     results[shard] = ray.get(ref, timeout=0)
                 except (ray.exceptions.RayError, ConsensusError) as exc:
                     err = _cause(exc)
-                    if not isinstance(err, _FAILOVER) or time.monotonic() > deadline:
+                    if not is_failover(err) or time.monotonic() > deadline:
                         raise err from None
                     self._leaders[shard] = None
         return [results[s] for s in range(len(self._groups))]
@@ -272,7 +276,7 @@ class ParameterServer:
                 answer = ray.get(ref, timeout=0)
             except (ray.exceptions.RayError, ConsensusError) as exc:
                 err = _cause(exc)
-                if isinstance(err, ParamServerError) or not isinstance(err, _FAILOVER):
+                if isinstance(err, ParamServerError) or not is_failover(err):
                     self._forget_applied(version)
                     raise err from None
                 self._resubmit(shard)
@@ -374,6 +378,12 @@ class ParameterServer:
         if healed:
             self.forget_leaders()
         return healed
+
+    def leader_changes(self) -> list[int]:
+        """Per shard: the most leader changes any live replica saw since it started (a
+        healthy run has none). Cheap: one status call per replica."""
+        return [max((int(r.get("leader_changes", 0)) for r in group.status()), default=0)
+                for group in self._groups]
 
     def status(self) -> list[dict[str, Any]]:
         """Per shard: name, leader replica, version, and per replica its role, applied index,

@@ -48,3 +48,14 @@ def test_heal_reports_each_replacement_and_skips_a_failing_shard(
 def test_heal_with_nothing_lost_does_nothing() -> None:
     groups = [FakeGroup({}), FakeGroup({})]
     assert _server(groups).heal() == []
+
+
+def test_a_full_disk_is_not_a_failover() -> None:
+    """A leader whose disk cannot hold its next snapshot raises StorageFullError: the job
+    must stop with it (no other replica would do better), not retry it as a failover."""
+    from consensus import NotLeaderError, StorageFullError
+    from paramserver.server import is_failover
+
+    full = StorageFullError("/data/raft", needed=3 << 30, free=1 << 20)
+    assert not is_failover(full)
+    assert is_failover(NotLeaderError("replica 1 is not the leader", None))

@@ -1,14 +1,19 @@
-"""SqliteStorage: durability, conflict truncation, compaction, torn writes and corruption."""
+"""SqliteStorage: durability, conflict truncation, compaction, torn writes, corruption and
+snapshot image files (crash windows, damaged files, old BLOB rows). Disk space and the
+>1 GiB image: test_snapshot_files.py."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
 from consensus.errors import ConfigError, StorageCorruptError
+from consensus.snapshot_files import SnapshotFiles
 from consensus.storage import SqliteStorage, StorageConfig
 from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
@@ -288,3 +293,178 @@ def test_failed_save_after_segment_append_leaves_previous_state(tmp_path: Path) 
 def test_storage_config_rejects_bad_values(field: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"StorageConfig.{field}"):
         StorageConfig(**{field: value})
+
+
+# ---------------------------------------------------------------- snapshot image files
+
+
+def _snapshot_files(db: Path) -> list[Path]:
+    return sorted(db.with_name(db.name + ".snapshots").iterdir())
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every durable file under ``root`` and its bytes (``-shm`` is a volatile index)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith("-shm")}
+
+
+def _crash_image(live: Path, into: Path) -> Path:
+    """Copy what a crash right now would leave on disk (the WAL holds the committed state)."""
+    into.mkdir()
+    for suffix in ("", "-wal"):
+        if Path(f"{live}{suffix}").exists():
+            shutil.copy(f"{live}{suffix}", into / f"{live.name}{suffix}")
+    for suffix in (".segments", ".snapshots"):
+        src = live.with_name(live.name + suffix)
+        if src.exists():
+            shutil.copytree(src, into / src.name)
+    return into / live.name
+
+
+def test_snapshot_image_lives_in_a_file_and_the_superseded_one_is_deleted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(HardState(term=1, vote=0, commit=6), _entries(1, 6, 1), None)
+    st.compact(_snap(2, 1, b"FIRST-IMAGE"))
+    st.compact(_snap(4, 1, b"SECOND-IMAGE"))
+    st.close()
+    (image,) = _snapshot_files(path)
+    assert image.name == "4-1.snap"
+    assert image.read_bytes() == b"SECOND-IMAGE"
+    assert b"SECOND-IMAGE" not in path.read_bytes()  # only the file's name, size and CRC
+    assert SqliteStorage(path).load()[1:] == (_snap(4, 1, b"SECOND-IMAGE"), _entries(5, 6, 1))
+
+
+def test_same_position_snapshot_gets_a_fresh_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.compact(_snap(3, 1, b"one"))
+    st.compact(_snap(3, 1, b"other bytes"))  # never overwrite a file a row may point at
+    assert [p.name for p in _snapshot_files(path)] == ["3-1.1.snap"]
+    assert st.load()[1] == _snap(3, 1, b"other bytes")
+
+
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [("missing", "is missing"), ("truncated", "has 50 bytes, expected 110"),
+     ("extended", "has 111 bytes, expected 110"), ("flipped", "CRC mismatch"),
+     ("row term", "CRC mismatch")],
+)
+def test_damaged_snapshot_file_raises_naming_it(tmp_path: Path, damage: str,
+                                                detail: str) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(None, _entries(1, 3, 1), None)
+    st.compact(_snap(2, 1, b"IMAGE-DATA" * 11))
+    st.close()
+    (image,) = _snapshot_files(path)
+    raw = image.read_bytes()
+    if damage == "missing":
+        image.unlink()
+    elif damage == "truncated":
+        image.write_bytes(raw[:50])
+    elif damage == "extended":
+        image.write_bytes(raw + b"!")
+    elif damage == "flipped":
+        image.write_bytes(raw[:70] + bytes([raw[70] ^ 1]) + raw[71:])
+    else:  # the row's metadata is covered by the same CRC
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE snapshot SET term = 9")
+    with pytest.raises(StorageCorruptError) as info:
+        SqliteStorage(path).load()
+    assert str(image) in str(info.value)
+    assert detail in info.value.detail
+    assert image.exists() == (damage != "missing")  # a failed load deletes nothing
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_crash_between_image_file_and_commit_keeps_previous_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = tmp_path / "live" / "r.db"
+    st = SqliteStorage(live)
+    st.save(HardState(term=1, vote=0, commit=5), _entries(1, 5, 1), None)
+    st.compact(_snap(2, 1, b"OLD"))
+
+    def crash(*args: object, **kwargs: object) -> None:  # the new file is durable by now
+        _crash_image(live, tmp_path / "crash")
+        raise _Crash
+
+    monkeypatch.setattr(SqliteStorage, "_write_snapshot", crash)
+    with pytest.raises(_Crash):
+        st.compact(_snap(4, 1, b"NEW"))
+    monkeypatch.undo()
+    crashed = tmp_path / "crash" / "r.db"
+    assert [p.name for p in _snapshot_files(crashed)] == ["2-1.snap", "4-1.snap"]
+    assert SqliteStorage(crashed).load()[1:] == (_snap(2, 1, b"OLD"), _entries(3, 5, 1))
+    assert [p.name for p in _snapshot_files(crashed)] == ["2-1.snap"]  # orphan reclaimed
+    # Without a crash the failed compaction removed its own file at once.
+    assert [p.name for p in _snapshot_files(live)] == ["2-1.snap"]
+    assert st.load()[1:] == (_snap(2, 1, b"OLD"), _entries(3, 5, 1))
+
+
+def test_crash_after_commit_before_cleanup_deletes_the_old_file_on_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = tmp_path / "live" / "r.db"
+    st = SqliteStorage(live)
+    st.save(None, _entries(1, 5, 1), None)
+    st.compact(_snap(2, 1, b"OLD"))
+
+    def crash(self: object, keep: str | None) -> None:
+        _crash_image(live, tmp_path / "crash")
+        raise _Crash
+
+    monkeypatch.setattr(SnapshotFiles, "collect", crash)
+    with pytest.raises(_Crash):
+        st.save(HardState(term=2, vote=None, commit=9), [], _snap(9, 2, b"NEW"))
+    monkeypatch.undo()
+    crashed = tmp_path / "crash" / "r.db"
+    assert [p.name for p in _snapshot_files(crashed)] == ["2-1.snap", "9-2.snap"]
+    assert SqliteStorage(crashed).load() == (HardState(term=2, vote=None, commit=9),
+                                             _snap(9, 2, b"NEW"), [])
+    assert [p.name for p in _snapshot_files(crashed)] == ["9-2.snap"]
+
+
+def test_leftover_temp_file_is_deleted_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.compact(_snap(2, 1))
+    st.close()
+    torn = path.with_name("r.db.snapshots") / "7-1.snap.tmp"
+    torn.write_bytes(b"half an ima")  # a crash mid-write
+    assert SqliteStorage(path).load()[1] == _snap(2, 1)
+    assert [p.name for p in _snapshot_files(path)] == ["2-1.snap"]
+
+
+_OLD_SNAPSHOT_TABLE = """
+CREATE TABLE snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    idx INTEGER NOT NULL, term INTEGER NOT NULL, voters TEXT NOT NULL,
+    data BLOB NOT NULL, crc INTEGER NOT NULL);
+"""
+
+
+def test_database_with_a_blob_snapshot_still_loads_and_migrates(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(HardState(term=1, vote=0, commit=6), _entries(3, 6, 1), None)
+    st.close()
+    crc = zlib.crc32(b"OLD-BLOB", zlib.crc32(struct.pack(">qq", 2, 1) + b"0,1,2"))
+    with sqlite3.connect(path) as db:  # the layout before snapshot files existed
+        db.execute("DROP TABLE snapshot")
+        db.executescript(_OLD_SNAPSHOT_TABLE)
+        db.execute("INSERT INTO snapshot VALUES (0, 2, 1, '0,1,2', ?, ?)", (b"OLD-BLOB", crc))
+    st = SqliteStorage(path)
+    assert st.load() == (HardState(term=1, vote=0, commit=6), _snap(2, 1, b"OLD-BLOB"),
+                         _entries(3, 6, 1))
+    st.compact(_snap(4, 1, b"NEW-FILE"))
+    st.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT data, file FROM snapshot").fetchall() == [(b"", "4-1.snap")]
+    assert SqliteStorage(path).load()[1:] == (_snap(4, 1, b"NEW-FILE"), _entries(5, 6, 1))
