@@ -16,6 +16,9 @@ def train(config: TrainConfig | None = None, *, model: ModelFactory | None = Non
     ``model`` (``factory() -> nn.Module``) and ``data`` (``loader() -> (x_train, y_train,
     x_test, y_test)``) override ``config.model`` / ``config.data``; ``backend`` replaces the
     Raft parameter server (tests use an in-process fake). Starts an embedded Ray if none is
-    connected (``config.address`` / ``RAY_ADDRESS`` otherwise).
+    connected (``config.address`` / ``RAY_ADDRESS`` otherwise). A clean finish deletes the
+    shard groups' Raft logs (``config.storage_dir``) unless ``config.keep_raft_log``; a failure
+    keeps them. ``config.shards="auto"`` is resolved once the model is built and Ray is up;
+    summary.json's ``config.shards`` is the count used.
     """
     return Driver(config or TrainConfig(), model=model, data=data, backend=backend).run()

@@ -7,6 +7,7 @@ imported (and tested with a fake) without it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +58,10 @@ class ParameterServerLike(Protocol):
     def restore(self, checkpoint: str | Path) -> int:
         """Load a checkpoint; returns the round to continue from."""
 
+    def leader_changes(self) -> list[int]:
+        """Per shard: leader changes seen so far (see ``ParameterServer.leader_changes``)."""
+        ...
+
     def shutdown(self) -> None:
         """Release the server's actors."""
 
@@ -89,8 +94,11 @@ class RaftServerBackend:
         """Build ``paramserver.ServerConfig`` from ``config`` and create the server (blocks)."""
         # Looked up dynamically: the facade is built in parallel and typed by the Protocol.
         paramserver: Any = importlib.import_module("paramserver")
+        defaults: Any = importlib.import_module("paramserver.server_config")
 
         kind, momentum = optimizer_kind(config)
+        group = dataclasses.replace(defaults.default_group_config(),
+                                    durability=config.durability)
         server_config = paramserver.ServerConfig(
             job=config.job,
             shards=config.shards,
@@ -100,11 +108,13 @@ class RaftServerBackend:
             staleness=config.staleness,
             backup_workers=config.backup_workers,
             optimizer=paramserver.OptimizerConfig(
-                kind=kind, lr=config.lr, momentum=momentum, weight_decay=config.weight_decay),
+                kind=kind, lr=config.lr, momentum=momentum, nesterov=config.nesterov,
+                weight_decay=config.weight_decay),
             schedule=paramserver.ScheduleConfig(kind="constant"),
             nonfinite_policy=config.nonfinite_policy,
-            storage_dir=str(Path(config.out).resolve() / "raft"),
+            storage_dir=str(config.storage_dir),
             namespace=None,
+            group=group,
         )
         server: ParameterServerLike = paramserver.ParameterServer.create(server_config, initial)
         return server

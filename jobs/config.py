@@ -5,14 +5,22 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 from jobs.errors import ConfigError
 
 Mode = Literal["sync", "ssp", "async"]
 Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
+Durability = Literal["disk", "memory"]
+NonFinitePolicy = Literal["error", "skip-round"]
 MODES: tuple[str, ...] = ("sync", "ssp", "async")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "adamw")
+DURABILITIES: tuple[str, ...] = ("disk", "memory")
+NONFINITE_POLICIES: tuple[str, ...] = ("error", "skip-round")
+ADAM_LR = 1e-3
+"""The CLI's learning rate for ``adam``/``adamw`` when ``--lr`` is not given (see
+``default_lr``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,10 +37,19 @@ class TrainConfig:
     """Data: ``digits``, ``synthetic[:FxC[xTRAIN[xTEST]]]`` or ``package.module:loader``."""
     workers: int = 2
     """Gradient tasks per round (N), including backup workers."""
-    shards: int = 2
-    """Parameter shards (S), each its own Raft group."""
+    shards: int | Literal["auto"] = 2
+    """Parameter shards (S), each its own Raft group; >= 1, or ``"auto"``: the driver picks
+    about one shard per 256 MiB of shard state (parameters plus optimizer state: x2 with
+    momentum, x3 for adam/adamw), at least 1 and at most ``max(1, cluster CPUs // replicas)``
+    and the number of pieces the plan can cut (``paramserver.plan.auto_shards``); with
+    ``resume`` the checkpoint's count. summary.json records the count used."""
     replicas: int = 3
     """Raft replicas per shard."""
+    durability: Durability = "disk"
+    """Raft log of the shard groups: ``disk`` fsyncs every entry before a replica acknowledges
+    it (a crash of a whole group loses nothing); ``memory`` counts an entry once a majority
+    holds it in memory and makes snapshots durable periodically (faster; a whole-group crash
+    falls back to the last durable snapshot, or to the last checkpoint with ``resume``)."""
     mode: Mode = "sync"
     """``sync`` (BSP), ``ssp`` (workers up to ``staleness`` rounds ahead) or ``async``."""
     staleness: int = 0
@@ -51,6 +68,8 @@ class TrainConfig:
     """Learning rate (constant schedule)."""
     momentum: float = 0.9
     """Momentum of the ``momentum`` optimizer; ignored by the others."""
+    nesterov: bool = False
+    """Nesterov momentum (``torch.optim.SGD(nesterov=True)``); only with ``momentum``."""
     weight_decay: float = 0.0
     """Weight decay (L2 for sgd/momentum/adam, decoupled for adamw)."""
     seed: int = 0
@@ -58,7 +77,14 @@ class TrainConfig:
     out: str = "runs/default"
     """Output folder: model.safetensors, summary.json, metrics.jsonl, curves.png, checkpoints/."""
     resume: bool = False
-    """Continue from the latest checkpoint in ``out`` (error if there is none)."""
+    """Continue from the latest checkpoint in ``out`` (error if there is none). It needs only
+    ``out/checkpoints/`` (the newest ``round-<r>/`` with its manifest), the same model and
+    the same shard count; the Raft log is not needed: the groups start fresh and the
+    checkpoint is restored through Raft."""
+    keep_raft_log: bool = False
+    """Keep the shard groups' Raft logs (``<out>/raft``) after a clean finish. By default they
+    are deleted once model.safetensors, summary.json and the final checkpoint are written; a
+    failed run always keeps them (for diagnosis; ``resume`` does not need them)."""
     gpu: float = 0.0
     """GPUs per gradient task (fractional ok); 0 runs on CPU. No GPU visible → CPU + a warning."""
     checkpoint_every: int = 100
@@ -68,7 +94,7 @@ class TrainConfig:
     """Ray address to connect to; None uses ``RAY_ADDRESS`` or starts an embedded Ray."""
     job: str = "raftps"
     """Job name: prefix of actor names and the Ray namespace."""
-    nonfinite_policy: Literal["error", "skip-round"] = "error"
+    nonfinite_policy: NonFinitePolicy = "error"
     """What the server does with a NaN/inf gradient: stop with an error, or skip the round."""
     timeout_s: float = 300.0
     """Upper bound on any single blocking wait of the driver (a round, a ray.get)."""
@@ -86,17 +112,24 @@ class TrainConfig:
         self._check_counts()
         self._check_modes()
         self._check_optimizer()
+        if self.durability not in DURABILITIES:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, "
+                              f"got {self.durability!r}")
         if not self.out:
             raise ConfigError("out must name an output folder, e.g. --out runs/mine")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.job):
             raise ConfigError(f"job name {self.job!r} may only use letters, digits, '_', '.', '-'")
         if self.gpu < 0 or not math.isfinite(self.gpu):
             raise ConfigError(f"gpu must be >= 0 (GPUs per task, fractional ok), got {self.gpu}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
+        if not self.timeout_s > 0 or not math.isfinite(self.timeout_s):
+            raise ConfigError(f"timeout must be a positive number of seconds, got "
+                              f"{self.timeout_s}; e.g. --timeout 300")
 
     def _check_counts(self) -> None:
-        for name in ("workers", "shards", "replicas", "epochs", "global_batch"):
+        if self.shards != "auto" and (not isinstance(self.shards, int) or self.shards < 1):
+            raise ConfigError(f"shards must be >= 1 or 'auto', got {self.shards!r}; "
+                              "e.g. --shards 2 or --shards auto")
+        for name in ("workers", "replicas", "epochs", "global_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.global_batch % self.workers != 0:
@@ -142,9 +175,26 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
             raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.nonfinite_policy not in ("error", "skip-round"):
-            raise ConfigError("nonfinite_policy must be 'error' or 'skip-round'")
+        if self.nesterov and (self.optimizer != "momentum" or self.momentum <= 0):
+            raise ConfigError("nesterov needs the momentum optimizer with momentum > 0: use "
+                              "--optimizer momentum (and --momentum > 0) or drop --nesterov")
+        if self.nonfinite_policy not in NONFINITE_POLICIES:
+            raise ConfigError(f"nonfinite_policy must be one of {', '.join(NONFINITE_POLICIES)}, "
+                              f"got {self.nonfinite_policy!r}")
+
+    @property
+    def storage_dir(self) -> Path:
+        """Where the shard replicas keep their Raft logs: ``<out>/raft``, absolute (resolved
+        in the driver's working directory). Holds nothing but this job's groups; a fresh
+        run clears it, a clean finish deletes it unless ``keep_raft_log``."""
+        return Path(self.out).resolve() / "raft"
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready copy of every field (for summary.json)."""
         return asdict(self)
+
+
+def default_lr(optimizer: str) -> float:
+    """The CLI's learning rate when ``--lr`` is not given: ``ADAM_LR`` for adam/adamw,
+    ``TrainConfig``'s default otherwise (the API default is ``TrainConfig.lr`` for all)."""
+    return ADAM_LR if optimizer in ("adam", "adamw") else TrainConfig.lr

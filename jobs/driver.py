@@ -5,8 +5,13 @@ output folder is touched) → START the server (fresh, or restored from the late
 → TRAIN rounds, evaluating (and healing replicas that lost their disk) at each epoch end and
 checkpointing every ``checkpoint_every`` rounds; rounds lost with a node that cannot be
 completed in place (``RoundsLostError``) continue from the last checkpoint → FINISH: a final
-checkpoint, model.safetensors, summary.json, curves.png. On any error the server is shut
-down and the last checkpoint is left as it was.
+checkpoint, model.safetensors, summary.json, curves.png → CLEAN UP: the server is shut down and
+its Raft logs (``config.storage_dir``, ``<out>/raft``, on every node) are deleted, unless
+``keep_raft_log``. On any error the server is shut down, the last checkpoint is left as it was
+and the Raft logs are kept. ``--resume`` needs only ``<out>/checkpoints`` (see
+``TrainConfig.resume``), so deleting the logs of a finished job loses nothing it needs.
+``shards="auto"`` is resolved between START's two steps, once the model is built and Ray is
+up (``resolve_shards``).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 import torch
 from safetensors.torch import save_file
 
-from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend
+from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend, optimizer_kind
 from jobs.config import TrainConfig
 from jobs.errors import ResumeError, RoundsLostError
 from jobs.metrics import MetricsLog, read_metrics
@@ -76,6 +82,79 @@ def usable_gpu(config: TrainConfig) -> TrainConfig:
     return config
 
 
+def cluster_cpus() -> int:
+    """CPUs of the connected Ray cluster (all nodes)."""
+    return int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+
+
+def checkpoint_shards(checkpoint: Path) -> int | None:
+    """The shard count a checkpoint was cut for (its manifest's plan), or None if unreadable."""
+    try:
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        return len(manifest["plan"]["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resolve_shards(config: TrainConfig, initial: Mapping[str, np.ndarray],
+                   latest: Path | None) -> TrainConfig:
+    """``config`` with ``shards="auto"`` replaced by a count: the checkpoint's when resuming,
+    else ``paramserver.plan.auto_shards`` of the model's float32 bytes, its optimizer state,
+    the cluster's CPUs and the pieces the plan can cut. Needs Ray up. A count is kept."""
+    if config.shards != "auto":
+        return config
+    from paramserver.optim import OptimizerConfig
+    from paramserver.plan import FLOAT32_BYTES, auto_shards, count_pieces
+    from paramserver.server_config import DEFAULT_SPLIT_BYTES
+
+    resumed = checkpoint_shards(latest) if latest is not None else None
+    if resumed is not None:
+        return replace(config, shards=resumed)
+    kind, momentum = optimizer_kind(config)
+    optimizer = OptimizerConfig.from_dict({"kind": kind, "lr": config.lr, "momentum": momentum})
+    slots = len(optimizer.state_names())  # float32 arrays per parameter besides itself
+    shapes = {k: tuple(np.shape(v)) for k, v in initial.items()}
+    count = auto_shards(sum(FLOAT32_BYTES * int(np.size(v)) for v in initial.values()),
+                        1 + slots, cluster_cpus(), config.replicas,
+                        pieces=count_pieces(shapes, DEFAULT_SPLIT_BYTES))
+    LOG.info("--shards auto: %d shards", count)
+    return replace(config, shards=count)
+
+
+# shutil.rmtree itself, so a node runs it without importing this module (torch, matplotlib).
+_remove_tree: Any = ray.remote(num_cpus=0)(shutil.rmtree)  # typeshed: a Protocol
+
+
+def remove_raft_log(storage: Path, out: Path, timeout_s: float) -> None:
+    """Delete a finished job's Raft storage ``storage`` here and on every other live Ray node
+    (replicas keep their logs node-locally at the same path). Refuses (a warning) a path
+    that is not inside ``out``; a node that does not answer within ``timeout_s`` is warned
+    about and left."""
+    if not storage.resolve().is_relative_to(out.resolve()):
+        LOG.warning("not deleting Raft storage %s: it is outside %s", storage, out)
+        return
+    shutil.rmtree(storage, ignore_errors=True)
+    if not ray.is_initialized():
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    refs = [_remove_tree.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node["NodeID"], soft=False)).remote(str(storage), ignore_errors=True)
+            for node in nodes if node["Alive"] and node["NodeID"] != here]
+    if not refs:
+        return
+    try:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    except ray.exceptions.RayError as exc:  # a node died meanwhile: its disk went with it
+        LOG.warning("deleting %s on the other nodes: %s", storage, exc)
+        return
+    if pending:
+        LOG.warning("%s is still on %d node(s) that did not answer in %.0f s; delete it there",
+                    storage, len(pending), timeout_s)
+
+
 def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray], data: Dataset) -> float:
     """Test accuracy of ``model`` with parameters ``state`` (loaded into ``model``)."""
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
@@ -101,6 +180,9 @@ class Driver:
         self.backend = backend if backend is not None else RaftServerBackend()
         self.out = Path(config.out)
         self.ckpt_dir = self.out / "checkpoints"
+        self.failovers = 0  # rounds recovered after a lost replica/leader/node, so far
+        self.shards_auto = config.shards == "auto"
+        """``shards="auto"`` was asked for; ``run`` replaces ``config`` with the count used."""
 
     def run(self) -> TrainResult:
         """Train to the end (or ``max_rounds``); blocks; returns the result. See module doc."""
@@ -117,23 +199,37 @@ class Driver:
             end = min(end, cfg.max_rounds)
         latest = self._prepare_out()
         ensure_ray(cfg.address)
-        server = self.backend.create(cfg, initial_parameters(model))
+        initial = initial_parameters(model)
+        self.config = cfg = resolve_shards(cfg, initial, latest)
+        server = self.backend.create(cfg, initial)
         try:
             start = server.restore(latest) if latest is not None else 0
-            for attempt in range(_RESTORES + 1):
-                try:
-                    train_s, samples = self._train(server, spec, model, data, schedule,
-                                                   start, end)
-                    break
-                except RoundsLostError as exc:
-                    latest = self.backend.latest_checkpoint(self.out)
-                    if latest is None or attempt == _RESTORES:
-                        raise
-                    LOG.warning("%s; restoring %s", exc, latest)
-                    start = server.restore(latest)
-            return self._finish(server, model, data, end, train_s, samples, t_start)
-        finally:
-            server.shutdown()
+            train_s, samples = self._train_restoring(server, spec, model, data, schedule,
+                                                     start, end)
+            result = self._finish(server, model, data, end, train_s, samples, t_start)
+        except BaseException:
+            server.shutdown()  # the Raft logs stay, for diagnosis
+            raise
+        server.shutdown()
+        if not cfg.keep_raft_log:
+            remove_raft_log(cfg.storage_dir, self.out, cfg.timeout_s)
+        return result
+
+    def _train_restoring(self, server: ParameterServerLike, spec: ModelSpec,
+                         model: torch.nn.Module, data: Dataset, schedule: BatchSchedule,
+                         start: int, end: int) -> tuple[float, int]:
+        """``_train``; rounds lost with a node continue from the last checkpoint (a few
+        times)."""
+        for attempt in range(_RESTORES + 1):
+            try:
+                return self._train(server, spec, model, data, schedule, start, end)
+            except RoundsLostError as exc:
+                latest = self.backend.latest_checkpoint(self.out)
+                if latest is None or attempt == _RESTORES:
+                    raise
+                LOG.warning("%s; restoring %s", exc, latest)
+                start = server.restore(latest)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _prepare_out(self) -> Path | None:
         """Resume: find the latest checkpoint. Fresh: clear old checkpoints and Raft state."""
@@ -143,7 +239,7 @@ class Driver:
                 raise ResumeError(f"--resume found no checkpoint under {self.ckpt_dir}; "
                                   "drop --resume to start fresh")
             return latest
-        for stale in (self.ckpt_dir, self.out / "raft"):
+        for stale in (self.ckpt_dir, self.config.storage_dir):
             if stale.exists():
                 LOG.warning("fresh run: removing %s from an earlier run", stale)
                 shutil.rmtree(stale)
@@ -168,6 +264,7 @@ class Driver:
         def on_round(result: RoundResult) -> None:
             nonlocal samples
             samples += result.samples
+            self.failovers = max(self.failovers, result.failovers)
             epoch = result.round // per_epoch
             done = result.round + 1
             acc = None
@@ -176,7 +273,7 @@ class Driver:
                 server.heal()  # at the epoch barrier: replace replicas that lost their disk
             log.append(result, epoch=epoch, test_accuracy=acc)
             progress.round_done(epoch, result.loss_sum / max(result.samples, 1),
-                                result.samples, result.wall_s)
+                                result.samples, result.wall_s, sum(result.leader_changes))
             if acc is not None:
                 progress.epoch_done(epoch, acc)
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < end:
@@ -200,7 +297,10 @@ class Driver:
         wall_s = time.perf_counter() - t_start
         rate = samples / train_s if train_s > 0 else 0.0
         summary = {"final_test_accuracy": accuracy, "rounds": end, "samples_per_s": rate,
-                   "wall_s": wall_s, "config": self.config.to_dict()}
+                   "wall_s": wall_s, "shards_auto": self.shards_auto,
+                   "leader_changes": server.leader_changes(),
+                   "failovers": self.failovers,
+                   "config": self.config.to_dict()}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return TrainResult(out_dir=self.out, model_path=model_path,
                            final_test_accuracy=accuracy, rounds=end, samples_per_s=rate,

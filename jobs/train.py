@@ -12,13 +12,19 @@ import re
 import sys
 import types
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any, NoReturn
 
-from jobs.config import MODES, OPTIMIZERS, TrainConfig
+from jobs.config import (
+    DURABILITIES,
+    MODES,
+    NONFINITE_POLICIES,
+    OPTIMIZERS,
+    TrainConfig,
+    default_lr,
+)
 from jobs.errors import ConfigError, JobsError
 from workers.errors import WorkersError
-
-DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "adam": 1e-3, "adamw": 1e-3}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,16 +35,33 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0]}\n")
 
 
+def shard_count(text: str) -> int | str:
+    """``--shards``: a count, or ``auto`` (see ``TrainConfig.shards``)."""
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a shard count or 'auto', got {text!r}") from None
+
+
 def build_parser() -> OneLineParser:
-    """The CLI's flags; defaults are the default job (cnn on digits)."""
-    d = TrainConfig()
+    """The CLI's flags. Every default is ``TrainConfig``'s, except ``--out`` (runs/<model>-
+    <data>) and ``--lr`` without a value for adam/adamw (``default_lr``). Each flag's ``dest``
+    is the ``TrainConfig`` field it sets."""
     p = OneLineParser(prog="python -m jobs.train",
                       description="Train a model with a Raft-replicated parameter server.")
+    _job_flags(p, TrainConfig())
+    _optimizer_flags(p, TrainConfig())
+    _server_flags(p, TrainConfig())
+    return p
+
+
+def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--model", default=d.model, help="mlp | cnn | package.module:factory")
     p.add_argument("--data", default=d.data, help="digits | synthetic[:FxC[xN]] | pkg.mod:loader")
     p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--shards", type=int, default=d.shards)
-    p.add_argument("--replicas", type=int, default=d.replicas)
     p.add_argument("--mode", choices=MODES, default=d.mode)
     p.add_argument("--staleness", type=int, default=d.staleness, help="ssp bound (ssp only)")
     p.add_argument("--backup-workers", type=int, default=d.backup_workers)
@@ -46,36 +69,60 @@ def build_parser() -> OneLineParser:
                    help="seconds before a round closes without its stragglers")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--global-batch", type=int, default=d.global_batch)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 0.05 for sgd/momentum, 0.001 for adam/adamw)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="output folder (default runs/<model>-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--gpu", type=float, nargs="?", const=1.0, default=0.0,
+    p.add_argument("--resume", action="store_true", default=d.resume,
+                   help="continue from the latest checkpoint under --out/checkpoints")
+    p.add_argument("--gpu", type=float, nargs="?", const=1.0, default=d.gpu,
                    help="GPUs per gradient task (fractional ok; bare --gpu means 1)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds")
-    p.add_argument("--address", default=None, help="Ray address (default RAY_ADDRESS or local)")
+    p.add_argument("--max-rounds", type=int, default=d.max_rounds,
+                   help="stop after this many rounds")
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=d.timeout_s,
+                   metavar="SECONDS",
+                   help=f"seconds any single wait of the driver may block (default "
+                        f"{d.timeout_s:g})")
+    p.add_argument("--address", default=d.address,
+                   help="Ray address (default RAY_ADDRESS or local)")
     p.add_argument("--job", default=d.job, help="job name (actor name prefix)")
-    p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false", default=d.pipeline,
                    help="sync: start a round only after the previous one committed everywhere")
-    return p
+
+
+def _optimizer_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default {default_lr('sgd'):g} for sgd/momentum, "
+                        f"{default_lr('adam'):g} for adam/adamw)")
+    p.add_argument("--momentum", type=float, default=d.momentum,
+                   help="momentum of --optimizer momentum, in [0, 1)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov,
+                   help="Nesterov momentum (--optimizer momentum only)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="L2 (sgd/momentum/adam) or decoupled (adamw) weight decay")
+    p.add_argument("--nonfinite-policy", choices=NONFINITE_POLICIES,
+                   default=d.nonfinite_policy,
+                   help="a NaN/inf gradient stops the job (error) or skips its round")
+
+
+def _server_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    p.add_argument("--shards", type=shard_count, default=d.shards, metavar="N|auto",
+                   help="parameter shards, or 'auto' (from the model size and cluster CPUs)")
+    p.add_argument("--replicas", type=int, default=d.replicas)
+    p.add_argument("--durability", choices=DURABILITIES, default=d.durability,
+                   help="Raft log: fsync every entry (disk) or a majority in memory (memory)")
+    p.add_argument("--keep-raft-log", action=argparse.BooleanOptionalAction,
+                   default=d.keep_raft_log,
+                   help="keep <out>/raft after a clean finish (a failed run always keeps it)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build and validate the TrainConfig; raises ``ConfigError`` on bad combinations."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.model}-{args.data}")
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    return TrainConfig(
-        model=args.model, data=args.data, workers=args.workers, shards=args.shards,
-        replicas=args.replicas, mode=args.mode, staleness=args.staleness,
-        backup_workers=args.backup_workers, straggler_timeout=args.straggler_timeout,
-        epochs=args.epochs, global_batch=args.global_batch, optimizer=args.optimizer, lr=lr,
-        seed=args.seed, out=args.out or f"runs/{name}", resume=args.resume, gpu=args.gpu,
-        checkpoint_every=args.checkpoint_every, max_rounds=args.max_rounds,
-        address=args.address, job=args.job, pipeline=args.pipeline,
-    )
+    values["out"] = args.out or f"runs/{name}"
+    values["lr"] = args.lr if args.lr is not None else default_lr(args.optimizer)
+    return TrainConfig(**values)
 
 
 def check_names(config: TrainConfig) -> None:

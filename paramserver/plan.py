@@ -2,6 +2,7 @@
 
 A plan is plain, deterministic data: the same shapes, shard count and ``split_bytes`` always
 give the same plan, so every process can rebuild it (or load it from JSON) and agree.
+:func:`auto_shards` picks a shard count from the model's size and the cluster's CPUs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from paramserver.errors import PlanError
 
 F32 = npt.NDArray[np.float32]
 FLOAT32_BYTES = 4
+AUTO_SHARD_BYTES = 256 << 20
+"""``auto_shards`` aims at about one shard per this much shard state (parameters plus
+optimizer state)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,41 @@ def _pieces_of(name: str, shape: tuple[int, ...], split_bytes: int) -> list[Piec
         Piece(f"{name}#{a}:{b}", name, a, b, (b - a, *shape[1:]))
         for a, b in itertools.pairwise(bounds)
     ]
+
+
+def count_pieces(shapes: Mapping[str, tuple[int, ...]], split_bytes: int) -> int:
+    """How many pieces ``ShardPlan.build`` cuts ``shapes`` into: the most shards that can all
+    hold something."""
+    if split_bytes < FLOAT32_BYTES:
+        raise PlanError(f"split_bytes={split_bytes} must be >= {FLOAT32_BYTES}")
+    return sum(len(_pieces_of(name, tuple(shape), split_bytes)) for name, shape in shapes.items())
+
+
+def auto_shards(param_bytes: int, optimizer_state_factor: float, cpus: int, replicas: int, *,
+                pieces: int | None = None, shard_bytes: int = AUTO_SHARD_BYTES) -> int:
+    """The shard count for ``shards="auto"``, a pure function of its arguments.
+
+    About one shard per ``shard_bytes`` of shard state (``param_bytes`` times
+    ``optimizer_state_factor``: 1 for SGD, 2 with a momentum buffer, 3 for Adam's two
+    moments), rounded up; at least 1; at most ``max(1, cpus // replicas)``, so every replica
+    of every shard can have a CPU of its own; and at most ``pieces`` (see
+    :func:`count_pieces`) when given, so no shard is empty.
+    """
+    if param_bytes < 0:
+        raise PlanError(f"param_bytes={param_bytes} must be >= 0")
+    if not optimizer_state_factor >= 1:
+        raise PlanError(f"optimizer_state_factor={optimizer_state_factor} must be >= 1 "
+                        "(the parameters themselves)")
+    if cpus < 0 or replicas < 1:
+        raise PlanError(f"need cpus >= 0 and replicas >= 1, got cpus={cpus}, "
+                        f"replicas={replicas}")
+    if shard_bytes < 1:
+        raise PlanError(f"shard_bytes={shard_bytes} must be >= 1")
+    wanted = math.ceil(param_bytes * optimizer_state_factor / shard_bytes)
+    count = min(wanted, max(1, cpus // replicas))
+    if pieces is not None:
+        count = min(count, pieces)
+    return max(1, count)
 
 
 class ShardPlan:

@@ -12,6 +12,9 @@ from paramserver.optim import OptimizerConfig
 from paramserver.schedule import ScheduleConfig
 
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_SPLIT_BYTES = 4 << 20
+"""Default ``ServerConfig.split_bytes``: small next to a shard of a large model, so the greedy
+plan keeps shards within a few percent of each other (e.g. GPT-2 small over 2-8 shards)."""
 
 
 def default_group_config() -> RaftGroupConfig:
@@ -51,7 +54,7 @@ class ServerConfig:
     """Where each replica keeps its durable Raft log (node-local)."""
     namespace: str | None = None
     """Ray namespace of the shard actors; None uses the driver's."""
-    split_bytes: int = 4 << 20
+    split_bytes: int = DEFAULT_SPLIT_BYTES
     """Tensors above this many bytes are split into row slices across shards."""
     group: RaftGroupConfig = field(default_factory=default_group_config)
     """Raft timing and batching of every shard group."""
@@ -62,8 +65,9 @@ class ServerConfig:
         if not _JOB_NAME.match(self.job):
             raise ConfigError(f"job name {self.job!r} is invalid; use 1-64 letters, digits, "
                               "'_', '.' or '-', starting with a letter or digit")
-        if self.shards < 1:
-            raise ConfigError(f"shards={self.shards} must be >= 1")
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise ConfigError(f"shards={self.shards!r} must be an int >= 1 (resolve 'auto' "
+                              "with paramserver.plan.auto_shards first)")
         if self.replicas < 1:
             raise ConfigError(f"replicas={self.replicas} must be >= 1")
         if self.split_bytes < 4:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from jobs.config import TrainConfig
 from jobs.errors import ConfigError
 from jobs.rounds import StragglerPolicy
-from jobs.train import parse_config
+from jobs.train import build_parser, parse_config
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,16 @@ from jobs.train import parse_config
         (["--data", "nope"], "unknown data 'nope'"),
         (["--data", "os:no_loader"], "no callable loader named 'no_loader'"),
         (["--data", "synthetic:abc"], "synthetic"),
+        (["--durability", "tape"], "invalid choice"),
+        (["--shards", "many"], "expected a shard count or 'auto'"),
+        (["--shards", "0"], "shards must be >= 1 or 'auto'"),
+        (["--nesterov", "--optimizer", "adam"], "nesterov needs the momentum optimizer"),
+        (["--nesterov", "--momentum", "0"], "nesterov needs the momentum optimizer"),
+        (["--momentum", "1.5"], "momentum must be in [0, 1)"),
+        (["--weight-decay", "-1"], "weight decay must be >= 0"),
+        (["--nonfinite-policy", "ignore"], "invalid choice"),
+        (["--timeout", "0"], "timeout must be a positive number of seconds"),
+        (["--timeout", "nan"], "timeout must be a positive number of seconds"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(
@@ -50,6 +61,47 @@ def test_defaults_are_the_default_job() -> None:
     assert (cfg.model, cfg.data, cfg.workers, cfg.shards, cfg.replicas) == (
         "cnn", "digits", 2, 2, 3)
     assert cfg.mode == "sync" and cfg.out == "runs/cnn-digits"
+
+
+def test_no_flags_give_the_api_defaults() -> None:
+    """One source of defaults: the CLI without flags is ``TrainConfig()``, except ``out``
+    (the CLI names it after model and data)."""
+    assert parse_config([]) == replace(TrainConfig(), out="runs/cnn-digits")
+
+
+def test_every_flag_default_is_the_fields_default() -> None:
+    """Each flag's dest is a TrainConfig field and its default is that field's default
+    (``--lr`` and ``--out`` default to None: derived from --optimizer / model and data)."""
+    defaults = TrainConfig()
+    names = {f.name for f in fields(TrainConfig)}
+    actions = {a.dest: a for a in build_parser()._actions if a.dest != "help"}
+    assert set(actions) <= names
+    assert names - set(actions) == {"progress"}
+    for dest, action in actions.items():
+        expected = None if dest in ("lr", "out") else getattr(defaults, dest)
+        assert action.default == expected, dest
+
+
+def test_new_flags_map_onto_the_config() -> None:
+    cfg = parse_config(["--durability", "memory", "--shards", "auto", "--keep-raft-log",
+                        "--momentum", "0.8", "--nesterov", "--weight-decay", "1e-4",
+                        "--nonfinite-policy", "skip-round", "--timeout", "30"])
+    assert (cfg.durability, cfg.shards, cfg.keep_raft_log) == ("memory", "auto", True)
+    assert (cfg.momentum, cfg.nesterov, cfg.weight_decay) == (0.8, True, 1e-4)
+    assert (cfg.nonfinite_policy, cfg.timeout_s) == ("skip-round", 30.0)
+    assert parse_config(["--shards", "5"]).shards == 5
+    assert cfg.to_dict()["durability"] == "memory"
+
+
+def test_durability_and_shards_are_validated_in_the_api() -> None:
+    assert TrainConfig().durability == "disk" and not TrainConfig().keep_raft_log
+    with pytest.raises(ConfigError, match="durability must be one of disk, memory"):
+        TrainConfig(durability="tape")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--shards auto"):
+        TrainConfig(shards=0)
+    with pytest.raises(ConfigError, match="shards must be"):
+        TrainConfig(shards="all")  # type: ignore[arg-type]
+    assert TrainConfig(shards="auto").shards == "auto"
 
 
 def test_flags_map_onto_the_config(tmp_path: Path) -> None:
