@@ -14,15 +14,25 @@ replica is flagged (``RaftReplica._confirm_fresh``).
 The decision is sticky: a marker file next to the database records it, so a replica that
 was flagged keeps the flag over later restarts (its new log does not bring its old votes
 back). Only ``RaftGroup.replace`` (a new member, a new database path) clears it.
+
+``durability="memory"`` writes entries without fsync: a killed process loses nothing (the
+OS has the bytes), but a power loss or OS crash may drop an unsynced tail the replica had
+acknowledged. Such a replica records the boot it wrote under (``stamp_unsynced``); a start
+under another boot finds that stamp stale (``unsynced_since_boot``), discards the storage
+and is treated exactly like a replica that lost its disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 MARKER_SUFFIX = ".lost-state"
+UNSYNCED_SUFFIX = ".unsynced-boot"
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 def marker_path(db_path: Path) -> Path:
@@ -81,3 +91,47 @@ async def peers_started_empty(peers: Iterable[int], ask: Callable[[int], Awaitab
         if pending:
             await asyncio.sleep(retry_s)
     return True
+
+
+def boot_id() -> str | None:
+    """This machine's boot id (Linux), or None where the OS does not tell."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def unsynced_path(db_path: Path) -> Path:
+    """The stamp recording the boot under which ``db_path`` was written without fsync."""
+    return db_path.with_name(db_path.name + UNSYNCED_SUFFIX)
+
+
+def stamp_unsynced(db_path: Path) -> None:
+    """Record (durably) that the database at ``db_path`` is written without fsync under the
+    current boot. Blocks on a small write and fsync."""
+    path = unsynced_path(db_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(f"{boot_id() or 'unknown'}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def unsynced_since_boot(db_path: Path) -> bool:
+    """True if ``db_path`` was written without fsync under an earlier boot: a power loss or
+    OS crash came in between, so its unsynced tail may be gone (False where the OS gives no
+    boot id: then only a process crash is survivable, as documented)."""
+    path = unsynced_path(db_path)
+    if not path.exists():
+        return False
+    current = boot_id()
+    return current is not None and path.read_text(encoding="utf-8").strip() != current
+
+
+def discard_storage(db_path: Path) -> None:
+    """Delete the database at ``db_path`` with its WAL, segments and snapshot files (a
+    replica whose unsynced tail may be lost keeps nothing of it)."""
+    for suffix in ("", "-wal", "-shm", UNSYNCED_SUFFIX):
+        db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+    for suffix in (".segments", ".snapshots"):
+        shutil.rmtree(db_path.with_name(db_path.name + suffix), ignore_errors=True)

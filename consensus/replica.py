@@ -43,9 +43,12 @@ from consensus.errors import (
 )
 from consensus.lost_state import (
     detect_lost_state,
+    discard_storage,
     mark_lost_state,
     peers_started_empty,
     ray_restarted,
+    stamp_unsynced,
+    unsynced_since_boot,
 )
 from consensus.peers import PeerRouter
 from consensus.replica_config import RaftGroupConfig
@@ -122,10 +125,15 @@ class RaftReplica:
         self.group, self.index, self.node_id = group, index, index + 1
         self._names, self._namespace, self._config = list(names), namespace, config
         self._db_path = storage_path(storage_dir, group, index)
-        self._storage = SqliteStorage(self._db_path, config.storage)
+        power_lost = unsynced_since_boot(self._db_path)
+        if power_lost:  # durability="memory" and the machine restarted: the tail may be gone
+            discard_storage(self._db_path)
+        self._storage = SqliteStorage(self._db_path, config.storage_config())
+        if config.durability == "memory":
+            stamp_unsynced(self._db_path)
         hard_state, snapshot, entries = self._storage.load()
-        self._check_lost_state(hard_state == HardState() and snapshot is None and not entries,
-                               join)
+        empty = hard_state == HardState() and snapshot is None and not entries
+        self._check_lost_state(empty, join, power_lost)
         self.state_machine = state_machine()
         self._sessions = SessionTable()
         self.applied_index = self._applied_term = self._snap_index = 0
@@ -164,10 +172,13 @@ class RaftReplica:
         if self._confirming_fresh:
             self._fresh_task = asyncio.get_running_loop().create_task(self._confirm_fresh())
 
-    def _check_lost_state(self, started_empty: bool, join: bool) -> None:
+    def _check_lost_state(self, started_empty: bool, join: bool, power_lost: bool) -> None:
         """Set ``lost_state`` (see consensus.lost_state) and whether this empty first start
-        must first confirm with its peers that the group is fresh."""
+        must first confirm with its peers that the group is fresh. ``power_lost``: the
+        storage was written without fsync before a reboot and was discarded."""
         self._started_empty = started_empty
+        if power_lost:
+            mark_lost_state(self._db_path)
         self.lost_state = detect_lost_state(self._db_path, reconstructed=ray_restarted(),
                                             join=join, storage_empty=started_empty)
         if self.lost_state:

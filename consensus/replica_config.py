@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,11 +38,14 @@ class RaftGroupConfig:
     None: once they hold twice the last snapshot's bytes (at least 64 MiB), so the log on
     disk stays below about twice the state's size plus one entry, whatever the model size."""
     durability: Literal["disk", "memory"] = "disk"
-    """``disk``: every entry is fsynced before a replica acknowledges it (a crash of the whole
-    group loses nothing). ``memory``: an entry counts once a majority holds it in memory;
-    the log is written without fsync and snapshots are made durable every
-    ``snapshot_every``/``snapshot_log_bytes`` (a minority crash loses nothing; a whole-group
-    crash resumes from the last durable snapshot)."""
+    """``disk``: every entry is fsynced before a replica acknowledges it (any crash, even
+    of the whole machine, loses nothing acknowledged). ``memory``: an entry counts once a
+    majority holds it in memory; the log is handed to the OS without fsync (a killed
+    process loses nothing) while term, vote and snapshots (every ``snapshot_every`` entries
+    or ``snapshot_log_bytes``) are fsynced. A replica whose machine lost power or crashed
+    since it wrote comes back like one that lost its disk (``consensus.lost_state``: never
+    votes, ``heal`` replaces it), so a minority of such failures loses nothing; if a
+    majority lose power, the job resumes from its last checkpoint (``--resume``)."""
     max_msg_bytes: int = 4 << 20
     """Max entry bytes in one AppendEntries."""
     max_inflight_bytes: int = 64 << 20
@@ -96,6 +100,10 @@ class RaftGroupConfig:
             raise ConfigError(
                 f"client_max_batch_bytes must be >= 1, got {self.client_max_batch_bytes}")
         self.raft_config(1, (1,))  # validates the Raft fields with RaftConfig's own messages
+
+    def storage_config(self) -> StorageConfig:
+        """The storage layout with ``durability`` applied (memory: entries not fsynced)."""
+        return dataclasses.replace(self.storage, sync_entries=self.durability == "disk")
 
     def raft_config(self, node_id: int, voters: tuple[int, ...],
                     lost_state: bool = False) -> RaftConfig:

@@ -122,6 +122,11 @@ class StorageConfig:
     """Payloads up to this many bytes stay in sqlite; larger ones go to segment files."""
     segment_bytes: int = 64 << 20
     """A segment file past this size is closed and a new one started (reclaim granularity)."""
+    sync_entries: bool = True
+    """False (``durability="memory"``): entries are written (to the OS: a killed process
+    loses nothing) but not fsynced; hard state changes (term, vote) and snapshots are still
+    fsynced before ``save``/``compact`` return. A power loss or OS crash may then drop the
+    unsynced tail (``consensus.lost_state.unsynced_since_boot`` detects it)."""
 
     def __post_init__(self) -> None:
         if self.inline_max_bytes < 0:
@@ -138,8 +143,9 @@ class _Segments:
     Holds no index of its own: sqlite's ``payload_refs`` says which bytes are live.
     """
 
-    def __init__(self, directory: Path, segment_bytes: int) -> None:
+    def __init__(self, directory: Path, segment_bytes: int, sync: bool = True) -> None:
         self.dir = directory
+        self._sync = sync
         self._limit = segment_bytes
         snapshot_files.durable_dir(directory)
         ids = self.ids()
@@ -171,7 +177,8 @@ class _Segments:
         offset = os.fstat(self._fd).st_size  # after a failed append: past its orphan bytes
         for data in payloads:
             if offset >= self._limit:
-                os.fdatasync(self._fd)
+                if self._sync:
+                    os.fdatasync(self._fd)
                 os.close(self._fd)
                 self.current += 1
                 self._fd = self._open(self.current)
@@ -181,7 +188,8 @@ class _Segments:
             while view:
                 view = view[os.write(self._fd, view):]
             offset += len(data)
-        os.fdatasync(self._fd)
+        if self._sync:
+            os.fdatasync(self._fd)
         return refs
 
     def read(self, seg: int, offset: int, size: int) -> bytes | None:
@@ -236,7 +244,8 @@ class SqliteStorage:
         except sqlite3.DatabaseError as exc:
             raise StorageCorruptError(str(self.path), f"cannot open: {exc}") from exc
         self._segments = _Segments(
-            self.path.with_name(self.path.name + ".segments"), self.config.segment_bytes)
+            self.path.with_name(self.path.name + ".segments"), self.config.segment_bytes,
+            self.config.sync_entries)
         self._snapshots = SnapshotFiles(
             self.path.with_name(self.path.name + ".snapshots"), self.path)
 
@@ -339,7 +348,9 @@ class SqliteStorage:
         # Only the commit index moved: it need not be durable (a restart recomputes it from a
         # quorum, Raft Figure 2 keeps it volatile), so skip the fsync; the next durable
         # transaction syncs the WAL, and with it this one, anyway.
-        commit_only = not self.needs_sync(hard_state, entries, snapshot)
+        commit_only = not self.needs_sync(hard_state, entries, snapshot) or (
+            not self.config.sync_entries and snapshot is None
+            and not self._vote_changes(hard_state))
         if commit_only:
             db.execute("PRAGMA synchronous=NORMAL")
         try:
@@ -450,6 +461,10 @@ class SqliteStorage:
         """Whether ``save`` of these would fsync (False: nothing, or only the commit index)."""
         if entries or snapshot is not None:
             return True
+        return self._vote_changes(hard_state)
+
+    def _vote_changes(self, hard_state: HardState | None) -> bool:
+        """Whether ``hard_state`` changes the durable term or vote (these always fsync)."""
         if hard_state is None:
             return False
         return self._durable_term_vote != (hard_state.term, hard_state.vote)

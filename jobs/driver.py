@@ -199,6 +199,10 @@ class Driver:
             end = min(end, cfg.max_rounds)
         latest = self._prepare_out()
         ensure_ray(cfg.address)
+        if latest is not None and cfg.durability == "memory":
+            # the checkpoint is the durable state of a memory-durability job: start its
+            # groups fresh (after a power loss every replica would come back flagged)
+            remove_raft_log(cfg.storage_dir, self.out, cfg.timeout_s)
         initial = initial_parameters(model)
         self.config = cfg = resolve_shards(cfg, initial, latest)
         server = self.backend.create(cfg, initial)

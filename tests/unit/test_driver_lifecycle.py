@@ -186,3 +186,19 @@ def test_the_config_reaches_the_server_config(monkeypatch: pytest.MonkeyPatch) -
     assert server_config.nonfinite_policy == "skip-round"
     assert server_config.storage_dir == str(Path("runs/x").resolve() / "raft")
     assert TrainConfig(out="runs/x").storage_dir == Path("runs/x").resolve() / "raft"
+
+
+@pytest.mark.parametrize("durability", ["disk", "memory"])
+def test_resume_starts_memory_durability_groups_fresh(
+    tmp_path: Path, no_ray: None, durability: str
+) -> None:
+    """With durability=memory the checkpoint is the durable state: a resumed job deletes
+    the old Raft storage before its groups start (after a power loss every replica would
+    come back flagged and none could vote). With disk the groups adopt their logs."""
+    FakeServer(config(tmp_path), {}).checkpoint(tmp_path, 1)
+    stale = tmp_path / "raft" / "lifecycle_shard-0" / "replica-2.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old log")
+    Driver(config(tmp_path, resume=True, durability=durability, keep_raft_log=True),
+           backend=FakeBackend()).run()
+    assert stale.exists() == (durability == "disk")
