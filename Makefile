@@ -43,6 +43,7 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.raft --quick
 	$(PY) -m bench.train --quick
+	$(PY) -m bench.scale --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

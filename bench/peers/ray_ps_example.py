@@ -15,19 +15,26 @@ The driver never waits inside the loop, so it only blocks on the last weights re
 follows that shape with the benchmark MLP and synthetic data (see ``bench.common``) instead of
 the example's MNIST ConvNet, so it does the same arithmetic per sample as the other sides.
 No replication, no persistence: it is the baseline raftps is compared with.
+
+``bench.scale`` runs the same loop as its ``ray_ps_adam`` side: ``RayPSConfig.model`` names
+another factory (``bench.models``) and ``optimizer="adam"`` steps ``torch.optim.Adam`` on the
+server instead of SGD. The defaults are ``bench.train``'s setting (the benchmark MLP, SGD).
+The server keeps the example's rule of stepping on the *sum* of the workers' gradients.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from bench.common import build_mlp, synthetic_classification
 
 Weights = dict[str, np.ndarray]
+ModelFactory = Callable[[], Any]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,11 +48,16 @@ class RayPSConfig:
     lr: float = 0.05  # SGD learning rate on the server
     seed: int = 0  # data and init seed
     timeout_s: float = 300.0  # limit on the driver's final ray.get
+    model: ModelFactory | None = None  # zero-argument factory; None: bench.common.build_mlp
+    optimizer: Literal["sgd", "adam"] = "sgd"  # the server's torch optimizer
 
     def __post_init__(self) -> None:
         for name in ("workers", "batch_per_worker", "iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RayPSConfig.{name} must be >= 1; pass a positive value")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"RayPSConfig.optimizer must be 'sgd' or 'adam', got "
+                             f"{self.optimizer!r}")
         if self.warmup < 0:
             raise ValueError("RayPSConfig.warmup must be >= 0; pass 0 to time every iteration")
         if not self.lr > 0 or not self.timeout_s > 0:
@@ -59,15 +71,17 @@ def _weights_of(model: Any) -> Weights:
 class ParameterServer:
     """Holds the model and its optimizer; applies the sum of the workers' gradients."""
 
-    def __init__(self, lr: float, seed: int) -> None:
+    def __init__(self, lr: float, seed: int, model: ModelFactory | None = None,
+                 optimizer: str = "sgd") -> None:
         import torch
 
         torch.manual_seed(seed)
-        self.model = build_mlp()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
+        self.model = (model or build_mlp)()
+        kind = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+        self.optimizer = kind(self.model.parameters(), lr=lr)
 
     def apply_gradients(self, *gradients: list[np.ndarray]) -> Weights:
-        """Sum the workers' gradient lists, take one SGD step, return the new weights."""
+        """Sum the workers' gradient lists, take one optimizer step, return the new weights."""
         import torch
 
         summed = [np.sum(np.stack(parts), axis=0) for parts in zip(*gradients, strict=True)]
@@ -84,10 +98,11 @@ class ParameterServer:
 class DataWorker:
     """Owns a slice of the data; computes the gradient of its next batch at given weights."""
 
-    def __init__(self, rank: int, batch: int, seed: int) -> None:
+    def __init__(self, rank: int, batch: int, seed: int,
+                 model: ModelFactory | None = None) -> None:
         import torch
 
-        self.model = build_mlp()
+        self.model = (model or build_mlp)()
         x, y = synthetic_classification(batch * 16, seed=seed * 1000 + rank)
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
         self.batch = batch
@@ -125,9 +140,10 @@ def run(config: RayPSConfig) -> float:
     """
     import ray
 
-    ps: Any = ray.remote(ParameterServer).remote(config.lr, config.seed)
+    ps: Any = ray.remote(ParameterServer).remote(config.lr, config.seed, config.model,
+                                                 config.optimizer)
     workers: list[Any] = [
-        ray.remote(DataWorker).remote(rank, config.batch_per_worker, config.seed)
+        ray.remote(DataWorker).remote(rank, config.batch_per_worker, config.seed, config.model)
         for rank in range(config.workers)
     ]
     try:

@@ -4,12 +4,17 @@ One ``torch.optim.SGD`` step per global batch of the benchmark MLP on the synthe
 with ``torch.set_num_threads(threads)`` (2 by default: the CPU budget the distributed sides
 share). Nothing is serialised, sent or replicated, so this is the ceiling a parameter server on
 the same cores could approach.
+
+``bench.scale`` sets ``model`` (a ``bench.models`` factory) and ``optimizer="adam"``; the
+defaults are ``bench.train``'s setting (the benchmark MLP, SGD).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from bench.common import build_mlp, synthetic_classification
 
@@ -24,6 +29,8 @@ class TorchSingleConfig:
     threads: int = 2  # intra-op threads torch may use
     lr: float = 0.05  # SGD learning rate
     seed: int = 0  # data and init seed
+    model: Callable[[], Any] | None = None  # zero-argument factory; None: bench.common.build_mlp
+    optimizer: Literal["sgd", "adam"] = "sgd"  # the torch optimizer stepped per global batch
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch", "threads"):
@@ -33,6 +40,9 @@ class TorchSingleConfig:
             raise ValueError("TorchSingleConfig.warmup must be >= 0; pass 0 to time every step")
         if not self.lr > 0:
             raise ValueError("TorchSingleConfig.lr must be > 0; pass a positive learning rate")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"TorchSingleConfig.optimizer must be 'sgd' or 'adam', got "
+                             f"{self.optimizer!r}")
 
 
 def run(config: TorchSingleConfig) -> float:
@@ -47,8 +57,9 @@ def run(config: TorchSingleConfig) -> float:
     torch.set_num_threads(config.threads)
     try:
         torch.manual_seed(config.seed)
-        model = build_mlp()
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+        model = (config.model or build_mlp)()
+        kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+        optimizer = kind(model.parameters(), lr=config.lr)
         total = config.steps + config.warmup
         x, y = synthetic_classification(config.global_batch * total, config.seed)
         xs, ys = torch.from_numpy(x), torch.from_numpy(y)

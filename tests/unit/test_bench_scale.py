@@ -1,0 +1,230 @@
+"""Unit tests of bench.scale's pure parts (config, CLI flags, log sizes, result shaping, table)
+and of bench.models' sizes. No Ray: the child processes are replaced by scripted answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import scale
+from bench.models import FACTORIES, HIDDEN, factory_spec, parameter_count
+from bench.scale import (
+    BenchConfigError,
+    BenchSideError,
+    ScaleBenchConfig,
+    breakdown_cell,
+    config_from_args,
+    error_lines,
+    leader_cell,
+    leader_changes,
+    peak_mb,
+    raft_replica_match,
+    raftps_args,
+    replica_log_bytes,
+    report,
+    round_breakdown,
+    summarize,
+    update_peaks,
+)
+
+
+def test_model_sizes_are_near_their_names() -> None:
+    targets = {"1m": 1.07e6, "6m": 5.8e6, "20m": 20e6, "124m": 124e6}
+    for size, target in targets.items():
+        assert parameter_count(HIDDEN[size]) == pytest.approx(target, rel=0.02)
+    model = FACTORIES["1m"]()
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(HIDDEN["1m"])
+    assert model(__import__("torch").zeros(3, 784)).shape == (3, 10)
+    assert factory_spec("20m") == "bench.models:mlp20m"
+
+
+def test_config_presets_and_validation() -> None:
+    quick = ScaleBenchConfig.quick()
+    assert quick.sizes == ("6m", "20m") and quick.repeats == 1 and 10 <= quick.rounds <= 20
+    full = ScaleBenchConfig()
+    assert full.sizes == ("6m", "20m", "124m") and full.repeats == 3
+    assert set(full.sides) == {"raftps_r1", "raftps_r3_disk", "raftps_r3_memory",
+                               "ray_ps_adam", "torch_single"}
+    bad: list[dict[str, Any]] = [{"sizes": ("7m",)}, {"sizes": ()}, {"sides": ("a", "b")},
+                                 {"sides": ("torch_single", "torch_single")},
+                                 {"repeats": 0}, {"rounds": 1}, {"warmup": 0},
+                                 {"side_timeout_s": 0.0}]
+    for kwargs in bad:
+        with pytest.raises(BenchConfigError):
+            ScaleBenchConfig(**kwargs)
+
+
+def test_config_from_args_applies_overrides_to_the_preset() -> None:
+    cfg = config_from_args(scale._parse(["--quick", "--sizes", "20m", "--sides",
+                                         "raftps_r1, ray_ps_adam", "--rounds", "4"]))
+    assert cfg.sizes == ("20m",) and cfg.sides == ("raftps_r1", "ray_ps_adam")
+    assert cfg.rounds == 4 and cfg.repeats == 1
+    with pytest.raises(BenchConfigError, match="unknown sides"):
+        config_from_args(scale._parse(["--sides", "raftps_r2"]))
+
+
+def test_raftps_args_pass_durability_to_r3_only_and_are_valid_cli_flags(tmp_path: Path) -> None:
+    from jobs.train import build_parser
+
+    r1 = raftps_args("6m", "raftps_r1", 17, tmp_path, "j", cli_flags={"--durability"})
+    assert "--durability" not in r1 and "--keep-raft-log" not in r1
+    assert r1[r1.index("--data") + 1] == f"synthetic:784x10x{17 * 256}x256"
+    parsed = build_parser().parse_args(r1)
+    assert (parsed.model, parsed.replicas, parsed.optimizer, parsed.lr) == (
+        "bench.models:mlp6m", 1, "adam", 1e-3)
+    assert parsed.global_batch == 256 and parsed.workers == 2 and parsed.epochs == 1
+    memory = raftps_args("20m", "raftps_r3_memory", 5, tmp_path, "j",
+                         cli_flags={"--keep-raft-log"})
+    assert memory[memory.index("--durability") + 1] == "memory"
+    assert memory[memory.index("--replicas") + 1] == "3" and "--keep-raft-log" in memory
+    if "--durability" in scale.cli_flags():  # the flag another change adds
+        assert build_parser().parse_args(memory).durability == "memory"
+
+
+def test_replica_log_bytes_sums_each_replicas_files(tmp_path: Path) -> None:
+    raft = tmp_path / "raft"
+    assert replica_log_bytes(raft) == {}  # not created yet
+    shard0, shard1 = raft / "job_shard-0", raft / "job_shard-1"
+    (shard0 / "replica-0.db.segments").mkdir(parents=True)
+    shard1.mkdir()
+    (shard0 / "replica-0.db").write_bytes(b"x" * 100)
+    (shard0 / "replica-0.db-wal").write_bytes(b"x" * 20)
+    (shard0 / "replica-0.db.segments" / "1.seg").write_bytes(b"x" * 1000)
+    (shard0 / "replica-1.db").write_bytes(b"x" * 7)
+    (shard0 / "notes.txt").write_bytes(b"ignored")
+    (shard1 / "replica-0.db").write_bytes(b"x" * 3)
+    assert replica_log_bytes(raft) == {"shard-0/replica-0": 1120, "shard-0/replica-1": 7,
+                                       "shard-1/replica-0": 3}
+
+
+def test_update_peaks_keeps_maxima_and_matchers_pick_actors() -> None:
+    peaks = {"a": 5}
+    update_peaks(peaks, {"a": 3, "b": 2})
+    update_peaks(peaks, {"a": 9})
+    assert peaks == {"a": 9, "b": 2}
+    match = raft_replica_match("job-1")
+    assert match("RaftReplica", "job-1/shard-0/replica-2") == "shard-0/replica-2"
+    assert match("RaftReplica", "job-10/shard-0/replica-2") is None
+    assert match("DataWorker", "job-1/shard-0/replica-2") is None
+    assert scale.ps_match("ParameterServer", "") == "ps"
+
+
+def test_round_breakdown_takes_medians_after_warmup() -> None:
+    records = [{"samples": 256, "samples_per_s": 25.6, "publish_s": 9.0, "compute_s": 9.0,
+                "aggregate_s": 9.0, "commit_s": 9.0}]
+    records += [{"samples": 256, "samples_per_s": 256 / wall, "publish_s": 0.01 * i,
+                 "compute_s": 0.2, "aggregate_s": 0.02, "commit_s": 0.05}
+                for i, wall in enumerate([0.3, 0.4, 0.5], start=1)]
+    out = round_breakdown(records, 1)
+    assert out["publish_s"] == pytest.approx(0.02) and out["compute_s"] == 0.2
+    assert out["round_s"] == pytest.approx(0.4)
+    assert math.isnan(round_breakdown([{"samples": 1, "samples_per_s": 1.0}], 0)["commit_s"])
+
+
+def _run(rate: float, **extra: Any) -> dict[str, Any]:
+    return {"samples_per_s": rate, "round_breakdown_s": {"round_s": 256 / rate}, **extra}
+
+
+def test_summarize_shapes_sizes_sides_ratios_and_errors() -> None:
+    cfg = ScaleBenchConfig(sizes=("6m",), sides=("raftps_r1", "raftps_r3_disk",
+                                                  "ray_ps_adam", "torch_single"))
+    logs = {"shard-0/replica-0": 2e6, "shard-1/replica-0": 4e6}
+    raw = {"6m:raftps_r1": [100.0, 300.0], "6m:raftps_r3_disk": [], "6m:ray_ps_adam": [400.0],
+           "6m:torch_single": [800.0]}
+    details = {
+        "6m:raftps_r1": [_run(100.0, peak_log_bytes=logs, leader_changes={"0": 1, "1": 0}),
+                         _run(300.0, peak_log_bytes={"shard-0/replica-0": 6e6})],
+        "6m:raftps_r3_disk": [{"error": "BenchSideError: no --durability"}],
+        "6m:ray_ps_adam": [_run(400.0, peak_rss_bytes={"ps": 5e8})],
+        "6m:torch_single": [_run(800.0)]}
+    result = summarize(raw, details, cfg)["6m"]
+    r1 = result["raftps_r1"]
+    assert r1["samples_per_s"] == 200.0 and r1["repeats"] == [100.0, 300.0]
+    assert r1["ratio_to_ray_ps_adam"] == 0.5 and r1["ratio_to_torch_single"] == 0.25
+    assert r1["peak_log_mb_per_replica"] == {"shard-0/replica-0": 4.0, "shard-1/replica-0": 4.0}
+    assert r1["leader_changes"] == [{"0": 1, "1": 0}, None] and r1["errors"] == []
+    assert r1["round_breakdown_s"]["round_s"] == pytest.approx((256 / 100 + 256 / 300) / 2)
+    failed = result["raftps_r3_disk"]
+    assert math.isnan(failed["samples_per_s"]) and failed["errors"] == [
+        "BenchSideError: no --durability"]
+    assert failed["round_breakdown_s"] is None and failed["peak_rss_mb_per_replica"] is None
+    assert result["ray_ps_adam"]["peak_rss_mb_per_replica"] == {"ps": 500.0}
+    assert result["torch_single"]["ratio_to_torch_single"] == 1.0
+    lone = summarize({"6m:raftps_r1": [1.0]}, {}, ScaleBenchConfig(sizes=("6m",),
+                                                                   sides=("raftps_r1",)))
+    assert math.isnan(lone["6m"]["raftps_r1"]["ratio_to_ray_ps_adam"])
+
+
+def test_report_table_and_cells() -> None:
+    cfg = ScaleBenchConfig(sizes=("20m",), sides=("raftps_r3_memory", "torch_single"))
+    details = {"20m:raftps_r3_memory": [
+        {"samples_per_s": 500.0, "peak_rss_bytes": {"shard-0/replica-0": 3e8,
+                                                    "shard-0/replica-1": 4e8},
+         "round_breakdown_s": {"publish_s": 0.01, "compute_s": 0.3, "aggregate_s": 0.02,
+                               "commit_s": 0.1, "round_s": 0.5}, "leader_changes": [0, 2]},
+        {"error": "RuntimeError: boom"}]}
+    results = summarize({"20m:raftps_r3_memory": [500.0], "20m:torch_single": [1000.0]},
+                        details, cfg)
+    lines = report(results).splitlines()
+    assert lines[0].startswith("| size | side | samples/s | × Ray PS | × torch |")
+    assert lines[2] == ("| 20m (20.0M) | raftps_r3_memory | 500 | - | 0.50 | "
+                        "10/300/20/100 (500) | - | 400 | 0,2 | 1/2 |")
+    assert lines[3].startswith("| 20m (20.0M) | torch_single | 1,000 | - | 1.00 | - |")
+    assert error_lines(results) == ["20m raftps_r3_memory: RuntimeError: boom"]
+    assert breakdown_cell({"round_s": 0.25}) == "-/-/-/- (250)"
+    assert leader_cell([None]) == "-" and leader_cell([{"s0": 1}, None]) == "s0:1; -"
+    assert peak_mb([{"samples_per_s": 1.0}], "peak_log_bytes") is None
+
+
+def test_run_side_records_child_errors_and_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = ScaleBenchConfig(sizes=("6m",), sides=("raftps_r3_disk",), rounds=3, warmup=1)
+    answers = [(1, "noise\n" + json.dumps({"side": "raftps_r3_disk", "error": "X: no"}), "tb"),
+               (None, "", "hung"),
+               (0, json.dumps({"samples_per_s": 42.0, "polls": 3}), "")]
+    commands: list[list[str]] = []
+
+    def fake_child(command: list[str], timeout_s: float) -> tuple[int | None, str, str]:
+        commands.append(command)
+        return answers.pop(0)
+
+    monkeypatch.setattr(scale, "run_child", fake_child)
+    details: dict[str, list[dict[str, Any]]] = {}
+    with pytest.raises(BenchSideError, match="X: no"):
+        scale.run_side("6m", "raftps_r3_disk", cfg, details)
+    with pytest.raises(BenchSideError, match="timed out"):
+        scale.run_side("6m", "raftps_r3_disk", cfg, details)
+    assert scale.run_side("6m", "raftps_r3_disk", cfg, details) == 42.0
+    runs = details["6m:raftps_r3_disk"]
+    assert [r.get("error") for r in runs] == ["X: no", "timed out after 1800 s", None]
+    assert runs[0]["stderr_tail"] == "tb" and runs[1]["returncode"] is None
+    assert runs[2]["child_wall_s"] >= 0 and "--child" in commands[0]
+    child = config_from_args(scale._parse(commands[0][3:]))
+    assert (child.sizes, child.sides, child.rounds, child.warmup) == (
+        ("6m",), ("raftps_r3_disk",), 3, 1)
+
+
+def test_leader_changes_prefer_the_summary_then_the_last_metrics_line() -> None:
+    records = [{"leader_changes": [0, 0]}, {"leader_changes": [1, 0]}]
+    assert leader_changes({"leader_changes": [2, 3]}, records) == [2, 3]
+    assert leader_changes({}, records) == [1, 0]
+    assert leader_changes({}, [{"leader_changes": []}]) is None
+    assert leader_changes({}, []) is None
+
+
+def test_peak_poller_keeps_the_largest_log_seen(tmp_path: Path) -> None:
+    group = tmp_path / "raft" / "j_shard-0"
+    group.mkdir(parents=True)
+    db = group / "replica-0.db"
+    db.write_bytes(b"x" * 50)
+    with scale.peak_poller(tmp_path / "raft", None, period_s=0.01) as peaks:
+        deadline = time.monotonic() + 5.0
+        while peaks["polls"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        db.write_bytes(b"x" * 10)  # compacted: the peak stays
+    assert peaks["peak_log_bytes"] == {"shard-0/replica-0": 50}
+    assert peaks["poll_errors"] == [] and peaks["peak_rss_bytes"] == {}
