@@ -256,8 +256,14 @@ class RaftReplica:
         loop = asyncio.get_running_loop()
         tick = self._config.tick_interval_s
         next_tick = loop.time() + tick
+        stall_s = tick * self._config.election_ticks / 2
         while True:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            late = loop.time() - next_tick
+            if late > stall_s:  # something blocked the loop: elections may follow
+                log.warning("replica %s of %s: event loop stalled for %.2f s (election "
+                            "timeout %.2f s)", self.index, self.group, late,
+                            tick * self._config.election_ticks)
             self._node.tick()
             next_tick = max(next_tick + tick, loop.time())
             self._send_early()
@@ -298,6 +304,9 @@ class RaftReplica:
         seen = (ready.term, ready.leader)
         if self._leader_seen is not None and seen != self._leader_seen:
             self.leader_changes += 1
+            log.warning("replica %s of %s: leader is now replica %d in term %d (was %d in "
+                        "term %d)", self.index, self.group, seen[1] - 1, seen[0],
+                        self._leader_seen[1] - 1, self._leader_seen[0])
         self._leader_seen = seen
 
     async def _apply_off_loop(self, ready: Ready) -> None:

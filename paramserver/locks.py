@@ -5,6 +5,10 @@ reader/writer lock that prefers writers. A reader takes ``stamp(key)``, copies t
 ``validate(key, stamp)``s it; if a write overlapped it falls back to the read lock. Readers
 never wait for writers of other layers. Multi-layer writes lock their layers in sorted key
 order with a deadline, so they cannot deadlock, and release everything taken on a timeout.
+
+:class:`VersionGate` is the same seqlock and lock for a whole state made of several layers:
+its writers hold it around every change, so its stamp tells readers whether a read that
+spanned many layers saw one version of all of them.
 """
 
 from __future__ import annotations
@@ -148,3 +152,75 @@ class LayerLocks:
         finally:
             for lock in reversed(taken):
                 lock.release_write()
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds until the ``time.monotonic()`` ``deadline`` (never negative); None: none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class VersionGate:
+    """A seqlock and reader/writer lock (writer preference) for one whole state.
+
+    Writers hold :meth:`write` while they change the state: the stamp is odd meanwhile and
+    grows by 2 per writer. :meth:`read` gives readers a consistent view without blocking
+    writers in the common case. Thread-safe; holds no data itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = _LayerLock()
+
+    @property
+    def stamp(self) -> int:
+        """Odd while a writer holds the gate; equal stamps mean no writer came in between."""
+        return self._lock.version
+
+    @contextmanager
+    def write(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the gate exclusively; LockTimeoutError if not had within ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._lock.acquire_write(deadline):
+            raise LockTimeoutError(f"the state's write gate was not acquired within {timeout} s;"
+                                   " a long read or write holds it: retry, or raise the timeout")
+        try:
+            yield
+        finally:
+            self._lock.release_write()
+
+    @contextmanager
+    def read_lock(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the gate shared (waits while a writer holds or waits for it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._lock.acquire_read(deadline):
+            raise LockTimeoutError(f"the state's read gate was not acquired within {timeout} s")
+        try:
+            yield
+        finally:
+            self._lock.release_read()
+
+    def read(self, fn: Callable[[float | None, bool], T], timeout: float | None = None,
+             tries: int = 2) -> T:
+        """``fn(deadline, locked)`` computed while no writer changed the state.
+
+        Up to ``tries`` optimistic runs (``locked`` False: a writer may run meanwhile; the
+        result, or an exception, is discarded when the stamp moved; a run that would start
+        while a writer is in waits for it first), then one run holding the read lock
+        (``locked`` True: no writer runs, at most one waits). ``deadline`` is the shared
+        ``time.monotonic()`` deadline for ``fn``'s own waits; LockTimeoutError once it passed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(tries):
+            stamp = self._lock.version
+            if stamp % 2:  # a writer is in: wait for it to leave, then try again
+                with self.read_lock(remaining(deadline)):
+                    continue
+            try:
+                value = fn(deadline, False)
+            except Exception:
+                if self._lock.version == stamp:
+                    raise
+                continue
+            if self._lock.version == stamp:
+                return value
+        with self.read_lock(remaining(deadline)):
+            return fn(deadline, True)

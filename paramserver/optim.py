@@ -1,29 +1,42 @@
-"""Server-side optimizers in float32 numpy that match ``torch.optim`` step for step.
+"""Server-side optimizers that run torch's own CPU kernels on numpy arrays, in place.
 
-Each update follows torch's single-tensor CPU code path operation by operation, including its
-rounding: torch's vectorised ``add(alpha=)`` and ``lerp`` kernels use a fused multiply-add
-(one rounding), which :func:`_fma` reproduces by computing in float64 (the product of two
-float32 values is exact there) and rounding once to float32. Optimizer state is per piece:
-a mapping of state names (``momentum_buffer`` / ``exp_avg`` / ``exp_avg_sq``) to float32
-arrays, plus ``step`` as a 0-d int64 array. Steps mutate the parameter and state in place and
-depend only on their inputs, so replicas that apply the same gradients stay byte-identical.
+Each update issues the same ATen calls, with the same scalars, in the same order as torch's
+single-tensor CPU path (``torch.optim.SGD/Adam/AdamW`` with ``foreach=False``, the CPU
+default; checked against torch 2.13), on zero-copy ``torch.from_numpy`` views of the arrays,
+so the result is bit-identical to ``torch.optim``. Optimizer state is per piece: a mapping of
+state names (``momentum_buffer`` / ``exp_avg`` / ``exp_avg_sq``) to float32 numpy arrays,
+plus ``step`` as a 0-d int64 array (the layout checkpoints and snapshots store).
+
+Determinism contract (what replicas rely on): a step depends only on its inputs. torch's
+elementwise CPU kernels give every element the same bits wherever it falls in a vector or a
+thread's chunk (tests check this), so the intra-op thread count does not matter; the AVX2 and
+AVX512 kernels agree, but torch's scalar ``DEFAULT`` capability (``ATEN_CPU_CAPABILITY=default``
+or a CPU without AVX2) does not use fused multiply-adds and rounds differently: every
+replica of a shard must run the same torch build on an AVX2-or-better CPU.
+
+Threads: the kernels release the GIL, so different pieces may be stepped concurrently from
+different threads; steps of ONE piece (its param and state arrays) must not overlap.
+``torch`` is imported here only: the rest of ``paramserver`` uses numpy.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
-from paramserver.errors import ConfigError
+from paramserver.errors import ConfigError, GradientShapeError
 
 F32 = npt.NDArray[np.float32]
 OptimizerKind = Literal["sgd", "adam", "adamw"]
 PieceState = MutableMapping[str, npt.NDArray[Any]]
+KERNEL_CAPABILITY: str = torch.backends.cpu.get_cpu_capability()
+"""The torch CPU kernel set in use (``AVX2``/``AVX512`` agree bitwise; ``DEFAULT`` differs)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,36 +92,24 @@ class OptimizerConfig:
         return ("exp_avg", "exp_avg_sq")
 
 
-def _fma(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike, out: F32 | None = None) -> F32:
-    """``a * b + c`` rounded once to float32, like a hardware fused multiply-add.
+def _tensor(array: npt.NDArray[Any]) -> torch.Tensor:
+    """A zero-copy tensor over ``array``'s memory (read-only arrays are only ever read).
 
-    The product of two float32 values is exact in float64, so one float64 temporary holds it;
-    the sum is formed in float64 and cast straight into ``out`` (a fresh array when None).
-    ``out`` may alias ``c`` (the update is elementwise); ``a`` and ``b`` are not modified.
+    ``torch.from_numpy`` warns on read-only arrays, so those go through DLPack, which marks
+    them read-only; a numpy too old to export read-only DLPack gets a private copy instead.
     """
-    wide = np.multiply(a, b, dtype=np.float64)
-    if out is None:
-        return np.add(wide, c, dtype=np.float64).astype(np.float32)
-    np.add(wide, c, out=out, dtype=np.float64, casting="same_kind")
-    return out
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    try:
+        return torch.utils.dlpack.from_dlpack(array)
+    except (BufferError, RuntimeError, TypeError):
+        return torch.from_numpy(array.copy())
 
 
-def _add(x: F32, other: F32, alpha: float, out: F32 | None = None) -> F32:
-    """torch ``x.add(other, alpha=alpha)`` on CPU float32 (an FMA with alpha cast to float32).
-
-    Writes into ``out`` when given (it may alias ``x``), else returns a fresh array.
-    """
-    return _fma(np.float64(np.float32(alpha)), other, x, out)
-
-
-def _lerp_(start: F32, end: F32, weight: float) -> None:
-    """In place ``start.lerp_(end, weight)`` (torch CPU float32, scalar weight)."""
-    w = np.float32(weight)
-    diff = np.subtract(end, start)
-    if abs(float(w)) < 0.5:
-        _fma(np.float64(w), diff, start, start)
-    else:
-        _fma(np.float64(w - np.float32(1.0)), diff, end, start)
+def _scratch(like: F32) -> tuple[F32, torch.Tensor]:
+    """A new uninitialised float32 numpy array shaped like ``like``, and its tensor view."""
+    array = np.empty(like.shape, np.float32)
+    return array, torch.from_numpy(array)
 
 
 def _owned(array: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
@@ -123,60 +124,100 @@ def new_state(config: OptimizerConfig) -> dict[str, npt.NDArray[Any]]:
     return {"step": np.zeros((), np.int64)}
 
 
-def sgd_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig) -> None:
-    """One torch.optim.SGD step (dampening 0). Mutates ``param`` and ``state`` in place.
+def check_state(key: str, shape: tuple[int, ...], state: Mapping[str, npt.NDArray[Any]]) -> None:
+    """Raise GradientShapeError unless ``state`` fits a piece of ``shape``: an integral 0-d
+    ``step`` and float32 buffers of exactly ``shape``. ``key`` names the piece in messages."""
+    step = state.get("step")
+    if step is None or np.shape(step) != () or not np.issubdtype(np.asarray(step).dtype,
+                                                                 np.integer):
+        raise GradientShapeError(f"layer {key!r}: optimizer state needs a 0-d integer 'step', "
+                                 f"got {None if step is None else np.asarray(step).dtype}")
+    for name, value in state.items():
+        if name != "step" and (value.dtype != np.float32 or tuple(value.shape) != shape):
+            raise GradientShapeError(
+                f"layer {key!r}: optimizer state {name!r} is {value.dtype} {value.shape}, the "
+                f"piece needs float32 {shape}")
 
-    ``grad`` is never modified; the momentum buffer is updated in place when it is writable.
+
+def _check_inputs(param: F32, grad: F32) -> None:
+    if param.dtype != np.float32 or grad.dtype != np.float32 or param.shape != grad.shape:
+        raise GradientShapeError(f"optimizer step needs float32 param and grad of one shape, "
+                                 f"got {param.dtype} {param.shape} and {grad.dtype} {grad.shape}")
+    if not param.flags.writeable:
+        raise GradientShapeError("the parameter array is read-only; the step updates it in "
+                                 "place: pass a writable copy")
+
+
+def sgd_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig) -> None:
+    """One torch.optim.SGD step (dampening 0, foreach=False). Mutates ``param`` and ``state``.
+
+    Same calls as torch: ``g = grad.add(param, alpha=wd)``; ``buf.mul_(m).add_(g)`` (or a
+    copy of ``g`` on the first step); nesterov ``g = g.add(buf, alpha=m)``; finally
+    ``param.add_(g, alpha=-lr)``. ``grad`` is never modified; the momentum buffer is updated
+    in place when writable (a read-only one is copied first). At most two temporaries of the
+    piece's size (weight decay, then nesterov reuses it in place).
     """
+    p, g = _tensor(param), _tensor(grad)
+    scratch: F32 | None = None  # a temporary of ours that ``g`` views, free to overwrite
     if cfg.weight_decay != 0:
-        grad = _add(grad, param, cfg.weight_decay)
+        scratch, g_out = _scratch(param)
+        g = torch.add(g, p, alpha=cfg.weight_decay, out=g_out)
     if cfg.momentum != 0:
-        buf = _owned(state.get("momentum_buffer"))
-        if buf is None:
-            buf = grad.copy()
+        buf_array = _owned(state.get("momentum_buffer"))
+        if buf_array is None:  # torch: buf = grad.detach().clone()
+            buf_array = scratch if scratch is not None else grad.copy()
+            scratch = None  # now the buffer: never overwrite it
+            buf = _tensor(buf_array)
         else:
-            # buf.mul_(momentum).add_(grad): an FMA with alpha 1 rounds like a float32 add
-            # (float64 holds the exact sum's correct rounding), so plain float32 ops suffice.
-            np.multiply(buf, np.float32(cfg.momentum), out=buf)
-            np.add(buf, grad, out=buf)
-        state["momentum_buffer"] = buf
-        grad = _add(grad, buf, cfg.momentum) if cfg.nesterov else buf
-    _add(param, grad, -lr, out=param)
+            buf = _tensor(buf_array)
+            buf.mul_(cfg.momentum).add_(g, alpha=1 - 0.0)  # alpha = 1 - dampening
+        state["momentum_buffer"] = buf_array
+        if cfg.nesterov:
+            g = (torch.add(g, buf, alpha=cfg.momentum, out=g) if scratch is not None
+                 else g.add(buf, alpha=cfg.momentum))
+        else:
+            g = buf
+    p.add_(g, alpha=-lr)
     state["step"] = np.asarray(int(state["step"]) + 1, np.int64)
 
 
 def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig) -> None:
-    """One torch.optim.Adam / AdamW step (no amsgrad). Mutates ``param`` and ``state``.
+    """One torch.optim.Adam / AdamW step (no amsgrad, foreach=False). Mutates ``param`` and
+    ``state``.
 
-    ``grad`` is never modified; the moment buffers are updated in place when writable.
+    Same calls as torch: AdamW ``param.mul_(1 - lr * wd)`` / Adam ``g = grad.add(param,
+    alpha=wd)``; ``exp_avg.lerp_(g, 1 - beta1)``; ``exp_avg_sq.mul_(beta2).addcmul_(g, g,
+    value=1 - beta2)``; ``denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)``
+    (written into one temporary with ``out=``, reusing the weight-decay one when present);
+    ``param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)``. ``grad`` is never
+    modified; the moment buffers are updated in place when writable (copied when read-only).
     """
     beta1, beta2 = cfg.betas
     step = int(state["step"]) + 1
+    p, g = _tensor(param), _tensor(grad)
+    scratch: torch.Tensor | None = None
     if cfg.weight_decay != 0:
         if cfg.kind == "adamw":
-            np.multiply(param, np.float32(1 - lr * cfg.weight_decay), out=param)
+            p.mul_(1 - lr * cfg.weight_decay)
         else:
-            grad = _add(grad, param, cfg.weight_decay)
+            _, scratch = _scratch(param)
+            g = torch.add(g, p, alpha=cfg.weight_decay, out=scratch)
     exp_avg = _owned(state.get("exp_avg"))
     exp_avg_sq = _owned(state.get("exp_avg_sq"))
     if exp_avg is None or exp_avg_sq is None:
-        exp_avg = np.zeros_like(param)
-        exp_avg_sq = np.zeros_like(param)
-    _lerp_(exp_avg, grad, 1 - beta1)
-    # addcmul(value=v): self + v * g * g, contracted by the compiler into fma(v * g, g, self).
-    scaled = np.multiply(grad, np.float32(1 - beta2))
-    np.multiply(exp_avg_sq, np.float32(beta2), out=exp_avg_sq)
-    _fma(scaled, grad, exp_avg_sq, exp_avg_sq)
+        exp_avg = np.zeros(param.shape, np.float32)
+        exp_avg_sq = np.zeros(param.shape, np.float32)
+    m, v = _tensor(exp_avg), _tensor(exp_avg_sq)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
-    denom = np.sqrt(exp_avg_sq)
-    np.divide(denom, np.float32(bias_correction2**0.5), out=denom)
-    np.add(denom, np.float32(cfg.eps), out=denom)
-    # addcdiv(value=-step_size): self + (value * exp_avg) / denom.
-    update = np.multiply(exp_avg, np.float32(-step_size))
-    np.divide(update, denom, out=update)
-    np.add(param, update, out=param)
+    bias_correction2_sqrt = bias_correction2**0.5
+    denom = scratch if scratch is not None else torch.empty_like(p)  # g is spent: reuse it
+    torch.sqrt(v, out=denom)
+    denom.div_(bias_correction2_sqrt).add_(cfg.eps)
+    p.addcdiv_(m, denom, value=-step_size)
     state["exp_avg"] = exp_avg
     state["exp_avg_sq"] = exp_avg_sq
     state["step"] = np.asarray(step, np.int64)
@@ -187,9 +228,11 @@ def optimizer_step(
 ) -> None:
     """Step one piece with ``cfg``'s optimizer at learning rate ``lr``; mutates in place.
 
-    ``param`` and ``grad`` must be float32 arrays of the same shape; ``grad`` is the MEAN
-    gradient and is not modified.
+    ``param`` (writable) and ``grad`` must be float32 arrays of the same shape, else
+    GradientShapeError before anything changes; ``grad`` is the MEAN gradient and is not
+    modified. Blocks the calling thread for the step (the GIL is released in the kernels).
     """
+    _check_inputs(param, grad)
     if cfg.kind == "sgd":
         sgd_step(param, grad, state, lr, cfg)
     else:

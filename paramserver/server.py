@@ -37,6 +37,7 @@ from paramserver.shard import ShardStateMachine
 LOG = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
+_NUDGE_S = 10.0  # wait_version re-sends pending contributions after this long in silence
 _FAILOVER = (ConsensusError, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -242,6 +243,17 @@ class ParameterServer:
                                                               leader_only=True)
                 self._inflight[ref] = shard
 
+    def _nudge(self, shard: int) -> None:
+        """Nothing answered for ``_NUDGE_S``: a round's proposal may have been lost with a
+        leadership that nobody saw change (a pipelined round's command is proposed in the
+        background). Re-send ``shard``'s pending contributions to its current leader; a
+        round it already applied or aggregated answers ``duplicate``, so this is always
+        safe."""
+        self._leaders[shard] = None
+        for round in sorted(self._pending):
+            for rank in sorted(self._pending[round]):
+                self._send(shard, round, rank, replay=True)
+
     def wait_version(self, version: int, timeout: float) -> None:
         """Block until every shard applied ``version`` rounds (version v = after round v-1).
 
@@ -264,8 +276,13 @@ class ParameterServer:
         results: dict[int, Any] = {}
         while len(results) < len(self._groups):
             pending = list(self._inflight) + list(waits)
-            ready, _ = ray.wait(pending, num_returns=1,
-                                timeout=max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(pending, num_returns=1, timeout=min(left, _NUDGE_S))
+            if not ready and left > _NUDGE_S:
+                for shard in range(len(self._groups)):
+                    if shard not in results:
+                        self._nudge(shard)
+                continue
             if not ready:
                 raise TimeoutError(f"shards did not reach version {version} in {timeout} s "
                                    f"(done: {sorted(results)}); check `ParameterServer.status()`")

@@ -4,12 +4,37 @@ Implements ``consensus.StateMachine``. ``apply`` depends only on the state and t
 bytes (the learning rate is a pure function of the round), so replicas that applied the same
 log are byte-identical: ``snapshot()`` returns equal bytes, ``digest()`` equal hashes.
 Version ``v`` means rounds ``0..v-1`` are applied; the next command must be round ``v``.
+
+Threads. ``apply``/``restore`` may run on a worker thread while any other thread reads:
+
+- Writers run one at a time (a mutex). Every change of the state happens while the writer
+  holds the shard's VersionGate and then every layer's write lock (sorted key order,
+  one deadline of ``write_timeout_s``), so the gate's seqlock stamp, the machine's
+  ``sequence`` number, is odd exactly while the state may be changing. A writer that does not
+  get its locks in time raises LockTimeoutError having changed nothing and holding nothing.
+  The layers of a round are stepped in parallel on a small thread pool.
+- Readers (``read_params``, ``params``, ``export_state``, ``snapshot``, ``digest``,
+  ``params_digest``, ``query``, ``preview``) are safe on any thread, concurrently with apply:
+  they read optimistically against ``sequence`` and retry when it moved (a layer copy that
+  overlaps a write waits for it on that layer's read lock); after two failed tries they hold
+  the gate's read lock, which at most one apply then waits for (``VersionGate.read``). A
+  read returns the state of exactly one version, never a mix, or raises LockTimeoutError
+  after ``timeout`` seconds.
+- Arrays handed out without a copy (``params()``, ``read_params(copy=False)``, the result of
+  ``preview``) are frozen (read-only, also for the shard): a later step copies such a layer
+  before updating it (copy-on-write), so they keep showing the version they came from.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from paramserver.commands import (
+    Command,
     RestoreCommand,
     RoundCommand,
     decode_command,
@@ -28,16 +54,45 @@ from paramserver.errors import (
     CommandDecodeError,
     FutureRoundError,
     GradientShapeError,
+    LockTimeoutError,
     UnknownLayerError,
     UnknownQueryError,
 )
-from paramserver.locks import LayerLocks
-from paramserver.optim import OptimizerConfig, new_state, optimizer_step
+from paramserver.locks import LayerLocks, VersionGate, remaining
+from paramserver.optim import OptimizerConfig, check_state, new_state, optimizer_step
 from paramserver.plan import Piece
 from paramserver.schedule import ScheduleConfig, learning_rate
 
+LOG = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
+OptState = dict[str, dict[str, npt.NDArray[Any]]]
 WRITE_TIMEOUT_S = 30.0
+"""Default deadline for a writer to take the gate and all layer write locks."""
+READ_TIMEOUT_S = 30.0
+"""Default deadline for a consistent read."""
+STEP_WORKERS = max(1, min(4, os.cpu_count() or 1))
+"""Threads stepping the layers of one round (torch kernels release the GIL)."""
+POOL_MIN_ELEMENTS = 1 << 16
+"""Layers smaller than this are stepped on the applying thread (a pool task costs more)."""
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _step_pool() -> ThreadPoolExecutor:
+    """The process-wide pool that steps layers (created on first use; never shut down)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(STEP_WORKERS, thread_name_prefix="shard-step")
+        return _pool
+
+
+def _frozen_view(array: F32) -> F32:
+    """A read-only view of a frozen array (its flag cannot be set back to writable)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,29 +116,55 @@ class ShardState:
     """``async`` mode: per rank, the last contribution step applied (for exactly-once)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Preview:
+    """A command's outcome computed ahead by ``preview``, adopted by a matching ``apply``."""
+
+    command: bytes
+    base: int
+    """The generation of the state it was computed from; valid only while it is current."""
+    state: ShardState
+    result: ApplyResult
+
+
 class ShardStateMachine:
     """Parameters of ``pieces`` plus optimizer state; applies RoundCommands exactly once.
 
-    Writes take the layer locks (sorted order), so readers on other threads can copy layers
-    with ``params(copy=True)`` while a round applies. ``apply``/``snapshot``/``restore`` are
-    called by one thread (the Raft apply loop).
+    See the module docstring for which calls may overlap. Dict fields holding the state
+    (``_params``, ``_opt`` and the per-layer state dicts, ``_layer_versions``,
+    ``_async_steps``) are replaced, never mutated, so a reader iterating one never races.
     """
 
     def __init__(
         self, pieces: Sequence[Piece], params: Mapping[str, npt.NDArray[Any]],
-        optimizer: OptimizerConfig, schedule: ScheduleConfig | None = None,
+        optimizer: OptimizerConfig, schedule: ScheduleConfig | None = None, *,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
+        self._setup(pieces, optimizer, schedule, write_timeout_s)
+        self._check_params(params)
+        keys = sorted(self._pieces)
+        self._set(ShardState(0, {k: np.array(params[k], np.float32, copy=True) for k in keys},
+                             {k: new_state(optimizer) for k in keys}, dict.fromkeys(keys, 0)))
+
+    def _setup(self, pieces: Iterable[Piece], optimizer: OptimizerConfig,
+               schedule: ScheduleConfig | None, write_timeout_s: float) -> None:
         self._pieces = {p.key: p for p in pieces}
         self.optimizer = optimizer
         self.schedule = schedule or ScheduleConfig()
-        self._check_params(params)
-        self._params = {k: np.array(params[k], np.float32, copy=True) for k in sorted(params)}
-        self._opt: dict[str, dict[str, npt.NDArray[Any]]] = {
-            k: new_state(optimizer) for k in self._params}
-        self._version = 0
-        self._async_steps: dict[int, int] = {}
-        self._layer_versions = dict.fromkeys(self._params, 0)
-        self._locks = LayerLocks(self._params)
+        self.write_timeout_s = write_timeout_s
+        self._locks = LayerLocks(sorted(self._pieces))
+        self._gate = VersionGate()
+        self._mutex = threading.Lock()
+        self._pending: _Preview | None = None
+        self._generation = 0  # +1 per _mutation whose body ran (the state may have changed)
+
+    def _set(self, state: ShardState) -> None:
+        """Make ``state``'s containers the live state (no copy). Construction or _mutation only."""
+        self._version = state.version
+        self._params = state.params
+        self._opt = state.optimizer_state
+        self._layer_versions = state.layer_versions
+        self._async_steps = state.async_steps
 
     @classmethod
     def from_state(
@@ -119,6 +200,8 @@ class ShardStateMachine:
                 )
 
     def _load(self, state: ShardState) -> None:
+        """Replace the state with copies of ``state`` (validated first: raises changing
+        nothing). Drops a pending preview. Takes the write locks."""
         self._check_params(state.params)
         extra = sorted(set(state.optimizer_state) - set(self._pieces))
         if extra:
@@ -126,11 +209,26 @@ class ShardStateMachine:
         params = {k: np.array(state.params[k], np.float32, copy=True) for k in sorted(self._pieces)}
         opt = {k: {n: np.array(a, copy=True) for n, a in state.optimizer_state.get(
             k, new_state(self.optimizer)).items()} for k in params}
-        with self._locks.write(params, WRITE_TIMEOUT_S):
-            self._params, self._opt = params, opt
-            self._version = state.version
-            self._async_steps = dict(state.async_steps)
-            self._layer_versions = {k: state.layer_versions.get(k, state.version) for k in params}
+        for key, piece_state in opt.items():
+            check_state(key, self._pieces[key].shape, piece_state)
+        with self._mutation():
+            self._pending = None
+            self._set(ShardState(
+                state.version, params, opt,
+                {k: state.layer_versions.get(k, state.version) for k in params},
+                dict(state.async_steps)))
+
+    @contextmanager
+    def _mutation(self) -> Iterator[None]:
+        """Hold the gate's and every layer's write lock (one deadline): the state may change
+        inside. Raises LockTimeoutError, holding nothing, when they are not had in time."""
+        deadline = time.monotonic() + self.write_timeout_s
+        with (self._gate.write(self.write_timeout_s),
+              self._locks.write(self._pieces, remaining(deadline))):
+            try:
+                yield
+            finally:
+                self._generation += 1
 
     @property
     def version(self) -> int:
@@ -138,41 +236,105 @@ class ShardStateMachine:
         return self._version
 
     @property
+    def sequence(self) -> int:
+        """The machine's seqlock number: odd while a writer holds the gate (+2 per writer,
+        including one that timed out waiting for a layer lock)."""
+        return self._gate.stamp
+
+    @property
     def layer_versions(self) -> dict[str, int]:
         """Per layer: rounds that actually stepped it (skipped rounds do not count)."""
         return dict(self._layer_versions)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each layer's shape (from the plan; never changes)."""
+        return {k: p.shape for k, p in sorted(self._pieces.items())}
 
     @property
     def locks(self) -> LayerLocks:
         """The layer locks guarding parameter writes."""
         return self._locks
 
-    def params(self, copy: bool = False) -> dict[str, F32]:
-        """The shard's parameters: read-only views (``copy=False``) or consistent copies."""
-        if copy:
-            return {k: self._locks.read(k, a.copy) for k, a in self._params.items()}
-        views = {}
-        for key, array in self._params.items():
-            view = array.view()
-            view.flags.writeable = False
-            views[key] = view
-        return views
+    def _copy_params(self, deadline: float | None, locked: bool) -> dict[str, F32]:
+        """Copies of the layers, each validated against its layer seqlock unless ``locked``."""
+        params = self._params
+        if locked:
+            return {k: a.copy() for k, a in params.items()}
+        return {k: self._locks.read(k, a.copy, remaining(deadline)) for k, a in params.items()}
 
-    def export_state(self) -> ShardState:
-        """A deep copy of the shard as plain data (for checkpoints)."""
-        return ShardState(
-            version=self._version, params=self.params(copy=True),
-            optimizer_state={k: {n: a.copy() for n, a in s.items()} for k, s in self._opt.items()},
-            layer_versions=dict(self._layer_versions), async_steps=dict(self._async_steps),
-        )
+    def _copy_state(self, deadline: float | None, locked: bool) -> ShardState:
+        params = self._copy_params(deadline, locked)
+        opt = {k: {n: a.copy() for n, a in s.items()} for k, s in self._opt.items()}
+        return ShardState(self._version, params, opt, dict(self._layer_versions),
+                          dict(self._async_steps))
+
+    def read_params(self, copy: bool = True,
+                    timeout: float | None = READ_TIMEOUT_S) -> tuple[int, dict[str, F32]]:
+        """``(version, params)`` of one version, consistent across layers; any thread.
+
+        ``copy=True``: private copies. ``copy=False``: read-only views, frozen so that they
+        keep this version's values (the next step then copies each layer before updating
+        it: the cost moves to the writer); waits on the gate's read lock while an apply
+        runs. LockTimeoutError after ``timeout`` seconds.
+        """
+        if not copy:
+            with self._gate.read_lock(timeout):
+                for array in self._params.values():
+                    array.flags.writeable = False
+                return self._version, {k: _frozen_view(a) for k, a in self._params.items()}
+        return self._gate.read(
+            lambda deadline, locked: (self._version, self._copy_params(deadline, locked)),
+            timeout)
+
+    def params(self, copy: bool = False) -> dict[str, F32]:
+        """The parameters of one version: frozen read-only views (``copy=False``, see
+        ``read_params``) or private copies."""
+        return self.read_params(copy)[1]
+
+    def export_state(self, timeout: float | None = READ_TIMEOUT_S) -> ShardState:
+        """A deep copy of the shard at one version, as plain data (for checkpoints)."""
+        return self._gate.read(self._copy_state, timeout)
 
     def apply(self, command: bytes) -> ApplyResult | None:
+        """Apply one committed command (see ``_apply_once``). A write that times out on its
+        locks changed nothing and is retried here: a Raft apply must not fail on one replica
+        for a reason the others do not share (a slow local reader)."""
+        while True:
+            try:
+                return self._apply_once(command)
+            except LockTimeoutError:
+                LOG.warning("a shard apply waited %.0f s for readers to release its layers; "
+                            "retrying", self.write_timeout_s)
+
+    def _apply_once(self, command: bytes) -> ApplyResult | None:
         """Apply one committed command. A RoundCommand for an applied round is a no-op that
         returns the same ApplyResult; one past the next round raises FutureRoundError; bad
-        commands raise before anything changes. Mutates params, optimizer state, versions."""
-        decoded = decode_command(command)
+        commands raise before anything changes. Mutates params, optimizer state, versions.
+
+        Adopts the pending preview's state instead of stepping when ``command`` is byte-equal
+        to the previewed one and the state is still the one it was computed from (same bits
+        either way); any apply drops the preview. Blocks while the layers step (on the pool)
+        and while readers hold locks; LockTimeoutError (nothing changed) after
+        ``write_timeout_s``.
+        """
+        with self._mutex:
+            pending, self._pending = self._pending, None
+            if (pending is not None and pending.command == command
+                    and pending.base == self._generation):
+                try:
+                    with self._mutation():
+                        self._set(pending.state)
+                except BaseException:
+                    self._pending = pending  # unchanged state: the preview still holds
+                    raise
+                return pending.result
+            return self._apply_decoded(decode_command(command))
+
+    def _apply_decoded(self, decoded: Command) -> ApplyResult | None:
+        """(writer, mutex held) Apply a decoded command."""
         if isinstance(decoded, RestoreCommand):
-            self.restore(decoded.snapshot)
+            self._restore(decoded.snapshot)
             return None
         if decoded.kind == "async":
             return self._apply_async(decoded)
@@ -184,26 +346,47 @@ class ShardStateMachine:
                 f"command for round {decoded.round} arrived but the shard is at version "
                 f"{self._version}; rounds must be applied in order"
             )
-        if not decoded.nonfinite_skip:
-            self._step(decoded)
-        self._version += 1
+        lr = None if decoded.nonfinite_skip else self._check_round(decoded, decoded.round)
+        with self._mutation():
+            if lr is not None:
+                self._step_layers(decoded, lr)
+            self._version += 1
         return result
 
     def preview(self, command: bytes) -> dict[str, F32]:
-        """The parameters ``apply(command)`` would leave, computed on a copy of the state;
-        changes nothing here. A leader publishes them while the command commits (the
-        pipelined sync round); ``apply`` later computes the same bits, being deterministic."""
+        """The parameters ``apply(command)`` would leave, as frozen read-only arrays,
+        computed on a copy of one version of the state; any thread, never blocks an apply.
+
+        A leader publishes them while the command commits (the pipelined sync round). The
+        resulting state is kept (one pending preview at most, replacing an older one) when
+        the command stepped and no apply ran meanwhile; ``apply`` of the same bytes then
+        adopts it instead of stepping again. Raises like ``apply`` for bad commands.
+        """
+        decoded = decode_command(command)
+        base, state = self._gate.read(
+            lambda deadline, locked: (self._generation, self._copy_state(deadline, locked)),
+            READ_TIMEOUT_S)
         clone = ShardStateMachine.__new__(ShardStateMachine)
-        clone._pieces = self._pieces
-        clone.optimizer, clone.schedule = self.optimizer, self.schedule
-        clone._params = {k: a.copy() for k, a in self._params.items()}
-        clone._opt = {k: {n: a.copy() for n, a in s.items()} for k, s in self._opt.items()}
-        clone._version = self._version
-        clone._async_steps = dict(self._async_steps)
-        clone._layer_versions = dict(self._layer_versions)
-        clone._locks = LayerLocks(clone._params)
-        clone.apply(command)
-        return clone._params
+        clone._setup(self._pieces.values(), self.optimizer, self.schedule,
+                     self.write_timeout_s)
+        clone._set(state)
+        result = clone._apply_decoded(decoded)
+        after = ShardState(clone._version, clone._params, clone._opt, clone._layer_versions,
+                           clone._async_steps)
+        for array in after.params.values():
+            array.flags.writeable = False
+        if result is not None and result.stepped and self._mutex.acquire(blocking=False):
+            try:  # the mutex is free: no apply runs, so the base stays valid while we store
+                if self._generation == base:
+                    self._pending = _Preview(bytes(command), base, after, result)
+            finally:
+                self._mutex.release()
+        return {k: _frozen_view(a) for k, a in after.params.items()}
+
+    def discard_preview(self) -> None:
+        """Drop the pending preview (frees its copy of the state)."""
+        with self._mutex:
+            self._pending = None
 
     def _apply_async(self, command: RoundCommand) -> ApplyResult:
         """One contribution of one rank, identified by (rank, step): a step at or below the
@@ -212,13 +395,16 @@ class ShardStateMachine:
         (rank,) = command.ranks
         if command.round <= self._async_steps.get(rank, -1):
             return ApplyResult(command.round, self._version, False)
-        if not command.nonfinite_skip:
-            self._step(command, lr_round=self._version)
-        self._async_steps[rank] = command.round
-        self._version += 1
+        lr = None if command.nonfinite_skip else self._check_round(command, self._version)
+        with self._mutation():
+            if lr is not None:
+                self._step_layers(command, lr)
+            self._async_steps = {**self._async_steps, rank: command.round}
+            self._version += 1
         return ApplyResult(command.round, self._version, not command.nonfinite_skip)
 
-    def _step(self, command: RoundCommand, lr_round: int | None = None) -> None:
+    def _check_round(self, command: RoundCommand, lr_round: int) -> float:
+        """Validate a stepping command against the shard; its learning rate."""
         if set(command.grads) != set(self._params):
             raise UnknownLayerError(f"round {command.round} carries layers "
                                     f"{sorted(command.grads)}, shard holds {sorted(self._params)}")
@@ -228,25 +414,51 @@ class ShardStateMachine:
                                          f"{grad.shape} != {self._params[key].shape}")
         if command.samples < 1:
             raise CommandDecodeError(f"round {command.round} has samples={command.samples}")
-        at = command.round if lr_round is None else lr_round
-        lr = learning_rate(self.optimizer.lr, self.schedule, at)
-        scale = np.float32(command.samples)
-        with self._locks.write(self._params, WRITE_TIMEOUT_S):
-            for key in sorted(self._params):
-                mean = command.grads[key] / scale
-                optimizer_step(self._params[key], mean, self._opt[key], lr, self.optimizer)
-                self._layer_versions[key] += 1
+        return learning_rate(self.optimizer.lr, self.schedule, lr_round)
 
-    def snapshot(self) -> bytes:
-        """Deterministic bytes of the whole state (equal on replicas that applied the same log)."""
-        return encode_frame(*self._snapshot_frame())
+    def _step_layers(self, command: RoundCommand, lr: float) -> None:
+        """(inside _mutation) Step every layer with its mean gradient; layers of at least
+        POOL_MIN_ELEMENTS run on the pool, the rest on this thread. Returns once all ran.
+        Inputs are validated before; an error here (a bug, MemoryError) may leave some layers
+        stepped in place, and the shard must then be restored from a snapshot."""
+        scale = np.float32(command.samples)
+
+        def step(key: str) -> tuple[F32, dict[str, npt.NDArray[Any]]]:
+            param = self._params[key]
+            if not param.flags.writeable:  # frozen: handed out, so copy-on-write
+                param = param.copy()
+            state = dict(self._opt[key])
+            optimizer_step(param, np.divide(command.grads[key], scale), state, lr,
+                           self.optimizer)
+            return param, state
+
+        big = [k for k, a in self._params.items() if a.size >= POOL_MIN_ELEMENTS]
+        if len(big) < 2 or STEP_WORKERS < 2:
+            big = []
+        futures: dict[str, Future[tuple[F32, dict[str, npt.NDArray[Any]]]]] = {}
+        try:
+            for key in sorted(big, key=lambda k: -self._params[k].size):
+                futures[key] = _step_pool().submit(step, key)
+            done = {k: step(k) for k in self._params if k not in futures}
+        finally:
+            wait(futures.values())  # no pool thread may touch the state after we return
+        done.update((k, f.result()) for k, f in futures.items())
+        self._params = {k: done[k][0] for k in self._params}
+        self._opt = {k: done[k][1] for k in self._params}
+        self._layer_versions = {k: v + 1 for k, v in self._layer_versions.items()}
+
+    def snapshot(self, timeout: float | None = READ_TIMEOUT_S) -> bytes:
+        """Deterministic bytes of the whole state at one version (equal on replicas that
+        applied the same log); any thread."""
+        return self._gate.read(lambda _d, _l: encode_frame(*self._snapshot_frame()), timeout)
 
     def _snapshot_frame(self) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
         """The header and arrays ``snapshot`` encodes (the arrays alias the live state)."""
         arrays: dict[str, npt.NDArray[Any]] = {}
-        for key in sorted(self._params):
-            arrays[f"p/{key}"] = self._params[key]
-            for name, value in self._opt[key].items():
+        params, opt = self._params, self._opt
+        for key in sorted(params):
+            arrays[f"p/{key}"] = params[key]
+            for name, value in opt[key].items():
                 arrays[f"o/{key}/{name}"] = value
         header = {"version": self._version, "layer_versions": self._layer_versions,
                   "async_steps": {str(k): v for k, v in sorted(self._async_steps.items())}}
@@ -254,10 +466,16 @@ class ShardStateMachine:
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with bytes from ``snapshot``; raises (changing nothing) if
-        they do not fit this shard's pieces."""
+        they do not fit this shard's pieces. Drops a pending preview. Writer: blocks like
+        ``apply``."""
+        with self._mutex:
+            self._pending = None
+            self._restore(data)
+
+    def _restore(self, data: bytes) -> None:
         header, arrays = decode_frame(data)
         params: dict[str, F32] = {}
-        opt: dict[str, dict[str, npt.NDArray[Any]]] = {}
+        opt: OptState = {}
         for name, value in arrays.items():
             kind, _, rest = name.partition("/")
             if kind == "p":
@@ -269,27 +487,33 @@ class ShardStateMachine:
         self._load(ShardState(int(header["version"]), params, opt,
                               {k: int(v) for k, v in header["layer_versions"].items()}, steps))
 
-    def digest(self) -> str:
-        """SHA-256 (hex) of ``snapshot()``: params, optimizer state and versions.
+    def digest(self, timeout: float | None = READ_TIMEOUT_S) -> str:
+        """SHA-256 (hex) of ``snapshot()``: params, optimizer state and versions, at one
+        version; any thread. Hashes the frame's buffers one by one, without materialising
+        the snapshot bytes."""
+        def read(_deadline: float | None, _locked: bool) -> str:
+            h = hashlib.sha256()
+            for part in frame_parts(*self._snapshot_frame()):
+                h.update(part)
+            return h.hexdigest()
 
-        Hashes the frame's buffers one by one, without materialising the snapshot bytes.
-        """
-        h = hashlib.sha256()
-        for part in frame_parts(*self._snapshot_frame()):
-            h.update(part)
-        return h.hexdigest()
+        return self._gate.read(read, timeout)
 
-    def params_digest(self) -> str:
-        """SHA-256 (hex) of the parameter bytes alone, in key order."""
-        h = hashlib.sha256()
-        for key in sorted(self._params):
-            h.update(key.encode() + b"\0")
-            h.update(np.ascontiguousarray(self._params[key]).reshape(-1).data.cast("B"))
-        return h.hexdigest()
+    def params_digest(self, timeout: float | None = READ_TIMEOUT_S) -> str:
+        """SHA-256 (hex) of the parameter bytes alone, in key order, at one version."""
+        def read(_deadline: float | None, _locked: bool) -> str:
+            h = hashlib.sha256()
+            params = self._params
+            for key in sorted(params):
+                h.update(key.encode() + b"\0")
+                h.update(np.ascontiguousarray(params[key]).reshape(-1).data.cast("B"))
+            return h.hexdigest()
+
+        return self._gate.read(read, timeout)
 
     def query(self, query: Any) -> Any:
-        """Read-only queries: "version", "layer_versions", "digest", "params" (copies), or
-        ("param", key) for one layer's copy."""
+        """Read-only queries: "version", "layer_versions", "digest", "params" (copies of one
+        version), or ("param", key) for one layer's copy (consistent within the layer)."""
         if query == "version":
             return self._version
         if query == "layer_versions":
@@ -300,8 +524,8 @@ class ShardStateMachine:
             return self.params(copy=True)
         if isinstance(query, tuple) and len(query) == 2 and query[0] == "param":
             key = query[1]
-            if key not in self._params:
+            if key not in self._pieces:
                 raise UnknownLayerError(f"layer {key!r} is not on this shard")
-            return self._locks.read(key, self._params[key].copy)
+            return self._locks.read(key, lambda: self._params[key].copy(), READ_TIMEOUT_S)
         raise UnknownQueryError(f"unknown query {query!r}; use version, layer_versions, "
                                 "digest, params or ('param', key)")

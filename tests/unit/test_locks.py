@@ -1,4 +1,5 @@
-"""Layer locks: seqlock semantics, timeouts, writer preference, threaded stress test."""
+"""Layer locks: seqlock semantics, timeouts, writer preference, threaded stress test; the
+state-wide VersionGate: optimistic reads, retries, the locked fallback, timeouts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from paramserver import LayerLocks, LockTimeoutError, UnknownLayerError
+from paramserver.locks import VersionGate, remaining
 
 
 def test_stamp_fails_validation_when_a_write_overlaps() -> None:
@@ -143,3 +145,56 @@ def test_stress_no_torn_reads_no_deadlock_no_writer_starvation() -> None:
     assert torn == []
     assert all(w > 10 for w in writes), writes
     assert all(r > 10 for r in reads), reads
+
+
+def test_gate_read_runs_once_optimistically_when_no_writer_comes() -> None:
+    gate = VersionGate()
+    calls: list[bool] = []
+    assert gate.read(lambda _d, locked: calls.append(locked) or 7) == 7
+    assert calls == [False] and gate.stamp == 0
+    with gate.write():
+        assert gate.stamp == 1
+    assert gate.stamp == 2
+
+
+def test_gate_read_retries_after_an_overlapping_write_then_takes_the_read_lock() -> None:
+    gate = VersionGate()
+    calls: list[bool] = []
+
+    def overlapped(_deadline: float | None, locked: bool) -> int:
+        calls.append(locked)
+        if not locked:  # every optimistic run is overlapped by a whole write
+            with gate.write(timeout=1):
+                pass
+        return len(calls)
+
+    assert gate.read(overlapped, tries=2) == 3
+    assert calls == [False, False, True]
+
+
+def test_gate_read_discards_errors_of_torn_runs_but_raises_real_ones() -> None:
+    gate = VersionGate()
+    calls: list[bool] = []
+
+    def torn_once(_deadline: float | None, locked: bool) -> str:
+        calls.append(locked)
+        if len(calls) == 1:
+            with gate.write():
+                raise KeyError("torn state")  # a torn read may fail: discarded, retried
+        return "ok"
+
+    assert gate.read(torn_once) == "ok" and calls == [False, False]
+    with pytest.raises(KeyError):
+        gate.read(lambda _d, _l: {}["missing"])  # nothing overlapped: a real error
+
+
+def test_gate_timeouts_raise_and_leave_the_stamp_alone() -> None:
+    gate = VersionGate()
+    with gate.write():
+        with pytest.raises(LockTimeoutError):  # a reader waits for the writer, then gives up
+            gate.read(lambda _d, _l: 1, timeout=0.05)
+        stamp = gate.stamp
+    with gate.read_lock(), pytest.raises(LockTimeoutError), gate.write(timeout=0.05):
+        pass
+    assert gate.stamp == stamp + 1  # the timed-out writer never got in
+    assert remaining(None) is None and remaining(time.monotonic() - 1) == 0.0

@@ -1,17 +1,25 @@
-"""Server optimizers vs torch.optim, 100 steps each; schedules; config validation."""
+"""Server optimizers vs torch.optim (bitwise, small and 1M-element tensors); the kernels'
+position and thread independence; input checks; schedules; config validation."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from paramserver import ConfigError, OptimizerConfig, ScheduleConfig, learning_rate
-from paramserver.optim import new_state, optimizer_step
+from paramserver import (
+    ConfigError,
+    GradientShapeError,
+    OptimizerConfig,
+    ScheduleConfig,
+    learning_rate,
+)
+from paramserver.optim import check_state, new_state, optimizer_step
 
 SHAPES = [(37, 19), (1000,), (3, 4, 5)]
 
@@ -63,12 +71,11 @@ ADAM_CASES = [
 
 @pytest.mark.parametrize(("kind", "cls", "kw"), ADAM_CASES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_adam_family_matches_torch_over_100_steps(kind: str, cls: Any, kw: dict[str, Any],
-                                                  shape: tuple[int, ...]) -> None:
-    # torch's CPU sqrt (MKL VML) is off by one ulp on ~0.6% of inputs vs a correctly rounded
-    # sqrt, so Adam agrees to rounding, not bitwise; the atol covers parameters near zero.
+def test_adam_family_matches_torch_bitwise_over_100_steps(
+    kind: str, cls: Any, kw: dict[str, Any], shape: tuple[int, ...]
+) -> None:
     mine, ref = _run_pair(OptimizerConfig(kind=kind, **kw), cls, kw, shape, 2)  # type: ignore[arg-type]
-    np.testing.assert_allclose(mine, ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(mine, ref)
 
 
 def test_sgd_with_step_schedule_matches_torch() -> None:
@@ -157,3 +164,100 @@ def test_in_place_steps_spare_grad_and_read_only_state(cfg: OptimizerConfig) -> 
     assert np.array_equal(fresh.view(np.int32), frozen.view(np.int32))
     for name in cfg.state_names():
         assert np.array_equal(fresh_state[name], frozen_state[name])
+
+
+ALL_CASES: list[tuple[str, Any, dict[str, Any]]] = [
+    ("sgd", torch.optim.SGD, kw) for kw in SGD_CASES
+] + ADAM_CASES
+
+
+@pytest.mark.parametrize(("kind", "cls", "kw"), ALL_CASES)
+def test_million_elements_params_and_state_match_torch_bitwise(
+    kind: str, cls: Any, kw: dict[str, Any]
+) -> None:
+    """~1M elements (many vector blocks, an odd tail, several threads' chunks), 4 steps:
+    parameters AND every state buffer equal torch.optim's bit for bit, updated in place."""
+    shape = (1000, 1001)
+    cfg = OptimizerConfig(kind=kind, **kw)  # type: ignore[arg-type]
+    rng = np.random.default_rng(11)
+    start = rng.standard_normal(shape).astype(np.float32)
+    ref = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    opt = cls([ref], **kw)
+    mine, state = start.copy(), new_state(cfg)
+    address = mine.ctypes.data
+    for step in range(4):
+        grad = rng.standard_normal(shape).astype(np.float32)
+        ref.grad = torch.from_numpy(grad.copy())
+        opt.step()
+        buffers = {n: state[n].ctypes.data for n in cfg.state_names() if n in state}
+        optimizer_step(mine, grad, state, kw["lr"], cfg)
+        assert all(state[n].ctypes.data == a for n, a in buffers.items()), "state was replaced"
+        assert np.array_equal(mine.view(np.int32), ref.detach().numpy().view(np.int32)), step
+        for name in cfg.state_names():
+            assert np.array_equal(state[name], opt.state[ref][name].numpy()), (step, name)
+    assert mine.ctypes.data == address  # stepped in place
+    assert int(state["step"]) == 4
+
+
+@pytest.mark.parametrize("cfg", [OptimizerConfig(kind="sgd", lr=0.1, momentum=0.9,
+                                                 nesterov=True, weight_decay=0.01),
+                                 OptimizerConfig(kind="adam", lr=0.01, weight_decay=0.01),
+                                 OptimizerConfig(kind="adamw", lr=0.01, weight_decay=0.1)])
+def test_bits_do_not_depend_on_position_or_thread_count(cfg: OptimizerConfig) -> None:
+    """Replicas may chunk the work differently (other core counts, other alignment): each
+    element must come out the same wherever it sits in a vector or a thread's chunk."""
+    rng = np.random.default_rng(12)
+    n = 300_007
+    start, grads = rng.standard_normal(n).astype(np.float32), [
+        rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+
+    def run(lo: int, hi: int, threads: int) -> np.ndarray:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            param, state = start[lo:hi].copy(), new_state(cfg)
+            for grad in grads:
+                optimizer_step(param, grad[lo:hi].copy(), state, cfg.lr, cfg)
+            return param
+        finally:
+            torch.set_num_threads(before)
+
+    whole = run(0, n, max(2, torch.get_num_threads()))
+    assert np.array_equal(whole, run(0, n, 1))
+    for lo, hi in [(1, n), (7, n - 3), (13, 13 + 31), (5, 10)]:
+        assert np.array_equal(whole[lo:hi], run(lo, hi, 1)), (lo, hi)
+
+
+def test_read_only_grad_is_used_without_copy_warnings() -> None:
+    cfg = OptimizerConfig(kind="adam", lr=0.01)
+    grad = np.ones(10, np.float32)
+    grad.flags.writeable = False
+    param = np.zeros(10, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer_step(param, grad, new_state(cfg), 0.01, cfg)
+    np.testing.assert_allclose(param, -0.01, rtol=1e-6)
+
+
+def test_bad_inputs_raise_typed_errors_before_changing_anything() -> None:
+    cfg = OptimizerConfig(kind="sgd", lr=0.1, momentum=0.9)
+    param, state = np.ones(4, np.float32), new_state(cfg)
+    with pytest.raises(GradientShapeError):
+        optimizer_step(param, np.ones(5, np.float32), state, 0.1, cfg)
+    with pytest.raises(GradientShapeError):
+        optimizer_step(param, np.ones(4, np.float64), state, 0.1, cfg)  # type: ignore[arg-type]
+    frozen = np.ones(4, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(GradientShapeError):
+        optimizer_step(frozen, np.ones(4, np.float32), state, 0.1, cfg)
+    assert np.array_equal(param, np.ones(4, np.float32)) and int(state["step"]) == 0
+    assert issubclass(GradientShapeError, ValueError)
+
+
+def test_check_state_rejects_misfit_buffers() -> None:
+    check_state("w", (3,), {"step": np.zeros((), np.int64), "exp_avg": np.zeros(3, np.float32)})
+    for bad in ({}, {"step": np.zeros(2, np.int64)}, {"step": np.zeros((), np.float32)},
+                {"step": np.zeros((), np.int64), "exp_avg": np.zeros(4, np.float32)},
+                {"step": np.zeros((), np.int64), "exp_avg": np.zeros(3, np.float64)}):
+        with pytest.raises(GradientShapeError):
+            check_state("w", (3,), bad)

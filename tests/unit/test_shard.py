@@ -1,8 +1,12 @@
-"""Shard state machine: apply with the mean gradient, exactly-once, determinism, snapshots."""
+"""Shard state machine: apply with the mean gradient, exactly-once, determinism, snapshots;
+preview adoption; consistent reads concurrent with apply; write timeouts."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,15 +18,18 @@ from paramserver import (
     CommandDecodeError,
     FutureRoundError,
     GradientShapeError,
+    LockTimeoutError,
     OptimizerConfig,
     RestoreCommand,
     RoundAggregator,
     RoundCommand,
     ShardPlan,
+    ShardState,
     ShardStateMachine,
     UnknownLayerError,
     decode_command,
 )
+from paramserver import shard as shard_module
 
 SHAPES = {"w": (6, 5), "b": (5,)}
 PLAN = ShardPlan.build(SHAPES, 1)
@@ -233,3 +240,324 @@ def test_streamed_digest_equals_the_hash_of_snapshot_bytes(kind: str) -> None:
     copy.apply(_command(3, 3))  # restored state is writable (decoded views were copied)
     machine.apply(_command(3, 3))
     assert copy.digest() == machine.digest()
+
+
+# --- preview adoption --------------------------------------------------------------------
+
+OPTIMIZERS = [
+    OptimizerConfig(kind="sgd", lr=0.1),
+    OptimizerConfig(kind="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    OptimizerConfig(kind="adam", lr=0.01, weight_decay=0.01),
+    OptimizerConfig(kind="adamw", lr=0.01, weight_decay=0.1),
+]
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda o: f"{o.kind}-{o.momentum}")
+def test_apply_after_preview_equals_apply_without_preview_bitwise(opt: OptimizerConfig) -> None:
+    previewed, plain = _machine(opt), _machine(opt)
+    for r in range(5):
+        command = _command(r, r)
+        ahead = previewed.preview(command)
+        assert previewed.version == r  # preview changes nothing
+        previewed.apply(command)
+        plain.apply(command)
+        live = previewed.params()
+        for key, value in ahead.items():
+            assert not value.flags.writeable
+            assert np.shares_memory(value, live[key])  # adopted, not recomputed
+            np.testing.assert_array_equal(value, plain.params()[key])
+        assert previewed.snapshot() == plain.snapshot()
+
+
+def test_a_different_command_after_a_preview_is_computed_normally() -> None:
+    machine, reference = _machine(), _machine()
+    ahead = machine.preview(_command(0, 1))
+    machine.apply(_command(0, 2))  # same round, other gradients (e.g. a new leader's round)
+    reference.apply(_command(0, 2))
+    assert machine.snapshot() == reference.snapshot()
+    assert not np.shares_memory(ahead["w"], machine.params()["w"])
+    machine.apply(_command(1, 1))  # the stale preview is gone, not adopted later
+    reference.apply(_command(1, 1))
+    assert machine.snapshot() == reference.snapshot()
+
+
+@pytest.mark.parametrize("through_log", [False, True])
+def test_restore_drops_the_preview(through_log: bool) -> None:
+    other_bytes = ShardStateMachine(PLAN.pieces(0), _params(9), SGD).snapshot()  # version 0
+    machine, reference = _machine(), _machine()
+    machine.preview(_command(0, 0))
+    if through_log:
+        machine.apply(RestoreCommand(other_bytes).encode())
+    else:
+        machine.restore(other_bytes)
+    reference.restore(other_bytes)
+    machine.apply(_command(0, 0))  # byte-equal to the previewed command, but another base
+    reference.apply(_command(0, 0))
+    assert machine.snapshot() == reference.snapshot()
+
+
+def test_frozen_views_keep_their_version_while_the_shard_moves_on() -> None:
+    machine = _machine(OptimizerConfig(kind="adam", lr=0.01))
+    version, views = machine.read_params(copy=False)
+    before = {k: v.copy() for k, v in views.items()}
+    machine.apply(_command(0, 0))  # copy-on-write: the frozen layers are copied, then stepped
+    assert version == 0 and machine.version == 1
+    for key, view in views.items():
+        np.testing.assert_array_equal(view, before[key])
+        assert not np.array_equal(view, machine.params(copy=True)[key])
+        with pytest.raises(ValueError):
+            view.flags.writeable = True
+
+
+def test_preview_does_not_change_the_shard_and_keeps_one_pending() -> None:
+    machine = _machine(OptimizerConfig(kind="adam", lr=0.01))
+    digest = machine.digest()
+    first = machine.preview(_command(0, 1))
+    second = machine.preview(_command(0, 2))
+    assert machine.digest() == digest and machine.version == 0
+    machine.apply(_command(0, 1))  # only the newest preview is kept: this one is recomputed
+    assert not np.shares_memory(first["w"], machine.params()["w"])
+    assert not np.shares_memory(second["w"], machine.params()["w"])
+    np.testing.assert_array_equal(first["w"], machine.params()["w"])
+
+
+def test_an_empty_shard_still_counts_versions() -> None:
+    machine = ShardStateMachine([], {}, SGD)
+    machine.apply(RoundCommand(round=0, kind="sync", samples=1, ranks=(0,)).encode())
+    assert machine.read_params() == (1, {}) and machine.export_state().version == 1
+
+
+# --- concurrent readers and writers -------------------------------------------------------
+
+BIG = {"w": (300, 250), "v": (70_000,), "b": (250,)}  # w, v >= POOL_MIN_ELEMENTS: pooled
+BIG_PLAN = ShardPlan.build(BIG, 1)
+ADAM = OptimizerConfig(kind="adam", lr=0.01, weight_decay=0.01)
+
+
+def _big_params(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in BIG.items()}
+
+
+def _big_machine() -> ShardStateMachine:
+    return ShardStateMachine(BIG_PLAN.pieces(0), _big_params(0), ADAM)
+
+
+def _replay(rounds: int) -> tuple[list[bytes], dict[int, ShardState], dict[str, int]]:
+    """The commands, and a reference replay's state and digest at every version."""
+    commands = [RoundCommand(round=r, kind="sync", samples=3, ranks=(0,),
+                             grads=_big_params(100 + r)).encode() for r in range(rounds)]
+    machine = _big_machine()
+    states, digests = {0: machine.export_state()}, {machine.digest(): 0}
+    for command in commands:
+        machine.apply(command)
+        states[machine.version] = machine.export_state()
+        digests[machine.digest()] = machine.version
+    return commands, states, digests
+
+
+def _assert_same_state(got: ShardState, want: ShardState) -> None:
+    assert (got.version, got.layer_versions) == (want.version, want.layer_versions)
+    for key, value in want.params.items():
+        assert np.array_equal(got.params[key], value), (got.version, key)
+        for name, buf in want.optimizer_state[key].items():
+            assert np.array_equal(got.optimizer_state[key][name], buf), (got.version, name)
+
+
+def _checked_reads(machine: ShardStateMachine, states: dict[int, ShardState],
+                   digests: dict[str, int]) -> list[Callable[[], int]]:
+    """Readers that check what they got against the reference; each returns the version."""
+    def read_params() -> int:
+        version, params = machine.read_params()
+        for key, value in params.items():
+            assert np.array_equal(value, states[version].params[key]), (version, key)
+        return version
+
+    def export() -> int:
+        state = machine.export_state()
+        _assert_same_state(state, states[state.version])
+        return state.version
+
+    def snapshot() -> int:
+        restored = ShardStateMachine.blank(BIG_PLAN.pieces(0), ADAM)
+        restored.restore(machine.snapshot())
+        assert digests[restored.digest()] == restored.version
+        return restored.version
+
+    def digest() -> int:
+        return digests[machine.digest()]  # a KeyError would be a digest of no version
+
+    return [read_params, export, snapshot, digest]
+
+
+def _run_concurrently(writer: Callable[[], None], readers: list[Callable[[], int]]
+                      ) -> list[list[int]]:
+    """Start the writer and the readers together; each reader loops until the writer is
+    done, then reads once more. Returns every reader's versions; raises the first error."""
+    start, done = threading.Barrier(len(readers) + 1), threading.Event()
+    errors: list[BaseException] = []
+    seen: list[list[int]] = [[] for _ in readers]
+
+    def run(index: int) -> None:
+        try:
+            start.wait(30)
+            if index < 0:
+                writer()
+                return
+            while True:
+                finished = done.is_set()
+                seen[index].append(readers[index]())
+                if finished:
+                    return
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            if index < 0:
+                done.set()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(-1, len(readers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads), "a thread deadlocked"
+    if errors:
+        raise errors[0]
+    return seen
+
+
+def test_concurrent_readers_see_exactly_one_version_while_rounds_apply() -> None:
+    commands, states, digests = _replay(20)
+    machine = _big_machine()
+
+    def writer() -> None:
+        for command in commands:
+            machine.apply(command)
+
+    seen = _run_concurrently(writer, _checked_reads(machine, states, digests))
+    assert all(versions and versions[-1] == 20 for versions in seen), seen
+    assert all(versions == sorted(versions) for versions in seen)  # never back in time
+
+
+def test_reads_during_an_apply_wait_for_it_and_never_return_a_torn_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    machine, reference = _machine(), _machine()
+    reference.apply(_command(0, 0))
+    mid, resume = threading.Event(), threading.Event()
+    real_step = shard_module.optimizer_step
+
+    def paused_step(param: Any, grad: Any, state: Any, lr: float, cfg: Any) -> None:
+        real_step(param, grad, state, lr, cfg)
+        if param.shape == SHAPES["b"]:  # "b" stepped, "w" not yet: the state is torn here
+            mid.set()
+            assert resume.wait(30)
+
+    monkeypatch.setattr(shard_module, "optimizer_step", paused_step)
+    writer = threading.Thread(target=machine.apply, args=(_command(0, 0),))
+    writer.start()
+    assert mid.wait(30)
+    assert machine.sequence % 2 == 1 and machine.version == 0
+    reads: list[Callable[[], object]] = [
+        lambda: machine.read_params(timeout=0.05), lambda: machine.export_state(timeout=0.05),
+        lambda: machine.snapshot(timeout=0.05), lambda: machine.digest(timeout=0.05),
+        lambda: machine.read_params(copy=False, timeout=0.05)]
+    for read in reads:
+        with pytest.raises(LockTimeoutError):
+            read()
+    got: list[tuple[int, dict[str, np.ndarray]]] = []
+    reader = threading.Thread(target=lambda: got.append(machine.read_params(timeout=30)))
+    reader.start()
+    resume.set()
+    writer.join(30)
+    reader.join(30)
+    ((version, params),) = got
+    assert version == 1 and machine.sequence % 2 == 0
+    for key, value in reference.params().items():
+        np.testing.assert_array_equal(params[key], value)
+
+
+def test_a_read_spanning_a_whole_apply_retries_instead_of_mixing_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each layer's copy validates against its own stamp, yet layer "b" would be version 0
+    and "w" version 1: only the machine's sequence number catches the mix."""
+    machine, reference = _machine(), _machine()
+    reference.apply(_command(0, 0))
+    real_read = machine.locks.read
+    calls: list[str] = []
+
+    def read(key: str, copy_fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        calls.append(key)
+        if len(calls) == 2:  # between the two layers' copies, a whole round applies
+            writer = threading.Thread(target=machine.apply, args=(_command(0, 0),))
+            writer.start()
+            writer.join(30)
+        return real_read(key, copy_fn, timeout)
+
+    monkeypatch.setattr(machine.locks, "read", read)
+    version, params = machine.read_params()
+    assert version == 1 and len(calls) == 4  # one failed try, one clean one
+    for key, value in reference.params().items():
+        np.testing.assert_array_equal(params[key], value)
+
+
+def test_a_writer_blocked_by_a_reader_times_out_and_releases_everything() -> None:
+    machine = ShardStateMachine(PLAN.pieces(0), _params(), SGD, write_timeout_s=0.05)
+    reference = _machine()
+    ahead = machine.preview(_command(0, 0))
+    digest = machine.digest()
+    held, release = threading.Event(), threading.Event()
+
+    def hold_read_lock() -> None:
+        with machine.locks.read_lock("w"):
+            held.set()
+            release.wait(30)
+
+    reader = threading.Thread(target=hold_read_lock)
+    reader.start()
+    assert held.wait(30)
+    with pytest.raises(LockTimeoutError):
+        machine._apply_once(_command(0, 0))
+    assert machine.version == 0 and machine.sequence % 2 == 0
+    with machine.locks.write(["b"], timeout=0):  # "b", taken before "w", was released
+        pass
+    assert machine.read_params(timeout=1)[0] == 0  # and so was the gate
+    release.set()
+    reader.join(30)
+    assert machine.digest() == digest
+    machine.apply(_command(0, 0))  # works now, and adopts the preview it kept
+    reference.apply(_command(0, 0))
+    assert np.shares_memory(ahead["w"], machine.params()["w"])
+    assert machine.snapshot() == reference.snapshot()
+
+
+def test_a_raft_apply_blocked_by_a_reader_retries_until_it_gets_its_locks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``apply`` (what every replica runs for a committed entry) never fails on a local
+    lock timeout, which other replicas would not share: it retries, then succeeds."""
+    import paramserver.shard as shard_mod
+
+    machine = ShardStateMachine(PLAN.pieces(0), _params(), SGD, write_timeout_s=0.05)
+    reference = _machine()
+    held, release, timed_out = threading.Event(), threading.Event(), threading.Event()
+    monkeypatch.setattr(shard_mod.LOG, "warning", lambda *a, **k: timed_out.set())
+
+    def hold_read_lock() -> None:
+        with machine.locks.read_lock("w"):
+            held.set()
+            release.wait(30)
+
+    reader = threading.Thread(target=hold_read_lock)
+    reader.start()
+    assert held.wait(30)
+    results: list[object] = []
+    writer = threading.Thread(target=lambda: results.append(machine.apply(_command(0, 0))))
+    writer.start()
+    assert timed_out.wait(30)  # at least one attempt timed out (and changed nothing)
+    release.set()
+    writer.join(30)
+    reader.join(30)
+    reference.apply(_command(0, 0))
+    assert len(results) == 1 and machine.snapshot() == reference.snapshot()
