@@ -42,6 +42,10 @@ class RaftConfig:
     """Flow control: max unacknowledged AppendEntries in flight to one follower."""
     snapshot_chunk_bytes: int = 4 << 20
     """InstallSnapshot chunk size in bytes."""
+    stall_beat_bytes: int = 4 << 20
+    """A follower that acknowledged nothing of what is in flight for ``3 + inflight bytes /
+    stall_beat_bytes`` heartbeats is probed again (its appends were presumably lost): a
+    large entry gets time to be sent, written and acknowledged before it is resent."""
     max_apply_bytes: int = 64 << 20
     """Max payload bytes of committed entries in one Ready (at least one entry); the rest
     follows in later Readies, so a restart or catch-up does not apply the whole log at once."""
@@ -69,7 +73,7 @@ class RaftConfig:
                 f"heartbeat_ticks ({self.heartbeat_ticks}); raise election_ticks"
             )
         for name in ("max_msg_bytes", "max_inflight_bytes", "max_inflight_msgs",
-                     "snapshot_chunk_bytes", "max_apply_bytes"):
+                     "snapshot_chunk_bytes", "max_apply_bytes", "stall_beat_bytes"):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"RaftConfig.{name} must be >= 1, got {value}")

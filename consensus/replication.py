@@ -88,7 +88,8 @@ class Replication(NodeState):
                 continue
             if pr.inflight:
                 pr.stalled_beats += 1
-                if pr.stalled_beats >= STALL_BEATS:
+                allowance = STALL_BEATS + pr.inflight_bytes // self.config.stall_beat_bytes
+                if pr.stalled_beats >= allowance:
                     pr.become_probe()
                     self._send_append(to, pr, allow_empty=True)
                     continue

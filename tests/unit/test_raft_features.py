@@ -149,6 +149,32 @@ def test_lost_pipelined_appends_are_retried_after_stall() -> None:
     assert leader.commit_index == 2
 
 
+def test_a_large_entry_in_flight_gets_time_before_it_is_resent() -> None:
+    """A follower still writing a 40 MB entry answers heartbeats without acking it; the
+    leader waits 3 + 40 MB / stall_beat_bytes beats before resending it (resending after 3
+    beats, as for small entries, flooded slow followers with copies)."""
+    net = Net.of(3, stall_beat_bytes=4 << 20, max_msg_bytes=64 << 20,
+                 max_inflight_bytes=64 << 20)
+    leader = net.elect(1)
+    leader.propose(b"w" * (40 << 20))
+    first = leader.ready()  # the append goes out ... and is lost
+    assert any(isinstance(m, AppendEntries) and m.entries for m in first.messages)
+    leader.advance(first)
+
+    def resent() -> bool:
+        rd = leader.ready()
+        leader.advance(rd)
+        return any(isinstance(m, AppendEntries) and m.entries for m in rd.messages)
+
+    beats = 0
+    while not resent():
+        for _ in range(leader.config.heartbeat_ticks):
+            leader.tick()
+        beats += 1
+        assert beats < 100
+    assert beats == 3 + (40 << 20) // (4 << 20)
+
+
 def _compacted_cluster(chunk: int) -> tuple[Net, RaftNode]:
     net = Net.of(3, snapshot_chunk_bytes=chunk)
     leader = net.elect(1)
