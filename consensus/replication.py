@@ -111,7 +111,7 @@ class Replication(NodeState):
         if snap.meta.index != pr.snapshot_index:
             pr.become_snapshot(snap.meta.index)  # a newer snapshot replaces the transfer
         off = pr.snapshot_offset
-        chunk = snap.data[off:off + self.config.snapshot_chunk_bytes]
+        chunk = bytes(snap.data[off:off + self.config.snapshot_chunk_bytes])  # may be a view
         done = off + len(chunk) >= len(snap.data)
         self._send(InstallSnapshot(self.id, to, self.term, snap.meta, off, chunk, done))
 

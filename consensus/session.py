@@ -253,6 +253,11 @@ def encode_image(sessions: bytes, user_snapshot: bytes) -> bytes:
     return _IMAGE.pack(_IMAGE_MAGIC, len(sessions)) + sessions + user_snapshot
 
 
+def image_parts(sessions: bytes, user_parts: list[Any]) -> list[Any]:
+    """The buffers whose concatenation is ``encode_image(sessions, b"".join(user_parts))``."""
+    return [_IMAGE.pack(_IMAGE_MAGIC, len(sessions)), sessions, *user_parts]
+
+
 def decode_image(data: bytes) -> tuple[bytes, bytes]:
     """Split an image from :func:`encode_image` into (sessions, user snapshot)."""
     if len(data) < _IMAGE.size:

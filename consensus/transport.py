@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import io
 import logging
 import pickle
 import socket
@@ -42,6 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from consensus.buffers import ViewReader, empty_buffer
 from consensus.types import AppendEntries, InstallSnapshot
 
 __all__ = ["PeerTransport"]
@@ -65,9 +65,10 @@ class _MessageUnpickler(pickle.Unpickler):
                                      "(consensus.types) are accepted")
 
 
-def loads_batch(data: bytes | bytearray) -> list[Any]:
-    """Decode a batch received from a peer (see ``_MessageUnpickler``)."""
-    batch = _MessageUnpickler(io.BytesIO(data)).load()
+def loads_batch(data: Any) -> list[Any]:
+    """Decode a batch (a bytes-like frame) received from a peer (see ``_MessageUnpickler``);
+    each payload is copied once, out of ``data``."""
+    batch = _MessageUnpickler(ViewReader(data)).load()
     if not isinstance(batch, list):
         raise pickle.UnpicklingError("a peer batch must be a list of messages")
     return batch
@@ -84,10 +85,10 @@ def payload_bytes(batch: list[Any]) -> int:
     return size
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
+def _recv_exactly(sock: socket.socket, size: int) -> memoryview:
     """``size`` bytes from ``sock`` into one buffer; ConnectionError if it closes first."""
-    buf = bytearray(size)
-    view = memoryview(buf)
+    buf = empty_buffer(size)
+    view = buf
     while view:
         got = sock.recv_into(view)
         if got == 0:
@@ -96,7 +97,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
     return buf
 
 
-def _recv_frame(sock: socket.socket, limit: int) -> bytearray:
+def _recv_frame(sock: socket.socket, limit: int) -> memoryview:
     (size,) = _LEN.unpack(_recv_exactly(sock, _LEN.size))
     if size > limit:
         raise ValueError(f"frame of {size} bytes exceeds the limit of {limit}")

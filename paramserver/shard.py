@@ -452,6 +452,12 @@ class ShardStateMachine:
         applied the same log); any thread."""
         return self._gate.read(lambda _d, _l: encode_frame(*self._snapshot_frame()), timeout)
 
+    def snapshot_parts(self) -> list[Any]:
+        """The buffers whose concatenation is ``snapshot()``, without joining them (a large
+        shard's image is hundreds of MB). They alias the live state: the host consumes them
+        before the next apply (the replica does, between applies)."""
+        return frame_parts(*self._snapshot_frame())
+
     def _snapshot_frame(self) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
         """The header and arrays ``snapshot`` encodes (the arrays alias the live state)."""
         arrays: dict[str, npt.NDArray[Any]] = {}
