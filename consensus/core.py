@@ -234,7 +234,8 @@ class RaftNode(Election, Replication):
         hears of it). Then a leader's messages all qualify (thesis §10.2.1: a leader may
         send entries before its own write is durable; it counts itself toward a quorum only
         up to ``stable``). A follower's qualify when they are a rejection, a success whose
-        ``match_index`` is at most its ``stable`` index (already durable), a vote or
+        ``match_index`` is at most its ``stable`` index (already durable) or its commit index
+        (durable on a majority, so it decides no commit), a vote or
         pre-vote refusal, a granted pre-vote (pre-votes are never persisted) or a snapshot
         chunk's acknowledgement (chunks are held in memory until the last one). The others
         stay queued, in order, for the next ``ready()``. Returns them in send order."""
@@ -254,9 +255,12 @@ class RaftNode(Election, Replication):
     def _claims_nothing_unstable(self, msg: Message) -> bool:
         """Whether a follower's (or candidate's) ``msg`` may go out before ``advance``."""
         if isinstance(msg, AppendEntriesResponse):
-            # stable may already count a snapshot still being persisted: take the lower
+            # stable may already count a snapshot still being persisted: take the lower.
+            # An index at or below our commit index is committed, so durable on a majority
+            # already: acking it decides no commit (a leader commits its own term's entries,
+            # above every follower's commit index); an optimistic match is repaired later.
             durable = min(self._durable_index, self.log.stable)
-            return not msg.success or msg.match_index <= durable
+            return not msg.success or msg.match_index <= max(durable, self.log.committed)
         if isinstance(msg, RequestVoteResponse):
             return msg.pre_vote or not msg.granted
         if isinstance(msg, InstallSnapshotResponse):

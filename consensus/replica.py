@@ -27,6 +27,7 @@ import logging
 import os
 import pickle
 import random
+import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.buffers import gather
+from consensus.compaction import CompactionPolicy
 from consensus.core import RaftNode
 from consensus.errors import (
     NotLeaderError,
@@ -154,7 +156,9 @@ class RaftReplica:
         self._idle.set()
         self._ticker: asyncio.Task[None] | None = None
         self._snap_bytes = len(snapshot.data) if snapshot is not None else 0
-        self._bytes_since_snap = self._applied_bytes = 0
+        self._bytes_since_snap = self._applied_bytes = self._max_entry_bytes = 0
+        self._compaction = CompactionPolicy(every_entries=config.snapshot_every,
+                                            every_bytes=config.snapshot_log_bytes)
         self._transport = PeerTransport(peer_token, self._on_batch) if peer_token else None
         self._router = PeerRouter(self._peer_name, namespace, self._transport)
         self._waiters: dict[int, _Waiter] = {}
@@ -165,6 +169,7 @@ class RaftReplica:
         self._readies = 0
         self._busy = False  # a Ready is being handled (see _run)
         self.leader_changes = 0
+        self.peak_log_bytes = 0
         self.storage_full: StorageFullError | None = None  # see _disk_full
         self._leader_seen: tuple[int, int] | None = None
         self._wake = asyncio.Event()
@@ -333,6 +338,7 @@ class RaftReplica:
             self._restore(ready.snapshot)
         fresh = [e for e in ready.committed_entries if e.index > self.applied_index]
         self._applied_bytes += sum(len(e.data) for e in fresh)
+        self._max_entry_bytes = max([self._max_entry_bytes, *(len(e.data) for e in fresh)])
         return [(entry, self._execute(entry)) for entry in fresh]
 
     async def apply_idle(self) -> None:
@@ -357,6 +363,11 @@ class RaftReplica:
             return
         await asyncio.get_running_loop().run_in_executor(
             self._disk, self._storage.save, hs, entries, snap)
+        self._note_disk()
+
+    def _note_disk(self) -> None:
+        """Track the most bytes this replica's log (sqlite + segments) held on disk."""
+        self.peak_log_bytes = max(self.peak_log_bytes, self._storage.disk_bytes()["log_bytes"])
 
     # ------------------------------------------------------------------ apply side
 
@@ -420,14 +431,16 @@ class RaftReplica:
                 log.exception("on_apply callback failed")
 
     async def _maybe_compact(self) -> None:
-        """Snapshot and compact once ``snapshot_every`` entries, or ``_compact_bytes()`` of
-        entry bytes, were applied since the last snapshot. The state is encoded and written
+        """Snapshot and compact when the policy says so (``consensus.compaction``: by entry
+        count, or by bytes relative to the state's size). The state is encoded and written
         in the disk thread; the drive loop waits (no apply can run meanwhile), ticks and
         messages go on."""
         self._bytes_since_snap += self._applied_bytes
         self._applied_bytes = 0
-        due_count = self.applied_index - self._snap_index >= self._config.snapshot_every
-        if not due_count and self._bytes_since_snap < self._compact_bytes():
+        if not self._compaction.due(entries=self.applied_index - self._snap_index,
+                                    applied_bytes=self._bytes_since_snap,
+                                    state_bytes=self._snap_bytes,
+                                    largest_entry=self._max_entry_bytes):
             return
         meta = SnapshotMeta(
             index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied()
@@ -441,7 +454,7 @@ class RaftReplica:
         self._node.compact(snapshot)
         self._snap_index = meta.index
         self._snap_bytes = len(snapshot.data)
-        self._bytes_since_snap = 0
+        self._bytes_since_snap = self._max_entry_bytes = 0
         try:  # the next cycle needs a snapshot's room plus the log that precedes it
             self._storage.check_space(3 * self._snap_bytes)
             self.storage_full = None
@@ -455,13 +468,6 @@ class RaftReplica:
         if self.storage_full is None:
             log.error("replica %s of %s: %s", self.index, self.group, exc)
         self.storage_full = exc
-
-    def _compact_bytes(self) -> int:
-        """Entry bytes applied since the last snapshot that trigger the next one: the
-        configured value, else twice the last snapshot's size (at least 64 MiB), which keeps
-        the log on disk below about twice the state's size plus one entry."""
-        configured = self._config.snapshot_log_bytes
-        return configured if configured is not None else max(2 * self._snap_bytes, 64 << 20)
 
     def _write_snapshot(self, meta: SnapshotMeta) -> Snapshot:
         """(disk thread) Encode the state machine's image and make it the durable snapshot.
@@ -627,6 +633,8 @@ class RaftReplica:
             "leader_changes": self.leader_changes,
             "storage_full": None if self.storage_full is None else str(self.storage_full),
             "disk_bytes": self._storage.disk_bytes(),
+            "peak_log_bytes": self.peak_log_bytes, "snapshot_bytes": self._snap_bytes,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "confirming_fresh": self._confirming_fresh,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),

@@ -62,6 +62,10 @@ class ParameterServerLike(Protocol):
         """Per shard: leader changes seen so far (see ``ParameterServer.leader_changes``)."""
         ...
 
+    def replica_stats(self) -> list[list[dict[str, Any]]]:
+        """Per shard, per replica: disk and memory peaks (``ParameterServer.replica_stats``)."""
+        ...
+
     def shutdown(self) -> None:
         """Release the server's actors."""
 

@@ -303,6 +303,7 @@ class Driver:
         summary = {"final_test_accuracy": accuracy, "rounds": end, "samples_per_s": rate,
                    "wall_s": wall_s, "shards_auto": self.shards_auto,
                    "leader_changes": server.leader_changes(),
+                   "replicas": server.replica_stats(),
                    "failovers": self.failovers,
                    "config": self.config.to_dict()}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -402,6 +402,15 @@ class ParameterServer:
         return [max((int(r.get("leader_changes", 0)) for r in group.status()), default=0)
                 for group in self._groups]
 
+    def replica_stats(self) -> list[list[dict[str, Any]]]:
+        """Per shard, per live replica: its index, leader changes seen, the most bytes its
+        log held on disk (``peak_log_bytes``), its last snapshot's bytes (about the shard's
+        state), its peak RSS and what its storage holds now. Cheap: one status call each."""
+        keys = ("index", "leader_changes", "peak_log_bytes", "snapshot_bytes",
+                "peak_rss_bytes", "disk_bytes")
+        return [[{k: r[k] for k in keys if k in r} for r in group.status() if r.get("alive")]
+                for group in self._groups]
+
     def status(self) -> list[dict[str, Any]]:
         """Per shard: name, leader replica, version, and per replica its role, applied index,
         version and digest of the shard's bytes (equal digests = byte-identical replicas).

@@ -19,10 +19,14 @@ plan keeps shards within a few percent of each other (e.g. GPT-2 small over 2-8 
 
 def default_group_config() -> RaftGroupConfig:
     """Raft timing for parameter shards. Ticks of 50 ms with a heartbeat every 2 ticks keep
-    idle replicas cheap beside the training tasks (S groups x R replicas share the CPUs);
-    an election timeout of 10-20 ticks still replaces a dead leader in about a second. Rounds
-    are large entries, so the log is compacted every 256 of them."""
-    return RaftGroupConfig(tick_interval_s=0.05, heartbeat_ticks=2, election_ticks=10,
+    idle replicas cheap beside the training tasks (S groups x R replicas share the CPUs).
+    The election timeout is 20-40 ticks (1-2 s, etcd's default is 1 s): a round of a large
+    model is an entry of tens of MB that every replica receives, writes and applies while
+    the gradient tasks hold the cores, and a follower must not mistake that for a dead
+    leader (0.5-1 s gave a leader change every few dozen rounds of a 20M-parameter model on
+    2 cores); a dead leader is still replaced in about 2 s. The log is compacted every 256
+    rounds, or sooner by bytes (``RaftGroupConfig.snapshot_log_bytes``)."""
+    return RaftGroupConfig(tick_interval_s=0.05, heartbeat_ticks=2, election_ticks=20,
                            snapshot_every=256)
 
 

@@ -57,6 +57,9 @@ class FakeServer:
     def leader_changes(self) -> list[int]:
         return [0, 0]
 
+    def replica_stats(self) -> list[list[dict[str, Any]]]:
+        return [[], []]
+
     def heal(self) -> list[tuple[int, int, int]]:
         return []
 

@@ -116,6 +116,12 @@ def test_claims_of_a_follower_are_classified_by_what_they_promise() -> None:
     fits = node._claims_nothing_unstable
     assert fits(AppendEntriesResponse(2, 1, 1, True, stable))
     assert not fits(AppendEntriesResponse(2, 1, 1, True, stable + 1))
+    node.step(AppendEntries(1, 2, 1, 2, 1, (Entry(1, 3), Entry(1, 4)), 4))  # commit 4
+    ready = node.ready()  # entries 3..4 being written; committed already says 4
+    assert node.log.committed == 4 and node.log.stable == stable
+    assert fits(AppendEntriesResponse(2, 1, 1, True, 4))  # committed: decides nothing
+    assert not fits(AppendEntriesResponse(2, 1, 1, True, 5))
+    node.advance(ready)
     assert fits(AppendEntriesResponse(2, 1, 1, False, stable + 5))
     assert fits(RequestVoteResponse(2, 1, 1, True, pre_vote=True))
     assert not fits(RequestVoteResponse(2, 1, 1, True))
