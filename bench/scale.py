@@ -18,17 +18,17 @@ Per side: steady-state samples/s (raftps: ``metrics.jsonl`` rounds after the fir
 untimed ones), its ratio to the same size's ``ray_ps_adam`` and ``torch_single``, the median
 round breakdown (``metrics.jsonl``'s ``publish_s``/``compute_s``/``aggregate_s``/``commit_s``
 and wall time; the peers only have the wall time, global batch / rate), leader changes per
-shard (``summary.json``'s ``leader_changes``, else the last metrics line's, else null) and,
-sampled every 0.5 s by a thread of the child (``peak_poller``):
+shard (``summary.json``'s ``leader_changes``, else the last metrics line's, else null) and
+per replica:
 
-- peak log bytes on disk per replica: all of ``<out>/raft/<job>_shard-<s>/replica-<i>.db*``
-  (sqlite file, WAL, ``.segments`` and ``.snapshots`` folders: log and snapshot together),
-  sampled once more after training;
-- peak RSS per replica: ``psutil`` RSS of the live ``RaftReplica`` actors named
-  ``<job>/shard-<s>/replica-<i>``, pids from the GCS actor table (``ray._private.state``;
-  ``ray.util.state.list_actors`` needs the dashboard, which the sides do not start). It
-  counts the object-store pages a replica touched (shared memory). ``ray_ps_adam``: its
-  ``ParameterServer`` actor; ``torch_single``: its own process (``ru_maxrss``).
+- sampled every 0.5 s by a thread of the child (``bench.scale_probe.peak_poller``): peak bytes
+  on disk (raftps: the replica's sqlite file, WAL, segments and snapshots) and peak RSS
+  (raftps: its ``RaftReplica`` actor; ``ray_ps_adam``: its ``ParameterServer`` actor;
+  ``torch_single``: its own process, ``ru_maxrss``);
+- raftps, as ``summary.json``'s ``replicas`` reports them (``summary_replica_stats``): each
+  replica's own ``peak_log_bytes`` (log only), ``peak_rss_bytes`` and ``snapshot_bytes`` (its
+  last snapshot: about the shard's state), the largest ``peak_log_bytes / snapshot_bytes`` of
+  a replica (``log_peak_over_state``), and the run's ``failovers``.
 
 As in ``bench.train``, each measurement is a fresh child process (``--child``, one JSON line,
 environment from ``bench.common.child_env``), repeats are interleaved over every (size, side)
@@ -45,18 +45,15 @@ import dataclasses
 import io
 import json
 import os
-import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +62,6 @@ from bench.common import (
     child_env,
     interleave,
     last_json_object,
-    markdown_table,
     median,
     percentile,
     ratio,
@@ -73,72 +69,27 @@ from bench.common import (
     write_results,
 )
 from bench.models import FACTORIES, HIDDEN, factory_spec, parameter_count
-
-WORKERS = 2
-SHARDS = 2  # jobs.train's default, passed explicitly
-GLOBAL_BATCH = 256
-LR = 1e-3
-RAY_CPUS = 4  # logical CPUs of every Ray side, as in bench.train
-TEST_SAMPLES = 256  # the epoch-end evaluation is untimed; keep it cheap
-POLL_S = 0.5
-MB = 1e6
-SIZES = tuple(HIDDEN)  # 1m (smoke only), 6m, 20m, 124m
-FULL_SIZES = ("6m", "20m", "124m")
-QUICK_SIZES = ("6m", "20m")
-RAFTPS_SIDES: dict[str, tuple[int, str | None]] = {
-    "raftps_r1": (1, None), "raftps_r3_disk": (3, "disk"), "raftps_r3_memory": (3, "memory")}
-SIDES = (*RAFTPS_SIDES, "ray_ps_adam", "torch_single")
-BREAKDOWN_FIELDS = ("publish_s", "compute_s", "aggregate_s", "commit_s")
-_REPLICA_FILE = re.compile(r"^(replica-\d+)\.db")
-ActorMatch = Callable[[str, str], str | None]  # (class name, actor name) -> key or None
-
-
-class BenchConfigError(ValueError):
-    """A benchmark setting is out of range or names an unknown size or side."""
+from bench.scale_config import (
+    BREAKDOWN_FIELDS,
+    GLOBAL_BATCH,
+    LR,
+    MB,
+    RAFTPS_SIDES,
+    RAY_CPUS,
+    SHARDS,
+    SIDES,
+    SIZES,
+    TEST_SAMPLES,
+    WORKERS,
+    BenchConfigError,
+    ScaleBenchConfig,
+)
+from bench.scale_probe import POLL_S, peak_poller, ps_match, raft_replica_match
+from bench.scale_report import error_lines, report
 
 
 class BenchSideError(RuntimeError):
     """One side could not be measured (its error is kept in the results)."""
-
-
-def _check_names(kind: str, names: Sequence[str], known: Sequence[str]) -> None:
-    if not names:
-        raise BenchConfigError(f"pick at least one {kind} of {', '.join(known)}")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise BenchConfigError(f"unknown {kind}s {unknown}; pick from {', '.join(known)}")
-    if len(set(names)) != len(names):
-        raise BenchConfigError(f"{kind}s {list(names)} name one twice")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScaleBenchConfig:
-    """What to measure and how long (``--quick`` is the small preset)."""
-
-    sizes: tuple[str, ...] = FULL_SIZES  # bench.models sizes, in run order
-    sides: tuple[str, ...] = SIDES  # sides, in run order
-    repeats: int = 3  # interleaved repeats of every (size, side) (>= 1)
-    rounds: int = 20  # timed global batches per measurement (>= 2)
-    warmup: int = 3  # untimed global batches first (>= 1: round 0 pays for start-up)
-    seed: int = 0  # data and init seed
-    side_timeout_s: float = 1800.0  # limit on one child process (start-up included)
-
-    def __post_init__(self) -> None:
-        _check_names("size", self.sizes, SIZES)
-        _check_names("side", self.sides, SIDES)
-        if self.repeats < 1:
-            raise BenchConfigError("ScaleBenchConfig.repeats must be >= 1")
-        if self.rounds < 2:
-            raise BenchConfigError("ScaleBenchConfig.rounds must be >= 2 (a rate needs rounds)")
-        if self.warmup < 1:
-            raise BenchConfigError("ScaleBenchConfig.warmup must be >= 1: the first round "
-                                   "pays for worker start-up on the raftps sides")
-        if not self.side_timeout_s > 0:
-            raise BenchConfigError("ScaleBenchConfig.side_timeout_s must be > 0")
-
-    @classmethod
-    def quick(cls) -> ScaleBenchConfig:
-        return cls(sizes=QUICK_SIZES, repeats=1, rounds=15, warmup=2, side_timeout_s=300.0)
 
 
 # ---------------------------------------------------------------- pure parts (unit-tested)
@@ -165,62 +116,6 @@ def raftps_args(size: str, side: str, rounds: int, out: Path, job: str, *, seed:
     return args
 
 
-def _path_bytes(path: Path) -> int:
-    """Bytes of a file or of the files below a folder; 0 when something vanished meanwhile
-    (a rotated segment: that sample is lost, the peak is kept by the others)."""
-    try:
-        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
-        return sum(f.stat().st_size for f in files)
-    except FileNotFoundError:
-        return 0
-
-
-def replica_log_bytes(raft_dir: Path) -> dict[str, int]:
-    """Bytes on disk per replica under a run's ``raft`` folder, keyed ``shard-<s>/replica-<i>``.
-
-    A replica's storage is ``<job>_shard-<s>/replica-<i>.db`` plus its ``-wal``/``-shm`` files
-    and ``.segments``/``.snapshots`` folders; files appearing or vanishing meanwhile are
-    tolerated.
-    """
-    found: dict[str, int] = {}
-    try:
-        groups = [g for g in raft_dir.iterdir() if g.is_dir()]
-    except FileNotFoundError:
-        return found
-    for group in groups:
-        shard = group.name.rpartition("_")[2]
-        with contextlib.suppress(FileNotFoundError):
-            for entry in group.iterdir():
-                match = _REPLICA_FILE.match(entry.name)
-                if match:
-                    key = f"{shard}/{match.group(1)}"
-                    found[key] = found.get(key, 0) + _path_bytes(entry)
-    return found
-
-
-def update_peaks(peaks: dict[str, int], sample: Mapping[str, int]) -> None:
-    """Raise each ``peaks[key]`` to ``sample[key]`` where that is higher (adds new keys)."""
-    for key, value in sample.items():
-        peaks[key] = max(peaks.get(key, value), value)
-
-
-def raft_replica_match(job: str) -> ActorMatch:
-    """Matches the ``RaftReplica`` actors of ``job``; the key drops the ``<job>/`` prefix."""
-    prefix = f"{job}/shard-"
-
-    def match(class_name: str, name: str) -> str | None:
-        if class_name == "RaftReplica" and name.startswith(prefix):
-            return name[len(job) + 1:]
-        return None
-
-    return match
-
-
-def ps_match(class_name: str, name: str) -> str | None:
-    """Matches the Ray example's ``ParameterServer`` actor (key ``ps``)."""
-    return "ps" if class_name == "ParameterServer" else None
-
-
 def round_breakdown(records: Sequence[Mapping[str, Any]], skip: int) -> dict[str, float]:
     """Median seconds of each ``BREAKDOWN_FIELDS`` entry and of the wall time (``round_s``)
     over the metrics records after the first ``skip``; NaN where a field is missing."""
@@ -238,6 +133,36 @@ def leader_changes(summary: Mapping[str, Any], records: Sequence[Mapping[str, An
         return summary["leader_changes"]
     last = records[-1].get("leader_changes") if records else None
     return last or None
+
+
+def log_peak_over_state(peak_log: Mapping[str, float],
+                        state: Mapping[str, float]) -> float | None:
+    """The largest ``peak_log[r] / state[r]`` over the replicas with a non-zero state (how
+    many shard states a replica's log held at its peak); None when there is none."""
+    ratios = [float(peak_log[k]) / float(state[k]) for k in peak_log if state.get(k)]
+    return max(ratios) if ratios else None
+
+
+_SUMMARY_FIELDS = {"summary_peak_log_bytes": "peak_log_bytes",
+                   "summary_peak_rss_bytes": "peak_rss_bytes", "snapshot_bytes": "snapshot_bytes"}
+
+
+def summary_replica_stats(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary.json``'s per-replica stats (``replicas``: per shard, per live replica), keyed
+    ``shard-<s>/replica-<i>`` like the polled peaks: ``summary_peak_log_bytes``,
+    ``summary_peak_rss_bytes``, ``snapshot_bytes``, their ``log_peak_over_state``, and the
+    run's ``failovers``; each is None when the summary lacks it."""
+    shards = summary.get("replicas")
+    out: dict[str, Any] = {"failovers": summary.get("failovers")}
+    if not isinstance(shards, list):
+        return out | dict.fromkeys(_SUMMARY_FIELDS) | {"log_peak_over_state": None}
+    for name, field in _SUMMARY_FIELDS.items():
+        out[name] = {f"shard-{s}/replica-{r.get('index', i)}": int(r[field])
+                     for s, shard in enumerate(shards) for i, r in enumerate(shard)
+                     if r.get(field) is not None}
+    out["log_peak_over_state"] = log_peak_over_state(out["summary_peak_log_bytes"],
+                                                     out["snapshot_bytes"])
+    return out
 
 
 def median_breakdown(runs: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
@@ -272,6 +197,12 @@ def side_entry(values: Sequence[float], runs: Sequence[Mapping[str, Any]], ray_r
             "round_breakdown_s": median_breakdown(ok),
             "peak_log_mb_per_replica": peak_mb(ok, "peak_log_bytes"),
             "peak_rss_mb_per_replica": peak_mb(ok, "peak_rss_bytes"),
+            "summary_peak_log_mb_per_replica": peak_mb(ok, "summary_peak_log_bytes"),
+            "summary_peak_rss_mb_per_replica": peak_mb(ok, "summary_peak_rss_bytes"),
+            "snapshot_mb_per_replica": peak_mb(ok, "snapshot_bytes"),
+            "log_peak_over_state": median([float(r["log_peak_over_state"]) for r in ok
+                                           if r.get("log_peak_over_state") is not None]),
+            "failovers": [r.get("failovers") for r in ok],
             "leader_changes": [r.get("leader_changes") for r in ok],
             "errors": [str(r["error"]) for r in runs if "error" in r],
             "runs": list(runs)}
@@ -297,65 +228,6 @@ def summarize(raw: Mapping[str, Sequence[float]], details: Mapping[str, Sequence
     return results
 
 
-def _ms(value: Any) -> str:
-    if value is None or value != value:
-        return "-"
-    return f"{float(value) * 1000:.0f}"
-
-
-def breakdown_cell(breakdown: Mapping[str, float] | None) -> str:
-    """``publish/compute/aggregate/commit (wall)`` in milliseconds; ``-`` for what is missing."""
-    if not breakdown:
-        return "-"
-    parts = "/".join(_ms(breakdown.get(f)) for f in BREAKDOWN_FIELDS)
-    return f"{parts} ({_ms(breakdown.get('round_s'))})"
-
-
-def max_cell(per_replica: Mapping[str, float] | None) -> float:
-    """The largest per-replica value (the table's ``per replica`` columns); NaN if none."""
-    return max(per_replica.values()) if per_replica else float("nan")
-
-
-def leader_cell(per_run: Sequence[Any]) -> str:
-    """Each run's per-shard leader changes (``shard:count`` of a mapping, ``a,b`` of a list),
-    runs separated by ``;``; ``-`` for a run (or all runs) without them."""
-    def one(value: Any) -> str:
-        if isinstance(value, Mapping):
-            return ",".join(f"{k}:{v}" for k, v in value.items())
-        if isinstance(value, list | tuple):
-            return ",".join(str(v) for v in value)
-        return "-" if value is None else str(value)
-
-    return "-" if all(v is None for v in per_run) else "; ".join(one(v) for v in per_run)
-
-
-TABLE_HEADERS = ["size", "side", "samples/s", "× Ray PS", "× torch",
-                 "round ms: publish/compute/aggregate/commit (wall)",
-                 "peak log MB/replica (max)", "peak RSS MB/replica (max)", "leader changes",
-                 "ok runs"]
-
-
-def report(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """The markdown table of ``summarize``'s results, one row per (size, side)."""
-    rows = []
-    for size, sides in results.items():
-        label = f"{size} ({parameter_count(HIDDEN[size]) / 1e6:.1f}M)"
-        for side, r in sides.items():
-            runs = len(r["runs"])
-            rows.append([label, side, r["samples_per_s"], r["ratio_to_ray_ps_adam"],
-                         r["ratio_to_torch_single"], breakdown_cell(r["round_breakdown_s"]),
-                         max_cell(r["peak_log_mb_per_replica"]),
-                         max_cell(r["peak_rss_mb_per_replica"]),
-                         leader_cell(r["leader_changes"]), f"{runs - len(r['errors'])}/{runs}"])
-    return markdown_table(TABLE_HEADERS, rows)
-
-
-def error_lines(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
-    """One line per failed run: ``size side: error`` (first 300 characters)."""
-    return [f"{size} {side}: {error[:300]}" for size, sides in results.items()
-            for side, r in sides.items() for error in r["errors"]]
-
-
 def split_names(text: str) -> tuple[str, ...]:
     """``"a, b,"`` → ``("a", "b")``: a comma-separated ``--sizes``/``--sides`` value."""
     return tuple(n.strip() for n in text.split(",") if n.strip())
@@ -371,65 +243,6 @@ def config_from_args(args: argparse.Namespace) -> ScaleBenchConfig:
 
 
 # ---------------------------------------------------------------- child: one measurement
-
-
-@contextlib.contextmanager
-def peak_poller(raft_dir: Path | None, match: ActorMatch | None,
-                period_s: float = POLL_S) -> Iterator[dict[str, Any]]:
-    """Around a measurement: a thread samples ``replica_log_bytes(raft_dir)`` and the RSS of
-    the actors ``match`` keys every ``period_s``; yields the dict of peaks it keeps
-    (``peak_log_bytes`` only with a ``raft_dir``), the log sampled once more at the end.
-    A failed sample is counted in ``poll_errors``, never raised."""
-    peaks: dict[str, Any] = {"peak_rss_bytes": {}, "polls": 0, "poll_errors": []}
-    if raft_dir is not None:
-        peaks["peak_log_bytes"] = {}
-    stop = threading.Event()
-
-    def poll(actors: bool) -> None:
-        try:
-            if raft_dir is not None:
-                update_peaks(peaks["peak_log_bytes"], replica_log_bytes(raft_dir))
-            if actors and match is not None:
-                update_peaks(peaks["peak_rss_bytes"], rss_by_key(actor_pids(match)))
-            peaks["polls"] += 1
-        except Exception as exc:  # keep measuring; report what sampling hit
-            peaks["poll_errors"] = [*peaks["poll_errors"], f"{type(exc).__name__}: {exc}"][-5:]
-
-    def loop() -> None:
-        while not stop.wait(period_s):
-            poll(True)
-
-    thread = threading.Thread(target=loop, name="bench-peaks", daemon=True)
-    thread.start()
-    try:
-        yield peaks
-    finally:
-        stop.set()
-        thread.join()
-        poll(False)  # the log as training left it
-
-
-def actor_pids(match: ActorMatch) -> dict[str, int]:
-    """``{key: pid}`` of the live actors that ``match`` keys, from the GCS actor table."""
-    from ray._private import state
-
-    found: dict[str, int] = {}
-    for info in state.actors().values():
-        key = match(str(info.get("ActorClassName", "")), str(info.get("Name", "")))
-        if key is not None and info.get("State") == "ALIVE" and info.get("Pid"):
-            found[key] = int(info["Pid"])
-    return found
-
-
-def rss_by_key(pids: Mapping[str, int]) -> dict[str, int]:
-    """Resident set size in bytes of each live pid (processes gone meanwhile are skipped)."""
-    import psutil
-
-    out: dict[str, int] = {}
-    for key, pid in pids.items():
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            out[key] = int(psutil.Process(pid).memory_info().rss)
-    return out
 
 
 def cli_flags() -> frozenset[str]:
@@ -475,7 +288,7 @@ def measure_raftps(size: str, side: str, cfg: ScaleBenchConfig) -> dict[str, Any
                 "timed_rounds": len(records) - cfg.warmup,
                 "round_breakdown_s": round_breakdown(records, cfg.warmup),
                 "leader_changes": leader_changes(summary, records),
-                "train_args": argv, **peaks}
+                **summary_replica_stats(summary), "train_args": argv, **peaks}
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -595,7 +408,9 @@ def settings(cfg: ScaleBenchConfig, quick: bool) -> dict[str, Any]:
         "isolation": "one fresh child process per measurement",
         "raftps_run": "jobs.train's parser + jobs.api.train in the child, on its own local Ray",
         "raftps_rate": "metrics.jsonl rounds after warmup (steady state)",
-        "rss": "psutil RSS of actors from the GCS actor table, every poll_s"}
+        "rss": "psutil RSS of actors from the GCS actor table, every poll_s",
+        "replica_stats": "raftps: summary.json's replicas (peak_log_bytes, peak_rss_bytes, "
+                         "snapshot_bytes per replica) and failovers"}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -1,5 +1,7 @@
-"""Unit tests of bench.scale's pure parts (config, CLI flags, log sizes, result shaping, table)
-and of bench.models' sizes. No Ray: the child processes are replaced by scripted answers."""
+"""Unit tests of bench.scale's pure parts and of bench.scale_config, bench.scale_probe and
+bench.scale_report (config, CLI flags, log sizes, result shaping, summary.json's replica stats,
+table) and of bench.models' sizes. No Ray: the child processes are replaced by scripted
+answers."""
 
 from __future__ import annotations
 
@@ -11,26 +13,22 @@ from typing import Any
 
 import pytest
 
-from bench import scale
+from bench import scale, scale_probe
 from bench.models import FACTORIES, HIDDEN, factory_spec, parameter_count
 from bench.scale import (
-    BenchConfigError,
     BenchSideError,
-    ScaleBenchConfig,
-    breakdown_cell,
     config_from_args,
-    error_lines,
-    leader_cell,
     leader_changes,
+    log_peak_over_state,
     peak_mb,
-    raft_replica_match,
     raftps_args,
-    replica_log_bytes,
-    report,
     round_breakdown,
     summarize,
-    update_peaks,
+    summary_replica_stats,
 )
+from bench.scale_config import BenchConfigError, ScaleBenchConfig
+from bench.scale_probe import raft_replica_match, replica_log_bytes, update_peaks
+from bench.scale_report import breakdown_cell, error_lines, leader_cell, report
 
 
 def test_model_sizes_are_near_their_names() -> None:
@@ -111,7 +109,7 @@ def test_update_peaks_keeps_maxima_and_matchers_pick_actors() -> None:
     assert match("RaftReplica", "job-1/shard-0/replica-2") == "shard-0/replica-2"
     assert match("RaftReplica", "job-10/shard-0/replica-2") is None
     assert match("DataWorker", "job-1/shard-0/replica-2") is None
-    assert scale.ps_match("ParameterServer", "") == "ps"
+    assert scale_probe.ps_match("ParameterServer", "") == "ps"
 
 
 def test_round_breakdown_takes_medians_after_warmup() -> None:
@@ -173,7 +171,7 @@ def test_report_table_and_cells() -> None:
     lines = report(results).splitlines()
     assert lines[0].startswith("| size | side | samples/s | × Ray PS | × torch |")
     assert lines[2] == ("| 20m (20.0M) | raftps_r3_memory | 500 | - | 0.50 | "
-                        "10/300/20/100 (500) | - | 400 | 0,2 | 1/2 |")
+                        "10/300/20/100 (500) | - | 400 | - | 0,2 | 1/2 |")
     assert lines[3].startswith("| 20m (20.0M) | torch_single | 1,000 | - | 1.00 | - |")
     assert error_lines(results) == ["20m raftps_r3_memory: RuntimeError: boom"]
     assert breakdown_cell({"round_s": 0.25}) == "-/-/-/- (250)"
@@ -221,10 +219,38 @@ def test_peak_poller_keeps_the_largest_log_seen(tmp_path: Path) -> None:
     group.mkdir(parents=True)
     db = group / "replica-0.db"
     db.write_bytes(b"x" * 50)
-    with scale.peak_poller(tmp_path / "raft", None, period_s=0.01) as peaks:
+    with scale_probe.peak_poller(tmp_path / "raft", None, period_s=0.01) as peaks:
         deadline = time.monotonic() + 5.0
         while peaks["polls"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         db.write_bytes(b"x" * 10)  # compacted: the peak stays
     assert peaks["peak_log_bytes"] == {"shard-0/replica-0": 50}
     assert peaks["poll_errors"] == [] and peaks["peak_rss_bytes"] == {}
+
+
+def test_summary_replica_stats_key_replicas_and_take_the_largest_log_to_state() -> None:
+    summary = {"leader_changes": [0, 1], "failovers": 2, "replicas": [
+        [{"index": 0, "leader_changes": 0, "peak_log_bytes": 300, "snapshot_bytes": 100,
+          "peak_rss_bytes": 7e8, "disk_bytes": {"total_bytes": 400}},
+         {"index": 2, "peak_log_bytes": 150, "snapshot_bytes": 100, "peak_rss_bytes": 6e8}],
+        [{"index": 1, "peak_log_bytes": 50, "snapshot_bytes": 0, "peak_rss_bytes": 5e8}]]}
+    stats = summary_replica_stats(summary)
+    assert stats["summary_peak_log_bytes"] == {"shard-0/replica-0": 300,
+                                               "shard-0/replica-2": 150,
+                                               "shard-1/replica-1": 50}
+    assert stats["summary_peak_rss_bytes"]["shard-0/replica-0"] == 7e8
+    assert stats["snapshot_bytes"]["shard-1/replica-1"] == 0
+    assert stats["log_peak_over_state"] == 3.0 and stats["failovers"] == 2
+    assert log_peak_over_state({"a": 5}, {"a": 0}) is None
+    assert summary_replica_stats({}) == {
+        "failovers": None, "summary_peak_log_bytes": None, "summary_peak_rss_bytes": None,
+        "snapshot_bytes": None, "log_peak_over_state": None}
+    cfg = ScaleBenchConfig(sizes=("6m",), sides=("raftps_r3_disk",))
+    runs = [_run(100.0, **stats), _run(100.0, **summary_replica_stats(
+        {"replicas": [[{"index": 0, "peak_log_bytes": 100, "snapshot_bytes": 100}]]}))]
+    entry = summarize({"6m:raftps_r3_disk": [100.0, 100.0]}, {"6m:raftps_r3_disk": runs},
+                      cfg)["6m"]["raftps_r3_disk"]
+    assert entry["log_peak_over_state"] == 2.0 and entry["failovers"] == [2, None]
+    assert entry["snapshot_mb_per_replica"]["shard-0/replica-0"] == pytest.approx(1e-4)
+    row = report({"6m": {"raftps_r3_disk": entry}}).splitlines()[2]
+    assert row.split(" | ")[8] == "2.00"
