@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import itertools
 import logging
+import mmap
 import os
 import pickle
 import random
@@ -477,9 +478,12 @@ class RaftReplica:
         parts_of = getattr(self.state_machine, "snapshot_parts", None)
         user = parts_of() if callable(parts_of) else [self.state_machine.snapshot()]
         image = gather(image_parts(self._sessions.encode(), user))
-        snapshot = Snapshot(meta=meta, data=image)  # type: ignore[arg-type]  # bytes-like
-        self._storage.compact(snapshot)
-        return snapshot
+        path = self._storage.compact(Snapshot(meta=meta, data=image))  # type: ignore[arg-type]
+        # keep a read-only mapping of the durable file, not the image: the page cache holds
+        # it, and the core reads chunks of it only for a follower that needs a snapshot
+        with path.open("rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return Snapshot(meta=meta, data=mapped)  # type: ignore[arg-type]  # bytes-like
 
     def _voters_at_applied(self) -> tuple[int, ...]:
         return tuple(self._node.voters_at(self.applied_index))

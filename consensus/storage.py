@@ -469,15 +469,18 @@ class SqliteStorage:
             return False
         return self._durable_term_vote != (hard_state.term, hard_state.vote)
 
-    def compact(self, snapshot: Snapshot) -> None:
+    def compact(self, snapshot: Snapshot) -> Path:
         """Store ``snapshot`` (taken by this host) and delete the entries it covers; durable
-        when it returns (blocks on IO). Raises StorageFullError if the image does not fit
-        (checked before writing; changes nothing) or on ENOSPC (previous state remains)."""
+        when it returns (blocks on IO); returns the image's file (a host may map it instead
+        of keeping the image in memory: a later compaction unlinks it, which leaves a
+        mapping valid). Raises StorageFullError if the image does not fit (checked before
+        writing; changes nothing) or on ENOSPC (previous state remains)."""
         stored = self._write_snapshot_file(snapshot)  # checks the space first
         with self._transaction(stored):
             self._write_snapshot(snapshot, stored, keep_matching_suffix=False)
         self._collect_segments()
         self._snapshots.collect(keep=stored.name)
+        return self._snapshots.path(stored.name)
 
     def _write_snapshot(
         self, snapshot: Snapshot, stored: StoredSnapshot, *, keep_matching_suffix: bool

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +23,21 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 ROUNDS = 24
 
 
+def wait_restarted_version(handle: Any, version: int, limit_s: float = 90.0) -> None:
+    """Wait until the replica behind ``handle`` applied ``version`` rounds. A killed one
+    may still be restarting (its process imports torch), and Ray refuses calls to it
+    meanwhile: ask again until it answers (polling Ray's actor state, not timing logic)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            ray.get(handle.call_service.remote("wait_version", version, 60.0,
+                                               leader_only=False), timeout=limit_s)
+            return
+        except ray.exceptions.ActorUnavailableError:
+            assert time.monotonic() < deadline, "the killed replica never came back"
+            time.sleep(0.1)
+
+
 def test_leader_killed_mid_round_resubmits_and_applies_exactly_once(tmp_path: Path) -> None:
     ps = ParameterServer.create(make_config(tmp_path), initial_tensors())
     try:
@@ -35,8 +52,8 @@ def test_leader_killed_mid_round_resubmits_and_applies_exactly_once(tmp_path: Pa
         for k in SHAPES:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
         for group in ps.groups:
-            ray.get([h.call_service.remote("wait_version", ROUNDS, 60.0, leader_only=False)
-                     for h in group.handles()], timeout=90)
+            for handle in group.handles():
+                wait_restarted_version(handle, ROUNDS)
             snaps = group.snapshots()
             assert len(snaps) == 3, "the killed replica was restarted from its storage"
             assert len(set(snaps.values())) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import ray
@@ -18,11 +19,11 @@ from jobs.backend import RaftServerBackend
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def config(out: Path, job: str) -> TrainConfig:
+def config(out: Path, job: str, durability: Literal["disk", "memory"] = "disk") -> TrainConfig:
     return TrainConfig(model="mlp", data="synthetic:16x4x512x64", workers=2, shards=2,
                        replicas=3, epochs=3, global_batch=32, optimizer="momentum", lr=0.05,
                        seed=5, out=str(out), job=job, checkpoint_every=8, progress=False,
-                       timeout_s=120.0)
+                       timeout_s=120.0, durability=durability)
 
 
 def wait_for_rounds(out: Path, rounds: int) -> None:
@@ -46,13 +47,18 @@ def kill_leader_after(out: Path, job: str, rounds: int, killed: list[str]) -> No
             return
 
 
-def test_killing_a_shard_leader_mid_training_changes_no_byte(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["disk", "memory"])
+def test_killing_a_shard_leader_mid_training_changes_no_byte(
+    tmp_path: Path, durability: Literal["disk", "memory"]
+) -> None:
+    """Either durability: the clean run is disk's, so memory must also give its bits."""
     clean = train(config(tmp_path / "clean", "chaos-clean"), backend=RaftServerBackend())
     killed: list[str] = []
+    job = f"chaos-faulty-{durability}"
     killer = threading.Thread(target=kill_leader_after,
-                              args=(tmp_path / "faulty", "chaos-faulty", 10, killed))
+                              args=(tmp_path / "faulty", job, 10, killed))
     killer.start()
-    faulty = train(config(tmp_path / "faulty", "chaos-faulty"), backend=RaftServerBackend())
+    faulty = train(config(tmp_path / "faulty", job, durability), backend=RaftServerBackend())
     killer.join(timeout=130)
     assert killed, "the leader was never killed; the test proved nothing"
     assert faulty.rounds == clean.rounds == 48
