@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import itertools
 import logging
-import mmap
 import os
 import pickle
 import random
@@ -32,17 +30,13 @@ import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consensus.buffers import gather
 from consensus.compaction import CompactionPolicy
 from consensus.core import RaftNode
 from consensus.errors import (
-    NotLeaderError,
     ProposalDroppedError,
-    ProposalTimeoutError,
     StorageFullError,
 )
 from consensus.lost_state import (
@@ -55,6 +49,7 @@ from consensus.lost_state import (
     unsynced_since_boot,
 )
 from consensus.peers import PeerRouter
+from consensus.replica_api import ReplicaAPI, Waiter
 from consensus.replica_config import RaftGroupConfig
 from consensus.replica_context import (
     CommandError,
@@ -62,23 +57,19 @@ from consensus.replica_context import (
     replica_name,
     storage_path,
 )
+from consensus.replica_snapshots import ReplicaSnapshots
 from consensus.session import (
-    Envelope,
     EnvelopeError,
     SessionTable,
     decode_batch,
     decode_image,
     decode_run,
-    encode_batch,
-    image_parts,
     is_run,
 )
 from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
 from consensus.transport import PeerTransport
 from consensus.types import (
-    ConfChange,
-    ConfChangeKind,
     Entry,
     EntryKind,
     HardState,
@@ -96,13 +87,7 @@ log = logging.getLogger(__name__)
 _INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
 
 
-@dataclass(slots=True)
-class _Waiter:
-    term: int
-    future: asyncio.Future[list[bytes]]
-
-
-class RaftReplica:
+class RaftReplica(ReplicaAPI):
     """One replica of a Raft group as an asyncio Ray actor (use ``max_concurrency`` >= 100)."""
 
     def __init__(
@@ -140,7 +125,11 @@ class RaftReplica:
         self._check_lost_state(empty, join, power_lost)
         self.state_machine = state_machine()
         self._sessions = SessionTable()
-        self.applied_index = self._applied_term = self._snap_index = 0
+        self.applied_index = self._applied_term = 0
+        self._snaps = ReplicaSnapshots(
+            self._storage, CompactionPolicy(every_entries=config.snapshot_every,
+                                            every_bytes=config.snapshot_log_bytes),
+            f"{index} of {group}", snapshot)
         if snapshot is not None:
             self._restore(snapshot)
         voters = () if join else tuple(range(1, len(names) + 1))
@@ -156,13 +145,9 @@ class RaftReplica:
         self._idle = asyncio.Event()  # set while no apply runs (see _apply_off_loop)
         self._idle.set()
         self._ticker: asyncio.Task[None] | None = None
-        self._snap_bytes = len(snapshot.data) if snapshot is not None else 0
-        self._bytes_since_snap = self._applied_bytes = self._max_entry_bytes = 0
-        self._compaction = CompactionPolicy(every_entries=config.snapshot_every,
-                                            every_bytes=config.snapshot_log_bytes)
         self._transport = PeerTransport(peer_token, self._on_batch) if peer_token else None
         self._router = PeerRouter(self._peer_name, namespace, self._transport)
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiters: dict[int, Waiter] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int | Callable[[], bool], asyncio.Future[None]]] = []
         self.apply_callbacks: list[Callable[[int], None]] = []
@@ -170,8 +155,6 @@ class RaftReplica:
         self._readies = 0
         self._busy = False  # a Ready is being handled (see _run)
         self.leader_changes = 0
-        self.peak_log_bytes = 0
-        self.storage_full: StorageFullError | None = None  # see _disk_full
         self._leader_seen: tuple[int, int] | None = None
         self._wake = asyncio.Event()
         self._service = service(ReplicaContext(self)) if service is not None else None
@@ -338,8 +321,7 @@ class RaftReplica:
         if ready.snapshot is not None:
             self._restore(ready.snapshot)
         fresh = [e for e in ready.committed_entries if e.index > self.applied_index]
-        self._applied_bytes += sum(len(e.data) for e in fresh)
-        self._max_entry_bytes = max([self._max_entry_bytes, *(len(e.data) for e in fresh)])
+        self._snaps.applied(fresh)
         return [(entry, self._execute(entry)) for entry in fresh]
 
     async def apply_idle(self) -> None:
@@ -364,11 +346,7 @@ class RaftReplica:
             return
         await asyncio.get_running_loop().run_in_executor(
             self._disk, self._storage.save, hs, entries, snap)
-        self._note_disk()
-
-    def _note_disk(self) -> None:
-        """Track the most bytes this replica's log (sqlite + segments) held on disk."""
-        self.peak_log_bytes = max(self.peak_log_bytes, self._storage.disk_bytes()["log_bytes"])
+        self._snaps.note_disk()
 
     # ------------------------------------------------------------------ apply side
 
@@ -376,7 +354,8 @@ class RaftReplica:
         sessions, user = decode_image(snapshot.data)
         self._sessions.restore(sessions)
         self.state_machine.restore(user)
-        self.applied_index = self._snap_index = snapshot.meta.index
+        self.applied_index = snapshot.meta.index
+        self._snaps.restored(snapshot.meta.index)
         self._applied_term = snapshot.meta.term
 
     def _run_command(self, command: bytes) -> Any:
@@ -436,54 +415,20 @@ class RaftReplica:
         count, or by bytes relative to the state's size). The state is encoded and written
         in the disk thread; the drive loop waits (no apply can run meanwhile), ticks and
         messages go on."""
-        self._bytes_since_snap += self._applied_bytes
-        self._applied_bytes = 0
-        if not self._compaction.due(entries=self.applied_index - self._snap_index,
-                                    applied_bytes=self._bytes_since_snap,
-                                    state_bytes=self._snap_bytes,
-                                    largest_entry=self._max_entry_bytes):
+        if not self._snaps.due(self.applied_index):
             return
         meta = SnapshotMeta(
             index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied()
         )
         try:
             snapshot = await asyncio.get_running_loop().run_in_executor(
-                self._disk, self._write_snapshot, meta)
+                self._disk, self._snaps.write, meta, self._sessions.encode(),
+                self.state_machine)
         except StorageFullError as exc:
-            self._disk_full(exc)  # nothing changed; the log keeps growing meanwhile
+            self._snaps.disk_full(exc)  # nothing changed; the log keeps growing meanwhile
             return
         self._node.compact(snapshot)
-        self._snap_index = meta.index
-        self._snap_bytes = len(snapshot.data)
-        self._bytes_since_snap = self._max_entry_bytes = 0
-        try:  # the next cycle needs a snapshot's room plus the log that precedes it
-            self._storage.check_space(3 * self._snap_bytes)
-            self.storage_full = None
-        except StorageFullError as exc:
-            self._disk_full(exc)
-
-    def _disk_full(self, exc: StorageFullError) -> None:
-        """Remember (and log once) that the disk cannot hold the next snapshot: proposals
-        here raise it from now on, so the job stops with this error instead of filling
-        the disk and crash-looping."""
-        if self.storage_full is None:
-            log.error("replica %s of %s: %s", self.index, self.group, exc)
-        self.storage_full = exc
-
-    def _write_snapshot(self, meta: SnapshotMeta) -> Snapshot:
-        """(disk thread) Encode the state machine's image and make it the durable snapshot.
-        A state machine with ``snapshot_parts()`` (buffers valid until its next apply) is
-        gathered by numpy, without the GIL: a ``bytes`` join of a large shard would stop
-        the event loop for as long as it copies."""
-        parts_of = getattr(self.state_machine, "snapshot_parts", None)
-        user = parts_of() if callable(parts_of) else [self.state_machine.snapshot()]
-        image = gather(image_parts(self._sessions.encode(), user))
-        path = self._storage.compact(Snapshot(meta=meta, data=image))  # type: ignore[arg-type]
-        # keep a read-only mapping of the durable file, not the image: the page cache holds
-        # it, and the core reads chunks of it only for a follower that needs a snapshot
-        with path.open("rb") as fh:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        return Snapshot(meta=meta, data=mapped)  # type: ignore[arg-type]  # bytes-like
+        self._snaps.compacted(snapshot)
 
     def _voters_at_applied(self) -> tuple[int, ...]:
         return tuple(self._node.voters_at(self.applied_index))
@@ -525,104 +470,6 @@ class RaftReplica:
         self._send_early()
         self._wake.set()
 
-    # ------------------------------------------------------------------ client API
-
-    def is_leader(self) -> bool:
-        return self._node.role == Role.LEADER
-
-    @property
-    def term(self) -> int:
-        return self._node.term
-
-    def _require_leader(self) -> None:
-        if not self.is_leader():
-            raise NotLeaderError(
-                f"replica {self.index} of {self.group} is not the leader", self._node.leader
-            )
-
-    async def _await(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise ProposalTimeoutError(
-                f"replica {self.index} of {self.group}: {what} timed out after {timeout} s"
-            ) from None
-
-    async def propose_envelopes(self, envelopes: list[Envelope], timeout: float) -> list[Any]:
-        """Append one entry holding ``envelopes``; wait until applied; return their results.
-
-        Raises NotLeaderError (with the leader hint), ProposalDroppedError (the index got
-        another entry; retry with the same seqs) or ProposalTimeoutError (outcome unknown).
-        """
-        return await self.propose_entry(encode_batch(envelopes), timeout)
-
-    async def propose_entry(self, data: bytes, timeout: float) -> list[Any]:
-        """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``.
-        Raises StorageFullError once this replica's disk cannot hold its next snapshot."""
-        self._require_leader()
-        if self.storage_full is not None:
-            raise self.storage_full
-        index = self._node.propose(data)
-        fut = self._wait_index(index)
-        self._wake.set()
-        raw: list[bytes] = await self._await(fut, timeout, f"proposal at index {index}")
-        return [pickle.loads(r) for r in raw]
-
-    def _wait_index(self, index: int) -> asyncio.Future[list[bytes]]:
-        old = self._waiters.get(index)
-        if old is not None and not old.future.done():
-            old.future.set_exception(ProposalDroppedError(f"index {index} was re-proposed"))
-        fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        self._waiters[index] = _Waiter(term=self._node.term, future=fut)
-        return fut
-
-    async def propose(self, client_id: str, seq: int, command: bytes, timeout: float,
-                      ack: int = 0) -> Any:
-        """Propose one client command (dedup on ``(client_id, seq)``); returns its result."""
-        results = await self.propose_envelopes([Envelope(client_id, seq, command, ack)], timeout)
-        return results[0]
-
-    async def read(self, query: Any, timeout: float) -> Any:
-        """Linearizable read (ReadIndex, thesis §6.4): ``state_machine.query(query)``."""
-        self._require_leader()
-        ctx = f"{self.node_id}:{next(self._read_ids)}".encode()
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = fut
-        try:
-            self._node.read_index(ctx)
-            self._wake.set()
-            index = await self._await(fut, timeout, "read index")
-        finally:
-            self._reads.pop(ctx, None)
-        await self.wait_applied(index, timeout)
-        await self.apply_idle()
-        return self.state_machine.query(query)
-
-    async def change_member(self, kind: int, node_id: int, timeout: float) -> int:
-        """Propose adding/removing ``node_id`` (single-server change); wait for it to apply."""
-        self._require_leader()
-        index = self._node.propose_conf_change(ConfChange(ConfChangeKind(kind), node_id))
-        fut = self._wait_index(index)
-        self._wake.set()
-        await self._await(fut, timeout, f"membership change at {index}")
-        return index
-
-    async def transfer_leadership(self, to_index: int) -> None:
-        """Ask the core to hand leadership to replica ``to_index`` (thesis §3.10)."""
-        self._node.transfer_leadership(to_index + 1)
-        self._wake.set()
-
-    async def call_service(self, method: str, *args: Any, leader_only: bool = True) -> Any:
-        """Call ``method`` on this replica's service object (await it if it is async)."""
-        if self._service is None:
-            raise AttributeError(f"group {self.group} was created without a service")
-        if leader_only:
-            self._require_leader()
-        result = getattr(self._service, method)(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
     async def status(self) -> dict[str, Any]:
         """A snapshot of this replica's view (cheap; never blocks)."""
         node = self._node
@@ -632,23 +479,16 @@ class RaftReplica:
             "term": node.term, "commit": node.commit_index, "applied": self.applied_index,
             "last_index": node.last_index,
             "leader": None if node.leader is None else node.leader - 1,
-            "voters": [v - 1 for v in node.voters], "snapshot_index": self._snap_index,
+            "voters": [v - 1 for v in node.voters], "snapshot_index": self._snaps.index,
             "alive": True, "readies": self._readies, "lost_state": self.lost_state,
             "leader_changes": self.leader_changes,
-            "storage_full": None if self.storage_full is None else str(self.storage_full),
+            "storage_full": None if self._snaps.storage_full is None else str(
+                self._snaps.storage_full),
             "disk_bytes": self._storage.disk_bytes(),
-            "peak_log_bytes": self.peak_log_bytes, "snapshot_bytes": self._snap_bytes,
+            "peak_log_bytes": self._snaps.peak_log_bytes, "snapshot_bytes": self._snaps.bytes,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "confirming_fresh": self._confirming_fresh,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),
             "cpu_s": time.process_time(),
         }
-
-    async def snapshot_bytes(self) -> bytes:
-        """The user state machine's ``snapshot()`` (taken between applies)."""
-        await self.apply_idle()
-        return self.state_machine.snapshot()
-
-    async def ping(self) -> int:
-        return self.node_id
