@@ -66,20 +66,24 @@ def decode_log(snapshot: bytes) -> list[bytes]:
     return machine.log
 
 
-def wait_converged(group: RaftGroup, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Poll (no fixed sleeps) until every live member applied the same index as the leader."""
+def wait_converged(group: RaftGroup, timeout: float = 15.0,
+                   members: int | None = None) -> list[dict[str, Any]]:
+    """Poll (no fixed sleeps) until every live member applied the same index as the leader;
+    with ``members``, until that many are live (a restarted replica that does not answer
+    yet must not be left out of the check and then be read)."""
     deadline = time.monotonic() + timeout
     while True:
         statuses = [s for s in group.status() if s["alive"]]
         applied = {s["applied"] for s in statuses}
-        if len(applied) == 1 and any(s["role"] == "LEADER" for s in statuses):
+        enough = members is None or len(statuses) == members
+        if enough and len(applied) == 1 and any(s["role"] == "LEADER" for s in statuses):
             return statuses
         assert time.monotonic() < deadline, f"replicas did not converge: {statuses}"
         time.sleep(0.05)
 
 
 def assert_identical(group: RaftGroup, members: int) -> list[bytes]:
-    wait_converged(group)
+    wait_converged(group, timeout=60.0, members=members)
     snaps = group.snapshots()
     assert len(snaps) == members
     assert len(set(snaps.values())) == 1, "replica snapshots differ"
