@@ -9,13 +9,19 @@ Adam (lr 1e-3), global batch 256 over 2 workers (128 samples each). Sides:
   (``--data synthetic:784x10xNx256 --model bench.models:mlp20m --optimizer adam
   --keep-raft-log``, one epoch of exactly ``warmup + rounds`` batches); ``jobs.api.train``
   runs it in the child on a local Ray that child started, so a thread there can watch it;
+- ``ceiling``: raftps' own data plane with Raft taken out (``bench.peers.task_ceiling``): the
+  same ``workers.gradient`` tasks, the same 2-shard ``paramserver.plan.ShardPlan``, rounds
+  pipelined 3 deep, each shard one plain in-memory Ray actor stepping ``paramserver.optim``'s
+  Adam on the mean gradient, on the very samples and batch order of ``--data synthetic``:
+  the upper bound of the raftps sides;
 - ``ray_ps_adam``: Ray's documented synchronous parameter server (one PS actor, 2 DataWorker
   actors, ``bench.peers.ray_ps_example``), same model, ``torch.optim.Adam`` on the server;
 - ``torch_single``: one process, 2 torch threads, Adam, no communication.
 
 Per side: steady-state samples/s (raftps: ``metrics.jsonl`` rounds after the first ``warmup``,
 ``bench.common.steady_state_rate``; the peers time ``rounds`` iterations after ``warmup``
-untimed ones), its ratio to the same size's ``ray_ps_adam`` and ``torch_single``, the median
+untimed ones), its ratio to the same size's ``ray_ps_adam`` and ``torch_single`` (and, in the
+results of every side and the table's rows of the raftps sides, to its ``ceiling``), the median
 round breakdown (``metrics.jsonl``'s ``publish_s``/``compute_s``/``aggregate_s``/``commit_s``
 and wall time; the peers only have the wall time, global batch / rate), leader changes per
 shard (``summary.json``'s ``leader_changes``, else the last metrics line's, else null) and
@@ -24,7 +30,8 @@ per replica:
 - sampled every 0.5 s by a thread of the child (``bench.scale_probe.peak_poller``): peak bytes
   on disk (raftps: the replica's sqlite file, WAL, segments and snapshots) and peak RSS
   (raftps: its ``RaftReplica`` actor; ``ray_ps_adam``: its ``ParameterServer`` actor;
-  ``torch_single``: its own process, ``ru_maxrss``);
+  ``ceiling``: each shard actor, keyed ``shard-<s>``; ``torch_single``: its own process,
+  ``ru_maxrss``);
 - raftps, as ``summary.json``'s ``replicas`` reports them (``summary_replica_stats``): each
   replica's own ``peak_log_bytes`` (log only), ``peak_rss_bytes`` and ``snapshot_bytes`` (its
   last snapshot: about the shard's state), the largest ``peak_log_bytes / snapshot_bytes`` of
@@ -71,6 +78,7 @@ from bench.common import (
 from bench.models import FACTORIES, HIDDEN, factory_spec, parameter_count
 from bench.scale_config import (
     BREAKDOWN_FIELDS,
+    CEILING_SIDE,
     GLOBAL_BATCH,
     LR,
     MB,
@@ -84,7 +92,7 @@ from bench.scale_config import (
     BenchConfigError,
     ScaleBenchConfig,
 )
-from bench.scale_probe import POLL_S, peak_poller, ps_match, raft_replica_match
+from bench.scale_probe import POLL_S, ceiling_match, peak_poller, ps_match, raft_replica_match
 from bench.scale_report import error_lines, report
 
 
@@ -186,7 +194,7 @@ def peak_mb(runs: Sequence[Mapping[str, Any]], field: str) -> dict[str, float] |
 
 
 def side_entry(values: Sequence[float], runs: Sequence[Mapping[str, Any]], ray_ref: float,
-               torch_ref: float) -> dict[str, Any]:
+               torch_ref: float, ceiling_ref: float = float("nan")) -> dict[str, Any]:
     """One side's results: median rate, quartiles, ratios, breakdown, peaks, errors, runs."""
     ok = [r for r in runs if "error" not in r]
     rate = median(values)
@@ -194,6 +202,7 @@ def side_entry(values: Sequence[float], runs: Sequence[Mapping[str, Any]], ray_r
             "p25": percentile(values, 25), "p75": percentile(values, 75),
             "ratio_to_ray_ps_adam": ratio(rate, ray_ref),
             "ratio_to_torch_single": ratio(rate, torch_ref),
+            "ratio_to_ceiling": ratio(rate, ceiling_ref),
             "round_breakdown_s": median_breakdown(ok),
             "peak_log_mb_per_replica": peak_mb(ok, "peak_log_bytes"),
             "peak_rss_mb_per_replica": peak_mb(ok, "peak_rss_bytes"),
@@ -215,15 +224,13 @@ def run_key(size: str, side: str) -> str:
 def summarize(raw: Mapping[str, Sequence[float]], details: Mapping[str, Sequence[Any]],
               cfg: ScaleBenchConfig) -> dict[str, dict[str, Any]]:
     """``{size: {side: side_entry}}`` from interleave's rates and the children's JSON lines
-    (both keyed ``size:side``); ratios are to the same size's ``ray_ps_adam``/``torch_single``
-    medians (NaN when that side was not run or failed)."""
+    (both keyed ``size:side``); ratios are to the same size's ``ray_ps_adam``/``torch_single``/
+    ``ceiling`` medians (NaN when that side was not run or failed)."""
     results: dict[str, dict[str, Any]] = {}
     for size in cfg.sizes:
         rates = {side: list(raw.get(run_key(size, side), [])) for side in cfg.sides}
-        ray_ref = median(rates.get("ray_ps_adam", []))
-        torch_ref = median(rates.get("torch_single", []))
-        results[size] = {side: side_entry(values, details.get(run_key(size, side), []),
-                                          ray_ref, torch_ref)
+        refs = [median(rates.get(s, [])) for s in ("ray_ps_adam", "torch_single", CEILING_SIDE)]
+        results[size] = {side: side_entry(values, details.get(run_key(size, side), []), *refs)
                          for side, values in rates.items()}
     return results
 
@@ -307,6 +314,32 @@ def measure_ray_ps(size: str, cfg: ScaleBenchConfig) -> dict[str, Any]:
             "round_breakdown_s": {"round_s": GLOBAL_BATCH / rate}, **peaks}
 
 
+def ceiling_config(size: str, cfg: ScaleBenchConfig, actor_prefix: str | None = None) -> Any:
+    """The ``bench.peers.task_ceiling`` config of the ``ceiling`` side: this size's model, the
+    job's workers, shards and batch, Adam at ``LR``, and ``--data synthetic``'s samples (one
+    epoch of exactly ``warmup + rounds`` batches) in ``jobs.train``'s batch order."""
+    from bench.peers import task_ceiling
+
+    return task_ceiling.TaskCeilingConfig(
+        shards=SHARDS, workers=WORKERS, batch_per_worker=GLOBAL_BATCH // WORKERS,
+        iterations=cfg.rounds, warmup=cfg.warmup, seed=cfg.seed, timeout_s=cfg.side_timeout_s,
+        model=FACTORIES[size], optimizer="adam", adam_lr=LR, data="synthetic",
+        samples=(cfg.warmup + cfg.rounds) * GLOBAL_BATCH, actor_prefix=actor_prefix)
+
+
+def measure_ceiling(size: str, cfg: ScaleBenchConfig) -> dict[str, Any]:
+    """raftps' data plane without Raft (``bench.peers.task_ceiling``) at this size, Adam; the
+    RSS of each shard actor is polled."""
+    from bench.peers import task_ceiling
+
+    prefix = f"scale-ceiling-{uuid.uuid4().hex[:6]}"
+    ceiling_cfg = ceiling_config(size, cfg, actor_prefix=prefix)
+    with peak_poller(None, ceiling_match(prefix)) as peaks:
+        rate = task_ceiling.run(ceiling_cfg)
+    return {"samples_per_s": rate, "timed_rounds": cfg.rounds, "depth": ceiling_cfg.depth,
+            "round_breakdown_s": {"round_s": GLOBAL_BATCH / rate}, **peaks}
+
+
 def measure_torch(size: str, cfg: ScaleBenchConfig) -> dict[str, Any]:
     """Single-process torch, 2 threads, Adam; RSS is this process's peak (``ru_maxrss``)."""
     from bench.peers import torch_single
@@ -332,6 +365,8 @@ def measure(size: str, side: str, cfg: ScaleBenchConfig) -> dict[str, Any]:
     try:
         if side == "ray_ps_adam":
             return measure_ray_ps(size, cfg)
+        if side == CEILING_SIDE:
+            return measure_ceiling(size, cfg)
         return measure_raftps(size, side, cfg)
     finally:
         ray.shutdown()
@@ -408,6 +443,9 @@ def settings(cfg: ScaleBenchConfig, quick: bool) -> dict[str, Any]:
         "isolation": "one fresh child process per measurement",
         "raftps_run": "jobs.train's parser + jobs.api.train in the child, on its own local Ray",
         "raftps_rate": "metrics.jsonl rounds after warmup (steady state)",
+        "ceiling_run": "bench.peers.task_ceiling: workers.gradient tasks, the same shard plan, "
+                       "one in-memory actor per shard stepping paramserver.optim's Adam, "
+                       "rounds pipelined depth deep, no Raft",
         "rss": "psutil RSS of actors from the GCS actor table, every poll_s",
         "replica_stats": "raftps: summary.json's replicas (peak_log_bytes, peak_rss_bytes, "
                          "snapshot_bytes per replica) and failovers"}

@@ -25,7 +25,8 @@ FULL_SIZES = ("6m", "20m", "124m")
 QUICK_SIZES = ("6m", "20m")
 RAFTPS_SIDES: dict[str, tuple[int, str | None]] = {
     "raftps_r1": (1, None), "raftps_r3_disk": (3, "disk"), "raftps_r3_memory": (3, "memory")}
-SIDES = (*RAFTPS_SIDES, "ray_ps_adam", "torch_single")
+CEILING_SIDE = "ceiling"  # raftps' data plane without Raft: the raftps sides' upper bound
+SIDES = (*RAFTPS_SIDES, CEILING_SIDE, "ray_ps_adam", "torch_single")
 BREAKDOWN_FIELDS = ("publish_s", "compute_s", "aggregate_s", "commit_s")
 
 

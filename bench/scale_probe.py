@@ -8,7 +8,8 @@ While a side trains, a thread of the measuring child (``peak_poller``) samples e
   ``.snapshots`` folders: log and snapshot together), sampled once more after training;
 - RSS per process (``rss_by_key``): ``psutil`` RSS of the live actors a matcher keys
   (``raft_replica_match``: the ``RaftReplica`` actors named ``<job>/shard-<s>/replica-<i>``;
-  ``ps_match``: the Ray example's ``ParameterServer``), pids from the GCS actor table
+  ``ps_match``: the Ray example's ``ParameterServer``; ``ceiling_match``: the no-Raft
+  ceiling's shard actors named ``<prefix>/shard-<s>``), pids from the GCS actor table
   (``ray._private.state``; ``ray.util.state.list_actors`` needs the dashboard, which the sides
   do not start). It counts the object-store pages a process touched (shared memory).
 
@@ -84,6 +85,22 @@ def raft_replica_match(job: str) -> ActorMatch:
 def ps_match(class_name: str, name: str) -> str | None:
     """Matches the Ray example's ``ParameterServer`` actor (key ``ps``)."""
     return "ps" if class_name == "ParameterServer" else None
+
+
+CEILING_ACTOR_CLASSES = frozenset({"ShardActor", "AdamShardActor"})
+
+
+def ceiling_match(prefix: str) -> ActorMatch:
+    """Matches ``bench.peers.task_ceiling``'s shard actors named ``<prefix>/shard-<s>``
+    (``TaskCeilingConfig.actor_prefix``); the key is ``shard-<s>``."""
+    head = f"{prefix}/"
+
+    def match(class_name: str, name: str) -> str | None:
+        if class_name in CEILING_ACTOR_CLASSES and name.startswith(head):
+            return name[len(head):]
+        return None
+
+    return match
 
 
 @contextlib.contextmanager

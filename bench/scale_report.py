@@ -1,10 +1,11 @@
 """The markdown table and error lines of ``bench.scale``'s results (``{size: {side: entry}}``).
 
 One row per (size, side): samples/s, its ratios to the same size's ``ray_ps_adam`` and
-``torch_single``, the median round breakdown in milliseconds, the largest per-replica peak
-log and RSS (MB, as the harness polled them), the largest ratio of a replica's peak log to
-its shard state (``summary.json``'s ``peak_log_bytes / snapshot_bytes``), leader changes per
-run and how many runs succeeded.
+``torch_single`` and, for the raftps sides, to its ``ceiling`` (raftps' data plane without
+Raft: how much of that upper bound a raftps side reaches), the median round breakdown in
+milliseconds, the largest per-replica peak log and RSS (MB, as the harness polled them), the
+largest ratio of a replica's peak log to its shard state (``summary.json``'s
+``peak_log_bytes / snapshot_bytes``), leader changes per run and how many runs succeeded.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 from bench.common import markdown_table
 from bench.models import HIDDEN, parameter_count
-from bench.scale_config import BREAKDOWN_FIELDS
+from bench.scale_config import BREAKDOWN_FIELDS, RAFTPS_SIDES
 
-TABLE_HEADERS = ["size", "side", "samples/s", "× Ray PS", "× torch",
+TABLE_HEADERS = ["size", "side", "samples/s", "× Ray PS", "× torch", "× ceiling",
                  "round ms: publish/compute/aggregate/commit (wall)",
                  "peak log MB/replica (max)", "peak RSS MB/replica (max)", "log peak / state",
                  "leader changes", "ok runs"]
@@ -61,8 +62,11 @@ def report(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
         label = f"{size} ({parameter_count(HIDDEN[size]) / 1e6:.1f}M)"
         for side, r in sides.items():
             runs = len(r["runs"])
+            to_ceiling = r.get("ratio_to_ceiling") if side in RAFTPS_SIDES else None
             rows.append([label, side, r["samples_per_s"], r["ratio_to_ray_ps_adam"],
-                         r["ratio_to_torch_single"], breakdown_cell(r["round_breakdown_s"]),
+                         r["ratio_to_torch_single"],
+                         float("nan") if to_ceiling is None else float(to_ceiling),
+                         breakdown_cell(r["round_breakdown_s"]),
                          max_cell(r["peak_log_mb_per_replica"]),
                          max_cell(r["peak_rss_mb_per_replica"]),
                          float(r.get("log_peak_over_state", float("nan"))),

@@ -8,21 +8,32 @@ runs exactly that data plane with the same task code and the same shard plan, bu
 is ONE plain Ray actor holding its parameters in memory: no replication, no log, no fsync, no
 round ids, no locks. Whatever raftps adds (durability, failover, exactly-once rounds) can only
 cost time on top, so on a CPU-bound machine this side bounds what any raftps side can reach.
+
+The defaults are ``bench.train``'s setting (the benchmark MLP, SGD, ``bench.common``'s data
+drawn at random per round). ``bench.scale`` runs it as its ``ceiling`` side with another
+``model`` factory (``bench.models``), ``optimizer="adam"`` (``AdamShardActor``: raftps'
+server-side Adam, ``paramserver.optim``, on the mean gradient) and ``data="synthetic"``
+(``workers.data.synthetic`` and ``workers.schedule.BatchSchedule``: the very samples and
+batch order raftps trains on with ``--data synthetic:784x10xN``). ``actor_prefix`` names the
+shard actors ``<prefix>/shard-<s>`` so a probe can find them.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from bench.common import build_mlp, synthetic_classification
+from bench.common import CLASSES, IN_FEATURES, build_mlp, synthetic_classification
 
 Pieces = dict[str, np.ndarray]
+ModelFactory = Callable[[], Any]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +49,12 @@ class TaskCeilingConfig:
     lr: float = 0.05  # SGD learning rate
     seed: int = 0  # data, init and batch-order seed
     timeout_s: float = 300.0  # limit on every ray.get
+    model: ModelFactory | None = None  # zero-argument factory; None: bench.common.build_mlp
+    optimizer: Literal["sgd", "adam"] = "sgd"  # sgd: ShardActor (lr); adam: AdamShardActor
+    adam_lr: float = 1e-3  # Adam's learning rate (optimizer="adam" only)
+    data: Literal["bench", "synthetic"] = "bench"  # see the module docstring
+    samples: int | None = None  # training samples; None: 16 global batches
+    actor_prefix: str | None = None  # shard actors named <prefix>/shard-<s>; None: unnamed
 
     def __post_init__(self) -> None:
         for name in ("shards", "workers", "batch_per_worker", "iterations", "depth"):
@@ -48,6 +65,36 @@ class TaskCeilingConfig:
                              "the last warm-up round is answered")
         if not self.lr > 0 or not self.timeout_s > 0:
             raise ValueError("TaskCeilingConfig.lr and timeout_s must be > 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError("TaskCeilingConfig.optimizer must be 'sgd' or 'adam', got "
+                             f"{self.optimizer!r}")
+        if not (math.isfinite(self.adam_lr) and self.adam_lr > 0):
+            raise ValueError(f"TaskCeilingConfig.adam_lr={self.adam_lr} must be a finite "
+                             "number > 0")
+        if self.data not in ("bench", "synthetic"):
+            raise ValueError("TaskCeilingConfig.data must be 'bench' or 'synthetic', got "
+                             f"{self.data!r}")
+        if self.samples is not None and self.samples < self.global_batch:
+            raise ValueError(f"TaskCeilingConfig.samples={self.samples} is below one global "
+                             f"batch ({self.global_batch}); pass more samples or None")
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per round: ``workers * batch_per_worker``."""
+        return self.workers * self.batch_per_worker
+
+    @property
+    def train_samples(self) -> int:
+        """``samples``, or 16 global batches when it is None."""
+        return self.samples if self.samples is not None else 16 * self.global_batch
+
+
+def _rank_sum(contributions: Sequence[tuple[int, Pieces]], key: str) -> np.ndarray:
+    """A new array: the contributions' ``key`` pieces summed in rank order (inputs untouched)."""
+    total = contributions[0][1][key].copy()
+    for _, pieces in contributions[1:]:
+        total += pieces[key]
+    return total
 
 
 class ShardActor:
@@ -64,29 +111,122 @@ class ShardActor:
 
         samples = sum(count for count, _ in contributions)
         for key, param in self.params.items():
-            total = contributions[0][1][key].copy()
-            for _, pieces in contributions[1:]:
-                total += pieces[key]
+            total = _rank_sum(contributions, key)
             total /= np.float32(samples)
             torch.from_numpy(param).add_(torch.from_numpy(total), alpha=-self.lr)
         return self.params, samples
 
 
+class AdamShardActor:
+    """One shard's parameters and Adam state in memory; each ``step`` applies one round the
+    way raftps' shard does: ``paramserver.optim.optimizer_step`` of the mean gradient (sum /
+    samples, float32) with per-piece state from ``new_state``. As raftps' shard, pieces of at
+    least ``paramserver.shard.POOL_MIN_ELEMENTS`` are stepped on a pool of
+    ``paramserver.shard.STEP_WORKERS`` threads when there are two or more of them."""
+
+    def __init__(self, params: Pieces, lr: float) -> None:
+        from paramserver.optim import OptimizerConfig, new_state
+        from paramserver.shard import POOL_MIN_ELEMENTS, STEP_WORKERS
+
+        self.cfg = OptimizerConfig(kind="adam", lr=lr)
+        self.params = {key: np.array(value, np.float32) for key, value in params.items()}
+        self.state = {key: new_state(self.cfg) for key in self.params}
+        big = sorted((k for k, a in self.params.items() if a.size >= POOL_MIN_ELEMENTS),
+                     key=lambda k: -self.params[k].size)
+        self._pooled = big if len(big) >= 2 and STEP_WORKERS >= 2 else []
+        self._pool = (ThreadPoolExecutor(STEP_WORKERS, thread_name_prefix="ceiling-step")
+                      if self._pooled else None)
+
+    def _step_piece(self, key: str, contributions: Sequence[tuple[int, Pieces]],
+                    scale: np.float32) -> None:
+        from paramserver.optim import optimizer_step
+
+        mean = np.divide(_rank_sum(contributions, key), scale)
+        optimizer_step(self.params[key], mean, self.state[key], self.cfg.lr, self.cfg)
+
+    def step(self, *contributions: tuple[int, Pieces]) -> tuple[Pieces, int]:
+        """Sum the (samples, pieces) contributions in rank order, take one Adam step on the
+        mean, return the new parameters and the sample count."""
+        samples = sum(count for count, _ in contributions)
+        scale = np.float32(samples)
+        futures: list[Future[None]] = []
+        if self._pool is not None:
+            futures = [self._pool.submit(self._step_piece, k, contributions, scale)
+                       for k in self._pooled]
+        try:
+            for key in self.params:
+                if key not in self._pooled:
+                    self._step_piece(key, contributions, scale)
+        finally:
+            wait(futures)  # no pool thread may touch a piece once the round is answered
+        for future in futures:
+            future.result()
+        return self.params, samples
+
+
 def _task_spec(config: TaskCeilingConfig) -> tuple[Any, list[Pieces]]:
-    """(TaskSpec, initial parameters by shard) of the benchmark MLP under raftps' plan."""
+    """(TaskSpec, initial parameters by shard) of the model under raftps' plan."""
     import torch
 
     from paramserver.plan import ShardPlan
     from workers.gradient import TaskSpec
-    from workers.models import ModelSpec
+    from workers.models import ModelSpec, callable_key
 
+    factory = config.model or build_mlp
+    key = "bench-mlp" if config.model is None else callable_key(factory)
     torch.manual_seed(config.seed)
-    initial = {name: p.detach().numpy().copy() for name, p in build_mlp().state_dict().items()}
+    initial = {name: p.detach().numpy().copy() for name, p in factory().state_dict().items()}
     plan = ShardPlan.build({k: tuple(v.shape) for k, v in initial.items()}, config.shards)
     layout = tuple(tuple(tuple(piece) for piece in shard) for shard in plan.layout())
-    spec = TaskSpec(model=ModelSpec(factory=build_mlp, key="bench-mlp"), seed=config.seed,
+    spec = TaskSpec(model=ModelSpec(factory=factory, key=key), seed=config.seed,
                     layout=layout)  # type: ignore[arg-type]
     return spec, plan.split(initial)
+
+
+def training_data(config: TaskCeilingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of ``config.train_samples`` samples, 784 features, 10 classes: ``bench.common``'s
+    (seeded by ``config.seed``) or ``workers.data.synthetic``'s (its default seed, as raftps'
+    ``--data synthetic:784x10xN``; the test split is not drawn: it follows the train one)."""
+    if config.data == "bench":
+        return synthetic_classification(config.train_samples, seed=config.seed)
+    from workers.data import synthetic
+
+    x, y, _, _ = synthetic(IN_FEATURES, CLASSES, n_train=config.train_samples, n_test=1)
+    return x, y
+
+
+def round_indices(config: TaskCeilingConfig) -> Iterator[list[np.ndarray]]:
+    """Each round's sample indices, one array per rank: ``data="bench"``, a fresh random
+    global batch per round; ``"synthetic"``, raftps' ``BatchSchedule`` (epoch permutations,
+    contiguous equal worker slices)."""
+    per, workers = config.batch_per_worker, config.workers
+    if config.data == "synthetic":
+        from workers.schedule import BatchSchedule
+
+        schedule = BatchSchedule(seed=config.seed, global_batch=config.global_batch,
+                                 n_train=config.train_samples)
+        index = 0
+        while True:
+            epoch, batch = schedule.round_position(index)
+            yield [schedule.worker_indices(epoch, batch, rank, workers)
+                   for rank in range(workers)]
+            index += 1
+    rng = np.random.default_rng(config.seed)
+    while True:
+        order = rng.permutation(config.train_samples)[:config.global_batch]
+        yield [order[rank * per:(rank + 1) * per] for rank in range(workers)]
+
+
+def _shard_actors(config: TaskCeilingConfig, parts: Sequence[Pieces]) -> list[Any]:
+    import ray
+
+    kind, lr = ((AdamShardActor, config.adam_lr) if config.optimizer == "adam"
+                else (ShardActor, config.lr))
+    remote: Any = ray.remote(kind)
+    if config.actor_prefix is None:
+        return [remote.remote(part, lr) for part in parts]
+    return [remote.options(name=f"{config.actor_prefix}/shard-{s}").remote(part, lr)
+            for s, part in enumerate(parts)]
 
 
 def run(config: TaskCeilingConfig) -> float:
@@ -99,12 +239,11 @@ def run(config: TaskCeilingConfig) -> float:
     from workers.gradient import launch_gradient_task
 
     spec, parts = _task_spec(config)
-    global_batch, per = config.workers * config.batch_per_worker, config.batch_per_worker
-    x, y = synthetic_classification(global_batch * 16, seed=config.seed)
+    x, y = training_data(config)
     x_ref, y_ref, spec_ref = ray.put(x), ray.put(y), ray.put(spec)
-    actors: list[Any] = [ray.remote(ShardActor).remote(part, config.lr) for part in parts]
+    actors = _shard_actors(config, parts)
     params: Sequence[Any] = [ray.put(part) for part in parts]
-    rng = np.random.default_rng(config.seed)
+    batches = round_indices(config)
     inflight: deque[list[Any]] = deque()
     clock = {"settled": 0, "start": 0.0}
 
@@ -116,11 +255,9 @@ def run(config: TaskCeilingConfig) -> float:
 
     try:
         for index in range(config.warmup + config.iterations):
-            order = rng.permutation(len(x))[:global_batch]
-            launched = [launch_gradient_task(spec, index, rank, x_ref, y_ref,
-                                             order[rank * per:(rank + 1) * per], params,
+            launched = [launch_gradient_task(spec, index, rank, x_ref, y_ref, indices, params,
                                              spec_ref=spec_ref)
-                        for rank in range(config.workers)]
+                        for rank, indices in enumerate(next(batches))]
             answers = [actor.step.options(num_returns=2).remote(*[g[s] for g, _ in launched])
                        for s, actor in enumerate(actors)]
             params = [new for new, _ in answers]
@@ -133,4 +270,4 @@ def run(config: TaskCeilingConfig) -> float:
     finally:
         for actor in actors:
             ray.kill(actor)
-    return config.iterations * global_batch / elapsed
+    return config.iterations * config.global_batch / elapsed

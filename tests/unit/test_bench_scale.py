@@ -46,8 +46,9 @@ def test_config_presets_and_validation() -> None:
     assert quick.sizes == ("6m", "20m") and quick.repeats == 1 and 10 <= quick.rounds <= 20
     full = ScaleBenchConfig()
     assert full.sizes == ("6m", "20m", "124m") and full.repeats == 3
-    assert set(full.sides) == {"raftps_r1", "raftps_r3_disk", "raftps_r3_memory",
+    assert set(full.sides) == {"raftps_r1", "raftps_r3_disk", "raftps_r3_memory", "ceiling",
                                "ray_ps_adam", "torch_single"}
+    assert "ceiling" in quick.sides
     bad: list[dict[str, Any]] = [{"sizes": ("7m",)}, {"sizes": ()}, {"sides": ("a", "b")},
                                  {"sides": ("torch_single", "torch_single")},
                                  {"repeats": 0}, {"rounds": 1}, {"warmup": 0},
@@ -59,8 +60,8 @@ def test_config_presets_and_validation() -> None:
 
 def test_config_from_args_applies_overrides_to_the_preset() -> None:
     cfg = config_from_args(scale._parse(["--quick", "--sizes", "20m", "--sides",
-                                         "raftps_r1, ray_ps_adam", "--rounds", "4"]))
-    assert cfg.sizes == ("20m",) and cfg.sides == ("raftps_r1", "ray_ps_adam")
+                                         "ceiling,raftps_r1, ray_ps_adam", "--rounds", "4"]))
+    assert cfg.sizes == ("20m",) and cfg.sides == ("ceiling", "raftps_r1", "ray_ps_adam")
     assert cfg.rounds == 4 and cfg.repeats == 1
     with pytest.raises(BenchConfigError, match="unknown sides"):
         config_from_args(scale._parse(["--sides", "raftps_r2"]))
@@ -110,6 +111,11 @@ def test_update_peaks_keeps_maxima_and_matchers_pick_actors() -> None:
     assert match("RaftReplica", "job-10/shard-0/replica-2") is None
     assert match("DataWorker", "job-1/shard-0/replica-2") is None
     assert scale_probe.ps_match("ParameterServer", "") == "ps"
+    ceiling = scale_probe.ceiling_match("c-1")
+    assert ceiling("AdamShardActor", "c-1/shard-1") == "shard-1"
+    assert ceiling("ShardActor", "c-1/shard-0") == "shard-0"
+    assert ceiling("AdamShardActor", "c-10/shard-0") is None
+    assert ceiling("ParameterServer", "c-1/shard-0") is None
 
 
 def test_round_breakdown_takes_medians_after_warmup() -> None:
@@ -169,10 +175,10 @@ def test_report_table_and_cells() -> None:
     results = summarize({"20m:raftps_r3_memory": [500.0], "20m:torch_single": [1000.0]},
                         details, cfg)
     lines = report(results).splitlines()
-    assert lines[0].startswith("| size | side | samples/s | × Ray PS | × torch |")
-    assert lines[2] == ("| 20m (20.0M) | raftps_r3_memory | 500 | - | 0.50 | "
+    assert lines[0].startswith("| size | side | samples/s | × Ray PS | × torch | × ceiling |")
+    assert lines[2] == ("| 20m (20.0M) | raftps_r3_memory | 500 | - | 0.50 | - | "
                         "10/300/20/100 (500) | - | 400 | - | 0,2 | 1/2 |")
-    assert lines[3].startswith("| 20m (20.0M) | torch_single | 1,000 | - | 1.00 | - |")
+    assert lines[3].startswith("| 20m (20.0M) | torch_single | 1,000 | - | 1.00 | - | - |")
     assert error_lines(results) == ["20m raftps_r3_memory: RuntimeError: boom"]
     assert breakdown_cell({"round_s": 0.25}) == "-/-/-/- (250)"
     assert leader_cell([None]) == "-" and leader_cell([{"s0": 1}, None]) == "s0:1; -"
@@ -253,4 +259,48 @@ def test_summary_replica_stats_key_replicas_and_take_the_largest_log_to_state() 
     assert entry["log_peak_over_state"] == 2.0 and entry["failovers"] == [2, None]
     assert entry["snapshot_mb_per_replica"]["shard-0/replica-0"] == pytest.approx(1e-4)
     row = report({"6m": {"raftps_r3_disk": entry}}).splitlines()[2]
-    assert row.split(" | ")[8] == "2.00"
+    assert row.split(" | ")[9] == "2.00"
+
+
+def test_ceiling_side_ratios_and_the_ceiling_column() -> None:
+    cfg = ScaleBenchConfig(sizes=("6m", "20m"), sides=("raftps_r1", "raftps_r3_disk", "ceiling",
+                                                       "ray_ps_adam"))
+    raw = {"6m:raftps_r1": [300.0], "6m:raftps_r3_disk": [100.0], "6m:ceiling": [400.0, 500.0],
+           "6m:ray_ps_adam": [200.0], "20m:raftps_r1": [50.0], "20m:ceiling": []}
+    details = {"6m:ceiling": [_run(400.0, peak_rss_bytes={"shard-0": 2e8, "shard-1": 3e8}),
+                              _run(500.0, peak_rss_bytes={"shard-0": 4e8, "shard-1": 3e8})],
+               "20m:ceiling": [{"error": "GetTimeoutError: slow"}]}
+    results = summarize(raw, details, cfg)
+    six = results["6m"]
+    assert six["ceiling"]["samples_per_s"] == 450.0 and six["ceiling"]["ratio_to_ceiling"] == 1.0
+    assert six["raftps_r1"]["ratio_to_ceiling"] == pytest.approx(300 / 450)
+    assert six["raftps_r3_disk"]["ratio_to_ceiling"] == pytest.approx(100 / 450)
+    assert six["ray_ps_adam"]["ratio_to_ceiling"] == pytest.approx(200 / 450)
+    assert six["ceiling"]["ratio_to_ray_ps_adam"] == pytest.approx(450 / 200)
+    assert six["ceiling"]["peak_rss_mb_per_replica"] == {"shard-0": 300.0, "shard-1": 300.0}
+    assert math.isnan(results["20m"]["raftps_r1"]["ratio_to_ceiling"])  # its ceiling failed
+    assert results["20m"]["ceiling"]["errors"] == ["GetTimeoutError: slow"]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:2]: line.strip("|").split("|")
+            for line in report(results).splitlines()[2:]}
+    cell = {k: v[5].strip() for k, v in rows.items()}  # the "× ceiling" column
+    assert cell[("6m (5.8M)", "raftps_r1")] == "0.67"
+    assert cell[("6m (5.8M)", "raftps_r3_disk")] == "0.22"
+    assert cell[("6m (5.8M)", "ceiling")] == "-" and cell[("6m (5.8M)", "ray_ps_adam")] == "-"
+    assert cell[("20m (20.0M)", "raftps_r1")] == "-"
+    assert rows[("6m (5.8M)", "ceiling")][8].strip() == "300"  # peak RSS per shard actor
+
+
+def test_ceiling_config_matches_the_raftps_job_and_the_child_measures_it() -> None:
+    cfg = ScaleBenchConfig(sizes=("20m",), sides=("ceiling",), rounds=6, warmup=2, seed=3,
+                           side_timeout_s=99.0)
+    c = scale.ceiling_config("20m", cfg, actor_prefix="p")
+    assert (c.shards, c.workers, c.batch_per_worker, c.global_batch) == (2, 2, 128, 256)
+    assert (c.iterations, c.warmup, c.seed, c.timeout_s) == (6, 2, 3, 99.0)
+    assert c.model is FACTORIES["20m"] and c.optimizer == "adam" and c.adam_lr == 1e-3
+    assert c.data == "synthetic" and c.samples == 8 * 256 and c.actor_prefix == "p"
+    raft = raftps_args("20m", "raftps_r1", 8, Path("/tmp/x"), "j")
+    assert raft[raft.index("--data") + 1] == f"synthetic:784x10x{c.samples}x256"
+    command = scale.side_command("20m", "ceiling", cfg)
+    child = config_from_args(scale._parse(command[3:]))
+    assert child.sides == ("ceiling",) and child.sizes == ("20m",)
+    assert "ceiling_run" in scale.settings(cfg, quick=False)
