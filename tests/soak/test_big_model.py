@@ -1,7 +1,11 @@
 """A 20M-parameter model (80 MB; Adam triples a shard's state) for 30 rounds on 2 shards x
 3 replicas: no leader change in a healthy run, a Raft log on disk bounded by the shard's
 state, and the same bits with 1 replica, with ``durability="memory"`` and after a shard
-leader is killed mid-training."""
+leader is killed mid-training.
+
+About 3.5 minutes on 2 cores, so it runs with the soak tier (``make soak``) and with the
+chaos tests (``make chaos``), not in ``make test``; ``tests/integration/test_big_entries.py``
+keeps the leader-stability mechanism under test there."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from jobs import TrainConfig, TrainResult, train
 from jobs.backend import RaftServerBackend
 from tests.chaos.test_train_kill import kill_leader_after
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.chaos]
 
 DATA = "synthetic:784x10x7680x256"  # 30 rounds of 256 = one epoch
 ROUNDS = 30
