@@ -1,6 +1,6 @@
 """Datasets: built-in ``digits`` and ``synthetic``, ``package.module:loader`` specs, validation.
 
-Contract (DESIGN.md): a loader is ``loader() -> (x_train, y_train, x_test, y_test)`` as numpy
+Contract (docs/DESIGN.md): a loader is ``loader() -> (x_train, y_train, x_test, y_test)`` as numpy
 arrays. ``validate`` turns them into a ``Dataset`` (float32 features, int64 labels) or raises
 ``DataError`` saying what is wrong: empty sets, NaN/inf features, labels out of range.
 """

@@ -1,6 +1,6 @@
 """Model building: built-in models and resolution of ``package.module:factory`` specs.
 
-Contract (DESIGN.md): a factory is ``factory() -> torch.nn.Module``, called right after
+Contract (docs/DESIGN.md): a factory is ``factory() -> torch.nn.Module``, called right after
 ``torch.manual_seed(seed)``; tensor names are the module's ``state_dict()`` keys.
 Built-ins are sized from the data: ``mlp`` (hidden 256 and 128) and ``cnn`` (8×8 images,
 i.e. 64 features, as in scikit-learn's digits).

@@ -1,4 +1,4 @@
-"""The batch schedule (DESIGN.md, "Batch schedule"), a pure function of seed and global batch.
+"""The batch schedule (docs/DESIGN.md, "Batch schedule"), a pure function of seed and global batch.
 
 Epoch ``e`` uses ``numpy.random.default_rng([seed, e]).permutation(n_train)``; global batch
 ``b`` is positions ``[b*G, (b+1)*G)`` of it (a last partial batch is dropped); worker ``i`` of

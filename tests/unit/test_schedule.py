@@ -1,4 +1,4 @@
-"""The batch schedule is exactly DESIGN.md's: depends on seed and G only, never on N."""
+"""The batch schedule is exactly docs/DESIGN.md's: depends on seed and G only, never on N."""
 
 from __future__ import annotations
 
