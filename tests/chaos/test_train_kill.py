@@ -1,6 +1,7 @@
 """Kill a shard leader while a training job runs: the job finishes with the same bytes.
 
-docs/DESIGN.md ("Determinism"): on CPU, same seed + config ⇒ byte-identical model files, with or without faults.
+docs/DESIGN.md ("Determinism"): on CPU, same seed + config ⇒ byte-identical model files,
+with or without faults.
 """
 
 from __future__ import annotations
