@@ -39,7 +39,8 @@ from paramserver.optim import OptimizerConfig, optimizer_step
 from paramserver.plan import Piece, ShardPlan
 from paramserver.schedule import ScheduleConfig, learning_rate
 from paramserver.server_config import ServerConfig
-from paramserver.shard import ApplyResult, ShardState, ShardStateMachine
+from paramserver.shard import ShardStateMachine
+from paramserver.shard_state import ApplyResult, ShardState
 
 if TYPE_CHECKING:
     from paramserver.server import ParameterServer

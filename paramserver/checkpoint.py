@@ -27,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 from paramserver.errors import CheckpointCorruptError, PlanError
 from paramserver.optim import OptimizerConfig
 from paramserver.plan import ShardPlan
-from paramserver.shard import ShardState
+from paramserver.shard_state import ShardState
 
 _ROUND_DIR = re.compile(r"^round-(\d+)$")
 MANIFEST = "manifest.json"

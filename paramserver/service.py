@@ -34,7 +34,8 @@ import numpy.typing as npt
 from paramserver.aggregator import RoundAggregator
 from paramserver.config import AggregatorConfig
 from paramserver.errors import ApplyFailedError, PlanError, StaleRoundError
-from paramserver.shard import ShardState, ShardStateMachine
+from paramserver.shard import ShardStateMachine
+from paramserver.shard_state import ShardState
 
 F32 = npt.NDArray[np.float32]
 

@@ -35,7 +35,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +61,7 @@ from paramserver.locks import LayerLocks, VersionGate, remaining
 from paramserver.optim import OptimizerConfig, check_state, new_state, optimizer_step
 from paramserver.plan import Piece
 from paramserver.schedule import ScheduleConfig, learning_rate
+from paramserver.shard_state import ApplyResult, Preview, ShardState
 
 LOG = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -95,38 +95,6 @@ def _frozen_view(array: F32) -> F32:
     return view
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """What applying a round did; a pure function of the command (a re-apply returns it too)."""
-
-    round: int
-    version: int
-    stepped: bool
-
-
-@dataclass(slots=True)
-class ShardState:
-    """Plain data of one shard: what checkpoints store and ``from_state`` rebuilds from."""
-
-    version: int
-    params: dict[str, F32]
-    optimizer_state: dict[str, dict[str, npt.NDArray[Any]]]
-    layer_versions: dict[str, int] = field(default_factory=dict)
-    async_steps: dict[int, int] = field(default_factory=dict)
-    """``async`` mode: per rank, the last contribution step applied (for exactly-once)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Preview:
-    """A command's outcome computed ahead by ``preview``, adopted by a matching ``apply``."""
-
-    command: bytes
-    base: int
-    """The generation of the state it was computed from; valid only while it is current."""
-    state: ShardState
-    result: ApplyResult
-
-
 class ShardStateMachine:
     """Parameters of ``pieces`` plus optimizer state; applies RoundCommands exactly once.
 
@@ -155,7 +123,7 @@ class ShardStateMachine:
         self._locks = LayerLocks(sorted(self._pieces))
         self._gate = VersionGate()
         self._mutex = threading.Lock()
-        self._pending: _Preview | None = None
+        self._pending: Preview | None = None
         self._generation = 0  # +1 per _mutation whose body ran (the state may have changed)
 
     def _set(self, state: ShardState) -> None:
@@ -378,7 +346,7 @@ class ShardStateMachine:
         if result is not None and result.stepped and self._mutex.acquire(blocking=False):
             try:  # the mutex is free: no apply runs, so the base stays valid while we store
                 if self._generation == base:
-                    self._pending = _Preview(bytes(command), base, after, result)
+                    self._pending = Preview(bytes(command), base, after, result)
             finally:
                 self._mutex.release()
         return {k: _frozen_view(a) for k, a in after.params.items()}

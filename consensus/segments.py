@@ -1,0 +1,99 @@
+"""``Segments``: append-only payload files of one replica's log (``<db>.segments/<n>.seg``).
+
+Payloads above ``StorageConfig.inline_max_bytes`` live here instead of in sqlite;
+``consensus.storage`` records each one's segment, offset and size in the same transaction as
+the rest of a Ready, after the bytes are appended (and, with ``sync``, fdatasync'ed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from consensus import snapshot_files
+
+__all__ = ["Segments"]
+
+
+class Segments:
+    """Append-only payload files ``<n>.seg`` in one directory; only the newest is written.
+
+    Holds no index of its own: sqlite's ``payload_refs`` says which bytes are live.
+    """
+
+    def __init__(self, directory: Path, segment_bytes: int, sync: bool = True) -> None:
+        self.dir = directory
+        self._sync = sync
+        self._limit = segment_bytes
+        snapshot_files.durable_dir(directory)
+        ids = self.ids()
+        self.current = max(ids) if ids else 1
+        self._fd = self._open(self.current)
+
+    def ids(self) -> list[int]:
+        """Ids of the segment files present on disk."""
+        return [int(p.stem) for p in self.dir.glob("*.seg") if p.stem.isdigit()]
+
+    def path(self, seg: int) -> Path:
+        return self.dir / f"{seg:010d}.seg"
+
+    def _open(self, seg: int) -> int:
+        fd = os.open(self.path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the new file's name is durable before a row points into it
+        finally:
+            os.close(dir_fd)
+        return fd
+
+    def append(self, payloads: Sequence[bytes]) -> list[tuple[int, int]]:
+        """Append ``payloads`` durably (fdatasync before returning); their (segment, offset).
+
+        Blocks on disk IO. On OSError some bytes may have been written: they are orphans.
+        """
+        refs: list[tuple[int, int]] = []
+        offset = os.fstat(self._fd).st_size  # after a failed append: past its orphan bytes
+        for data in payloads:
+            if offset >= self._limit:
+                if self._sync:
+                    os.fdatasync(self._fd)
+                os.close(self._fd)
+                self.current += 1
+                self._fd = self._open(self.current)
+                offset = 0
+            refs.append((self.current, offset))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            offset += len(data)
+        if self._sync:
+            os.fdatasync(self._fd)
+        return refs
+
+    def read(self, seg: int, offset: int, size: int) -> bytes | None:
+        """The ``size`` bytes at ``offset`` of segment ``seg``; None if absent or short."""
+        try:
+            fd = os.open(self.path(seg), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        return data if len(data) == size else None
+
+    def total_bytes(self) -> int:
+        """Bytes of the segment files on disk (stat calls only)."""
+        return sum(self.path(seg).stat().st_size for seg in self.ids())
+
+    def collect(self, live: set[int]) -> None:
+        """Delete every segment but the current one that is not in ``live``."""
+        for seg in self.ids():
+            if seg != self.current and seg not in live:
+                self.path(seg).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
