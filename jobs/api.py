@@ -5,6 +5,7 @@ from __future__ import annotations
 from jobs.backend import ServerBackend
 from jobs.config import TrainConfig
 from jobs.driver import Driver, TrainResult
+from jobs.preflight import preflight
 from workers.data import DataLoader
 from workers.models import ModelFactory
 
@@ -20,5 +21,13 @@ def train(config: TrainConfig | None = None, *, model: ModelFactory | None = Non
     shard groups' Raft logs (``config.storage_dir``) unless ``config.keep_raft_log``; a failure
     keeps them. ``config.shards="auto"`` is resolved once the model is built and Ray is up;
     summary.json's ``config.shards`` is the count used.
+
+    Before Ray starts or the output folder is touched, the data is loaded and the model
+    built and run on one sample (``jobs.preflight``): a loader or factory that raises, or a
+    model that does not fit the data, raises ``DataError`` / ``ModelFactoryError`` /
+    ``ConfigError`` naming the spec, and nothing changes.
     """
-    return Driver(config or TrainConfig(), model=model, data=data, backend=backend).run()
+    config = config or TrainConfig()
+    checked = preflight(model if model is not None else config.model,
+                        data if data is not None else config.data, config.seed)
+    return Driver(config, model=model, data=checked.loader, backend=backend).run()

@@ -1,4 +1,9 @@
-"""CLI: ``python -m jobs.train [flags]``. Bad flags exit 2 with a one-line reason.
+"""CLI: ``python -m jobs.train [flags]``. Every user mistake ends in one line on stderr.
+
+Exit 2: the flags are wrong or do not fit together (bad values, a model or loader that is
+not there, a model that does not fit the data); exit 1: the job failed (a loader or factory
+raised, a round failed, a server error). ``--debug`` (or ``RAFTPS_DEBUG=1``) shows the full
+traceback instead.
 
 ``jobs.train`` names two things users rely on: this CLI module (``python -m jobs.train``) and
 the API function ``jobs.train(config, model=..., data=...)``. Importing a submodule rebinds the
@@ -8,6 +13,7 @@ package attribute to the module, so this module is made callable: calling it cal
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import types
@@ -15,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
+from consensus.errors import ConsensusError
 from jobs.config import (
     DURABILITIES,
     MODES,
@@ -24,7 +31,14 @@ from jobs.config import (
     default_lr,
 )
 from jobs.errors import ConfigError, JobsError
+from paramserver.errors import ParamServerError
 from workers.errors import WorkersError
+
+PROG = "python -m jobs.train"
+DEBUG_ENV = "RAFTPS_DEBUG"
+JOB_ERRORS = (JobsError, WorkersError, ConsensusError, ParamServerError)
+"""What a job raises for a reason the user can act on: printed as one line; exit 2 for a
+``ConfigError`` (the flags do not fit together), else 1."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,8 +63,8 @@ def shard_count(text: str) -> int | str:
 def build_parser() -> OneLineParser:
     """The CLI's flags. Every default is ``TrainConfig``'s, except ``--out`` (runs/<model>-
     <data>) and ``--lr`` without a value for adam/adamw (``default_lr``). Each flag's ``dest``
-    is the ``TrainConfig`` field it sets."""
-    p = OneLineParser(prog="python -m jobs.train",
+    is the ``TrainConfig`` field it sets, except ``--debug`` (the CLI's own)."""
+    p = OneLineParser(prog=PROG,
                       description="Train a model with a Raft-replicated parameter server.")
     _job_flags(p, TrainConfig())
     _optimizer_flags(p, TrainConfig())
@@ -87,6 +101,8 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--job", default=d.job, help="job name (actor name prefix)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", default=d.pipeline,
                    help="sync: start a round only after the previous one committed everywhere")
+    p.add_argument("--debug", action="store_true", default=False,
+                   help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
 
 
 def _optimizer_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -139,7 +155,7 @@ def check_names(config: TrainConfig) -> None:
         check_model_spec(config.model)
         resolve_data(config.data)
     except WorkersError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from exc
     if config.resume and RaftServerBackend().latest_checkpoint(Path(config.out)) is None:
         raise ConfigError(f"--resume found no checkpoint under {config.out}/checkpoints; "
                           "drop --resume to start fresh, or point --out at an earlier run")
@@ -148,26 +164,54 @@ def check_names(config: TrainConfig) -> None:
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags into a TrainConfig; invalid flags/combinations (including a model, loader
     or resume checkpoint that is not there) exit 2 with one line."""
+    return _parse(argv)[0]
+
+
+def debug_requested(flag: bool) -> bool:
+    """``--debug`` was given or ``RAFTPS_DEBUG`` is set (to anything but empty or 0)."""
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
+    """The config and whether to show tracebacks; bad flags exit 2 (raise with debug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = debug_requested(args.debug)
     try:
         config = config_from_args(args)
         check_names(config)
     except ConfigError as exc:
+        if debug:
+            raise
         parser.error(str(exc))
-    return config
+    return config, debug
+
+
+def error_line(exc: BaseException) -> str:
+    """``python -m jobs.train: error: Type: message`` on one line. An error a Ray task or
+    actor raised is named as itself, without Ray's wrapper and remote traceback."""
+    from ray.exceptions import RayTaskError
+
+    while isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause
+    message = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return f"{PROG}: error: {name}: {message}" if message else f"{PROG}: error: {name}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: train, print where the outputs are; 1 on a training/data error."""
-    config = parse_config(argv)
+    """Entry point: train, print where the outputs are. A model that does not fit the data
+    exits 2, a job error (data, model, training, server) 1, each with one line on stderr."""
+    config, debug = _parse(argv)
     from jobs.api import train
 
     try:
         result = train(config)
-    except (JobsError, WorkersError) as exc:
-        print(f"python -m jobs.train: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except JOB_ERRORS as exc:
+        if debug:
+            raise
+        print(error_line(exc), file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
     print(f"test accuracy {result.final_test_accuracy:.4f} after {result.rounds} rounds in "
           f"{result.wall_s:.1f} s; outputs in {result.out_dir}")
     return 0

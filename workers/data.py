@@ -8,13 +8,13 @@ arrays. ``validate`` turns them into a ``Dataset`` (float32 features, int64 labe
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from workers.errors import DataError
+from workers.spec_import import import_spec_module
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 DataLoader = Callable[[], Arrays]
@@ -40,6 +40,10 @@ class Dataset:
     def n_train(self) -> int:
         """Number of training samples."""
         return int(self.x_train.shape[0])
+
+    def arrays(self) -> Arrays:
+        """``(x_train, y_train, x_test, y_test)``, as a loader returns them (no copies)."""
+        return self.x_train, self.y_train, self.x_test, self.y_test
 
 
 def load_digits() -> Arrays:
@@ -115,10 +119,7 @@ def resolve_data(spec: str | DataLoader) -> DataLoader:
         raise DataError(
             f"unknown data {spec!r}: use digits, synthetic or 'package.module:loader'"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(f"cannot import module {module_name!r} of loader {spec!r}: {exc}") from exc
+    module = import_spec_module(module_name, f"loader {spec!r}", DataError)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise DataError(f"module {module_name!r} has no callable loader named {attr!r}")

@@ -9,7 +9,6 @@ i.e. 64 features, as in scikit-learn's digits).
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from workers.errors import ModelFactoryError
+from workers.spec_import import import_spec_module
 
 ModelFactory = Callable[[], nn.Module]
 BUILTIN_MODELS = ("mlp", "cnn")
@@ -90,10 +90,7 @@ def _import_attr(spec: str, kind: str, error: type[Exception]) -> object:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise error(f"{kind} spec {spec!r} must be 'package.module:name' or a built-in")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise error(f"cannot import module {module_name!r} of {kind} {spec!r}: {exc}") from exc
+    module = import_spec_module(module_name, f"{kind} {spec!r}", error)
     try:
         return getattr(module, attr)
     except AttributeError as exc:

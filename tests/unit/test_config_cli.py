@@ -11,6 +11,7 @@ from jobs.config import TrainConfig
 from jobs.errors import ConfigError
 from jobs.rounds import StragglerPolicy
 from jobs.train import build_parser, parse_config
+from workers.errors import ModelFactoryError
 
 
 @pytest.mark.parametrize(
@@ -71,10 +72,11 @@ def test_no_flags_give_the_api_defaults() -> None:
 
 def test_every_flag_default_is_the_fields_default() -> None:
     """Each flag's dest is a TrainConfig field and its default is that field's default
-    (``--lr`` and ``--out`` default to None: derived from --optimizer / model and data)."""
+    (``--lr`` and ``--out`` default to None: derived from --optimizer / model and data),
+    except the CLI's own ``--help`` and ``--debug``."""
     defaults = TrainConfig()
     names = {f.name for f in fields(TrainConfig)}
-    actions = {a.dest: a for a in build_parser()._actions if a.dest != "help"}
+    actions = {a.dest: a for a in build_parser()._actions if a.dest not in ("help", "debug")}
     assert set(actions) <= names
     assert names - set(actions) == {"progress"}
     for dest, action in actions.items():
@@ -167,3 +169,36 @@ def test_jobs_train_stays_the_api_after_the_cli_module_is_imported(
     assert train("config", model="factory") == "ran"
     assert jobs.train("again") == "ran"
     assert calls == [(("config",), {"model": "factory"}), (("again",), {})]
+
+
+def test_a_module_that_raises_on_import_exits_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "half_written.py").write_text(
+        "raise RuntimeError('config file missing')\n\ndef factory():\n    pass\n")
+    (tmp_path / "bad_syntax.py").write_text("def load(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("RAFTPS_DEBUG", raising=False)
+    for argv, reason in [
+        (["--model", "half_written:factory"], "cannot import module 'half_written' of model "
+         "factory 'half_written:factory': importing it raised RuntimeError: config file missing"),
+        (["--data", "bad_syntax:load"], "cannot import module 'bad_syntax' of loader "
+         "'bad_syntax:load': importing it raised SyntaxError"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            parse_config(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert reason in err
+
+
+def test_debug_raises_a_bad_flag_with_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAFTPS_DEBUG", raising=False)
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'") as exc:
+        parse_config(["--model", "no_such_module_xyz:f", "--debug"])
+    assert isinstance(exc.value.__cause__, ModelFactoryError)
+    assert isinstance(exc.value.__cause__.__cause__, ImportError)
+    monkeypatch.setenv("RAFTPS_DEBUG", "1")
+    with pytest.raises(ConfigError, match="unknown data 'nope'"):
+        parse_config(["--data", "nope"])

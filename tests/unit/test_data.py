@@ -76,3 +76,11 @@ def test_loader_specs_resolve_or_fail_clearly() -> None:
         resolve_data(f"{__name__}:nothing")
     with pytest.raises(DataError, match="bad synthetic spec"):
         resolve_data("synthetic:abc")
+
+
+def test_dataset_arrays_are_what_a_loader_returns() -> None:
+    data = validate(good())
+    again = validate(data.arrays())
+    for got, want in zip(again.arrays(), data.arrays(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert data.arrays()[0] is data.x_train  # no copies
