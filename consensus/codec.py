@@ -23,7 +23,7 @@ def decode_conf_change(data: bytes) -> ConfChange:
     if len(data) != _FORMAT.size:
         raise ConfigError(f"a ConfChange is {_FORMAT.size} bytes, got {len(data)}")
     magic, kind, node = _FORMAT.unpack(data)
-    if magic != _MAGIC or kind not in (ConfChangeKind.ADD, ConfChangeKind.REMOVE):
+    if magic != _MAGIC or kind not in set(ConfChangeKind):
         raise ConfigError(f"bytes {data!r} are not an encoded ConfChange")
     return ConfChange(ConfChangeKind(kind), node)
 

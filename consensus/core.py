@@ -8,9 +8,10 @@ Nothing here blocks, sleeps, reads a clock or draws randomness except from the i
 
 from __future__ import annotations
 
-from consensus.codec import apply_conf_change, encode_conf_change
+from consensus.codec import encode_conf_change
 from consensus.election import Election
 from consensus.errors import ConfigError, NotLeaderError, ProposalDroppedError
+from consensus.membership import apply_change, in_force
 from consensus.replication import Replication
 from consensus.types import (
     AppendEntries,
@@ -111,23 +112,42 @@ class RaftNode(Election, Replication):
         return self._append_local(EntryKind.NORMAL, data)
 
     def propose_conf_change(self, cc: ConfChange) -> int:
-        """Propose adding or removing one voter (thesis §4.1); it takes effect on append.
+        """Propose adding, removing or promoting one member (thesis §4.1); it takes effect
+        on append. A learner (``ADD_LEARNER``) receives the log but counts toward no quorum
+        until ``PROMOTE``; ``ADD`` makes a node a voter at once.
 
         Only one change may be uncommitted (unapplied) at a time, and none before the
-        leader applied an entry of its own term: otherwise ProposalDroppedError.
+        leader applied an entry of its own term: otherwise ProposalDroppedError. A change
+        that changes nothing (see ``change_in_force``) raises ConfigError.
         """
         self._check_can_propose()
         if self._pending_conf_index > self.log.applied:
             raise ProposalDroppedError(
                 f"a membership change (index {self._pending_conf_index}) is still pending; "
                 "retry after it is applied")
-        voters = apply_conf_change(self.voters, cc)
-        if not voters or voters == self.voters:
-            raise ConfigError(f"{cc} would leave voters {voters}: propose a real change")
+        voters, learners = apply_change(self.voters, self.learners, cc)
+        if not voters or (voters, learners) == (self.voters, self.learners):
+            raise ConfigError(f"{cc} would leave voters {voters} and learners {learners}: "
+                              "propose a real change")
         index = self._append_local(EntryKind.CONF_CHANGE, encode_conf_change(cc))
         self._pending_conf_index = index
         self._sync_conf(self.log.entries(index, index))
         return index
+
+    def change_in_force(self, cc: ConfChange) -> int | None:
+        """If ``cc`` is already done in the current membership (adding a voter, removing a
+        non-member, promoting a voter...), the index of the entry that made it so (the
+        snapshot's index, or 0, for the initial membership); None if it is not done."""
+        if in_force(self.voters, self.learners, cc):
+            return self._conf_index()
+        return None
+
+    def member_matches(self) -> dict[int, int]:
+        """Leader: the highest index known durable on each other member (voter or learner);
+        empty on a follower."""
+        if self.role != Role.LEADER:
+            return {}
+        return {v: pr.match for v, pr in self._prs.items()}
 
     def _check_can_propose(self) -> None:
         if self.role != Role.LEADER:
@@ -163,7 +183,7 @@ class RaftNode(Election, Replication):
             raise NotLeaderError(f"node {self.id} is not the leader", self.leader)
         if to == self.id:
             return
-        pr = self._prs.get(to)
+        pr = self._prs.get(to) if to in self.voters else None
         if pr is None:
             raise ConfigError(f"cannot transfer leadership to {to}: not a voter {self.voters}")
         self._transferee = to
@@ -303,6 +323,7 @@ class RaftNode(Election, Replication):
         log.compact(meta.index)
         self._snapshot = snapshot
         self._conf_base = voters
+        self._learner_base = self.learners_at(meta.index)
         self._conf_log = [c for c in self._conf_log if c[0] > meta.index]
 
     # ------------------------------------------------------------ queries
@@ -325,6 +346,6 @@ class RaftNode(Election, Replication):
             "id": self.id, "role": self.role.name, "term": self.term, "leader": self.leader,
             "commit": self.log.committed, "applied": self.log.applied,
             "last_index": self.log.last_index, "snapshot_index": self.log.snapshot_index,
-            "voters": self.voters, "transferee": self._transferee,
+            "voters": self.voters, "learners": self.learners, "transferee": self._transferee,
             "progress": {k: repr(v) for k, v in self._prs.items()},
         }

@@ -41,8 +41,8 @@ class Election(NodeState):
     def _quorum_active(self) -> bool:
         """True if a quorum was heard from since the last check; resets the marks."""
         active = 1 if self.id in self.voters else 0
-        for pr in self._prs.values():
-            if pr.recent_active:
+        for v, pr in self._prs.items():
+            if pr.recent_active and v in self.voters:
                 active += 1
             pr.recent_active = False
         return active >= self._quorum()

@@ -39,13 +39,11 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from consensus.coalescer import ProposalCoalescer, ProposalFuture
-from consensus.errors import (
-    ConsensusError,
-    NotLeaderError,
-    ProposalDroppedError,
-    ProposalTimeoutError,
-)
-from consensus.replica import CommandError, RaftReplica, ReplicaContext, replica_name
+from consensus.errors import ConsensusError, NotLeaderError, ProposalTimeoutError
+from consensus.failures import Failure, classify, root_cause
+from consensus.replacement import Replacer, due_for_replacement
+from consensus.replica import CommandError, ReplicaContext, replica_name
+from consensus.replica_actor import ReplicaActor
 from consensus.replica_config import RaftGroupConfig
 from consensus.session import encode_run
 from consensus.state_machine import StateMachine
@@ -54,22 +52,11 @@ from consensus.types import ConfChangeKind
 __all__ = ["CommandError", "RaftGroup", "RaftGroupConfig"]
 
 _DEFAULT_STORAGE = Path(tempfile.gettempdir()) / "raftps-raft"
-_RETRYABLE = (
-    NotLeaderError, ProposalDroppedError, ProposalTimeoutError,
-    ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
-    ray.exceptions.ActorUnavailableError,
-)
 _Call = Callable[[Any, float], Any]
 _INLINE_BYTES = 64 << 10  # smaller proposals are sent inline with the actor call
 _INLINE_FACTORY_BYTES = 64 << 10  # below Ray's 100 KiB limit for inline task arguments
 _HEDGE_S = 0.3  # a call unanswered this long makes the client check for another leader
 _SUSPECT_S = 1.0  # after a replica failed a call as dead, ignore hints naming it this long
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The application exception inside a Ray task error, else ``exc`` itself."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 def _logged_voters(statuses: Sequence[dict[str, Any]]) -> set[int]:
@@ -79,6 +66,37 @@ def _logged_voters(statuses: Sequence[dict[str, Any]]) -> set[int]:
     if not known:
         return set()
     return set(max(known, key=lambda s: (s["last_index"], s["term"]))["voters"])
+
+
+def _logged_members(statuses: Sequence[dict[str, Any]]) -> set[int]:
+    """Voters and learners named by the newest log among the replicas that answered."""
+    known = [s for s in statuses if s.get("voters")]
+    if not known:
+        return set()
+    newest = max(known, key=lambda s: (s["last_index"], s["term"]))
+    return {*newest["voters"], *newest.get("learners", ())}
+
+
+class _GroupMembers:
+    """``consensus.replacement.MemberOps`` over a ``RaftGroup``'s actors."""
+
+    def __init__(self, group: RaftGroup) -> None:
+        self.group = group
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return self.group.status()
+
+    def change(self, kind: ConfChangeKind, replica: int, timeout: float) -> None:
+        node_id = replica + 1
+        secret = self.group.secret
+        self.group._submit(lambda h, t: h.change_member.remote(secret, int(kind), node_id, t),
+                           timeout, f"{kind.name.lower()} replica {replica}")
+
+    def spawn_joiner(self, like: int, timeout: float) -> int:
+        return self.group._spawn_joiner(like, timeout)
+
+    def stop(self, replica: int) -> None:
+        self.group._stop(replica)
 
 
 class StoredFactory:
@@ -102,10 +120,11 @@ class RaftGroup:
 
     def __init__(
         self, name: str, namespace: str, config: RaftGroupConfig, spawn: Callable[..., Any],
-        handles: dict[int, Any], pg: PlacementGroup,
+        handles: dict[int, Any], pg: PlacementGroup, secret: bytes,
     ) -> None:
         self.name, self.namespace, self.config = name, namespace, config
         self._spawn, self._handles, self._pg = spawn, handles, pg
+        self._secret = secret
         self._bundle = {i: i for i in handles}
         self._next_index = max(handles) + 1
         self._client_id = uuid.uuid4().hex
@@ -114,6 +133,8 @@ class RaftGroup:
         self._in_flight: set[int] = set()
         self._leader: int | None = None
         self._suspect: dict[int, float] = {}  # replica index -> avoid its hints until then
+        self._dead_since: dict[int, float] = {}  # replica index -> first status unanswered
+        self._replacer = Replacer(_GroupMembers(self), name)
         self._coalescer = ProposalCoalescer(
             self.propose_batch, max_inflight=config.client_max_inflight_batches,
             max_batch_bytes=config.client_max_batch_bytes)
@@ -147,8 +168,8 @@ class RaftGroup:
         ray.get(pg.ready(), timeout=ready_timeout)
         names = [replica_name(name, r) for r in range(replicas)]
         storage = str(Path(storage_dir).resolve())
-        token = secrets.token_bytes(32) if config.peer_tcp else None
-        actor_cls = ray.remote(RaftReplica)
+        token = secrets.token_bytes(32)  # the group's secret (consensus.access)
+        actor_cls = ray.remote(ReplicaActor)
         # Large factories go into the object store once, referenced from the spawn closure
         # the group keeps, so a replica that Ray restarts after a crash reads them again.
         # Passed inline, Ray would promote them to an object it frees after the first start,
@@ -172,7 +193,7 @@ class RaftGroup:
 
         handles = {r: spawn(r, r, False) for r in range(replicas)}
         ray.get([h.ping.remote() for h in handles.values()], timeout=ready_timeout)
-        group = cls(name, namespace, config, spawn, handles, pg)
+        group = cls(name, namespace, config, spawn, handles, pg, token)
         group._adopt_logged_members(ready_timeout)
         return group
 
@@ -247,7 +268,7 @@ class RaftGroup:
             # Large payloads go once to the object store and travel by reference on retries.
             payload: Any = ray.put(data) if len(data) > _INLINE_BYTES else data
             result: list[Any] = self._submit(
-                lambda h, t: h.propose_entry.remote(payload, t), timeout, "propose",
+                lambda h, t: h.propose_entry.remote(self._secret, payload, t), timeout, "propose",
                 size=len(data))
             return result
         finally:
@@ -286,14 +307,14 @@ class RaftGroup:
                                                    attempt + 1.0)
                 if done:
                     return value
-            except Exception as exc:  # classify: retry on anything that says "try elsewhere"
-                err = _cause(exc)
+            except Exception as exc:  # consensus.failures: RETRY goes on, the rest surfaces
+                err = root_cause(exc)
                 if isinstance(err, NotLeaderError):
                     hint = err.leader_hint
                     self._leader = hint - 1 if hint is not None and hint - 1 != index else None
                     if self._leader is not None and self._leader not in self._handles:
                         self._leader = None
-                elif isinstance(err, _RETRYABLE):
+                elif classify(err) is Failure.RETRY:
                     self._leader = None
                     if not isinstance(err, ConsensusError):  # dead/restarting: avoid it a while
                         self._suspect[index] = time.monotonic() + _SUSPECT_S
@@ -379,10 +400,17 @@ class RaftGroup:
             if current == to:
                 return
             with contextlib.suppress(Exception):
-                ray.get(self._handles[current].transfer_leadership.remote(to),
+                ray.get(self._handles[current].transfer_leadership.remote(self._secret, to),
                         timeout=max(0.1, remaining))
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         raise ProposalTimeoutError(f"group {self.name}: replica {to} did not take over")
+
+    @property
+    def secret(self) -> bytes:
+        """The group's secret, which its replicas require of every call that changes the
+        group (Raft messages, proposals, membership, leadership; ``consensus.access``).
+        Keep it in this process; never log it."""
+        return self._secret
 
     def handles(self) -> list[Any]:
         """Actor handles of the current members, by replica index."""
@@ -405,6 +433,10 @@ class RaftGroup:
             if ref in done:
                 with contextlib.suppress(Exception):
                     entry = ray.get(ref, timeout=0)
+            if entry.get("alive"):
+                self._dead_since.pop(index, None)
+            else:
+                self._dead_since.setdefault(index, time.monotonic())
             out.append(entry)
         return out
 
@@ -426,41 +458,55 @@ class RaftGroup:
     # ------------------------------------------------------------------ membership
 
     def heal(self, timeout: float = 60.0) -> dict[int, int]:
-        """Replace every member that reports ``lost_state`` (Ray restarted it without its
-        storage: see ``RaftConfig.lost_state``); returns {old index: new index}, empty when
-        all is well. Members that do not answer are left alone (they may be restarting).
-        Blocks for one status round, plus up to ``timeout`` per replacement."""
+        """Replace every voter that reports ``lost_state`` (Ray restarted it without its
+        storage: see ``RaftConfig.lost_state``), then every voter that answered no status
+        call for longer than ``config.replace_dead_after_s``; returns {old index: new
+        index}, empty when all is well. Each replacement adds first (a learner, promoted
+        once caught up) and removes last (see ``consensus.replacement``), resuming one an
+        earlier call left unfinished; a step that would leave no quorum of live, caught-up
+        voters raises QuorumUnsafeError and changes nothing. Actors the membership no
+        longer names are stopped. Blocks for one status round, plus up to ``timeout`` per
+        replacement."""
         statuses = self.status()
-        voters = _logged_voters(statuses)
-        # a flagged replica that is no longer a voter (removed earlier; a re-created group
-        # brought its old database back) never votes and is not replaced
-        lost = [s["index"] for s in statuses if s.get("lost_state") and s["index"] in voters]
-        return {old: self.replace(old, timeout) for old in lost}
+        members = _logged_members(statuses)
+        if members:  # known from the newest log: an actor it does not name was removed
+            joining = set(self._replacer.pending.values())
+            for index in sorted(set(self._handles) - members - joining):
+                self._stop(index)
+        voters = sorted(_logged_voters(statuses))
+        due = due_for_replacement(statuses, voters, self._dead_since, time.monotonic(),
+                                  self.config.replace_dead_after_s)
+        due += [old for old in self._replacer.pending if old not in due]
+        return {old: self._replacer.replace(old, timeout) for old in due}
 
     def replace(self, replica: int, timeout: float = 60.0) -> int:
-        """Replace replica ``replica`` (gone for good): remove it from the membership, kill
-        it, start a fresh one (new index, empty storage) in its bundle and add it; it catches
-        up by snapshot. Returns the new replica's index. Blocks up to ``timeout``."""
-        if replica not in self._handles:
+        """Replace replica ``replica`` (gone for good): start a fresh one (new index, empty
+        storage) in its bundle, add it as a learner, promote it once it caught up by
+        snapshot, then remove ``replica`` and stop its actor. Returns the new replica's
+        index. Every step already done succeeds, so a call that failed part way is resumed
+        by the next one. Blocks up to ``timeout``."""
+        if replica not in self._handles and replica not in self._replacer.pending:
             raise ValueError(f"replica {replica} is not a member of {self.name}")
-        deadline = time.monotonic() + timeout
-        old_id = replica + 1
-        self._submit(lambda h, t: h.change_member.remote(int(ConfChangeKind.REMOVE), old_id, t),
-                     deadline - time.monotonic(), f"remove replica {replica}")
-        old = self._handles.pop(replica)
-        ray.kill(old, no_restart=True)
-        if self._leader == replica:
-            self._leader = None
+        return self._replacer.replace(replica, timeout)
+
+    def _spawn_joiner(self, like: int, timeout: float) -> int:
+        bundle = self._bundle.get(like, like)
         new_index, self._next_index = self._next_index, self._next_index + 1
-        bundle = self._bundle.pop(replica)
         handle = self._spawn(new_index, bundle, True)
-        ray.get(handle.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        ray.get(handle.ping.remote(), timeout=max(1.0, timeout))
         self._handles[new_index] = handle
         self._bundle[new_index] = bundle
-        new_id = new_index + 1
-        self._submit(lambda h, t: h.change_member.remote(int(ConfChangeKind.ADD), new_id, t),
-                     deadline - time.monotonic(), f"add replica {new_index}")
         return new_index
+
+    def _stop(self, replica: int) -> None:
+        handle = self._handles.pop(replica, None)
+        self._bundle.pop(replica, None)
+        self._dead_since.pop(replica, None)
+        if self._leader == replica:
+            self._leader = None
+        if handle is not None:
+            with contextlib.suppress(Exception):  # already dead is fine
+                ray.kill(handle, no_restart=True)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Kill every replica (no restart) and free the placement group; storage stays.

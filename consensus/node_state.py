@@ -6,13 +6,15 @@ concerns; roles switch behaviour by ``self.role``, never by swapping classes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from collections.abc import Sequence
 
-from consensus.codec import apply_conf_change, decode_conf_change
+from consensus.codec import decode_conf_change
 from consensus.config import RaftConfig
 from consensus.errors import ConfigError
+from consensus.membership import apply_change
 from consensus.progress import Progress, quorum_index
 from consensus.raft_log import RaftLog
 from consensus.types import (
@@ -62,11 +64,15 @@ class NodeState:
         self._snapshot = snapshot
         base = snapshot.meta.voters if snapshot else config.voters
         self._conf_base: tuple[int, ...] = tuple(sorted(base))
+        self._learner_base: tuple[int, ...] = tuple(sorted(snapshot.meta.learners)) if (
+            snapshot) else ()
         # a joiner started with voters=() and no snapshot cannot know the bootstrap
         # membership: replaying conf changes from () would give a too-small quorum
         self._membership_known = bool(self._conf_base)
-        self._conf_log: list[tuple[int, int, tuple[int, ...]]] = []  # (index, term, voters)
+        # (index, term, voters, learners) of each membership change after the base
+        self._conf_log: list[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = []
         self.voters: tuple[int, ...] = self._conf_base
+        self.learners: tuple[int, ...] = self._learner_base
         self._sync_conf(entries)
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -115,12 +121,24 @@ class NodeState:
 
     def voters_at(self, index: int) -> tuple[int, ...]:
         """The voter set in force after appending the entry at ``index`` (sorted)."""
-        voters = self._conf_base
-        for conf_index, _term, conf_voters in self._conf_log:
+        return self._members_at(index)[0]
+
+    def learners_at(self, index: int) -> tuple[int, ...]:
+        """The learners in force after appending the entry at ``index`` (sorted)."""
+        return self._members_at(index)[1]
+
+    def _members_at(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        members = (self._conf_base, self._learner_base)
+        for conf_index, _term, conf_voters, conf_learners in self._conf_log:
             if conf_index > index:
                 break
-            voters = conf_voters
-        return voters
+            members = (conf_voters, conf_learners)
+        return members
+
+    def _conf_index(self) -> int:
+        """The index of the entry that put the current membership in force (the snapshot's
+        index, or 0, when no change followed the base)."""
+        return self._conf_log[-1][0] if self._conf_log else self.log.snapshot_index
 
     def _sync_conf(self, entries: Sequence[Entry]) -> None:
         """Membership follows the log (thesis §4.1): drop truncated changes, add new ones."""
@@ -132,22 +150,32 @@ class NodeState:
         last_conf = conf_log[-1][0] if conf_log else log.snapshot_index
         for e in entries:
             if e.kind == EntryKind.CONF_CHANGE and e.index > last_conf:
-                current = conf_log[-1][2] if conf_log else self._conf_base
-                voters = apply_conf_change(current, decode_conf_change(e.data))
-                conf_log.append((e.index, e.term, voters))
+                voters, learners = (conf_log[-1][2], conf_log[-1][3]) if conf_log else (
+                    self._conf_base, self._learner_base)
+                # a change that cannot apply (promoting a non-member) changes nothing,
+                # the same way on every replica
+                with contextlib.suppress(ConfigError):
+                    voters, learners = apply_change(voters, learners,
+                                                    decode_conf_change(e.data))
+                conf_log.append((e.index, e.term, voters, learners))
                 last_conf = e.index
                 changed = True
         if changed:
-            self._set_voters(conf_log[-1][2] if conf_log else self._conf_base)
+            if conf_log:
+                self._set_voters(conf_log[-1][2], conf_log[-1][3])
+            else:
+                self._set_voters(self._conf_base, self._learner_base)
 
-    def _set_voters(self, voters: tuple[int, ...]) -> None:
+    def _set_voters(self, voters: tuple[int, ...], learners: tuple[int, ...] = ()) -> None:
         self.voters = voters
+        self.learners = learners
         if self.role != Role.LEADER:
             return
-        for v in voters:
+        members = (*voters, *learners)
+        for v in members:
             if v != self.id and v not in self._prs:
                 self._prs[v] = Progress(self.log.last_index + 1)
-        for v in [v for v in self._prs if v not in voters]:
+        for v in [v for v in self._prs if v not in members]:
             del self._prs[v]
         if self._transferee is not None and self._transferee not in voters:
             self._transferee = None
@@ -161,7 +189,7 @@ class NodeState:
         Only entries of the current term commit by counting replicas (§5.4.2, Figure 8);
         earlier ones commit indirectly. The leader counts itself only up to ``stable``.
         """
-        matches = [pr.match for pr in self._prs.values()]
+        matches = [pr.match for v, pr in self._prs.items() if v in self.voters]
         if self.id in self.voters:
             matches.append(self.log.stable)
         if not matches:
@@ -195,7 +223,7 @@ class NodeState:
 
     def _release_reads(self) -> None:
         """Answer pending reads whose heartbeat round a quorum has acknowledged."""
-        acks = [pr.read_ack for pr in self._prs.values()]
+        acks = [pr.read_ack for v, pr in self._prs.items() if v in self.voters]
         if self.id in self.voters:
             acks.append(self._read_seq)
         if not acks:
@@ -243,7 +271,7 @@ class NodeState:
         self.role = Role.LEADER
         self.leader = self.id
         log = self.log
-        for v in self.voters:
+        for v in (*self.voters, *self.learners):
             if v != self.id:
                 self._prs[v] = Progress(log.last_index + 1)
         noop = Entry(self.term, log.last_index + 1, EntryKind.NOOP, b"")

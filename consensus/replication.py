@@ -234,6 +234,7 @@ class Replication(NodeState):
         self._ready_snapshot = snap
         self._applying = meta.index
         self._conf_base = tuple(sorted(meta.voters))
+        self._learner_base = tuple(sorted(meta.learners))
         self._membership_known = True
         self._conf_log = []
-        self._set_voters(self._conf_base)
+        self._set_voters(self._conf_base, self._learner_base)

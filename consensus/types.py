@@ -46,6 +46,7 @@ class SnapshotMeta:
     index: int
     term: int
     voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +58,16 @@ class Snapshot:
 
 
 class ConfChangeKind(enum.IntEnum):
-    ADD = 0
-    REMOVE = 1
+    ADD = 0  # make the node a voter (a learner is promoted)
+    REMOVE = 1  # drop the node, voter or learner
+    ADD_LEARNER = 2  # replicate to the node without counting it in any quorum
+    PROMOTE = 3  # make a learner a voter (it must be a learner or a voter already)
 
 
 @dataclass(frozen=True, slots=True)
 class ConfChange:
-    """Add or remove one voter (single-server change, thesis §4.1)."""
+    """Add, remove or promote one member (single-server change, thesis §4.1; learners, thesis
+    §4.2.1: a new server catches up as a non-voting member first)."""
 
     kind: ConfChangeKind
     node: int

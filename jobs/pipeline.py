@@ -31,11 +31,11 @@ from typing import Any
 
 import ray
 
+from consensus.failures import Failure, classify, root_cause
 from jobs.backend import ParameterServerLike
 from jobs.config import TrainConfig
 from jobs.errors import RoundsLostError, TrainingError
 from jobs.round_result import RoundResult
-from paramserver.server import is_failover, root_cause
 from workers.gradient import GradientMetrics
 
 LOG = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ class PipelinedRounds:
                 next_round += 1
             try:
                 done = [self._settle(inflight)]
-            except Exception as exc:  # classified right here
-                if not (is_failover(exc) or _object_lost(exc)):
+            except Exception as exc:
+                if not _recoverable(exc):
                     raise _user_error(exc) from None
                 done, next_round = self._recover(inflight)
                 params = self.server.pull(next_round)
@@ -148,8 +148,8 @@ class PipelinedRounds:
         for flight in inflight:
             try:
                 metrics = ray.get(flight.metrics, timeout=0)
-            except Exception as exc:  # classified right here
-                if not (is_failover(exc) or _object_lost(exc)):
+            except Exception as exc:
+                if not _recoverable(exc):
                     raise _user_error(exc) from None
                 break  # this round's parameters were lost with the leader/node: recompute it
             good.append((flight, metrics))
@@ -172,7 +172,7 @@ class PipelinedRounds:
         try:
             self.server.wait_version(restart, timeout)
         except Exception as exc:
-            if not _object_lost(exc):
+            if classify(exc) is not Failure.LOST:
                 raise
             # a replayed round's gradients died with a node after some shard applied it:
             # the shards' versions differ and the old parameters are gone, so it cannot be
@@ -187,11 +187,11 @@ class PipelinedRounds:
         return [(flight, metrics, info) for flight, metrics in good], restart
 
 
-def _object_lost(exc: BaseException) -> bool:
-    """True when ``exc`` (or its root cause) is an object lost with a node (Ray could not
-    reconstruct it, e.g. an actor's answer): the round needing it must be recomputed."""
-    return isinstance(exc, ray.exceptions.ObjectLostError) or isinstance(
-        root_cause(exc), ray.exceptions.ObjectLostError)
+def _recoverable(exc: BaseException) -> bool:
+    """True when the pipeline recovers from ``exc`` by replaying (``consensus.failures``):
+    a replica or leader gone (``RETRY``) or a value lost with a node (``LOST``). A round
+    that ran past ``timeout_s`` is not: the job stops and says so."""
+    return not isinstance(exc, TimeoutError) and classify(exc) is not Failure.FATAL
 
 
 def _discard(refs: list[Any], timeout: float) -> None:

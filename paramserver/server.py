@@ -25,10 +25,12 @@ import numpy as np
 import numpy.typing as npt
 import ray
 
-from consensus import ConsensusError, RaftGroup, StorageFullError
-from paramserver.checkpoint import read_checkpoint, write_checkpoint
+from consensus import ConsensusError, RaftGroup
+from consensus.failures import is_failover, root_cause
+from consensus.storage_failure import failures_note, raise_if_out_of_service
+from paramserver.checkpoint import check_restorable, read_checkpoint, write_checkpoint
 from paramserver.commands import RestoreCommand
-from paramserver.errors import CheckpointCorruptError, ParamServerError
+from paramserver.errors import ApplyFailedError
 from paramserver.plan import ShardPlan
 from paramserver.server_config import ServerConfig
 from paramserver.service import ShardService
@@ -38,35 +40,7 @@ LOG = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 _NUDGE_S = 10.0  # wait_version re-sends pending contributions after this long in silence
-_FAILOVER = (ConsensusError, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain of RayTaskErrors (a task that failed because an
-    argument of it failed carries that failure inside)."""
-    seen = 0
-    while seen < 16:
-        inner = _cause(exc)
-        if inner is exc:
-            return exc
-        exc, seen = inner, seen + 1
-    return exc
-
-
-def is_failover(exc: BaseException) -> bool:
-    """True when ``exc`` (or its root cause) means "a replica or its leadership is gone":
-    re-submit to the new leader instead of failing the job. A full disk is not: no other
-    replica would do better, and the user must act."""
-    cause = root_cause(exc)
-    if isinstance(exc, StorageFullError) or isinstance(cause, StorageFullError):
-        return False
-    return isinstance(exc, _FAILOVER) or isinstance(cause, _FAILOVER)
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The user-level exception inside a RayTaskError, or the exception itself."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
+__all__ = ["ParameterServer", "is_failover", "root_cause"]  # the last two: consensus.failures
 
 
 class ParameterServer:
@@ -163,7 +137,7 @@ class ParameterServer:
                 try:
                     results[shard] = ray.get(ref, timeout=0)
                 except (ray.exceptions.RayError, ConsensusError) as exc:
-                    err = _cause(exc)
+                    err = root_cause(exc)
                     if not is_failover(err) or time.monotonic() > deadline:
                         raise err from None
                     self._leaders[shard] = None
@@ -279,21 +253,23 @@ class ParameterServer:
             left = max(0.0, deadline - time.monotonic())
             ready, _ = ray.wait(pending, num_returns=1, timeout=min(left, _NUDGE_S))
             if not ready and left > _NUDGE_S:
+                raise_if_out_of_service(g for s, g in enumerate(self._groups) if s not in results)
                 for shard in range(len(self._groups)):
                     if shard not in results:
                         self._nudge(shard)
                 continue
             if not ready:
                 raise TimeoutError(f"shards did not reach version {version} in {timeout} s "
-                                   f"(done: {sorted(results)}); check `ParameterServer.status()`")
+                                   f"(done: {sorted(results)}); check `ParameterServer.status()`"
+                                   + failures_note(self._groups))
             ref = ready[0]
             is_wait = ref in waits
             shard = waits.pop(ref) if is_wait else self._inflight.pop(ref)
             try:
                 answer = ray.get(ref, timeout=0)
             except (ray.exceptions.RayError, ConsensusError) as exc:
-                err = _cause(exc)
-                if isinstance(err, ParamServerError) or not is_failover(err):
+                err = root_cause(exc)
+                if not is_failover(err):
                     self._forget_applied(version)
                     raise err from None
                 self._resubmit(shard)
@@ -354,43 +330,51 @@ class ParameterServer:
 
     def restore(self, checkpoint: str | Path) -> int:
         """Load a checkpoint into the shards through Raft (every replica restores the same
-        bytes) and return its round. Raises CheckpointCorruptError (changing nothing) if the
-        files are corrupt or were cut for another shard plan."""
+        bytes) and return its round. Raises, changing nothing, CheckpointCorruptError if the
+        files are corrupt and CheckpointMismatchError if they were cut for another shard plan
+        or optimizer. A restore that a shard's state machine refused (committed, changing
+        nothing there) raises ApplyFailedError naming the shard."""
         loaded = read_checkpoint(checkpoint)
-        if loaded.plan != self.plan:
-            raise CheckpointCorruptError(str(Path(checkpoint) / "manifest.json"),
-                                         "its shard plan differs from this server's; restore "
-                                         "with the same model, --shards and split size")
+        check_restorable(loaded, self.plan, self.config.optimizer)
         commands = []
         for s, state in enumerate(loaded.shards):
             machine = ShardStateMachine.from_state(self.plan.pieces(s), state,
                                                    self.config.optimizer, self.config.schedule)
             commands.append(RestoreCommand(machine.snapshot()).encode())
-        for group, command in zip(self._groups, commands, strict=True):
-            group.propose(command, timeout=self.config.rpc_timeout_s)
+        refused = []
+        for s, (group, command) in enumerate(zip(self._groups, commands, strict=True)):
+            error = getattr(group.propose(command, timeout=self.config.rpc_timeout_s), "error",
+                            None)  # consensus.CommandError: the apply raised, nothing changed
+            if isinstance(error, str):
+                refused.append(f"shard {s}: {error}")
         self._pending.clear()
         self._inflight.clear()
+        if refused:
+            raise ApplyFailedError(f"restoring {loaded.path} was refused by "
+                                   f"{'; '.join(refused)}; those shards kept their state")
         self._version = loaded.shards[0].version
         return loaded.round
 
     def heal(self) -> list[tuple[int, int, int]]:
-        """Replace the replicas that came back without their storage (a lost node or disk):
-        ``(shard, old index, new index)`` for each; see ``RaftGroup.heal``. Blocks while a
-        replacement catches up (seconds); call it between rounds (the driver does, at epoch
-        ends)."""
+        """Replace the replicas that came back without their storage (a lost node or disk)
+        or stayed unreachable longer than ``group.replace_dead_after_s``: ``(shard, old
+        index, new index)`` for each; see ``RaftGroup.heal`` (add first, remove last).
+        Blocks while a replacement catches up (seconds); call it between rounds (the driver
+        does, at epoch ends). A shard whose replacement fails or is refused
+        (``QuorumUnsafeError``) is logged with the reason and tried again next time."""
         healed = []
         for shard, group in enumerate(self._groups):
             try:
                 replaced = group.heal(timeout=self.config.rpc_timeout_s)
             except (ConsensusError, ValueError, TimeoutError, ray.exceptions.RayError) as exc:
-                # the flagged replica never votes, so the shard is safe, one voter short;
-                # training goes on and the next epoch end tries again
-                LOG.warning("shard %d: could not replace a replica that lost its storage "
-                            "(%s); will retry at the next epoch end", shard, exc)
+                # a flagged replica never votes and a dead one is just one voter short, so
+                # the shard is safe; training goes on and the next epoch end tries again
+                LOG.warning("shard %d: could not replace a lost replica (%s); will retry at "
+                            "the next epoch end", shard, exc)
                 continue
             for old, new in replaced.items():
-                LOG.warning("shard %d: replica %d came back without its storage; replaced by "
-                            "replica %d", shard, old, new)
+                LOG.warning("shard %d: replica %d lost its storage or stayed unreachable; "
+                            "replaced by replica %d", shard, old, new)
                 healed.append((shard, old, new))
         if healed:
             self.forget_leaders()

@@ -1,5 +1,6 @@
-"""ParameterServer.heal: replacements are reported; a shard whose replacement fails is
-logged and skipped (its flagged replica never votes, so training may go on), never raised."""
+"""ParameterServer.heal: replacements are reported; a shard whose replacement fails or is
+refused is logged with the reason and skipped (its flagged replica never votes, so training
+may go on), never raised."""
 
 from __future__ import annotations
 
@@ -41,8 +42,19 @@ def test_heal_reports_each_replacement_and_skips_a_failing_shard(
     assert failing.calls == healthy.calls == 1
     messages = [r.getMessage() for r in caplog.records]
     assert any("shard 0: could not replace" in m and "no leader" in m for m in messages)
-    assert any("shard 1: replica 1 came back without its storage; replaced by replica 3" in m
-               for m in messages)
+    assert any("shard 1: replica 1 lost its storage or stayed unreachable; replaced by "
+               "replica 3" in m for m in messages)
+
+
+def test_a_refused_replacement_is_logged_with_its_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from consensus.errors import QuorumUnsafeError
+
+    refused = FakeGroup(QuorumUnsafeError("refusing to remove replica 0: bring back [1]"))
+    with caplog.at_level("WARNING", logger="paramserver.server"):
+        assert _server([refused]).heal() == []
+    assert any("bring back [1]" in r.getMessage() for r in caplog.records)
 
 
 def test_heal_with_nothing_lost_does_nothing() -> None:
@@ -59,3 +71,12 @@ def test_a_full_disk_is_not_a_failover() -> None:
     full = StorageFullError("/data/raft", needed=3 << 30, free=1 << 20)
     assert not is_failover(full)
     assert is_failover(NotLeaderError("replica 1 is not the leader", None))
+
+
+def test_config_and_corrupt_storage_errors_are_not_failovers() -> None:
+    """Retrying them only let the job's timeout hide their message."""
+    from consensus import ConfigError, StorageCorruptError
+    from paramserver.server import is_failover
+
+    assert not is_failover(ConfigError("replicas must be >= 1"))
+    assert not is_failover(StorageCorruptError("/data/raft/r.db", "hard state CRC mismatch"))
