@@ -8,6 +8,7 @@ from typing import Literal
 
 from consensus.config import RaftConfig
 from consensus.errors import ConfigError
+from consensus.incarnation import check_incarnation
 from consensus.storage import StorageConfig
 
 
@@ -70,13 +71,33 @@ class RaftGroupConfig:
     peer_tcp: bool = True
     """Replicas exchange Raft messages over TCP connections (``consensus.transport``),
     falling back to Ray actor calls while no connection is up; False: Ray calls only."""
+    peer_max_entry_bytes: int = 1 << 30
+    """Most payload bytes (entries, a snapshot chunk) in one TCP frame between replicas; a
+    frame may add ``consensus.wire.HEADER_ALLOWANCE`` header bytes. A replica drops a
+    connection whose frame announces more, and sends a message that carries more (one entry
+    above it) as a Ray actor call instead. At least ``max_msg_bytes`` and
+    ``snapshot_chunk_bytes``."""
     storage: StorageConfig = field(default_factory=StorageConfig)
     """How each replica lays out its log on disk: payloads above ``inline_max_bytes`` go to
     append-only segment files of ``segment_bytes`` (see ``consensus.storage``). A reopened
     database may use other values; existing rows say where their bytes are."""
+    replace_dead_after_s: float | None = 300.0
+    """Client side: ``RaftGroup.heal`` replaces a voter that answered no status call for
+    longer than this many seconds (Ray could not restart it, e.g. its node is gone), as it
+    replaces one that lost its storage; None: only the latter."""
     seed: int | None = None
     """Seed of each replica's election-timeout RNG (``seed * 1000 + node id``); None draws one
     from the OS. Set it for reproducible runs."""
+    incarnation: str | None = None
+    """The group's incarnation id (``consensus.incarnation.new_incarnation()`` when the group
+    is created fresh; the same id when it is re-created over its storage): every replica
+    stamps it into its storage and refuses storage of another incarnation
+    (``IncarnationMismatchError``). None: storage is not tied to a history (an existing
+    stamp is still checked)."""
+    max_storage_failures: int = 3
+    """A replica whose storage fails this many times in a row with the same cause (a full
+    disk, an I/O error; a corrupt or foreign database at once) stops restarting: it stays up
+    out of service, reporting the cause in ``status()`` (``consensus.storage_failure``)."""
 
     def __post_init__(self) -> None:
         if not 0.001 <= self.tick_interval_s <= 10.0:
@@ -100,11 +121,28 @@ class RaftGroupConfig:
         if self.client_max_batch_bytes < 1:
             raise ConfigError(
                 f"client_max_batch_bytes must be >= 1, got {self.client_max_batch_bytes}")
+        if self.replace_dead_after_s is not None and not self.replace_dead_after_s >= 0:
+            raise ConfigError(f"replace_dead_after_s must be >= 0 seconds or None, got "
+                              f"{self.replace_dead_after_s}")
+        if self.peer_max_entry_bytes < max(self.max_msg_bytes, self.snapshot_chunk_bytes):
+            raise ConfigError(
+                f"peer_max_entry_bytes ({self.peer_max_entry_bytes}) must be >= max_msg_bytes "
+                f"({self.max_msg_bytes}) and snapshot_chunk_bytes ({self.snapshot_chunk_bytes})")
+        check_incarnation(self.incarnation, "RaftGroupConfig.incarnation")
+        if self.storage.incarnation not in (None, self.incarnation):
+            raise ConfigError(f"RaftGroupConfig.storage.incarnation "
+                              f"({self.storage.incarnation}) differs from incarnation "
+                              f"({self.incarnation}); set only RaftGroupConfig.incarnation")
+        if self.max_storage_failures < 1:
+            raise ConfigError(f"max_storage_failures must be >= 1, got "
+                              f"{self.max_storage_failures}")
         self.raft_config(1, (1,))  # validates the Raft fields with RaftConfig's own messages
 
     def storage_config(self) -> StorageConfig:
-        """The storage layout with ``durability`` applied (memory: entries not fsynced)."""
-        return dataclasses.replace(self.storage, sync_entries=self.durability == "disk")
+        """The storage layout with ``durability`` (memory: entries not fsynced) and the
+        group's ``incarnation`` applied."""
+        return dataclasses.replace(self.storage, sync_entries=self.durability == "disk",
+                                   incarnation=self.incarnation or self.storage.incarnation)
 
     def raft_config(self, node_id: int, voters: tuple[int, ...],
                     lost_state: bool = False) -> RaftConfig:

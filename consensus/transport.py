@@ -3,86 +3,71 @@
 A Ray actor call costs 1.5-3 ms per hop on a busy host (submission, scheduling onto the
 actor's loop, a reply); Raft's commit path has two peer hops and every heartbeat two more.
 Replicas therefore exchange messages over plain TCP connections (one per direction and
-peer, pickled batches with a 4-byte length prefix), the way PySyncObj and etcd do. Ray
-stays the control plane: a replica learns a peer's address by an actor call
-(``RaftReplica.transport_address``), and when no connection is up, the caller sends the
-batch as a Ray actor call instead.
+peer), the way PySyncObj and etcd do. Ray stays the control plane: a replica learns a
+peer's address by an actor call (``RaftReplica.transport_address``), and when no connection
+is up, the caller sends the batch as a Ray actor call instead.
 
 The bytes move on threads with blocking sockets, never on the replica's event loop: a
 round of a large model is an entry of tens or hundreds of MB, and asyncio's stream buffers
 copy such a frame several times while holding the GIL (measured: a 20M-parameter model's
 replicas spent about 40 % of their time in the event loop's socket buffers, and their
 ticks stalled past the election timeout). Each outgoing connection has a sender thread that
-pickles queued batches and ``sendall``s them; each incoming one a reader thread that
-receives a frame into one preallocated buffer (the GIL is released while the kernel fills
-it), decodes it and hands the messages to the loop with ``call_soon_threadsafe``.
+encodes queued batches (``consensus.wire``: an explicit codec of the message types, no
+pickle) and sends the header and the payload buffers in one vectored ``sendmsg``, without
+joining them; each incoming one a reader thread that checks a frame's header, receives its
+payload into one preallocated buffer (the GIL is released while the kernel fills it),
+copies each entry out of it once and hands the messages to the loop with
+``call_soon_threadsafe``.
+
+Security. A connection starts with a challenge-response handshake (``consensus.handshake``):
+both sides prove, by an HMAC over fresh nonces, that they hold the group's secret token,
+which never crosses the wire; a recorded handshake cannot be replayed. Until then a
+connection is read only the handshake's fixed few dozen bytes, within ``handshake_s``. At
+most ``max_pending`` connections may be in their handshake (a new one closes the oldest, so
+idle strangers cannot lock peers out) and at most ``max_peers`` authenticated ones stay open
+(a new one closes the oldest: a peer that restarted leaves a dead one behind). Every frame
+is bounded by ``max_entry_bytes`` of payload plus ``wire.HEADER_ALLOWANCE`` of header, and a
+malformed or oversized one drops the connection. Traffic is not encrypted, nor protected
+against an attacker on the path who can rewrite TCP streams (like Ray's own unencrypted
+gRPC by default).
 
 Delivery is best effort, as Raft assumes: it tolerates loss, duplication and reordering. A
 broken connection is dropped (its queued batches are lost) and reopened on a later send; a
 peer whose queue holds more than ``_MAX_QUEUED`` payload bytes gets new batches dropped (Raft
-resends). Each connection starts with the group's secret token (compared in constant time,
-read under a short timeout with a bounded size), so a stranger on the network cannot inject
-messages; traffic is not encrypted (like Ray's own unencrypted gRPC by default). Batches
-are pickled, but unpickled with an allow-list: only the message types of
-``consensus.types`` (and plain data) can come out, never an arbitrary callable.
+resends). A batch larger than one frame goes as several frames (one ``on_batch`` each); a
+message that does not fit in a frame at all is left to the caller's fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import pickle
 import socket
-import struct
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from consensus.buffers import ViewReader, empty_buffer
-from consensus.types import AppendEntries, InstallSnapshot
+from consensus import wire
+from consensus.buffers import empty_buffer
+from consensus.errors import ConfigError
+from consensus.handshake import ACCEPTED, HandshakeError, client_handshake, server_handshake
+from consensus.types import Message
 
 __all__ = ["PeerTransport"]
 
 log = logging.getLogger(__name__)
 
-_LEN = struct.Struct(">I")
-_MAX_FRAME = 1 << 30
 _MAX_QUEUED = 256 << 20  # drop (Raft retries) rather than queue more for a slow peer
-_HANDSHAKE_S = 5.0  # a connection must present its token within this
+_HANDSHAKE_S = 2.0  # a connection must complete its handshake within this
 _CONNECT_S = 2.0
-
-
-class _MessageUnpickler(pickle.Unpickler):
-    """Unpickles Raft message batches; refuses every global outside ``consensus.types``."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "consensus.types" and not name.startswith("_"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"peer batch names {module}.{name}; only Raft messages "
-                                     "(consensus.types) are accepted")
-
-
-def loads_batch(data: Any) -> list[Any]:
-    """Decode a batch (a bytes-like frame) received from a peer (see ``_MessageUnpickler``);
-    each payload is copied once, out of ``data``."""
-    batch = _MessageUnpickler(ViewReader(data)).load()
-    if not isinstance(batch, list):
-        raise pickle.UnpicklingError("a peer batch must be a list of messages")
-    return batch
-
-
-def payload_bytes(batch: list[Any]) -> int:
-    """The entry and snapshot bytes a batch carries (what its frame's size is made of)."""
-    size = 0
-    for msg in batch:
-        if isinstance(msg, AppendEntries):
-            size += sum(len(e.data) for e in msg.entries)
-        elif isinstance(msg, InstallSnapshot):
-            size += len(msg.data)
-    return size
+_MAX_PENDING = 16  # connections in their handshake at once
+_MAX_PEERS = 64  # authenticated incoming connections kept open
+_MAX_ENTRY_BYTES = 1 << 30
+_IOV_MAX = 512  # buffers per sendmsg call (the OS allows 1024)
+_REPORT_S = 10.0  # refused connections are logged at most this often
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> memoryview:
@@ -97,31 +82,70 @@ def _recv_exactly(sock: socket.socket, size: int) -> memoryview:
     return buf
 
 
-def _recv_frame(sock: socket.socket, limit: int) -> memoryview:
-    (size,) = _LEN.unpack(_recv_exactly(sock, _LEN.size))
-    if size > limit:
-        raise ValueError(f"frame of {size} bytes exceeds the limit of {limit}")
-    return _recv_exactly(sock, size)
+def _send_buffers(sock: socket.socket, buffers: Sequence[Any]) -> None:
+    """Send ``buffers`` in order with vectored sends, without joining them."""
+    views = [v for v in (memoryview(b).cast("B") for b in buffers) if v.nbytes]
+    i = 0
+    while i < len(views):
+        sent = sock.sendmsg(views[i:i + _IOV_MAX])
+        while sent:
+            n = views[i].nbytes
+            if sent >= n:
+                sent -= n
+                i += 1
+            else:
+                views[i] = views[i][sent:]
+                sent = 0
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake and end whatever thread blocks on ``sock`` (that thread closes it)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Throttled:
+    """A warning logged at most once per ``_REPORT_S`` (a stranger cannot flood the log);
+    the next one counts those it left out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = -_REPORT_S
+        self._left_out = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < _REPORT_S:
+                self._left_out += 1
+                return
+            left_out, self._left_out, self._last = self._left_out, 0, now
+        log.warning(message + (f" ({left_out} more like it not logged)" if left_out else ""),
+                    *args)
+
+
+_refusals = _Throttled()
 
 
 class _Outbound:
     """One peer's outgoing connection: a queue of batches drained by a sender thread."""
 
-    def __init__(self, address: tuple[str, int], token: bytes) -> None:
+    def __init__(self, address: tuple[str, int], token: bytes, handshake_s: float) -> None:
         self.address = address
         self._token = token
+        self._handshake_s = handshake_s
         self._cond = threading.Condition()
-        self._queue: deque[tuple[list[Any], int]] = deque()
+        self._queue: deque[tuple[list[Message], int]] = deque()
         self._queued = 0
-        self.up = False  # the token was sent: batches now go out
-        self.up_event = threading.Event()
+        self.up = False  # authenticated: batches now go out
+        self.settled = threading.Event()  # up, or failed before it got there
         self.dead = False  # the connection failed or was closed: make a new one
         self._sock: socket.socket | None = None
         threading.Thread(target=self._run, name=f"raft-send-{address[1]}", daemon=True).start()
 
-    def put(self, batch: list[Any]) -> None:
-        """Queue ``batch`` (dropped when the peer is too far behind: Raft resends)."""
-        size = payload_bytes(batch)
+    def put(self, batch: list[Message], size: int) -> None:
+        """Queue ``batch`` of ``size`` payload bytes (dropped when the peer is too far
+        behind: Raft resends)."""
         with self._cond:
             if self._queued + size > _MAX_QUEUED and self._queue:
                 return
@@ -135,10 +159,9 @@ class _Outbound:
             self._cond.notify()
         sock = self._sock
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            _shut(sock)
 
-    def _take(self) -> list[Any] | None:
+    def _take(self) -> list[Message] | None:
         with self._cond:
             while not self._queue and not self.dead:
                 self._cond.wait()
@@ -152,19 +175,25 @@ class _Outbound:
         try:
             sock = socket.create_connection(self.address, timeout=_CONNECT_S)
             self._sock = sock
-            sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(_LEN.pack(len(self._token)) + self._token)
+            client_handshake(sock, self._token, self._handshake_s)
+            sock.settimeout(None)
             self.up = True
-            self.up_event.set()
+            self.settled.set()
             while (batch := self._take()) is not None:
-                data = pickle.dumps(batch, protocol=5)
-                sock.sendall(_LEN.pack(len(data)))
-                sock.sendall(data)
+                try:
+                    buffers = wire.encode(batch)
+                except wire.WireFormatError as exc:
+                    log.error("batch to %s not sent: %s", self.address, exc)
+                    continue
+                _send_buffers(sock, buffers)
+        except HandshakeError as exc:
+            _refusals.warn("connection to peer %s refused: %s", self.address, exc)
         except OSError as exc:
             log.debug("connection to %s failed: %s", self.address, exc)
         finally:
             self.dead = True
+            self.settled.set()
             if self._sock is not None:
                 self._sock.close()
 
@@ -173,33 +202,55 @@ class PeerTransport:
     """Listens for peers and keeps one outgoing connection per peer (module docstring).
 
     ``on_batch(messages)`` is called on the event loop thread that ran ``start``, once per
-    received batch. ``send`` never blocks: it returns False when no connection is up yet
-    (one is being opened); the caller then uses its fallback path.
+    received frame. ``send`` never blocks: it returns False when no connection is up yet
+    (one is being opened) or a message is too large for a frame; the caller then uses its
+    fallback path. ``max_entry_bytes``: most payload bytes (entries, a snapshot chunk) in
+    one frame, sent or accepted; ``handshake_s``, ``max_pending``, ``max_peers``: see the
+    module docstring.
     """
 
-    def __init__(self, token: bytes, on_batch: Callable[[list[Any]], None]) -> None:
+    def __init__(self, token: bytes, on_batch: Callable[[list[Message]], None], *,
+                 max_entry_bytes: int = _MAX_ENTRY_BYTES, handshake_s: float = _HANDSHAKE_S,
+                 max_pending: int = _MAX_PENDING, max_peers: int = _MAX_PEERS) -> None:
         if len(token) < 16:
-            raise ValueError("the peer token must be at least 16 random bytes")
+            raise ConfigError("the peer token must be at least 16 random bytes")
+        if max_entry_bytes < 1:
+            raise ConfigError(f"max_entry_bytes must be >= 1, got {max_entry_bytes}")
+        if not handshake_s > 0:
+            raise ConfigError(f"handshake_s must be > 0 seconds, got {handshake_s}")
+        if max_pending < 1 or max_peers < 1:
+            raise ConfigError(f"max_pending and max_peers must be >= 1, got {max_pending} "
+                              f"and {max_peers}")
         self._token = token
         self._on_batch = on_batch
+        self._max_entry_bytes = max_entry_bytes
+        self._handshake_s = handshake_s
+        self._max_pending = max_pending
+        self._max_peers = max_peers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: socket.socket | None = None
         self._out: dict[int, _Outbound] = {}
+        self._lock = threading.Lock()
+        self._pending: dict[socket.socket, None] = {}  # in their handshake, oldest first
+        self._peers: dict[socket.socket, None] = {}  # authenticated, oldest first
+        self.peak_pending = 0  # the most connections ever in their handshake at once
         self._closed = False
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str) -> tuple[str, int]:
         """Listen on ``host`` (an ephemeral port); returns the address peers should dial."""
         self._loop = asyncio.get_running_loop()
-        server = socket.create_server((host, 0))
+        server = socket.create_server((host, 0), backlog=1024)
         self._server = server
         port = server.getsockname()[1]
         threading.Thread(target=self._accept, name="raft-accept", daemon=True).start()
         self.address = (host, int(port))
         return self.address
 
-    def send(self, node_id: int, address: tuple[str, int] | None, batch: list[Any]) -> bool:
-        """Queue ``batch`` to ``node_id`` at ``address``; False if not connected (yet)."""
+    def send(self, node_id: int, address: tuple[str, int] | None,
+             batch: list[Message]) -> bool:
+        """Queue ``batch`` to ``node_id`` at ``address``; False if not connected (yet), or
+        if a message of it does not fit in one frame."""
         out = self._out.get(node_id)
         if out is not None and (out.dead or (address is not None and out.address != address)):
             out.close()
@@ -207,11 +258,18 @@ class PeerTransport:
             del self._out[node_id]
         if out is None:
             if address is not None and not self._closed:
-                self._out[node_id] = _Outbound(address, self._token)
+                self._out[node_id] = _Outbound(address, self._token, self._handshake_s)
             return False
         if not out.up:
             return False
-        out.put(batch)
+        try:
+            frames = wire.split(batch, self._max_entry_bytes)
+        except wire.WireFormatError:
+            return False
+        if frames is None:
+            return False
+        for frame in frames:
+            out.put(frame, sum(wire.payload_bytes(m) for m in frame))
         return True
 
     def connected(self, node_id: int) -> bool:
@@ -220,10 +278,10 @@ class PeerTransport:
         return out is not None and out.up and not out.dead
 
     def wait_connected(self, node_id: int, timeout: float) -> bool:
-        """Block (a thread, not the loop) until the connection to ``node_id`` is up or
-        ``timeout`` passed; whether it is up. For tests and diagnostics."""
+        """Block (a thread, not the loop) until the connection to ``node_id`` is up, has
+        failed, or ``timeout`` passed; whether it is up. For tests and diagnostics."""
         out = self._out.get(node_id)
-        return out is not None and out.up_event.wait(timeout) and not out.dead
+        return out is not None and out.settled.wait(timeout) and out.up and not out.dead
 
     def forget(self, node_id: int) -> None:
         """Close the connection to ``node_id`` (its address changed or it was removed)."""
@@ -238,29 +296,57 @@ class PeerTransport:
                 conn, _ = server.accept()
             except OSError:
                 return  # closed
+            with self._lock:
+                self._pending[conn] = None
+                oldest = next(iter(self._pending)) if len(self._pending) > self._max_pending \
+                    else None
+                if oldest is not None:
+                    del self._pending[oldest]
+                self.peak_pending = max(self.peak_pending, len(self._pending))
+            if oldest is not None:
+                _shut(oldest)
             threading.Thread(target=self._serve, args=(conn,), name="raft-recv",
                              daemon=True).start()
 
+    def _admit(self, conn: socket.socket) -> bool:
+        """(reader thread) Move an authenticated ``conn`` from pending to the peers; False
+        if it was closed meanwhile."""
+        with self._lock:
+            if conn not in self._pending or self._closed:
+                return False
+            del self._pending[conn]
+            self._peers[conn] = None
+            oldest = next(iter(self._peers)) if len(self._peers) > self._max_peers else None
+            if oldest is not None:
+                del self._peers[oldest]
+        if oldest is not None:
+            _shut(oldest)
+        return True
+
     def _serve(self, conn: socket.socket) -> None:
-        """(reader thread) Check the token, then decode batches until the peer goes."""
+        """(reader thread) Authenticate the peer, then decode frames until it goes."""
         try:
-            conn.settimeout(_HANDSHAKE_S)
-            token = _recv_frame(conn, len(self._token))
-            if not hmac.compare_digest(bytes(token), self._token):
-                log.warning("peer connection with a wrong token refused")
+            server_handshake(conn, self._token, self._handshake_s)
+            if not self._admit(conn):
                 return
+            conn.sendall(ACCEPTED)
             conn.settimeout(None)
             while not self._closed:
-                batch = loads_batch(_recv_frame(conn, _MAX_FRAME))
+                batch = wire.read_batch(lambda n: _recv_exactly(conn, n), self._max_entry_bytes)
                 loop = self._loop
                 if loop is None or loop.is_closed():
                     return
                 loop.call_soon_threadsafe(self._on_batch, batch)
-        except pickle.UnpicklingError as exc:
-            log.warning("peer connection closed: %s", exc)
-        except (OSError, ValueError, EOFError, RuntimeError):
-            pass  # closed, timed out, oversized, or the loop is gone
+        except HandshakeError as exc:
+            _refusals.warn("peer connection refused: %s", exc)
+        except wire.WireFormatError as exc:
+            _refusals.warn("peer connection closed: %s", exc)
+        except (OSError, RuntimeError):
+            pass  # closed, timed out, or the loop is gone
         finally:
+            with self._lock:
+                self._pending.pop(conn, None)
+                self._peers.pop(conn, None)
             conn.close()
 
     def close(self) -> None:
@@ -273,3 +359,7 @@ class PeerTransport:
         for out in self._out.values():
             out.close()
         self._out.clear()
+        with self._lock:
+            inbound = [*self._pending, *self._peers]
+        for conn in inbound:
+            _shut(conn)

@@ -1,77 +1,41 @@
 """Peer transport: real localhost TCP between two event-loop endpoints, no Ray, no sleeps.
 
 Delivery is awaited on an event set by the receiving callback (with a bound), never slept on.
+Authentication and the caps on connections are in test_transport_auth.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import pickle
-import struct
 from typing import Any
 
 import pytest
 
-from consensus.transport import PeerTransport, loads_batch
-from consensus.types import (
-    AppendEntries,
-    AppendEntriesResponse,
-    Entry,
-    EntryKind,
-    InstallSnapshot,
-    InstallSnapshotResponse,
-    RequestVote,
-    RequestVoteResponse,
-    SnapshotMeta,
-    TimeoutNow,
-)
+from consensus.errors import ConfigError
+from consensus.replica_config import RaftGroupConfig
+from consensus.transport import PeerTransport
+from consensus.types import AppendEntries, Entry, TimeoutNow
+from tests.unit.test_wire import EVERY_MESSAGE
 
 TOKEN = os.urandom(32)
-EVERY_MESSAGE: list[Any] = [
-    RequestVote(1, 2, 3, 10, 2, pre_vote=True),
-    RequestVoteResponse(2, 1, 3, True),
-    AppendEntries(1, 2, 3, 9, 2, (Entry(3, 10, EntryKind.NORMAL, b"x" * 70_000),
-                                  Entry(3, 11, EntryKind.CONF_CHANGE, b"cc")), 9, ctx=4),
-    AppendEntriesResponse(2, 1, 3, False, 9, hint_index=5, hint_term=2),
-    InstallSnapshot(1, 2, 3, SnapshotMeta(8, 2, (1, 2, 3)), 0, b"snap", True),
-    InstallSnapshotResponse(2, 1, 3, 8, 4, True),
-    TimeoutNow(1, 2, 3),
-]
 
 
-class Evil:
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, ("echo pwned",))
-
-
-def test_every_message_type_round_trips_through_the_safe_decoder() -> None:
-    assert loads_batch(pickle.dumps(EVERY_MESSAGE, protocol=5)) == EVERY_MESSAGE
-
-
-# A list holding builtins.print, written as raw opcodes: pickling the object itself fails
-# whenever something (Ray's log redirection, for one) has swapped builtins.print out.
-A_LIST_OF_PRINT = b"(lcbuiltins\nprint\na."
-
-
-@pytest.mark.parametrize("frame", [pickle.dumps([Evil()], protocol=5), A_LIST_OF_PRINT,
-                                   pickle.dumps({"not": "a list"}, protocol=5)])
-def test_the_decoder_refuses_anything_but_raft_messages(frame: bytes) -> None:
-    with pytest.raises(pickle.UnpicklingError):
-        loads_batch(frame)
-
-
-async def _pair(received: list[list[Any]], got: asyncio.Event) -> tuple[PeerTransport,
-                                                                       PeerTransport]:
+async def _pair(received: list[list[Any]], got: asyncio.Event,
+                **options: Any) -> tuple[PeerTransport, PeerTransport]:
     def on_batch(batch: list[Any]) -> None:
         received.append(batch)
         got.set()
 
-    server = PeerTransport(TOKEN, on_batch)
-    client = PeerTransport(TOKEN, lambda batch: None)
+    server = PeerTransport(TOKEN, on_batch, **options)
+    client = PeerTransport(TOKEN, lambda batch: None, **options)
     await server.start("127.0.0.1")
     return server, client
+
+
+async def _connect(client: PeerTransport, server: PeerTransport) -> None:
+    assert client.send(2, server.address, []) is False  # dialing: the caller falls back
+    assert await asyncio.to_thread(client.wait_connected, 2, 10)
 
 
 def test_a_batch_crosses_a_real_connection_once_it_is_up() -> None:
@@ -80,37 +44,12 @@ def test_a_batch_crosses_a_real_connection_once_it_is_up() -> None:
         got = asyncio.Event()
         server, client = await _pair(received, got)
         try:
-            assert client.send(2, server.address, EVERY_MESSAGE) is False  # dialing: fallback
-            assert await asyncio.to_thread(client.wait_connected, 2, 10)  # the dial
+            await _connect(client, server)
             assert client.send(2, server.address, EVERY_MESSAGE) is True
             await asyncio.wait_for(got.wait(), 10)
             assert received == [EVERY_MESSAGE]
         finally:
             client.close()
-            server.close()
-
-    asyncio.run(scenario())
-
-
-def test_a_connection_with_a_wrong_token_or_a_hostile_batch_delivers_nothing() -> None:
-    async def scenario() -> None:
-        received: list[list[Any]] = []
-        got = asyncio.Event()
-        server, _ = await _pair(received, got)
-        assert server.address is not None
-        try:
-            for token, body in ((os.urandom(32), pickle.dumps(EVERY_MESSAGE)),
-                                (TOKEN, pickle.dumps([Evil()]))):
-                reader, writer = await asyncio.open_connection(*server.address)
-                for frame in (token, body):
-                    writer.write(struct.pack(">I", len(frame)) + frame)
-                await writer.drain()
-                # closed on us: EOF, or a reset when our unread frame was discarded
-                with contextlib.suppress(ConnectionResetError):
-                    assert await asyncio.wait_for(reader.read(), 10) == b""
-                writer.close()
-            assert received == [] and not got.is_set()
-        finally:
             server.close()
 
     asyncio.run(scenario())
@@ -124,8 +63,7 @@ def test_a_large_frame_arrives_whole_and_the_loop_stays_free() -> None:
         got = asyncio.Event()
         server, client = await _pair(received, got)
         try:
-            client.send(2, server.address, [])
-            assert await asyncio.to_thread(client.wait_connected, 2, 10)
+            await _connect(client, server)
             big = [AppendEntries(1, 2, 3, 9, 2, (Entry(3, 10, data=os.urandom(64 << 20)),), 9)]
             assert client.send(2, server.address, big) is True
             turns = 0
@@ -141,3 +79,68 @@ def test_a_large_frame_arrives_whole_and_the_loop_stays_free() -> None:
             server.close()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_larger_than_one_frame_arrives_in_order_in_several() -> None:
+    async def scenario() -> None:
+        received: list[list[Any]] = []
+        got = asyncio.Event()
+        server, client = await _pair(received, got, max_entry_bytes=1000)
+        try:
+            await _connect(client, server)
+            batch: list[Any] = [AppendEntries(1, 2, 3, i, 3, (Entry(3, i + 1, data=b"x" * 600),),
+                                              0) for i in range(5)]
+            batch.append(TimeoutNow(1, 2, 3))
+            assert client.send(2, server.address, batch) is True
+            while sum(map(len, received)) < len(batch):
+                got.clear()
+                await asyncio.wait_for(got.wait(), 10)
+            assert [m for frame in received for m in frame] == batch
+            assert len(received) == 5  # at most one 600-byte entry per 1000-byte frame
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_message_too_large_for_a_frame_is_left_to_the_fallback() -> None:
+    """One entry above ``max_entry_bytes`` is not sent over TCP (the caller sends it by Ray
+    instead) and the connection stays up for what fits."""
+    async def scenario() -> None:
+        received: list[list[Any]] = []
+        got = asyncio.Event()
+        server, client = await _pair(received, got, max_entry_bytes=1000)
+        try:
+            await _connect(client, server)
+            too_big = [TimeoutNow(1, 2, 3),
+                       AppendEntries(1, 2, 3, 0, 0, (Entry(3, 1, data=b"x" * 1001),), 0)]
+            assert client.send(2, server.address, too_big) is False
+            assert client.connected(2)
+            assert client.send(2, server.address, [TimeoutNow(1, 2, 4)]) is True
+            await asyncio.wait_for(got.wait(), 10)
+            assert received == [[TimeoutNow(1, 2, 4)]]  # nothing of the refused batch
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("options,reason", [
+    ({"max_entry_bytes": 0}, "max_entry_bytes must be >= 1"),
+    ({"handshake_s": 0.0}, "handshake_s must be > 0"),
+    ({"max_pending": 0}, "max_pending and max_peers must be >= 1"),
+    ({"max_peers": 0}, "max_pending and max_peers must be >= 1"),
+])
+def test_bad_settings_raise_a_config_error(options: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        PeerTransport(TOKEN, lambda batch: None, **options)
+    with pytest.raises(ConfigError, match="at least 16 random bytes"):
+        PeerTransport(b"short", lambda batch: None)
+
+
+def test_the_group_frame_bound_must_hold_one_append_and_one_snapshot_chunk() -> None:
+    with pytest.raises(ConfigError, match=r"peer_max_entry_bytes \(1048576\) must be >= "):
+        RaftGroupConfig(peer_max_entry_bytes=1 << 20)  # below the 4 MiB max_msg_bytes
+    assert RaftGroupConfig(peer_max_entry_bytes=4 << 20).peer_max_entry_bytes == 4 << 20
