@@ -29,7 +29,7 @@ per replica:
 
 - sampled every 0.5 s by a thread of the child (``bench.scale_probe.peak_poller``): peak bytes
   on disk (raftps: the replica's sqlite file, WAL, segments and snapshots) and peak RSS
-  (raftps: its ``RaftReplica`` actor; ``ray_ps_adam``: its ``ParameterServer`` actor;
+  (raftps: its ``ReplicaActor`` actor; ``ray_ps_adam``: its ``ParameterServer`` actor;
   ``ceiling``: each shard actor, keyed ``shard-<s>``; ``torch_single``: its own process,
   ``ru_maxrss``);
 - raftps, as ``summary.json``'s ``replicas`` reports them (``summary_replica_stats``): each

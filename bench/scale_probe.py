@@ -7,7 +7,7 @@ While a side trains, a thread of the measuring child (``peak_poller``) samples e
   ``<out>/raft/<job>_shard-<s>/replica-<i>.db*`` (sqlite file, WAL, ``.segments`` and
   ``.snapshots`` folders: log and snapshot together), sampled once more after training;
 - RSS per process (``rss_by_key``): ``psutil`` RSS of the live actors a matcher keys
-  (``raft_replica_match``: the ``RaftReplica`` actors named ``<job>/shard-<s>/replica-<i>``;
+  (``raft_replica_match``: the ``ReplicaActor`` actors named ``<job>/shard-<s>/replica-<i>``;
   ``ps_match``: the Ray example's ``ParameterServer``; ``ceiling_match``: the no-Raft
   ceiling's shard actors named ``<prefix>/shard-<s>``), pids from the GCS actor table
   (``ray._private.state``; ``ray.util.state.list_actors`` needs the dashboard, which the sides
@@ -44,13 +44,16 @@ def _path_bytes(path: Path) -> int:
 def replica_log_bytes(raft_dir: Path) -> dict[str, int]:
     """Bytes on disk per replica under a run's ``raft`` folder, keyed ``shard-<s>/replica-<i>``.
 
-    A replica's storage is ``<job>_shard-<s>/replica-<i>.db`` plus its ``-wal``/``-shm`` files
-    and ``.segments``/``.snapshots`` folders; files appearing or vanishing meanwhile are
-    tolerated.
+    A replica's storage is ``[<incarnation>/]<job>_shard-<s>/replica-<i>.db`` plus its
+    ``-wal``/``-shm`` files and ``.segments``/``.snapshots`` folders; files appearing or
+    vanishing meanwhile are tolerated.
     """
     found: dict[str, int] = {}
     try:
         groups = [g for g in raft_dir.iterdir() if g.is_dir()]
+        # a job keeps its groups in <raft>/<incarnation>/ (jobs.raft_storage)
+        groups += [g for top in groups if "_shard-" not in top.name
+                   for g in top.iterdir() if g.is_dir()]
     except FileNotFoundError:
         return found
     for group in groups:
@@ -71,11 +74,11 @@ def update_peaks(peaks: dict[str, int], sample: Mapping[str, int]) -> None:
 
 
 def raft_replica_match(job: str) -> ActorMatch:
-    """Matches the ``RaftReplica`` actors of ``job``; the key drops the ``<job>/`` prefix."""
+    """Matches the ``ReplicaActor`` actors of ``job``; the key drops the ``<job>/`` prefix."""
     prefix = f"{job}/shard-"
 
     def match(class_name: str, name: str) -> str | None:
-        if class_name == "RaftReplica" and name.startswith(prefix):
+        if class_name == "ReplicaActor" and name.startswith(prefix):
             return name[len(job) + 1:]
         return None
 

@@ -4,8 +4,8 @@ It keeps, per peer node id, the peer's Ray actor handle (looked up by name on he
 threads, again when the peer has been silent for long: it may have been re-created) and its
 TCP address (``consensus.transport``). ``send`` groups outgoing Raft messages by destination
 and sends each batch over TCP when a connection is up, else as a Ray actor call
-(``RaftReplica.deliver``); delivery is best effort, as Raft assumes. Runs on the replica's
-event loop; only the lookups run on helper threads.
+(``ReplicaActor.deliver``, with the group's secret); delivery is best effort, as Raft
+assumes. Runs on the replica's event loop; only the lookups run on helper threads.
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ _PEER_STALE_S = 2.0  # re-resolve a peer handle we have not heard from for this 
 class PeerRouter:
     """Peer handles and addresses of one replica, and the send path (module docstring).
 
-    ``name_of(node_id)`` gives a peer's actor name; ``transport`` is None when the group has
-    no peer token (Ray calls only).
+    ``name_of(node_id)`` gives a peer's actor name; ``transport`` is None when the group's
+    peers talk by Ray calls only; ``secret`` is the group's secret, which a peer's
+    ``deliver`` requires.
     """
 
     def __init__(self, name_of: Callable[[int], str], namespace: str | None,
-                 transport: PeerTransport | None) -> None:
+                 transport: PeerTransport | None, secret: bytes) -> None:
         self._name_of = name_of
         self._namespace = namespace
         self.transport = transport
+        self._secret = secret
         self._lookups = ThreadPoolExecutor(2, thread_name_prefix="raft-peers")
         self._handles: dict[int, Any] = {}
         self._since: dict[int, float] = {}  # last lookup, per peer
@@ -67,7 +69,7 @@ class PeerRouter:
             if handle is None:
                 continue
             try:
-                handle.deliver.remote(batch)
+                handle.deliver.remote(self._secret, batch)
             except Exception:
                 self._handles.pop(dst, None)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from consensus.access import service_method
 from consensus.core import RaftNode
 from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeoutError
 from consensus.replica_snapshots import ReplicaSnapshots
@@ -128,9 +129,16 @@ class ReplicaAPI:
         return self.state_machine.query(query)
 
     async def change_member(self, kind: int, node_id: int, timeout: float) -> int:
-        """Propose adding/removing ``node_id`` (single-server change); wait for it to apply."""
+        """Propose adding/removing/promoting ``node_id`` (single-server change); wait for it
+        to apply. A change already in force (a retry whose first answer was lost) proposes
+        nothing and returns once the entry that made it so is applied."""
         self._require_leader()
-        index = self._node.propose_conf_change(ConfChange(ConfChangeKind(kind), node_id))
+        cc = ConfChange(ConfChangeKind(kind), node_id)
+        done = self._node.change_in_force(cc)
+        if done is not None:
+            await self.wait_applied(done, timeout)
+            return done
+        index = self._node.propose_conf_change(cc)
         fut = self._wait_index(index)
         self._wake.set()
         await self._await(fut, timeout, f"membership change at {index}")
@@ -142,12 +150,16 @@ class ReplicaAPI:
         self._wake.set()
 
     async def call_service(self, method: str, *args: Any, leader_only: bool = True) -> Any:
-        """Call ``method`` on this replica's service object (await it if it is async)."""
+        """Call ``method`` on this replica's service object (await it if it is async).
+
+        Only the methods the service lists in ``service_methods`` are callable; any other
+        name raises ServiceMethodError (naming the allowed set) and runs nothing."""
         if self._service is None:
             raise AttributeError(f"group {self.group} was created without a service")
+        bound = service_method(self._service, method, self.group)
         if leader_only:
             self._require_leader()
-        result = getattr(self._service, method)(*args)
+        result = bound(*args)
         if inspect.isawaitable(result):
             result = await result
         return result

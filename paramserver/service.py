@@ -14,6 +14,9 @@ A ``ShardService`` is built on every replica of a shard's Raft group (``service=
   the parameters as an object-store ref, put once per version and shared by every reader.
 * ``export`` / ``wait_version`` / ``info`` serve the driver's checkpoints and barriers.
 
+These (and ``close_round``) are the service's public methods (``service_methods``): the
+replica's ``call_service`` refuses any other name.
+
 All methods run on the replica's event loop thread, while applies run in the replica's
 apply thread: they read the state machine only through its thread-safe readers (one
 version, never a mix; see ``ShardStateMachine``). The heavy arithmetic of ``step_round``
@@ -26,7 +29,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -96,6 +99,12 @@ def _ray_put(value: Any) -> Any:
 
 class ShardService:
     """Leader-side round aggregation and replica-side parameter publication for one shard."""
+
+    service_methods: ClassVar[frozenset[str]] = frozenset({
+        "submit", "close_round", "step_round", "wait_version", "pull", "export", "info"})
+    """What ``call_service`` may reach (``consensus.access``): the calls of
+    ``paramserver.ParameterServer``. Everything else (``_commit`` and the other helpers,
+    which bypass the aggregator's checks) is refused."""
 
     def __init__(
         self, ctx: ShardContext, config: AggregatorConfig, *, commit_timeout_s: float = 30.0,

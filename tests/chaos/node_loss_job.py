@@ -40,7 +40,7 @@ def remove_replica_node(cluster: Cluster, out: Path, job: str, rounds: int,
     by_id = {node.node_id: node for node in cluster.worker_nodes}
     candidates: list[tuple[bool, str, str]] = []
     for r in range(3):
-        handle = ray.get_actor(f"{job}/shard-0/replica-{r}")
+        handle = ray.get_actor(f"{job}/shard-0/replica-{r}", namespace=job)
         status: dict[str, Any] = ray.get(handle.status.remote(), timeout=10)
         node_id = _node_of(f"{job}/shard-0/replica-{r}")
         if node_id != head and node_id in by_id:

@@ -60,3 +60,35 @@ def test_placeholders_are_marked(cluster: dict[str, Any]) -> None:
     text = (REPO / "cluster.yaml").read_text()
     assert cluster["provider"]["region"].startswith("REPLACE_")
     assert "PLACEHOLDERS" in text
+
+
+def _start_commands(cluster: dict[str, Any]) -> list[str]:
+    return [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+            for c in cluster[key] if "ray start" in c]
+
+
+def test_the_dashboard_listens_on_the_heads_localhost_only(cluster: dict[str, Any]) -> None:
+    head = next(c for c in cluster["head_start_ray_commands"] if "ray start --head" in c)
+    assert "--dashboard-host=127.0.0.1" in head
+    assert not any("0.0.0.0" in c for c in _start_commands(cluster))
+
+
+def test_following_the_token_auth_steps_gives_a_valid_config() -> None:
+    """Steps 2 and 3 of the SECURITY comment, applied as written, keep the file valid and
+    put token mode on every `ray start` and the token on every node."""
+    import ray.autoscaler
+
+    text = (REPO / "cluster.yaml").read_text()
+    assert "RAY_AUTH_MODE=token; ray get-auth-token --generate" in text  # step 1
+    mount = "  # ~/.ray/auth_token: ~/.ray/auth_token"
+    assert mount in text
+    secured = text.replace(mount, mount.replace("# ", "", 1))
+    loaded: dict[str, Any] = yaml.safe_load(secured)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        loaded[key] = [c.replace("ray start", "RAY_AUTH_MODE=token ray start")
+                       for c in loaded[key]]
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(loaded, schema)
+    assert loaded["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert len(_start_commands(loaded)) == 2
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in _start_commands(loaded))

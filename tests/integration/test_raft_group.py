@@ -45,6 +45,8 @@ class LogMachine:
 class EchoService:
     """A service as the paramserver builds one: proposes locally, watches applies."""
 
+    service_methods = frozenset({"append", "wait_len"})
+
     def __init__(self, ctx: ReplicaContext) -> None:
         self.ctx = ctx
         self.seen: list[int] = []
@@ -100,8 +102,10 @@ def test_commit_read_and_same_seq_retry(ray_session: None, tmp_path: Path) -> No
         assert group.propose_batch([b"b1", b"b2", b"b3"]) == [11, 12, 13]
         assert group.read("len") == 13
         leader = group.leader()
-        first = ray.get(leader.propose.remote("retry-client", 1, b"once", 5.0), timeout=10)
-        again = ray.get(leader.propose.remote("retry-client", 1, b"once", 5.0), timeout=10)
+        first = ray.get(leader.propose.remote(group.secret, "retry-client", 1, b"once", 5.0),
+                        timeout=10)
+        again = ray.get(leader.propose.remote(group.secret, "retry-client", 1, b"once", 5.0),
+                        timeout=10)
         assert first == again == 14
         assert group.call_service("append", b"svc") == 15
         length, is_leader, last_seen = group.call_service("wait_len", 15, leader_only=False)

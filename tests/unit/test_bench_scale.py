@@ -107,8 +107,8 @@ def test_update_peaks_keeps_maxima_and_matchers_pick_actors() -> None:
     update_peaks(peaks, {"a": 9})
     assert peaks == {"a": 9, "b": 2}
     match = raft_replica_match("job-1")
-    assert match("RaftReplica", "job-1/shard-0/replica-2") == "shard-0/replica-2"
-    assert match("RaftReplica", "job-10/shard-0/replica-2") is None
+    assert match("ReplicaActor", "job-1/shard-0/replica-2") == "shard-0/replica-2"
+    assert match("ReplicaActor", "job-10/shard-0/replica-2") is None
     assert match("DataWorker", "job-1/shard-0/replica-2") is None
     assert scale_probe.ps_match("ParameterServer", "") == "ps"
     ceiling = scale_probe.ceiling_match("c-1")
