@@ -68,3 +68,9 @@ class StorageFullError(ConsensusError):
 
 class ConfigError(ConsensusError, ValueError):
     """A configuration value is out of range; the message says which and what is allowed."""
+
+
+class QuorumUnsafeError(ConsensusError):
+    """A membership change was refused before it started: the group after it would not have
+    a quorum of live, caught-up voters, so it could not commit (the group would stall).
+    Nothing changed; the message names the members and what to bring back first."""

@@ -25,10 +25,12 @@ and is treated exactly like a replica that lost its disk.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+
+from consensus.atomic_file import write_atomic
+from consensus.snapshot_files import fsync_dir
 
 MARKER_SUFFIX = ".lost-state"
 UNSYNCED_SUFFIX = ".unsynced-boot"
@@ -68,8 +70,10 @@ def detect_lost_state(db_path: Path, *, reconstructed: bool, storage_empty: bool
 
 
 def mark_lost_state(db_path: Path) -> None:
-    """Write the sticky marker of the database at ``db_path`` (a small file write)."""
-    marker_path(db_path).write_text("started without its durable state; replace this replica\n")
+    """Write the sticky marker of the database at ``db_path`` durably (a small file write,
+    fsync'ed with its directory entry: the flag must survive a power loss)."""
+    write_atomic(marker_path(db_path),
+                 b"started without its durable state; replace this replica\n")
 
 
 async def peers_started_empty(peers: Iterable[int], ask: Callable[[int], Awaitable[bool]],
@@ -109,12 +113,7 @@ def unsynced_path(db_path: Path) -> Path:
 def stamp_unsynced(db_path: Path) -> None:
     """Record (durably) that the database at ``db_path`` is written without fsync under the
     current boot. Blocks on a small write and fsync."""
-    path = unsynced_path(db_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        fh.write(f"{boot_id() or 'unknown'}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_atomic(unsynced_path(db_path), f"{boot_id() or 'unknown'}\n".encode())
 
 
 def unsynced_since_boot(db_path: Path) -> bool:
@@ -130,8 +129,11 @@ def unsynced_since_boot(db_path: Path) -> bool:
 
 def discard_storage(db_path: Path) -> None:
     """Delete the database at ``db_path`` with its WAL, segments and snapshot files (a
-    replica whose unsynced tail may be lost keeps nothing of it)."""
+    replica whose unsynced tail may be lost keeps nothing of it); the deletions are made
+    durable (directory fsync) before it returns."""
     for suffix in ("", "-wal", "-shm", UNSYNCED_SUFFIX):
         db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
     for suffix in (".segments", ".snapshots"):
         shutil.rmtree(db_path.with_name(db_path.name + suffix), ignore_errors=True)
+    if db_path.parent.is_dir():
+        fsync_dir(db_path.parent)

@@ -1,4 +1,4 @@
-"""``RaftReplica``: the asyncio host of one Raft replica (wrapped with ``ray.remote`` in group.py).
+"""``RaftReplica``: the asyncio host of one Raft replica (its Ray actor: ``ReplicaActor``).
 
 This is the only consensus module with IO. One background coroutine owns the core: it ticks
 every ``tick_interval_s`` and drives each ``Ready`` in the order the core requires:
@@ -20,6 +20,7 @@ Node ids are replica index + 1 (the core requires positive ids).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from consensus.compaction import CompactionPolicy
 from consensus.core import RaftNode
@@ -68,6 +69,13 @@ from consensus.session import (
 )
 from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
+from consensus.storage_failure import (
+    STORAGE_ERRORS,
+    FailureRecord,
+    ReplicaOutOfServiceError,
+    StorageFailure,
+    failure_of,
+)
 from consensus.transport import PeerTransport
 from consensus.types import (
     Entry,
@@ -87,8 +95,14 @@ log = logging.getLogger(__name__)
 _INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
 
 
+def _fail_stop() -> NoReturn:
+    """Exit the process at once: Ray restarts the actor, which reloads from storage."""
+    os._exit(1)
+
+
 class RaftReplica(ReplicaAPI):
-    """One replica of a Raft group as an asyncio Ray actor (use ``max_concurrency`` >= 100)."""
+    """One replica of a Raft group, hosted by the asyncio Ray actor ``ReplicaActor``
+    (consensus.replica_actor: the methods other processes may call)."""
 
     def __init__(
         self,
@@ -107,20 +121,27 @@ class RaftReplica(ReplicaAPI):
         """Reload term/vote/log/snapshot from storage and start the drive loop.
 
         ``join``: a fresh replica added to a running group (voters learnt from the leader).
-        ``peer_token``: the group's secret; with it, peers talk over TCP (consensus.transport),
-        else (and while no connection is up) by Ray actor calls.
-        Blocks on disk IO; raises StorageCorruptError if the database fails its checks.
+        ``peer_token``: the group's secret, sent with every Raft message to a peer (see
+        consensus.replica_actor); with it and ``config.peer_tcp``, peers talk over TCP
+        (consensus.transport), else (and while no connection is up) by Ray actor calls.
+        Blocks on disk IO. A storage failure (consensus.storage_failure) is recorded; the
+        process then exits for Ray to restart it, or, once the same cause was recorded
+        ``config.max_storage_failures`` times (a corrupt or foreign database: once), the
+        replica stays up out of service.
         """
         self.group, self.index, self.node_id = group, index, index + 1
         self._names, self._namespace, self._config = list(names), namespace, config
         self._db_path = storage_path(storage_dir, group, index)
-        power_lost = unsynced_since_boot(self._db_path)
-        if power_lost:  # durability="memory" and the machine restarted: the tail may be gone
-            discard_storage(self._db_path)
-        self._storage = SqliteStorage(self._db_path, config.storage_config())
-        if config.durability == "memory":
-            stamp_unsynced(self._db_path)
-        hard_state, snapshot, entries = self._storage.load()
+        self._failures = FailureRecord(self._db_path, replica_name(group, index))
+        self._out_of_service: StorageFailure | None = None
+        if self._failures.exhausted(config.max_storage_failures):
+            self._stay_out_of_service()
+            return
+        try:
+            hard_state, snapshot, entries, power_lost = self._open_storage()
+        except STORAGE_ERRORS as exc:
+            self._start_failed(exc)
+            return
         empty = hard_state == HardState() and snapshot is None and not entries
         self._check_lost_state(empty, join, power_lost)
         self.state_machine = state_machine()
@@ -145,8 +166,10 @@ class RaftReplica(ReplicaAPI):
         self._idle = asyncio.Event()  # set while no apply runs (see _apply_off_loop)
         self._idle.set()
         self._ticker: asyncio.Task[None] | None = None
-        self._transport = PeerTransport(peer_token, self._on_batch) if peer_token else None
-        self._router = PeerRouter(self._peer_name, namespace, self._transport)
+        self._transport = (PeerTransport(peer_token, self._on_batch,
+                                         max_entry_bytes=config.peer_max_entry_bytes)
+                           if peer_token and config.peer_tcp else None)
+        self._router = PeerRouter(self._peer_name, namespace, self._transport, peer_token or b"")
         self._waiters: dict[int, Waiter] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int | Callable[[], bool], asyncio.Future[None]]] = []
@@ -161,6 +184,57 @@ class RaftReplica(ReplicaAPI):
         self._task = asyncio.get_running_loop().create_task(self._run())
         if self._confirming_fresh:
             self._fresh_task = asyncio.get_running_loop().create_task(self._confirm_fresh())
+
+    def _open_storage(self) -> tuple[HardState, Snapshot | None, list[Entry], bool]:
+        """Open and load this replica's storage; also whether a power loss discarded it."""
+        power_lost = unsynced_since_boot(self._db_path)
+        if power_lost:  # durability="memory" and the machine restarted: the tail may be gone
+            discard_storage(self._db_path)
+        self._storage = SqliteStorage(self._db_path, self._config.storage_config())
+        if self._config.durability == "memory":
+            stamp_unsynced(self._db_path)
+        hard_state, snapshot, entries = self._storage.load()
+        return hard_state, snapshot, entries, power_lost
+
+    def _record_failure(self, exc: BaseException) -> StorageFailure | None:
+        """Record ``exc`` if it is a storage failure (see consensus.storage_failure)."""
+        failure = failure_of(exc, replica_name(self.group, self.index), self._db_path)
+        if failure is None:
+            return None
+        counted = self._failures.record(failure)
+        log.error("storage failure: %s", counted.describe())
+        return counted
+
+    def _start_failed(self, exc: BaseException) -> None:
+        """The storage failed while starting: record it, then exit for a restart or, once
+        the limit is reached, stay up out of service."""
+        self._record_failure(exc)
+        storage = self.__dict__.pop("_storage", None)
+        if storage is not None:
+            with contextlib.suppress(Exception):  # it failed already; its files stay
+                storage.close()
+        if not self._failures.exhausted(self._config.max_storage_failures):
+            _fail_stop()
+        self._stay_out_of_service()
+
+    def _stay_out_of_service(self) -> None:
+        """Stay up without storage, core or service: ``status`` reports the recorded
+        failure (and ``lost_state``, so that ``RaftGroup.heal`` replaces this replica);
+        every other call raises ReplicaOutOfServiceError."""
+        assert self._failures.last is not None
+        self._out_of_service = self._failures.last
+        self.lost_state = True
+        log.error("replica %s of %s is out of service: %s", self.index, self.group,
+                  self._out_of_service.describe())
+
+    if not TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any:
+            """Out of service, the replica has no core, storage or service: any use of
+            them raises ReplicaOutOfServiceError (a NotLeaderError: clients go elsewhere)."""
+            failure = self.__dict__.get("_out_of_service")
+            if failure is not None and not name.startswith("__"):
+                raise ReplicaOutOfServiceError(failure)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _check_lost_state(self, started_empty: bool, join: bool, power_lost: bool) -> None:
         """Set ``lost_state`` (see consensus.lost_state) and whether this empty first start
@@ -233,11 +307,13 @@ class RaftReplica(ReplicaAPI):
                 while self._node.has_ready():
                     self._busy = True
                     await self._handle_ready(self._node.ready())
-            except Exception:
+            except Exception as exc:
                 # Fail-stop: a Ready half done (say, storage failed) leaves the core and the
-                # disk disagreeing. Exit; Ray restarts the actor, which reloads from storage.
+                # disk disagreeing. Exit; Ray restarts the actor, which reloads from storage
+                # (or stays out of service once the same storage failure recurred too often).
+                self._record_failure(exc)
                 log.exception("replica %s: Ready handling failed; restarting", self.node_id)
-                os._exit(1)
+                _fail_stop()
             finally:
                 self._busy = False
 
@@ -343,9 +419,11 @@ class RaftReplica(ReplicaAPI):
             return
         if snap is None and sum(len(e.data) for e in entries) <= _INLINE_SAVE_BYTES:
             self._storage.save(hs, entries, snap)
+            self._failures.healthy_save()
             return
         await asyncio.get_running_loop().run_in_executor(
             self._disk, self._storage.save, hs, entries, snap)
+        self._failures.healthy_save()
         self._snaps.note_disk()
 
     # ------------------------------------------------------------------ apply side
@@ -418,7 +496,8 @@ class RaftReplica(ReplicaAPI):
         if not self._snaps.due(self.applied_index):
             return
         meta = SnapshotMeta(
-            index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied()
+            index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied(),
+            learners=tuple(self._node.learners_at(self.applied_index)),
         )
         try:
             snapshot = await asyncio.get_running_loop().run_in_executor(
@@ -450,7 +529,8 @@ class RaftReplica(ReplicaAPI):
         return self._names[index] if index < len(self._names) else replica_name(self.group, index)
 
     async def deliver(self, messages: list[Message]) -> None:
-        """Step peer messages into the core (fire-and-forget from peers; never blocks)."""
+        """Step peer messages into the core (never blocks). Peers reach it through
+        ``ReplicaActor.deliver``, which checks the group's secret first."""
         self._on_batch(messages)
 
     async def transport_address(self) -> tuple[str, int] | None:
@@ -471,7 +551,18 @@ class RaftReplica(ReplicaAPI):
         self._wake.set()
 
     async def status(self) -> dict[str, Any]:
-        """A snapshot of this replica's view (cheap; never blocks)."""
+        """A snapshot of this replica's view (cheap; never blocks). ``storage_failure``: the
+        last recorded storage failure (``StorageFailure.to_dict``), if any; out of service,
+        also ``out_of_service`` (the same) and role ``FAILED``."""
+        failure = None if self._failures.last is None else self._failures.last.to_dict()
+        if self._out_of_service is not None:
+            return {
+                "name": replica_name(self.group, self.index), "namespace": self._namespace,
+                "index": self.index, "node_id": self.node_id, "role": "FAILED",
+                "leader": None, "alive": True, "lost_state": True, "leader_changes": 0,
+                "storage_failure": failure, "out_of_service": self._out_of_service.to_dict(),
+                "pid": os.getpid(),
+            }
         node = self._node
         return {
             "name": replica_name(self.group, self.index), "namespace": self._namespace,
@@ -480,6 +571,8 @@ class RaftReplica(ReplicaAPI):
             "last_index": node.last_index,
             "leader": None if node.leader is None else node.leader - 1,
             "voters": [v - 1 for v in node.voters], "snapshot_index": self._snaps.index,
+            "learners": [v - 1 for v in node.learners],
+            "matches": {v - 1: m for v, m in node.member_matches().items()},
             "alive": True, "readies": self._readies, "lost_state": self.lost_state,
             "leader_changes": self.leader_changes,
             "storage_full": None if self._snaps.storage_full is None else str(
@@ -491,4 +584,5 @@ class RaftReplica(ReplicaAPI):
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),
             "cpu_s": time.process_time(),
+            "storage_failure": failure, "out_of_service": None,
         }

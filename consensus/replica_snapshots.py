@@ -9,7 +9,6 @@ most bytes its log held on disk, and whether the disk can still hold its next sn
 from __future__ import annotations
 
 import logging
-import mmap
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,8 +65,7 @@ class ReplicaSnapshots:
         user = parts_of() if callable(parts_of) else [state_machine.snapshot()]
         image = gather(image_parts(sessions, user))
         path = self._storage.compact(Snapshot(meta=meta, data=image))  # type: ignore[arg-type]
-        with path.open("rb") as fh:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = self._storage.map_image(path)
         return Snapshot(meta=meta, data=mapped)  # type: ignore[arg-type]  # bytes-like
 
     def compacted(self, snapshot: Snapshot) -> None:

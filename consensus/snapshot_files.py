@@ -15,6 +15,11 @@ Contract of :meth:`SnapshotFiles.write` (blocks on disk IO, GIL released in the 
    if that name exists: a name is never reused while a row may reference it) and the
    directory fsync'ed, so the name and the bytes are durable when ``write`` returns.
 
+With a group incarnation (``consensus.incarnation``), the file starts with a header of
+``HEADER_BYTES`` (a magic and the incarnation id; a multiple of the mmap granularity, so the
+image after it can still be mapped) and :meth:`SnapshotFiles.read` refuses a file of another
+incarnation (``IncarnationMismatchError``). Without one, the file is the bare image.
+
 The caller records the returned :class:`StoredSnapshot` in its own transaction only after
 that, and calls :meth:`SnapshotFiles.collect` once the transaction committed. A crash at any
 point thus leaves the previously referenced file intact; files no row references (an
@@ -25,11 +30,15 @@ deletes. ENOSPC during the write deletes the partial file and raises StorageFull
 object of that size (``FileIO.readall`` sizes its buffer from ``fstat``), and verifies the CRC
 chunk by chunk; a missing, short, long or CRC-failing file raises StorageCorruptError naming
 it. Not thread-safe (one thread at a time, like the storage that owns it).
+
+:func:`durable_dir` and :func:`fsync_dir` make created directories and names durable: every
+directory level created is fsync'ed into its parent.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import shutil
 import zlib
@@ -39,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consensus.errors import StorageCorruptError, StorageFullError
+from consensus.incarnation import IncarnationMismatchError
 
 CHUNK_BYTES = 16 << 20
 """Bytes written (and checksummed) per slice."""
@@ -48,6 +58,27 @@ transaction that records it, so that a snapshot that just fits does not fail at 
 
 _SUFFIX = ".snap"
 _TMP = ".tmp"
+MAGIC = b"\x89raftps-snap\r\n\x1a\n"
+"""First bytes of a snapshot file that carries an incarnation header."""
+HEADER_BYTES = max(4096, mmap.ALLOCATIONGRANULARITY)
+"""Size of that header: the image starts at this offset (mmap-able)."""
+_ID_BYTES = 64
+
+
+def _header(incarnation: str) -> bytes:
+    raw = incarnation.encode("ascii")
+    return (MAGIC + raw.ljust(_ID_BYTES, b"\0")).ljust(HEADER_BYTES, b"\0")
+
+
+def _header_id(header: bytes) -> str | None:
+    """The incarnation in ``header``; None if it is not one of ours."""
+    if len(header) != HEADER_BYTES or not header.startswith(MAGIC):
+        return None
+    raw = header[len(MAGIC):len(MAGIC) + _ID_BYTES].rstrip(b"\0")
+    try:
+        return raw.decode("ascii") or None
+    except UnicodeDecodeError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +120,18 @@ def full_on_enospc(path: Path, nbytes: int | None) -> Iterator[None]:
 
 
 def durable_dir(path: Path) -> None:
-    """Create ``path`` if missing; a new directory's entry is fsync'ed into its parent."""
-    if path.is_dir():
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    fsync_dir(path.parent)
+    """Create ``path`` and any missing parents; each created level is fsync'ed into its
+    parent, so the directories survive a power loss."""
+    missing: list[Path] = []
+    level = path
+    while not level.is_dir():
+        missing.append(level)
+        if level.parent == level:
+            break
+        level = level.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        fsync_dir(created.parent)
 
 
 def fsync_dir(path: Path) -> None:
@@ -105,11 +143,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes, crc: int) -> int:
-    """Write ``data`` to ``path`` in CHUNK_BYTES slices and fsync it; the CRC chained from
-    ``crc`` over the slices."""
+def _write_synced(path: Path, data: bytes, crc: int, header: bytes = b"") -> int:
+    """Write ``header`` then ``data`` to ``path`` (the image in CHUNK_BYTES slices) and fsync
+    it; the CRC chained from ``crc`` over the image's slices."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        rest = memoryview(header)
+        while rest:
+            rest = rest[os.write(fd, rest):]
         view = memoryview(data)
         for start in range(0, len(view), CHUNK_BYTES):
             chunk = view[start:start + CHUNK_BYTES]
@@ -128,11 +169,25 @@ class SnapshotFiles:
     Holds no index of its own: the owner's database says which file is live.
     """
 
-    def __init__(self, directory: Path, owner: Path) -> None:
-        """Use (creating if missing) ``directory``; ``owner`` (the database) names errors."""
+    def __init__(self, directory: Path, owner: Path, incarnation: str | None = None) -> None:
+        """Use (creating if missing) ``directory``; ``owner`` (the database) names errors;
+        ``incarnation``: the group incarnation every file is stamped with and checked
+        against (None: bare images, nothing checked)."""
         self.dir = directory
         self._owner = owner
+        self._incarnation = incarnation
         durable_dir(directory)
+
+    @property
+    def image_offset(self) -> int:
+        """Where the image starts in the files this writes (after the header, if any)."""
+        return HEADER_BYTES if self._incarnation is not None else 0
+
+    def map(self, path: Path) -> mmap.mmap:
+        """A read-only mapping of the image in ``path``, a file this object wrote (the page
+        cache holds it, not this process)."""
+        with path.open("rb") as fh:
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ, offset=self.image_offset)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -147,8 +202,9 @@ class SnapshotFiles:
         name = self._fresh_name(index, term)
         final, tmp = self.path(name), self.path(name + _TMP)
         try:
-            with full_on_enospc(self.dir, len(data)):
-                crc = _write_synced(tmp, data, crc_seed)
+            with full_on_enospc(self.dir, len(data) + self.image_offset):
+                header = b"" if self._incarnation is None else _header(self._incarnation)
+                crc = _write_synced(tmp, data, crc_seed, header)
                 os.replace(tmp, final)
                 fsync_dir(self.dir)
         except BaseException:
@@ -169,7 +225,9 @@ class SnapshotFiles:
         """The verified image ``stored`` names; blocks on disk IO.
 
         Raises StorageCorruptError naming the file if it is missing, not exactly
-        ``stored.size`` bytes, or fails its CRC. Allocates one buffer of ``stored.size``.
+        ``stored.size`` bytes (plus its header), or fails its CRC; IncarnationMismatchError
+        if it belongs to another incarnation than this object's. Allocates one buffer of
+        ``stored.size``.
         """
         path = self.path(stored.name)
         if Path(stored.name).name != stored.name or not stored.name.endswith(_SUFFIX):
@@ -177,10 +235,15 @@ class SnapshotFiles:
         try:
             with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
-                if size != stored.size:
-                    raise self._corrupt(
-                        f"snapshot file {path} has {size} bytes, expected {stored.size}")
-                data = f.readall()
+                found = None
+                if size == stored.size + HEADER_BYTES:
+                    found = _header_id(f.read(HEADER_BYTES))
+                if size != stored.size and found is None:
+                    raise self._corrupt(f"snapshot file {path} has {size} bytes, expected "
+                                        f"{stored.size + self.image_offset}")
+                if self._incarnation is not None and found != self._incarnation:
+                    raise IncarnationMismatchError(str(path), self._incarnation, found)
+                data = f.readall()  # from the image's start: one buffer of its size
         except FileNotFoundError:
             raise self._corrupt(f"snapshot file {path} is missing") from None
         if len(data) != stored.size:

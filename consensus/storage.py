@@ -34,6 +34,12 @@ Contract (Raft Figure 2, "persistent state on all servers"):
   leaves the old snapshot or the new one. A missing, short or CRC-failing image raises
   StorageCorruptError naming the file. Databases that kept the image as a BLOB in the row
   (``file`` NULL) still load; their next snapshot goes to a file.
+- Incarnation: with ``StorageConfig.incarnation`` set, a new (empty) database is stamped
+  with it (a ``meta`` row) and so is every snapshot file; a database or snapshot file
+  stamped with another id, or holding state but no id, raises IncarnationMismatchError
+  (``consensus.incarnation``) when opened or loaded, having changed nothing. Without one, a
+  stamped database keeps (and checks its files against) its own id; an unstamped one stays
+  unstamped. Every directory created is fsync'ed into its parent, and so is a new database.
 - Disk space: a ``save``/``compact`` with a snapshot first checks the filesystem can hold it
   (:meth:`SqliteStorage.check_space`), else raises :class:`StorageFullError` having changed
   nothing. ENOSPC from a segment or snapshot write and SQLITE_FULL from the transaction raise
@@ -45,6 +51,7 @@ thread may differ from the creating one.
 
 from __future__ import annotations
 
+import mmap
 import sqlite3
 import struct
 import zlib
@@ -55,6 +62,7 @@ from pathlib import Path
 
 from consensus import snapshot_files
 from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
+from consensus.incarnation import IncarnationMismatchError, check_incarnation
 from consensus.segments import Segments
 from consensus.snapshot_files import SnapshotFiles, StoredSnapshot
 from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
@@ -72,7 +80,9 @@ CREATE TABLE IF NOT EXISTS snapshot (
     data BLOB NOT NULL, crc INTEGER NOT NULL, file TEXT, size INTEGER);
 CREATE TABLE IF NOT EXISTS payload_refs (
     idx INTEGER PRIMARY KEY, seg INTEGER NOT NULL, off INTEGER NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_STATE_TABLES = ("hard_state", "entries", "snapshot")
 
 _NO_VOTE = -1
 
@@ -105,12 +115,33 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-def _voters_text(voters: tuple[int, ...]) -> str:
-    return ",".join(str(v) for v in voters)
+def _stamp(db: sqlite3.Connection) -> tuple[str | None, bool]:
+    """The incarnation a database is stamped with (None: none) and whether it holds any
+    Raft state; reads only (an empty or new file has neither)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    found = None
+    if "meta" in tables:
+        row = db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()
+        found = None if row is None else str(row[0])
+    has_state = any(db.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
+                    for table in _STATE_TABLES if table in tables)
+    return found, has_state
+
+
+def _voters_text(voters: tuple[int, ...], learners: tuple[int, ...] = ()) -> str:
+    """``1,2,3``, or with learners ``1,2,3;4`` (the column predates learners)."""
+    text = ",".join(str(v) for v in voters)
+    return f"{text};{','.join(str(v) for v in learners)}" if learners else text
 
 
 def _voters_tuple(text: str) -> tuple[int, ...]:
+    text = text.split(";")[0]
     return tuple(int(v) for v in text.split(",")) if text else ()
+
+
+def _learners_tuple(text: str) -> tuple[int, ...]:
+    _, _, learners = text.partition(";")
+    return tuple(int(v) for v in learners.split(",")) if learners else ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,8 +158,13 @@ class StorageConfig:
     loses nothing) but not fsynced; hard state changes (term, vote) and snapshots are still
     fsynced before ``save``/``compact`` return. A power loss or OS crash may then drop the
     unsynced tail (``consensus.lost_state.unsynced_since_boot`` detects it)."""
+    incarnation: str | None = None
+    """The group incarnation this storage belongs to (``consensus.incarnation``): stamped
+    into a new database and every snapshot file, checked against existing ones. None:
+    nothing is stamped, and an existing stamp is kept and checked."""
 
     def __post_init__(self) -> None:
+        check_incarnation(self.incarnation, "StorageConfig.incarnation")
         if self.inline_max_bytes < 0:
             raise ConfigError(
                 f"StorageConfig.inline_max_bytes must be >= 0, got {self.inline_max_bytes}")
@@ -144,27 +180,50 @@ class SqliteStorage:
     def __init__(self, path: str | Path, config: StorageConfig | None = None) -> None:
         """Open (creating if missing) the database at ``path``; blocks on disk IO.
 
-        Raises StorageCorruptError if the file is not a readable sqlite database.
+        Raises StorageCorruptError if the file is not a readable sqlite database, and
+        IncarnationMismatchError (before writing anything) if it belongs to another
+        incarnation than ``config.incarnation``.
         """
         self.path = Path(path)
         self.config = config if config is not None else StorageConfig()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot_files.durable_dir(self.path.parent)
+        created = not self.path.exists()
         try:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self.incarnation = self._adopt_incarnation()
             self._db.executescript(_SCHEMA)
             _migrate(self._db)
+            if self.incarnation is not None and self.config.incarnation is not None:
+                self._db.execute("INSERT OR IGNORE INTO meta (key, value) "
+                                 "VALUES ('incarnation', ?)", (self.incarnation,))
             self._durable_term_vote: tuple[int, int | None] | None = None
         except sqlite3.DatabaseError as exc:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
             raise StorageCorruptError(str(self.path), f"cannot open: {exc}") from exc
+        if created:
+            snapshot_files.fsync_dir(self.path.parent)
         self._segments = Segments(
             self.path.with_name(self.path.name + ".segments"), self.config.segment_bytes,
             self.config.sync_entries)
         self._snapshots = SnapshotFiles(
-            self.path.with_name(self.path.name + ".snapshots"), self.path)
+            self.path.with_name(self.path.name + ".snapshots"), self.path, self.incarnation)
+
+    def _adopt_incarnation(self) -> str | None:
+        """The incarnation this storage runs under: the database's stamp, else (an empty
+        database) ``config.incarnation``. Raises IncarnationMismatchError, closing the
+        database, if the stamp differs from the configured one or state has no stamp."""
+        expected = self.config.incarnation
+        found, has_state = _stamp(self._db)
+        if expected is not None and found != expected and (found is not None or has_state):
+            self._db.close()
+            raise IncarnationMismatchError(str(self.path), expected, found)
+        return found if found is not None else (expected if not has_state else None)
 
     # ------------------------------------------------------------------ reading
 
@@ -215,7 +274,8 @@ class SqliteStorage:
             data = self._snapshots.read(stored, _snapshot_header_crc(idx, term, voters))
         elif _snapshot_crc(idx, term, voters, bytes(data)) != crc:  # written before files
             raise self._corrupt(f"snapshot at index {idx} CRC mismatch")
-        meta = SnapshotMeta(index=idx, term=term, voters=_voters_tuple(voters))
+        meta = SnapshotMeta(index=idx, term=term, voters=_voters_tuple(voters),
+                            learners=_learners_tuple(voters))
         return Snapshot(meta=meta, data=bytes(data)), file
 
     def _load_entries(self, snapshot: Snapshot | None) -> list[Entry]:
@@ -331,7 +391,8 @@ class SqliteStorage:
     def _write_snapshot_file(self, snapshot: Snapshot) -> StoredSnapshot:
         """Write ``snapshot``'s image to a new durable file (blocks on IO); see SnapshotFiles."""
         meta = snapshot.meta
-        seed = _snapshot_header_crc(meta.index, meta.term, _voters_text(meta.voters))
+        seed = _snapshot_header_crc(meta.index, meta.term,
+                                    _voters_text(meta.voters, meta.learners))
         return self._snapshots.write(meta.index, meta.term, snapshot.data, seed)
 
     def _payload_bytes(self, entries: Sequence[Entry]) -> int:
@@ -399,13 +460,18 @@ class SqliteStorage:
         self._snapshots.collect(keep=stored.name)
         return self._snapshots.path(stored.name)
 
+    def map_image(self, path: Path) -> mmap.mmap:
+        """A read-only mapping of the image in the snapshot file ``path`` (from
+        :meth:`compact`), past its incarnation header if it has one."""
+        return self._snapshots.map(path)
+
     def _write_snapshot(
         self, snapshot: Snapshot, stored: StoredSnapshot, *, keep_matching_suffix: bool
     ) -> None:
         """Inside the open transaction: drop the entries ``snapshot`` covers (§7) and point
         the snapshot row at ``stored``, the image's durable file."""
         meta = snapshot.meta
-        voters = _voters_text(meta.voters)
+        voters = _voters_text(meta.voters, meta.learners)
         if keep_matching_suffix:
             row = self._db.execute("SELECT term FROM entries WHERE idx = ?", (meta.index,))
             found = row.fetchone()

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jobs.config import TrainConfig
+from jobs.raft_storage import group_storage, read_incarnation
 
 Piece = tuple[str, str, int, int]
 
@@ -101,8 +102,9 @@ class RaftServerBackend:
         defaults: Any = importlib.import_module("paramserver.server_config")
 
         kind, momentum = optimizer_kind(config)
+        incarnation = read_incarnation(config.storage_dir)  # recorded by the driver
         group = dataclasses.replace(defaults.default_group_config(),
-                                    durability=config.durability)
+                                    durability=config.durability, incarnation=incarnation)
         server_config = paramserver.ServerConfig(
             job=config.job,
             shards=config.shards,
@@ -116,8 +118,8 @@ class RaftServerBackend:
                 weight_decay=config.weight_decay),
             schedule=paramserver.ScheduleConfig(kind="constant"),
             nonfinite_policy=config.nonfinite_policy,
-            storage_dir=str(config.storage_dir),
-            namespace=None,
+            storage_dir=str(group_storage(config.storage_dir, incarnation)),
+            namespace=config.job,  # the job's Ray namespace (docs/DESIGN.md, Actor names)
             group=group,
         )
         server: ParameterServerLike = paramserver.ParameterServer.create(server_config, initial)

@@ -93,7 +93,8 @@ class TrainConfig:
     address: str | None = None
     """Ray address to connect to; None uses ``RAY_ADDRESS`` or starts an embedded Ray."""
     job: str = "raftps"
-    """Job name: prefix of actor names and the Ray namespace."""
+    """Job name: prefix of actor names and the Ray namespace of the shard replicas
+    (``ray.get_actor("<job>/shard-0/replica-0", namespace="<job>")``)."""
     nonfinite_policy: NonFinitePolicy = "error"
     """What the server does with a NaN/inf gradient: stop with an error, or skip the round."""
     timeout_s: float = 300.0

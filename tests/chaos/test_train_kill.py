@@ -41,7 +41,7 @@ def kill_leader_after(out: Path, job: str, rounds: int, killed: list[str]) -> No
     """Wait until ``rounds`` rounds are in metrics.jsonl, then kill shard 0's leader."""
     wait_for_rounds(out, rounds)
     for r in range(3):
-        handle = ray.get_actor(f"{job}/shard-0/replica-{r}")
+        handle = ray.get_actor(f"{job}/shard-0/replica-{r}", namespace=job)
         if ray.get(handle.status.remote(), timeout=10)["role"] == "LEADER":
             ray.kill(handle, no_restart=False)
             killed.append(f"replica-{r}")
@@ -69,13 +69,15 @@ def test_killing_a_shard_leader_mid_training_changes_no_byte(
 def lose_a_follower_disk_after(out: Path, job: str, rounds: int, lost: list[str]) -> None:
     """After ``rounds`` rounds, wipe the storage of a shard-0 follower and kill it: Ray
     restarts it with an empty disk, as on a replacement node."""
+    from jobs.raft_storage import group_storage, read_incarnation
     from tests.integration.test_raft_group import wipe_storage
 
     wait_for_rounds(out, rounds)
     for r in range(3):
-        handle = ray.get_actor(f"{job}/shard-0/replica-{r}")
+        handle = ray.get_actor(f"{job}/shard-0/replica-{r}", namespace=job)
         if ray.get(handle.status.remote(), timeout=10)["role"] == "FOLLOWER":
-            wipe_storage(out.resolve() / "raft", f"{job}/shard-0", r)
+            root = out.resolve() / "raft"  # the run's logs: <out>/raft/<incarnation>
+            wipe_storage(group_storage(root, read_incarnation(root)), f"{job}/shard-0", r)
             ray.kill(handle, no_restart=False)
             lost.append(f"replica-{r}")
             return
