@@ -32,12 +32,14 @@ import ray
 import torch
 from safetensors.torch import save_file
 
+from consensus.atomic_file import write_atomic, write_with
 from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend, optimizer_kind
 from jobs.config import TrainConfig
 from jobs.errors import ResumeError, RoundsLostError
 from jobs.metrics import MetricsLog, read_metrics
 from jobs.plots import plot_curves
 from jobs.progress import EpochProgress
+from jobs.raft_storage import fresh_incarnation, resumed_incarnation
 from jobs.round_result import RoundResult
 from jobs.rounds import RoundEngine
 from workers.data import DataLoader, Dataset, load
@@ -199,15 +201,20 @@ class Driver:
             end = min(end, cfg.max_rounds)
         latest = self._prepare_out()
         ensure_ray(cfg.address)
-        if latest is not None and cfg.durability == "memory":
-            # the checkpoint is the durable state of a memory-durability job: start its
-            # groups fresh (after a power loss every replica would come back flagged)
+        if latest is None or cfg.durability == "memory":
+            # A new history (jobs.raft_storage): clear older runs' logs on every node and
+            # draw a new incarnation. A resumed memory-durability job starts fresh too: its
+            # checkpoint is its durable state (after a power loss every replica would come
+            # back flagged).
             remove_raft_log(cfg.storage_dir, self.out, cfg.timeout_s)
+            fresh_incarnation(cfg.storage_dir)
+        else:
+            resumed_incarnation(cfg.storage_dir)
         initial = initial_parameters(model)
         self.config = cfg = resolve_shards(cfg, initial, latest)
         server = self.backend.create(cfg, initial)
         try:
-            start = server.restore(latest) if latest is not None else 0
+            start = self._restore(server, latest) if latest is not None else 0
             train_s, samples = self._train_restoring(server, spec, model, data, schedule,
                                                      start, end)
             result = self._finish(server, model, data, end, train_s, samples, t_start)
@@ -232,8 +239,28 @@ class Driver:
                 if latest is None or attempt == _RESTORES:
                     raise
                 LOG.warning("%s; restoring %s", exc, latest)
-                start = server.restore(latest)
+                start = self._restore(server, latest)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _restore(self, server: ParameterServerLike, checkpoint: Path) -> int:
+        """``server.restore(checkpoint)``, falling back to the next older checkpoint while
+        one is corrupt (each fallback is said on stderr and logged, naming the corrupt file
+        and why); returns the round restored. The oldest one's error is raised as it is."""
+        from paramserver.checkpoint import previous_checkpoint
+        from paramserver.errors import CheckpointCorruptError
+
+        while True:
+            try:
+                return server.restore(checkpoint)
+            except CheckpointCorruptError as exc:
+                older = previous_checkpoint(self.out, checkpoint)
+                if older is None:
+                    raise
+                message = (f"checkpoint {checkpoint.name} is corrupt ({exc.path}: {exc.detail});"
+                           f" resuming from the previous one, {older.name}")
+                LOG.warning(message)
+                print(message, file=sys.stderr)
+                checkpoint = older
 
     def _prepare_out(self) -> Path | None:
         """Resume: find the latest checkpoint. Fresh: clear old checkpoints and Raft state."""
@@ -295,7 +322,8 @@ class Driver:
         full = {k: torch.from_numpy(np.array(state[k])) if k in state else v.detach().clone()
                 for k, v in model.state_dict().items()}
         model_path = self.out / "model.safetensors"
-        save_file({k: t.contiguous() for k, t in full.items()}, str(model_path))
+        tensors = {k: t.contiguous() for k, t in full.items()}
+        write_with(model_path, lambda tmp: save_file(tensors, str(tmp)))  # atomic, durable
         records = read_metrics(self.out / "metrics.jsonl")
         plot_curves(records, self.out / "curves.png")
         wall_s = time.perf_counter() - t_start
@@ -306,7 +334,7 @@ class Driver:
                    "replicas": server.replica_stats(),
                    "failovers": self.failovers,
                    "config": self.config.to_dict()}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return TrainResult(out_dir=self.out, model_path=model_path,
                            final_test_accuracy=accuracy, rounds=end, samples_per_s=rate,
                            wall_s=wall_s, state_dict={k: np.array(v) for k, v in state.items()})

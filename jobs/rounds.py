@@ -1,9 +1,13 @@
 """The round loop: launches gradient tasks, submits their refs, closes and commits rounds.
 
 A small state machine over rounds. ``sync`` and ``ssp`` share one loop: round ``r`` is
-launched once the applied version is >= ``r - staleness`` (0 for sync), contributions are
-submitted in completion order (``ray.wait``), and rounds commit in order. ``async`` keeps N
-tasks in flight and submits each contribution on arrival. The straggler policy only decides;
+launched once the applied version is >= ``r - staleness`` (0 for sync) and every barrier
+before it (an epoch end or checkpoint, ``stop_after``) has committed, contributions are
+submitted in completion order (``ray.wait``), and rounds commit in order. So no round past a
+barrier can apply before the driver evaluates or checkpoints there, and a checkpoint cuts
+exactly its version. ``async`` keeps N tasks in flight and submits each contribution on
+arrival; two of one rank's contributions may be in flight and finish in either order (the
+server applies each once, see ``paramserver.async_steps``). The straggler policy only decides;
 the loop acts (``close_round``, cancel, discard late results).
 """
 
@@ -133,7 +137,7 @@ class RoundEngine:
             self.server.wait_version(version, timeout=self.config.timeout_s)
         except TimeoutError as exc:
             raise TrainingError(
-                f"round {st.index} did not commit within {self.config.timeout_s} s; "
+                f"round {st.index} did not commit within {self.config.timeout_s} s ({exc}); "
                 "check the server's status or raise timeout_s") from exc
         now = time.perf_counter()
         return RoundResult(
@@ -174,7 +178,8 @@ class RoundEngine:
         applied, next_round = start, start
         inflight: dict[int, _Round] = {}
         while applied < end:
-            while next_round < end and next_round - stale <= applied:
+            while (next_round < end and next_round - stale <= applied
+                   and not (next_round > applied and self.stop_after(next_round - 1))):
                 inflight[next_round] = self._launch(next_round, applied, range(workers))
                 next_round += 1
             oldest = inflight[applied]

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from paramserver.async_steps import record, taken
 from paramserver.commands import RoundCommand
 from paramserver.config import AggregatorConfig
 from paramserver.errors import (
@@ -24,6 +26,7 @@ from paramserver.errors import (
     GradientShapeError,
     InvalidContributionError,
     NonFiniteGradientError,
+    NonFiniteSumError,
     RankOutOfRangeError,
     StaleRoundError,
     UnknownLayerError,
@@ -111,7 +114,8 @@ class RoundAggregator:
         self._open: dict[int, _Round] = {}
         self._ready: dict[int, bytes] = {}
         self._done_ranks: dict[int, frozenset[int]] = {}
-        self._last_by_rank: dict[int, int] = {}
+        self._steps: dict[int, int] = {}  # async: per rank, the watermark of admitted steps
+        self._early: dict[int, tuple[int, ...]] = {}  # async: admitted above the watermark
         self._sums: dict[str, F32] = {}  # per key: the reused output buffer of tree_sum
 
     @property
@@ -136,7 +140,9 @@ class RoundAggregator:
 
         Raises RankOutOfRangeError, StaleRoundError, FutureRoundError, UnknownLayerError,
         GradientShapeError, InvalidContributionError or NonFiniteGradientError (policy
-        ``error``), changing nothing. Mutates only the aggregator; never mutates ``grads``.
+        ``error``; its subclass NonFiniteSumError when the contributions are finite but the
+        round's float32 sum is not), changing nothing. Mutates only the aggregator; never
+        mutates ``grads``.
         """
         if not 0 <= rank < self.config.workers:
             raise RankOutOfRangeError(
@@ -149,11 +155,21 @@ class RoundAggregator:
         if duplicate is not None:
             return duplicate
         nonfinite = self._validate(round, rank, grads, samples)
+        fresh = round not in self._open
         entry = self._open.setdefault(round, _Round())
+        was_nonfinite = entry.nonfinite
         entry.contributions[rank] = (None if nonfinite else grads, samples)
         entry.nonfinite = entry.nonfinite or nonfinite
         received = len(entry.contributions)
-        return SubmitOutcome(round, True, False, received, self._maybe_complete(round))
+        try:
+            commands = self._maybe_complete(round)
+        except NonFiniteSumError:  # admit nothing: the round stays as it was
+            del entry.contributions[rank]
+            entry.nonfinite = was_nonfinite
+            if fresh:
+                del self._open[round]
+            raise
+        return SubmitOutcome(round, True, False, received, commands)
 
     def close_round(self, round: int) -> tuple[bytes, ...]:
         """Signal that ``round``'s straggler deadline passed (sync with backup workers).
@@ -163,8 +179,16 @@ class RoundAggregator:
         """
         if round < self._next or round in self._ready or self.config.mode == "async":
             return ()
-        self._open.setdefault(round, _Round()).deadline_passed = True
-        return self._maybe_complete(round)
+        fresh = round not in self._open
+        entry = self._open.setdefault(round, _Round())
+        was_passed, entry.deadline_passed = entry.deadline_passed, True
+        try:
+            return self._maybe_complete(round)
+        except NonFiniteSumError:
+            entry.deadline_passed = was_passed
+            if fresh:
+                del self._open[round]
+            raise
 
     def advance(self, applied_version: int) -> None:
         """The state machine applied rounds up to ``applied_version - 1``.
@@ -248,28 +272,40 @@ class RoundAggregator:
             needed -= self.config.backup_workers
         if len(entry.contributions) < needed:
             return ()
+        command = self._build(round, "sync", entry).encode()  # may raise: nothing changed yet
         del self._open[round]
-        self._ready[round] = self._build(round, "sync", entry).encode()
+        self._ready[round] = command
         self._remember(round, frozenset(entry.contributions))
         return self._flush()
 
     def _build(self, round: int, kind: str, entry: _Round) -> RoundCommand:
         """The round's command. Its ``grads`` are the aggregator's reused sum buffers: encode
-        it before the next ``_build`` (both callers encode at once)."""
+        it before the next ``_build`` (both callers encode at once).
+
+        The sum itself is checked like each contribution: finite contributions can overflow
+        float32 together. Under policy ``error`` that raises NonFiniteSumError (the caller
+        then admits nothing); under ``skip-round`` the round becomes a no-op step."""
         ranks = tuple(sorted(entry.contributions))
         samples = sum(entry.contributions[r][1] for r in ranks)
+        command_kind: Literal["sync", "async"] = "sync" if kind == "sync" else "async"
+        skip = RoundCommand(round=round, kind=command_kind, samples=int(samples), ranks=ranks,
+                            nonfinite_skip=True)
         if entry.nonfinite:
-            return RoundCommand(round=round, kind="sync" if kind == "sync" else "async",
-                                samples=int(samples), ranks=ranks, nonfinite_skip=True)
+            return skip
         grads: dict[str, F32] = {}
         parts = [entry.contributions[r][0] for r in ranks]
         for key in sorted(self._shapes):
             out = self._sums.get(key)
             if out is None:
                 out = self._sums[key] = np.empty(self._shapes[key], np.float32)
-            grads[key] = tree_sum([p[key] for p in parts if p is not None], out=out)
-        return RoundCommand(round=round, kind="sync" if kind == "sync" else "async",
-                            samples=int(samples), ranks=ranks, grads=grads)
+            with np.errstate(over="ignore", invalid="ignore"):
+                grads[key] = tree_sum([p[key] for p in parts if p is not None], out=out)
+            if not _all_finite(grads[key]):
+                if self.config.nonfinite == "error":
+                    raise NonFiniteSumError(round, key)
+                return skip
+        return RoundCommand(round=round, kind=command_kind, samples=int(samples), ranks=ranks,
+                            grads=grads)
 
     def _flush(self) -> tuple[bytes, ...]:
         out = []
@@ -286,12 +322,13 @@ class RoundAggregator:
     def _submit_async(
         self, round: int, rank: int, grads: Mapping[str, F32], samples: int, param_version: int
     ) -> SubmitOutcome:
-        """Async: the contribution becomes the next command now (``round`` = the rank's step)."""
-        last = self._last_by_rank.get(rank)
-        if last is not None and round == last:
+        """Async: the contribution becomes the next command now (``round`` = the rank's step).
+
+        A step this aggregator admitted already is a duplicate. Steps of one rank may arrive
+        in any order (two of its contributions in flight, the earlier one a straggler): each
+        is admitted once, and the shard applies each once (``paramserver.async_steps``)."""
+        if taken(self._steps, self._early, rank, round):
             return SubmitOutcome(round, False, True, 1)
-        if last is not None and round < last:
-            raise StaleRoundError(f"rank {rank} already sent step {last}; step {round} is stale")
         bound = self.config.staleness
         if bound and param_version < self._applied - bound:
             raise StaleRoundError(
@@ -299,8 +336,8 @@ class RoundAggregator:
                 f"staleness={bound} behind the applied version {self._applied}; recompute it"
             )
         nonfinite = self._validate(round, rank, grads, samples)
-        self._last_by_rank[rank] = round
         entry = _Round({rank: (None if nonfinite else grads, samples)}, nonfinite)
         command = self._build(round, "async", entry)  # (rank, step) dedups in the shard
+        self._steps, self._early = record(self._steps, self._early, rank, round)
         self._next += 1
         return SubmitOutcome(round, True, False, 1, (command.encode(),))

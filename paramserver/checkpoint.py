@@ -1,16 +1,24 @@
 """Checkpoints: a consistent cut of every shard at one round, written atomically.
 
 Layout: ``<dir>/checkpoints/round-<r>/shard-<s>.safetensors`` (parameters ``param/<key>``
-and optimizer state ``optim/<key>/<name>``) and ``manifest.json`` (round, plan, optimizer
-config, per-layer versions and the SHA-256 of every shard file). The round directory is
-written under a temporary name, fsynced and renamed, so a crash never leaves a partial
-checkpoint behind a real name. No pickle anywhere.
+and optimizer state ``optim/<key>/<name>``) and ``manifest.json`` (round, version, plan,
+optimizer config, per-layer versions, async steps, an optional ``incarnation`` string, the
+SHA-256 of every shard file, and ``manifest_sha256``: the SHA-256 of the manifest's other
+fields as canonical JSON, so no field can change unnoticed). The round directory is written
+under a temporary name, fsynced and renamed, so a crash never leaves a partial checkpoint
+behind a real name. No pickle anywhere.
+
+Reading verifies everything (manifest hash, file hashes, tensor shapes, optimizer state
+against the manifest's optimizer) and raises CheckpointCorruptError naming the bad file;
+``check_restorable`` then says whether an intact checkpoint fits a run (its optimizer and
+shard plan), raising CheckpointMismatchError before anything is restored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,13 +32,23 @@ import numpy.typing as npt
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from paramserver.errors import CheckpointCorruptError, PlanError
+from paramserver.errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    ConfigError,
+    OptimizerStateError,
+    PlanError,
+)
 from paramserver.optim import OptimizerConfig
+from paramserver.optimizer_state import check_fits, describe
 from paramserver.plan import ShardPlan
 from paramserver.shard_state import ShardState
 
+LOG = logging.getLogger(__name__)
 _ROUND_DIR = re.compile(r"^round-(\d+)$")
 MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest_sha256"
+"""The manifest field holding the SHA-256 of the other fields' canonical JSON."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +60,8 @@ class Checkpoint:
     plan: ShardPlan
     optimizer: OptimizerConfig
     shards: list[ShardState]
+    incarnation: str | None = None
+    """The storage incarnation the checkpoint was cut under, if the writer named one."""
 
 
 def _sha256(path: Path) -> str:
@@ -50,6 +70,13 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def manifest_digest(fields: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of ``fields`` as canonical JSON (sorted keys, no whitespace, ASCII)."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                           allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -72,14 +99,20 @@ def _shard_tensors(state: ShardState) -> dict[str, npt.NDArray[Any]]:
 
 def write_checkpoint(
     directory: str | os.PathLike[str], round: int, plan: ShardPlan,
-    shard_states: Sequence[ShardState], optimizer: OptimizerConfig,
+    shard_states: Sequence[ShardState], optimizer: OptimizerConfig, *,
+    incarnation: str | None = None,
 ) -> Path:
     """Write the cut at driver round ``round``: every shard state must be at one version
     (``round`` in sync/ssp; ``round * workers`` in async, where each contribution is one).
+    ``incarnation``: an optional string naming the storage the cut came from, carried in the
+    manifest for a later resume to compare.
 
     Returns the round directory. If that round's checkpoint already exists it is left as is
     (a deterministic run writes the same cut) and its path is returned. Blocks on fsync.
     """
+    if incarnation is not None and not isinstance(incarnation, str):
+        raise ConfigError(f"incarnation must be a string or None, got "
+                          f"{type(incarnation).__name__}")
     if len(shard_states) != plan.shards:
         raise PlanError(f"got {len(shard_states)} shard states for a {plan.shards}-shard plan")
     versions = [state.version for state in shard_states]
@@ -106,6 +139,12 @@ def write_checkpoint(
         "async_steps": [{str(k): v for k, v in sorted(state.async_steps.items())}
                         for state in shard_states],
     }
+    if any(state.async_early for state in shard_states):
+        manifest["async_early"] = [{str(k): list(v) for k, v in sorted(state.async_early.items())}
+                                   for state in shard_states]
+    if incarnation is not None:
+        manifest["incarnation"] = incarnation
+    manifest[MANIFEST_HASH] = manifest_digest(manifest)
     (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1))
     _fsync(tmp / MANIFEST)
     _fsync(tmp)
@@ -116,17 +155,29 @@ def write_checkpoint(
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest's fields, its own hash verified (and removed)."""
     try:
         data = json.loads((path / MANIFEST).read_text())
         if not isinstance(data, dict):
             raise ValueError("the manifest is not a JSON object")
-        return data
     except (OSError, ValueError) as exc:
         raise CheckpointCorruptError(str(path / MANIFEST), str(exc)) from exc
+    recorded = data.pop(MANIFEST_HASH, None)
+    if not isinstance(recorded, str):
+        raise CheckpointCorruptError(str(path / MANIFEST),
+                                     f"it has no {MANIFEST_HASH} field covering its contents")
+    try:
+        actual = manifest_digest(data)
+    except ValueError as exc:  # NaN or Infinity in a field: not canonical JSON
+        raise CheckpointCorruptError(str(path / MANIFEST), f"bad field: {exc}") from exc
+    if actual != recorded:
+        raise CheckpointCorruptError(str(path / MANIFEST),
+                                     f"its fields do not match its {MANIFEST_HASH}")
+    return data
 
 
 def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, version: int,
-                layer_versions: Mapping[str, int]) -> ShardState:
+                layer_versions: Mapping[str, int], optimizer: OptimizerConfig) -> ShardState:
     if not path.exists():
         raise CheckpointCorruptError(str(path), "the file is missing")
     if _sha256(path) != expected_hash:
@@ -149,6 +200,12 @@ def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, version
             got = params[piece.key].shape if piece.key in params else "nothing"
             raise CheckpointCorruptError(str(path), f"layer {piece.key!r} is {got}, the plan "
                                                     f"says {piece.shape}")
+        try:
+            check_fits(piece.key, piece.shape, optim.get(piece.key, {"step": np.zeros(
+                (), np.int64)}), optimizer)
+        except OptimizerStateError as exc:
+            raise CheckpointCorruptError(str(path), f"{exc} (manifest.json records the "
+                                                    f"{describe(optimizer)} optimizer)") from None
     return ShardState(version, params, optim, dict(layer_versions))
 
 
@@ -167,32 +224,93 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         layer_versions = list(manifest.get("layer_versions") or [{}] * plan.shards)
         async_steps = [{int(k): int(v) for k, v in steps.items()}
                        for steps in manifest.get("async_steps") or [{}] * plan.shards]
-    except (KeyError, TypeError, ValueError) as exc:
+        async_early = [{int(k): tuple(int(s) for s in v) for k, v in early.items()}
+                       for early in manifest.get("async_early") or [{}] * plan.shards]
+        incarnation = manifest.get("incarnation")
+        if incarnation is not None and not isinstance(incarnation, str):
+            raise TypeError(f"incarnation is {type(incarnation).__name__}, not a string")
+        if not len(layer_versions) == len(async_steps) == len(async_early) == plan.shards:
+            raise ValueError(f"per-shard lists do not all have {plan.shards} entries")
+    except (KeyError, TypeError, ValueError, PlanError) as exc:
         raise CheckpointCorruptError(str(root / MANIFEST), f"bad field: {exc}") from exc
     shards = []
     for s in range(plan.shards):
         name = f"shard-{s}.safetensors"
         if name not in files:
             raise CheckpointCorruptError(str(root / MANIFEST), f"no hash listed for {name}")
-        state = _read_shard(root / name, files[name], plan, s, version, layer_versions[s])
+        state = _read_shard(root / name, files[name], plan, s, version, layer_versions[s],
+                            optimizer)
         state.async_steps = async_steps[s]
+        state.async_early = async_early[s]
         shards.append(state)
-    return Checkpoint(root, round_, plan, optimizer, shards)
+    return Checkpoint(root, round_, plan, optimizer, shards, incarnation)
+
+
+def _layout(optimizer: OptimizerConfig) -> tuple[str, tuple[str, ...]]:
+    """What decides the shape of an optimizer's state: its kind and its buffers."""
+    return optimizer.kind, optimizer.state_names()
+
+
+def check_restorable(checkpoint: Checkpoint, plan: ShardPlan,
+                     optimizer: OptimizerConfig) -> None:
+    """Raise CheckpointMismatchError unless ``checkpoint`` fits a run with ``plan`` and
+    ``optimizer``: the same shard plan, and the same optimizer kind and state buffers (an
+    Adam checkpoint restored under SGD with momentum would mix their state). Differences in
+    hyperparameters alone (lr, momentum factor, betas, eps, weight decay, nesterov) are
+    allowed, the run's values apply from here on, and each is logged as a warning."""
+    manifest = checkpoint.path / MANIFEST
+    if checkpoint.plan != plan:
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint.path} was cut for a {checkpoint.plan.shards}-shard plan "
+            f"that differs from this run's {plan.shards}-shard plan; resume with the same "
+            "model, --shards and split size, or start fresh without --resume")
+    if _layout(checkpoint.optimizer) != _layout(optimizer):
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint.path} holds {describe(checkpoint.optimizer)} optimizer "
+            f"state ({manifest}), but this run uses {describe(optimizer)}; resume with "
+            f"--optimizer {_flag(checkpoint.optimizer)}, or start fresh without --resume")
+    theirs, ours = checkpoint.optimizer.to_dict(), optimizer.to_dict()
+    for name in sorted(theirs):
+        if theirs[name] != ours.get(name):
+            LOG.warning("resuming %s with optimizer %s=%s (the checkpoint was trained with "
+                        "%s)", checkpoint.path, name, ours.get(name), theirs[name])
+
+
+def _flag(optimizer: OptimizerConfig) -> str:
+    """The ``--optimizer`` value (with ``--momentum``) that gives ``optimizer``'s state."""
+    if optimizer.kind == "sgd":
+        return f"momentum --momentum {optimizer.momentum}" if optimizer.momentum > 0 else "sgd"
+    return optimizer.kind
+
+
+def checkpoint_dirs(directory: str | os.PathLike[str]) -> list[Path]:
+    """The complete round directories (those with a manifest), highest round first."""
+    root = Path(directory) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _ROUND_DIR.match(child.name)
+        if match and (child / MANIFEST).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     """The complete round directory (one with a manifest) of the highest round, or None."""
-    root = Path(directory) / "checkpoints"
-    if not root.is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for child in root.iterdir():
-        match = _ROUND_DIR.match(child.name)
-        if match and (child / MANIFEST).is_file():
-            candidate = (int(match.group(1)), child)
-            if best is None or candidate[0] > best[0]:
-                best = candidate
-    return None if best is None else best[1]
+    dirs = checkpoint_dirs(directory)
+    return dirs[0] if dirs else None
+
+
+def previous_checkpoint(directory: str | os.PathLike[str], than: Path) -> Path | None:
+    """The complete round directory of the highest round below ``than``'s, or None."""
+    match = _ROUND_DIR.match(Path(than).name)
+    below = int(match.group(1)) if match else -1
+    for path in checkpoint_dirs(directory):
+        found = _ROUND_DIR.match(path.name)
+        if found and int(found.group(1)) < below:
+            return path
+    return None
 
 
 def export_state_dict(

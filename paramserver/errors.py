@@ -83,6 +83,35 @@ class CheckpointCorruptError(ParamServerError):
         return (type(self), (self.path, self.detail))
 
 
+class NonFiniteSumError(NonFiniteGradientError):
+    """Every contribution of a round was finite but their float32 sum is not (an overflow);
+    names the round and the first bad layer. ``rank`` is -1: no single rank sent it."""
+
+    def __init__(self, round: int, layer: str) -> None:
+        ParamServerError.__init__(
+            self,
+            f"the sum of round {round}'s gradients for layer {layer!r} overflows float32 "
+            "(every contribution was finite); lower the learning rate, clip or scale "
+            "gradients, or set nonfinite='skip-round' to commit such rounds as no-op steps",
+        )
+        self.rank = -1
+        self.round = round
+        self.layer = layer
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.round, self.layer))
+
+
+class CheckpointMismatchError(ParamServerError, ValueError):
+    """A checkpoint is intact but does not fit this run (another optimizer or shard plan);
+    the message says which flag to change. Nothing was restored."""
+
+
+class OptimizerStateError(ParamServerError, ValueError):
+    """Optimizer state handed to a shard does not fit its optimizer (other state buffers)
+    or its layer shapes; names the layer. The shard did not change."""
+
+
 class LockTimeoutError(ParamServerError, TimeoutError):
     """A layer lock was not acquired within its timeout; nothing stays locked."""
 

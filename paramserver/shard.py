@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from paramserver.async_steps import record, taken
 from paramserver.commands import (
     Command,
     RestoreCommand,
@@ -58,7 +59,8 @@ from paramserver.errors import (
     UnknownQueryError,
 )
 from paramserver.locks import LayerLocks, VersionGate, remaining
-from paramserver.optim import OptimizerConfig, check_state, new_state, optimizer_step
+from paramserver.optim import OptimizerConfig, new_state, optimizer_step
+from paramserver.optimizer_state import check_fits
 from paramserver.plan import Piece
 from paramserver.schedule import ScheduleConfig, learning_rate
 from paramserver.shard_state import ApplyResult, Preview, ShardState
@@ -100,7 +102,8 @@ class ShardStateMachine:
 
     See the module docstring for which calls may overlap. Dict fields holding the state
     (``_params``, ``_opt`` and the per-layer state dicts, ``_layer_versions``,
-    ``_async_steps``) are replaced, never mutated, so a reader iterating one never races.
+    ``_async_steps``, ``_async_early``) are replaced, never mutated, so a reader iterating
+    one never races.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class ShardStateMachine:
         self._opt = state.optimizer_state
         self._layer_versions = state.layer_versions
         self._async_steps = state.async_steps
+        self._async_early = state.async_early
 
     @classmethod
     def from_state(
@@ -168,23 +172,27 @@ class ShardStateMachine:
                 )
 
     def _load(self, state: ShardState) -> None:
-        """Replace the state with copies of ``state`` (validated first: raises changing
-        nothing). Drops a pending preview. Takes the write locks."""
+        """Replace the state with copies of ``state``. Every layer is validated before any
+        changes (shapes, and optimizer state that fits this shard's optimizer): a bad state
+        raises UnknownLayerError, GradientShapeError or OptimizerStateError changing
+        nothing. Drops a pending preview. Takes the write locks."""
         self._check_params(state.params)
         extra = sorted(set(state.optimizer_state) - set(self._pieces))
         if extra:
             raise UnknownLayerError(f"optimizer state names layers {extra} not on this shard")
-        params = {k: np.array(state.params[k], np.float32, copy=True) for k in sorted(self._pieces)}
-        opt = {k: {n: np.array(a, copy=True) for n, a in state.optimizer_state.get(
-            k, new_state(self.optimizer)).items()} for k in params}
-        for key, piece_state in opt.items():
-            check_state(key, self._pieces[key].shape, piece_state)
+        keys = sorted(self._pieces)
+        given = {k: state.optimizer_state[k] if k in state.optimizer_state
+                 else new_state(self.optimizer) for k in keys}
+        for key in keys:
+            check_fits(key, self._pieces[key].shape, given[key], self.optimizer)
+        params = {k: np.array(state.params[k], np.float32, copy=True) for k in keys}
+        opt = {k: {n: np.array(a, copy=True) for n, a in given[k].items()} for k in keys}
         with self._mutation():
             self._pending = None
             self._set(ShardState(
                 state.version, params, opt,
                 {k: state.layer_versions.get(k, state.version) for k in params},
-                dict(state.async_steps)))
+                dict(state.async_steps), dict(state.async_early)))
 
     @contextmanager
     def _mutation(self) -> Iterator[None]:
@@ -235,7 +243,7 @@ class ShardStateMachine:
         params = self._copy_params(deadline, locked)
         opt = {k: {n: a.copy() for n, a in s.items()} for k, s in self._opt.items()}
         return ShardState(self._version, params, opt, dict(self._layer_versions),
-                          dict(self._async_steps))
+                          dict(self._async_steps), dict(self._async_early))
 
     def read_params(self, copy: bool = True,
                     timeout: float | None = READ_TIMEOUT_S) -> tuple[int, dict[str, F32]]:
@@ -340,7 +348,7 @@ class ShardStateMachine:
         clone._set(state)
         result = clone._apply_decoded(decoded)
         after = ShardState(clone._version, clone._params, clone._opt, clone._layer_versions,
-                           clone._async_steps)
+                           clone._async_steps, clone._async_early)
         for array in after.params.values():
             array.flags.writeable = False
         if result is not None and result.stepped and self._mutex.acquire(blocking=False):
@@ -357,17 +365,19 @@ class ShardStateMachine:
             self._pending = None
 
     def _apply_async(self, command: RoundCommand) -> ApplyResult:
-        """One contribution of one rank, identified by (rank, step): a step at or below the
-        rank's last applied one is a duplicate (re-proposed by a new leader) and a no-op.
-        Otherwise it steps the parameters and becomes the next version."""
+        """One contribution of one rank, identified by (rank, step): a step this shard
+        applied already is a duplicate (re-proposed by a new leader) and a no-op. Any other
+        step, also one that arrives after a later step of the same rank (a straggler),
+        steps the parameters and becomes the next version."""
         (rank,) = command.ranks
-        if command.round <= self._async_steps.get(rank, -1):
+        if taken(self._async_steps, self._async_early, rank, command.round):
             return ApplyResult(command.round, self._version, False)
         lr = None if command.nonfinite_skip else self._check_round(command, self._version)
+        marks, early = record(self._async_steps, self._async_early, rank, command.round)
         with self._mutation():
             if lr is not None:
                 self._step_layers(command, lr)
-            self._async_steps = {**self._async_steps, rank: command.round}
+            self._async_steps, self._async_early = marks, early
             self._version += 1
         return ApplyResult(command.round, self._version, not command.nonfinite_skip)
 
@@ -434,8 +444,12 @@ class ShardStateMachine:
             arrays[f"p/{key}"] = params[key]
             for name, value in opt[key].items():
                 arrays[f"o/{key}/{name}"] = value
-        header = {"version": self._version, "layer_versions": self._layer_versions,
-                  "async_steps": {str(k): v for k, v in sorted(self._async_steps.items())}}
+        header: dict[str, Any] = {
+            "version": self._version, "layer_versions": self._layer_versions,
+            "async_steps": {str(k): v for k, v in sorted(self._async_steps.items())}}
+        if self._async_early:  # only while some rank has steps applied out of order
+            header["async_early"] = {str(k): list(v)
+                                     for k, v in sorted(self._async_early.items())}
         return header, arrays
 
     def restore(self, data: bytes) -> None:
@@ -458,8 +472,11 @@ class ShardStateMachine:
                 key, _, field_name = rest.rpartition("/")
                 opt.setdefault(key, {})[field_name] = value
         steps = {int(k): int(v) for k, v in header.get("async_steps", {}).items()}
+        early = {int(k): tuple(int(s) for s in v)
+                 for k, v in header.get("async_early", {}).items()}
         self._load(ShardState(int(header["version"]), params, opt,
-                              {k: int(v) for k, v in header["layer_versions"].items()}, steps))
+                              {k: int(v) for k, v in header["layer_versions"].items()}, steps,
+                              early))
 
     def digest(self, timeout: float | None = READ_TIMEOUT_S) -> str:
         """SHA-256 (hex) of ``snapshot()``: params, optimizer state and versions, at one

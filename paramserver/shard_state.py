@@ -32,7 +32,10 @@ class ShardState:
     optimizer_state: dict[str, dict[str, npt.NDArray[Any]]]
     layer_versions: dict[str, int] = field(default_factory=dict)
     async_steps: dict[int, int] = field(default_factory=dict)
-    """``async`` mode: per rank, the last contribution step applied (for exactly-once)."""
+    """``async`` mode: per rank, the watermark of applied contribution steps: every step up
+    to it was applied (for exactly-once; see ``paramserver.async_steps``)."""
+    async_early: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """``async`` mode: per rank, the steps above its watermark applied out of order."""
 
 
 @dataclass(frozen=True, slots=True)

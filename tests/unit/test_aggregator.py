@@ -272,3 +272,56 @@ def test_finite_gradients_whose_float32_sum_overflows_are_accepted() -> None:
     assert not cmd.nonfinite_skip and np.array_equal(cmd.grads["w"], huge["w"])
     with pytest.raises(NonFiniteGradientError):
         _agg(workers=1).submit(0, 0, {**huge, "b": np.array([1, np.nan, 2], np.float32)}, 1, 0)
+
+
+def test_finite_gradients_whose_float32_sum_overflows_stop_the_round() -> None:
+    """Two finite contributions of 3e38 sum to inf in float32; the check of each one alone
+    let the sum through, and the shard then stepped inf into the parameters."""
+    from paramserver.errors import NonFiniteSumError
+
+    agg = _agg(workers=2)
+    huge = {k: np.full(s, 3e38, np.float32) for k, s in SHAPES.items()}
+    assert agg.submit(0, 0, huge, 1, 0).accepted
+    with pytest.raises(NonFiniteSumError) as info:
+        agg.submit(0, 1, huge, 1, 0)
+    err = info.value
+    assert isinstance(err, NonFiniteGradientError) and (err.round, err.layer) == (0, "b")
+    assert "overflows float32" in str(err) and "skip-round" in str(err)
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.round, clone.layer, str(clone)) == (0, "b", str(err))
+    assert agg.received(0) == (0,) and agg.next_round == 0  # rank 1 was not admitted
+    small = {k: np.ones(s, np.float32) for k, s in SHAPES.items()}
+    cmd = _round_cmd(agg.submit(0, 1, small, 1, 0).commands[0])
+    assert np.all(cmd.grads["w"] == np.float32(3e38) + np.float32(1))
+
+
+def test_an_overflowing_sum_under_skip_round_commits_a_noop_step() -> None:
+    agg = _agg(workers=2, nonfinite="skip-round")
+    huge = {k: np.full(s, -3e38, np.float32) for k, s in SHAPES.items()}
+    agg.submit(0, 0, huge, 1, 0)
+    cmd = _round_cmd(agg.submit(0, 1, huge, 1, 0).commands[0])
+    assert cmd.nonfinite_skip and cmd.grads == {} and cmd.ranks == (0, 1)
+
+
+def test_an_overflowing_sum_at_the_straggler_deadline_changes_nothing() -> None:
+    from paramserver.errors import NonFiniteSumError
+
+    agg = _agg(workers=3, backup_workers=1)
+    huge = {k: np.full(s, 3e38, np.float32) for k, s in SHAPES.items()}
+    agg.submit(0, 0, huge, 1, 0)
+    agg.submit(0, 1, huge, 1, 0)
+    with pytest.raises(NonFiniteSumError):
+        agg.close_round(0)
+    assert agg.received(0) == (0, 1) and agg.next_round == 0
+
+
+def test_async_steps_of_one_rank_out_of_order_are_each_admitted_once() -> None:
+    """Two of rank 1's contributions in flight, the earlier one a straggler: step 1 arrives
+    first. Step 0 used to raise StaleRoundError, which stopped the job."""
+    agg = _agg(workers=2, mode="async")
+    later = agg.submit(1, 1, _grads(1), 2, 0)
+    earlier = agg.submit(0, 1, _grads(0), 2, 0)
+    assert later.accepted and earlier.accepted
+    assert [_round_cmd(o.commands[0]).round for o in (later, earlier)] == [1, 0]
+    assert agg.submit(0, 1, _grads(0), 2, 0).duplicate
+    assert agg.submit(1, 1, _grads(1), 2, 0).duplicate

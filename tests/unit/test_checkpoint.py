@@ -110,3 +110,91 @@ def test_exported_state_dict_loads_into_torch(tmp_path: Path) -> None:
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), full[k])
     assert not np.array_equal(full["0.weight"], FULL["0.weight"])
+
+
+def _rewrite_manifest(path: Path, **changes: object) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(changes)
+    (path / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1))
+
+
+@pytest.mark.parametrize("field", ["version", "layer_versions", "async_steps", "optimizer"])
+def test_an_edited_manifest_field_is_detected(tmp_path: Path, field: str) -> None:
+    """The file hashes cover the tensors, the manifest's hash its own fields: a changed
+    version, layer version, async step or optimizer used to load without a word."""
+    path = write_checkpoint(tmp_path, 2, PLAN, [m.export_state() for m in _shards(2)], OPT)
+    manifest = json.loads((path / "manifest.json").read_text())
+    edited = {"version": 7, "layer_versions": [dict.fromkeys(lv, 9)
+                                               for lv in manifest["layer_versions"]],
+              "async_steps": [{"0": 5}, {}], "optimizer": {**manifest["optimizer"], "lr": 1.0}}
+    _rewrite_manifest(path, **{field: edited[field]})
+    with pytest.raises(CheckpointCorruptError, match="manifest_sha256") as info:
+        read_checkpoint(path)
+    assert info.value.path == str(path / "manifest.json")
+
+
+def test_a_manifest_without_its_hash_is_refused(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, 2, PLAN, [m.export_state() for m in _shards(2)], OPT)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["manifest_sha256"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointCorruptError, match="no manifest_sha256"):
+        read_checkpoint(path)
+
+
+def test_incarnation_and_early_async_steps_are_carried(tmp_path: Path) -> None:
+    states = [m.export_state() for m in _shards(1)]
+    states[1].async_early = {1: (4, 6)}
+    path = write_checkpoint(tmp_path, 1, PLAN, states, OPT, incarnation="group-7f3a")
+    ckpt = read_checkpoint(path)
+    assert ckpt.incarnation == "group-7f3a"
+    assert [s.async_early for s in ckpt.shards] == [{}, {1: (4, 6)}]
+    plain = read_checkpoint(write_checkpoint(tmp_path / "b", 1, PLAN,
+                                             [m.export_state() for m in _shards(1)], OPT))
+    assert plain.incarnation is None
+    from paramserver.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="incarnation"):
+        write_checkpoint(tmp_path / "c", 1, PLAN, states, OPT, incarnation=7)  # type: ignore[arg-type]
+    assert latest_checkpoint(tmp_path / "c") is None
+
+
+def test_optimizer_state_that_the_manifests_optimizer_does_not_keep_is_corrupt(
+    tmp_path: Path,
+) -> None:
+    momentum = OptimizerConfig(kind="sgd", lr=0.01, momentum=0.9)
+    path = write_checkpoint(tmp_path, 2, PLAN, [m.export_state() for m in _shards(2)],
+                            momentum)  # Adam state under a manifest that says momentum
+    with pytest.raises(CheckpointCorruptError, match="exp_avg") as info:
+        read_checkpoint(path)
+    assert info.value.path == str(path / "shard-0.safetensors")
+
+
+def test_check_restorable_refuses_another_optimizer_or_plan(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Resuming an Adam checkpoint with --optimizer momentum used to mix the two states."""
+    from paramserver.checkpoint import check_restorable
+    from paramserver.errors import CheckpointMismatchError
+
+    ckpt = read_checkpoint(write_checkpoint(tmp_path, 2, PLAN,
+                                            [m.export_state() for m in _shards(2)], OPT))
+    with pytest.raises(CheckpointMismatchError, match="--optimizer adam"):
+        check_restorable(ckpt, PLAN, OptimizerConfig(kind="sgd", lr=0.01, momentum=0.9))
+    with pytest.raises(CheckpointMismatchError, match="--shards"):
+        check_restorable(ckpt, ShardPlan.build({k: tuple(v.shape) for k, v in FULL.items()},
+                                               1), OPT)
+    with caplog.at_level("WARNING", logger="paramserver.checkpoint"):
+        check_restorable(ckpt, PLAN, OptimizerConfig(kind="adam", lr=0.5))
+    assert any("lr=0.5" in r.getMessage() for r in caplog.records)
+
+
+def test_previous_checkpoint_walks_down_the_rounds(tmp_path: Path) -> None:
+    from paramserver.checkpoint import checkpoint_dirs, previous_checkpoint
+
+    for r in (2, 4, 10):
+        write_checkpoint(tmp_path, r, PLAN, [m.export_state() for m in _shards(r)], OPT)
+    root = tmp_path / "checkpoints"
+    assert checkpoint_dirs(tmp_path) == [root / "round-10", root / "round-4", root / "round-2"]
+    assert previous_checkpoint(tmp_path, root / "round-10") == root / "round-4"
+    assert previous_checkpoint(tmp_path, root / "round-2") is None

@@ -561,3 +561,76 @@ def test_a_raft_apply_blocked_by_a_reader_retries_until_it_gets_its_locks(
     reader.join(30)
     reference.apply(_command(0, 0))
     assert len(results) == 1 and machine.snapshot() == reference.snapshot()
+
+
+def _async(step: int, rank: int, seed: int) -> bytes:
+    return RoundCommand(round=step, kind="async", samples=2, ranks=(rank,),
+                        grads=_params(2000 + seed)).encode()
+
+
+def test_async_steps_of_one_rank_applied_out_of_order_each_step_once() -> None:
+    """Rank 1's step 1 commits before its straggling step 0 (a new leader proposes it).
+    Step 0 used to count as a duplicate of step 1 and was dropped silently."""
+    machine = _machine()
+    machine.apply(_async(1, 1, 1))
+    machine.apply(_async(0, 1, 0))
+    assert machine.version == 2
+    state = machine.export_state()
+    assert state.async_steps == {1: 1} and state.async_early == {}
+    for command in (_async(0, 1, 0), _async(1, 1, 1)):  # re-proposals stay no-ops
+        assert not machine.apply(command).stepped  # type: ignore[union-attr]
+    assert machine.version == 2
+
+
+def test_async_steps_applied_early_survive_snapshots() -> None:
+    machine = _machine()
+    machine.apply(_async(2, 0, 2))
+    restored = _machine()
+    restored.restore(machine.snapshot())
+    assert restored.export_state().async_early == {0: (2,)}
+    assert restored.snapshot() == machine.snapshot()
+    assert not restored.apply(_async(2, 0, 2)).stepped  # type: ignore[union-attr]
+    assert restored.apply(_async(0, 0, 0)).stepped  # type: ignore[union-attr]
+    assert restored.export_state().async_early == {0: (2,)}
+    restored.apply(_async(1, 0, 1))
+    state = restored.export_state()
+    assert state.async_steps == {0: 2} and state.async_early == {} and state.version == 3
+
+
+@pytest.mark.parametrize("through_log", [False, True])
+def test_restoring_another_optimizers_state_is_refused_and_changes_nothing(
+    through_log: bool,
+) -> None:
+    """An Adam shard's state restored into an SGD-with-momentum shard used to be adopted:
+    the next rounds stepped momentum beside stale Adam moments. Refused before any layer
+    changes, also when it arrives as a committed RestoreCommand."""
+    from paramserver.errors import OptimizerStateError
+
+    adam = _machine(OptimizerConfig(kind="adam", lr=0.01))
+    adam.apply(_command(0, 0))
+    target = _machine()
+    target.apply(_command(0, 5))
+    digest, version = target.digest(), target.version
+    with pytest.raises(OptimizerStateError, match=r"exp_avg.*momentum_buffer"):
+        if through_log:
+            target.apply(RestoreCommand(adam.snapshot()).encode())
+        else:
+            target.restore(adam.snapshot())
+    assert target.digest() == digest and target.version == version
+    with pytest.raises(OptimizerStateError):
+        ShardStateMachine.from_state(PLAN.pieces(0), adam.export_state(), SGD)
+
+
+def test_a_bad_optimizer_buffer_in_the_last_layer_changes_no_layer() -> None:
+    from paramserver.errors import OptimizerStateError
+
+    source = _machine()
+    source.apply(_command(0, 1))
+    state = source.export_state()
+    last = sorted(state.optimizer_state)[-1]
+    state.optimizer_state[last]["momentum_buffer"] = np.zeros(3, np.float32)
+    target = _machine()
+    digest = target.digest()
+    with pytest.raises(OptimizerStateError, match=repr(last)):
+        target._load(state)
+    assert target.digest() == digest
