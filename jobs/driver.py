@@ -48,6 +48,18 @@ from workers.models import ModelFactory, ModelSpec, build_model, initial_paramet
 from workers.schedule import BatchSchedule
 
 LOG = logging.getLogger(__name__)
+
+
+def _incarnation_of(checkpoint: Path) -> str | None:
+    """The storage incarnation ``checkpoint`` records; None if none or its manifest is
+    corrupt (the restore then falls back to an older checkpoint, and says so)."""
+    from paramserver.checkpoint import checkpoint_incarnation
+    from paramserver.errors import CheckpointCorruptError
+
+    try:
+        return checkpoint_incarnation(checkpoint)
+    except CheckpointCorruptError:
+        return None
 _RESTORES = 3  # times a job continues from its last checkpoint after rounds were lost
 
 
@@ -209,7 +221,7 @@ class Driver:
             remove_raft_log(cfg.storage_dir, self.out, cfg.timeout_s)
             fresh_incarnation(cfg.storage_dir)
         else:
-            resumed_incarnation(cfg.storage_dir)
+            resumed_incarnation(cfg.storage_dir, _incarnation_of(latest))
         initial = initial_parameters(model)
         self.config = cfg = resolve_shards(cfg, initial, latest)
         server = self.backend.create(cfg, initial)

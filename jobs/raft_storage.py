@@ -51,11 +51,19 @@ def fresh_incarnation(root: Path) -> str:
     return incarnation
 
 
-def resumed_incarnation(root: Path) -> str:
-    """The incarnation recorded under ``root``, or a fresh one (recorded) if there is none."""
+def resumed_incarnation(root: Path, checkpoint: str | None = None) -> str:
+    """The incarnation recorded under ``root``; else ``checkpoint``'s (the one the resumed
+    checkpoint was cut under: replicas on other nodes may still hold its logs), recorded;
+    else a fresh one (recorded)."""
     found = read_incarnation(root)
     if found is not None:
         return found
+    if checkpoint is not None:
+        check_incarnation(checkpoint, "the checkpoint's incarnation")
+        LOG.warning("no Raft incarnation recorded in %s: using the checkpoint's (%s)", root,
+                    checkpoint)
+        write_atomic(root / INCARNATION_FILE, f"{checkpoint}\n".encode("ascii"))
+        return checkpoint
     LOG.warning("no Raft incarnation recorded in %s: the shard groups start fresh from the "
                 "checkpoint", root)
     return fresh_incarnation(root)

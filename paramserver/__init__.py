@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from paramserver.aggregator import RoundAggregator, SubmitOutcome, tree_sum
 from paramserver.checkpoint import (
     Checkpoint,
+    checkpoint_incarnation,
     export_state_dict,
     latest_checkpoint,
     read_checkpoint,
@@ -91,6 +92,7 @@ __all__ = [
     "SubmitOutcome",
     "UnknownLayerError",
     "UnknownQueryError",
+    "checkpoint_incarnation",
     "decode_command",
     "export_state_dict",
     "latest_checkpoint",

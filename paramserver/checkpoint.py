@@ -209,6 +209,17 @@ def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, version
     return ShardState(version, params, optim, dict(layer_versions))
 
 
+def checkpoint_incarnation(path: str | os.PathLike[str]) -> str | None:
+    """The storage incarnation a checkpoint's (hash-verified) manifest records; None if it
+    records none. Raises CheckpointCorruptError for a bad manifest."""
+    root = Path(path)
+    incarnation = _read_manifest(root).get("incarnation")
+    if incarnation is not None and not isinstance(incarnation, str):
+        raise CheckpointCorruptError(str(root / MANIFEST),
+                                     f"bad field: incarnation is {type(incarnation).__name__}")
+    return incarnation
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and verify a round directory: hashes, shapes against the plan, file set.
 

@@ -326,7 +326,8 @@ class ParameterServer:
         ``round_version(round)``) under ``out_dir/checkpoints/round-<round>`` atomically;
         returns that directory. The driver must have no round in flight."""
         states = self._call_each("export", self.round_version(round))
-        return write_checkpoint(out_dir, round, self.plan, states, self.config.optimizer)
+        return write_checkpoint(out_dir, round, self.plan, states, self.config.optimizer,
+                                incarnation=self.config.group.incarnation)
 
     def restore(self, checkpoint: str | Path) -> int:
         """Load a checkpoint into the shards through Raft (every replica restores the same

@@ -17,6 +17,7 @@ from paramserver import (
     RoundCommand,
     ShardPlan,
     ShardStateMachine,
+    checkpoint_incarnation,
     export_state_dict,
     latest_checkpoint,
     read_checkpoint,
@@ -198,3 +199,14 @@ def test_previous_checkpoint_walks_down_the_rounds(tmp_path: Path) -> None:
     assert checkpoint_dirs(tmp_path) == [root / "round-10", root / "round-4", root / "round-2"]
     assert previous_checkpoint(tmp_path, root / "round-10") == root / "round-4"
     assert previous_checkpoint(tmp_path, root / "round-2") is None
+
+
+def test_the_incarnation_is_read_from_the_manifest_alone(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, 1, PLAN, [m.export_state() for m in _shards(1)], OPT,
+                            incarnation="0123abcd")
+    assert checkpoint_incarnation(path) == "0123abcd"
+    (path / "shard-0.safetensors").write_bytes(b"not read")  # the shards are not opened
+    assert checkpoint_incarnation(path) == "0123abcd"
+    plain = write_checkpoint(tmp_path / "b", 1, PLAN, [m.export_state() for m in _shards(1)],
+                             OPT)
+    assert checkpoint_incarnation(plain) is None

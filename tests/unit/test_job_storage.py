@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from consensus.errors import ConfigError
+from consensus.incarnation import new_incarnation
 from jobs import driver as driver_mod
 from jobs.backend import RaftServerBackend
 from jobs.config import TrainConfig
@@ -129,3 +131,16 @@ def test_model_and_summary_are_replaced_atomically(
     for name in ("model.safetensors", "summary.json"):
         assert targets[name].startswith(f".{name}.tmp-")
         assert (tmp_path / name).is_file() and not (tmp_path / targets[name]).exists()
+
+
+def test_a_resume_without_a_record_takes_the_checkpoints_incarnation(tmp_path: Path) -> None:
+    """The driver's node lost its record, but the checkpoint names the history it was cut
+    under: resume keeps that history (replicas elsewhere still hold its logs)."""
+    root = tmp_path / "raft"
+    cut_under = new_incarnation()
+    assert resumed_incarnation(root, cut_under) == cut_under
+    assert read_incarnation(root) == cut_under  # recorded, for the next resume
+    assert resumed_incarnation(root, new_incarnation()) == cut_under  # the record wins
+    with pytest.raises(ConfigError, match="incarnation"):
+        resumed_incarnation(tmp_path / "other", "../../etc")
+
