@@ -306,7 +306,9 @@ class RaftNode(Election, Replication):
     def compact(self, snapshot: Snapshot) -> None:
         """Discard the log prefix up to ``snapshot.meta.index`` (which the host applied and
         captured in ``snapshot``); lagging followers then get this snapshot instead.
-        ``meta.term`` and ``meta.voters`` must equal ``term_at``/``voters_at`` of that index."""
+        ``meta.term``, ``meta.voters`` and ``meta.learners`` must equal ``term_at``/
+        ``voters_at``/``learners_at`` of that index; a node that does not know its membership
+        (started with ``voters=()``, no snapshot received) raises ConfigError."""
         meta = snapshot.meta
         log = self.log
         if meta.index <= log.snapshot_index:
@@ -316,14 +318,24 @@ class RaftNode(Election, Replication):
         if log.term(meta.index) != meta.term:
             raise ConfigError(f"snapshot term {meta.term} != log term {log.term(meta.index)} "
                               f"at index {meta.index}")
+        if not self._membership_known:
+            # started with voters=() and no snapshot since: the membership replayed from the
+            # log lacks its base, and a snapshot of it would later be trusted as known
+            raise ConfigError(f"node {self.id} does not know its group's membership (started "
+                              "with voters=() and no snapshot received): it cannot compact; "
+                              "start a joiner with the group's bootstrap voters")
         voters = self.voters_at(meta.index)
         if tuple(sorted(meta.voters)) != voters:
             raise ConfigError(f"snapshot voters {meta.voters} != voters_at({meta.index}) "
                               f"= {voters}; build the meta with RaftNode.voters_at")
+        learners = self.learners_at(meta.index)
+        if tuple(sorted(meta.learners)) != learners:
+            raise ConfigError(f"snapshot learners {meta.learners} != learners_at({meta.index})"
+                              f" = {learners}; build the meta with RaftNode.learners_at")
         log.compact(meta.index)
         self._snapshot = snapshot
         self._conf_base = voters
-        self._learner_base = self.learners_at(meta.index)
+        self._learner_base = learners
         self._conf_log = [c for c in self._conf_log if c[0] > meta.index]
 
     # ------------------------------------------------------------ queries

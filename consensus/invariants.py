@@ -1,7 +1,10 @@
 """Raft safety invariants (paper Figure 3) checked by the simulator after every step.
 
 The checker sees only what a host sees (persisted Ready contents, applied entries,
-node roles and logs), so it checks any ``RaftNode`` variant, including broken ones.
+node roles, memberships and logs), so it checks any ``RaftNode`` variant, including broken
+ones. Beyond Figure 3 it checks that learners stay inert (a node campaigns or leads only
+while a voter of its own membership, never as a learner) and that every leader won a quorum
+of durable votes among its voters.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from dataclasses import dataclass
 
 from consensus.core import RaftNode
 from consensus.errors import ConsensusError
-from consensus.types import Entry, EntryKind, Role
+from consensus.types import Entry, EntryKind, HardState, Message, RequestVoteResponse, Role
+
+_CAMPAIGNING = (Role.PRE_CANDIDATE, Role.CANDIDATE)
 
 
 class InvariantViolation(ConsensusError):
@@ -35,12 +40,17 @@ class InvariantChecker:
         self._leader_persisted: dict[tuple[int, int], int] = {}
         self._entries: dict[tuple[int, int], _Seen] = {}
         self.applied: dict[int, tuple[int, bytes, bytes]] = {}  # index -> term, data, digest
+        self._votes: dict[tuple[int, int], int] = {}  # (term, voter) -> candidate, durable
+        self._grants: dict[tuple[int, int], set[int]] = {}  # (term, candidate) -> voters
 
     # ---------------------------------------------------------------- Election Safety etc.
 
     def check_nodes(self, nodes: Iterable[RaftNode]) -> None:
-        """After every step: Election Safety, Leader Append-Only, Leader Completeness."""
+        """After every step: Election Safety, Leader Append-Only, Leader Completeness,
+        Learner Inertness, Election Quorum."""
         for node in nodes:
+            if node.role in _CAMPAIGNING:
+                self._check_may_campaign(node, node.role.name.lower())
             if node.role != Role.LEADER:
                 continue
             term = node.term
@@ -51,6 +61,8 @@ class InvariantChecker:
             key = (node.id, term)
             prev = self._leader_last.get(key)
             if prev is None:
+                self._check_may_campaign(node, "leader")
+                self._check_election_quorum(node)
                 self._check_completeness(node)
             else:
                 last, last_term = prev
@@ -60,6 +72,54 @@ class InvariantChecker:
                         f"Leader Append-Only: leader {node.id} of term {term} lost entry "
                         f"{last} (term {last_term}); log now ends at {node.last_index}")
             self._leader_last[key] = (node.last_index, node.term_at(node.last_index) or 0)
+
+    def _check_may_campaign(self, node: RaftNode, role: str) -> None:
+        """Learner Inertness: only a voter of its own membership campaigns or wins; a
+        learner never does (a leader is checked when first seen, before any change of its
+        own could take it out of the voters)."""
+        if node.id in node.learners or node.id not in node.voters:
+            raise InvariantViolation(
+                f"Learner Inertness: node {node.id} is {role} in term {node.term} although "
+                f"its membership has voters {node.voters} and learners {node.learners}")
+
+    def _check_election_quorum(self, node: RaftNode) -> None:
+        """A new leader won the votes of a quorum of its voters in its term: its own durable
+        vote plus the grants they sent it; votes of learners or non-members count for
+        nothing."""
+        term = node.term
+        grants = self._grants.get((term, node.id), set())
+        granted = sorted(v for v in node.voters if v in grants
+                         or (v == node.id and self._votes.get((term, v)) == v))
+        need = len(node.voters) // 2 + 1
+        if len(granted) < need:
+            raise InvariantViolation(
+                f"Election Quorum: node {node.id} leads term {term} with the votes of only "
+                f"{granted} among its voters {node.voters} (a quorum needs {need})")
+
+    def on_send(self, msg: Message, durable: HardState) -> None:
+        """``msg`` leaves its sender, whose durable hard state is ``durable``. A granted
+        vote must already be durable: the sender recorded that vote, or a later term (in
+        which it can no longer vote in the old one)."""
+        if not isinstance(msg, RequestVoteResponse) or not msg.granted or msg.pre_vote:
+            return
+        if durable.term < msg.term or (durable.term == msg.term and durable.vote != msg.dst):
+            raise InvariantViolation(
+                f"Vote Durability: node {msg.src} granted its term-{msg.term} vote to "
+                f"{msg.dst} while its durable state says term {durable.term}, vote "
+                f"{durable.vote}")
+        self._grants.setdefault((msg.term, msg.dst), set()).add(msg.src)
+
+    def on_hard_state(self, node_id: int, hard_state: HardState) -> None:
+        """A node made ``hard_state`` durable: remember its vote. A durable vote is never
+        taken back within a term (the node restarts with it)."""
+        if hard_state.vote is None:
+            return
+        key = (hard_state.term, node_id)
+        old = self._votes.setdefault(key, hard_state.vote)
+        if old != hard_state.vote:
+            raise InvariantViolation(
+                f"Election Safety: node {node_id} durably voted for {old} and then for "
+                f"{hard_state.vote} in term {hard_state.term}")
 
     def _check_completeness(self, node: RaftNode) -> None:
         snap = node.log.snapshot_index

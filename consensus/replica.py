@@ -153,7 +153,10 @@ class RaftReplica(ReplicaAPI):
             f"{index} of {group}", snapshot)
         if snapshot is not None:
             self._restore(snapshot)
-        voters = () if join else tuple(range(1, len(names) + 1))
+        # the bootstrap voters, joiners included: the base the log's membership changes
+        # replay from when entries, not a snapshot, bring a joiner up to date (a joiner is
+        # not among them, so it never campaigns before the log makes it a voter)
+        voters = tuple(range(1, len(names) + 1))
         seed = config.seed * 1000 + self.node_id if config.seed is not None else None
         rng = random.Random(seed if seed is not None else os.urandom(16))
         self._node = RaftNode(

@@ -4,10 +4,14 @@ of durable storage, all driven by one ``random.Random(seed)``. No IO, no clock, 
 Faults: partitions (symmetric, asymmetric, isolating the leader), drops, duplicates,
 delays/reordering, crash-restart from durable state, including a torn last write (a crash
 while persisting a Ready loses all of it; its messages were never sent). Workload: random
-proposals, ReadIndex reads, compaction with snapshots, leadership transfers, and
-(``p_conf``) single-server membership changes. The
-``InvariantChecker`` runs after every step; any failure raises ``InvariantViolation`` with
-the seed and a replay command. Same seed + same ``SimConfig`` ⇒ identical run.
+proposals, ReadIndex reads, compaction with snapshots, leadership transfers,
+(``p_conf``) single-server membership changes and (``p_learner``) learner steps: spare
+hosts join as learners, are promoted, old voters are removed, learners are dropped, and
+steps already in force must be refused without appending anything. The
+``InvariantChecker`` runs after every step, and every commit a leader decides by counting
+is checked against the durable logs of its voters; any failure raises
+``InvariantViolation`` with the seed and a replay command. Same seed + same ``SimConfig`` ⇒
+identical run.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import random
 from collections.abc import Callable
 from typing import TypeVar
 
+from consensus.codec import decode_conf_change
 from consensus.config import RaftConfig
 from consensus.core import RaftNode
-from consensus.errors import ConsensusError
+from consensus.errors import ConfigError, ConsensusError, ProposalDroppedError
 from consensus.invariants import InvariantChecker, InvariantViolation
 from consensus.sim_config import SimConfig, SimResult
-from consensus.sim_model import Durable, Host, KVStateMachine
+from consensus.sim_model import Durable, Host, KVStateMachine, MembershipLog
 from consensus.types import (
     ConfChange,
     ConfChangeKind,
@@ -53,8 +58,11 @@ class Simulator:
         self.cfg = config or SimConfig()
         self.rng = random.Random(seed)
         self.factory = node_factory
-        self.ids = tuple(range(1, self.cfg.nodes + 1))
-        self.hosts = {i: Host(i) for i in self.ids}
+        self.voters0 = tuple(range(1, self.cfg.nodes + 1))  # the bootstrap voters
+        self.ids = tuple(range(1, self.cfg.nodes + self.cfg.spares + 1))  # every host
+        # spares start with the bootstrap voters, as replicas start joiners: the base the
+        # log's membership changes replay from
+        self.hosts = {i: Host(i, voters=self.voters0) for i in self.ids}
         self.net: list[tuple[int, Message]] = []
         self.blocked: set[tuple[int, int]] = set()
         self.now = 0
@@ -66,6 +74,7 @@ class Simulator:
         self.max_acked = 0
         self.commit_voters: dict[int, tuple[int, ...]] = {}  # index -> voters at commit
         self.reads: dict[bytes, int] = {}  # ctx -> index it must be at least
+        self.members = MembershipLog(self.voters0)
         self._counter = 0
         for host in self.hosts.values():
             self._start(host)
@@ -75,7 +84,8 @@ class Simulator:
     def _raft_config(self, node_id: int) -> RaftConfig:
         c = self.cfg
         return RaftConfig(
-            id=node_id, voters=self.ids, election_ticks=c.election_ticks,
+            id=node_id, voters=self.hosts[node_id].voters,
+            election_ticks=c.election_ticks,
             pre_vote=c.pre_vote, check_quorum=c.check_quorum, max_msg_bytes=c.max_msg_bytes,
             max_inflight_bytes=c.max_inflight_bytes, snapshot_chunk_bytes=c.snapshot_chunk_bytes,
             lost_state=self.hosts[node_id].lost)
@@ -123,6 +133,9 @@ class Simulator:
             for host in self.rng.sample(list(self.hosts.values()), len(self.hosts)):
                 self._process(host)
             self.checker.check_nodes(self.live())
+            for node in self.live():
+                if node.role != Role.FOLLOWER:
+                    self._check_membership(node)
         except InvariantViolation as exc:
             hint = REPLAY_HINT.format(seed=self.seed)
             raise type(exc)(f"{exc} [seed={self.seed} step={self.now}; replay: {hint}]") from exc
@@ -155,11 +168,14 @@ class Simulator:
             self._compact(rng.choice(list(self.hosts.values())))
         if rng.random() < c.p_conf:
             self._change_membership()
+        if c.p_learner > 0 and rng.random() < c.p_learner:  # no draw at 0: old seeds replay
+            leaders = self.leaders()
+            if leaders:
+                self._learner_step(leaders[0])
         if rng.random() < c.p_transfer:
             leaders = self.leaders()
             if leaders:
-                with _ignore_consensus_errors():
-                    leaders[0].transfer_leadership(rng.choice(self.ids))
+                self._transfer(leaders[0], rng.choice(self.ids))
 
     def _workload(self) -> None:
         c, rng = self.cfg, self.rng
@@ -221,6 +237,74 @@ class Simulator:
         with _ignore_consensus_errors():
             self._observe_commit(leader, leader.propose_conf_change, cc)
 
+    def _learner_step(self, leader: RaftNode) -> None:
+        """One step of adding a server the safe way (learner, promote, remove an old voter),
+        or dropping a learner, or a step already in force, which must change nothing."""
+        rng = self.rng
+        voters, learners = leader.voters, leader.learners
+        outside = [i for i in self.ids if i not in voters and i not in learners]
+        matches = leader.member_matches()
+        caught_up = [i for i in learners if matches.get(i, 0) >= leader.commit_index]
+        steps: list[tuple[ConfChangeKind, list[int], int]] = [
+            (ConfChangeKind.ADD_LEARNER, outside, 3),
+            (ConfChangeKind.PROMOTE, caught_up or list(learners), 3),
+            (ConfChangeKind.REMOVE, list(voters) if len(voters) > 3 else [], 3),
+            (ConfChangeKind.REMOVE, list(learners), 1),
+        ]
+        possible = [(kind, pool) for kind, pool, _w in steps if pool]
+        weights = [w for _kind, pool, w in steps if pool]
+        if not possible or rng.random() < 0.15:
+            self._refused_step(leader, outside)
+            return
+        kind, pool = rng.choices(possible, weights)[0]
+        cc = ConfChange(kind, rng.choice(pool))
+        with _ignore_consensus_errors():
+            self._observe_commit(leader, leader.propose_conf_change, cc)
+            self.result.learner_steps += 1
+
+    def _refused_step(self, leader: RaftNode, outside: list[int]) -> None:
+        """Propose a step already in force (promote or add as learner a voter, remove a
+        non-member) or an impossible one (promote a non-member): it must be refused and
+        leave the log and the membership as they were."""
+        rng = self.rng
+        steps = [ConfChange(ConfChangeKind.PROMOTE, rng.choice(leader.voters)),
+                 ConfChange(ConfChangeKind.ADD_LEARNER, rng.choice(leader.voters))]
+        if outside:
+            steps += [ConfChange(ConfChangeKind.REMOVE, rng.choice(outside)),
+                      ConfChange(ConfChangeKind.PROMOTE, rng.choice(outside))]
+        cc = rng.choice(steps)
+        done = leader.change_in_force(cc)
+        impossible = cc.kind == ConfChangeKind.PROMOTE and cc.node in outside
+        if (done is None) != impossible:
+            raise InvariantViolation(
+                f"Membership: change_in_force({cc}) = {done} with voters {leader.voters} and "
+                f"learners {leader.learners}")
+        before = (leader.last_index, leader.voters, leader.learners)
+        try:
+            index = leader.propose_conf_change(cc)
+        except (ConfigError, ProposalDroppedError):  # the documented refusals
+            index = None
+        after = (leader.last_index, leader.voters, leader.learners)
+        if index is not None or after != before:
+            raise InvariantViolation(
+                f"Membership: {cc} changes nothing (voters {before[1]}, learners "
+                f"{before[2]}) yet leader {leader.id} accepted it: index {index}, "
+                f"(last index, voters, learners) {before} -> {after}")
+        self.result.refused_steps += 1
+
+    def _transfer(self, leader: RaftNode, to: int) -> None:
+        """Leadership goes only to a voter: a transfer to a learner or a non-member must be
+        refused."""
+        refused = False
+        try:
+            leader.transfer_leadership(to)
+        except ConsensusError:
+            refused = True
+        if not refused and to != leader.id and to not in leader.voters:
+            raise InvariantViolation(
+                f"Membership: leader {leader.id} accepted a leadership transfer to {to}, "
+                f"which is not among its voters {leader.voters} (learners {leader.learners})")
+
     def _compact(self, host: Host) -> None:
         node = host.node
         if node is None or host.applied <= node.log.snapshot_index + 2:
@@ -228,7 +312,8 @@ class Simulator:
         term = node.term_at(host.applied)
         if term is None:
             return
-        meta = SnapshotMeta(host.applied, term, node.voters_at(host.applied))
+        meta = SnapshotMeta(host.applied, term, node.voters_at(host.applied),
+                            node.learners_at(host.applied))
         snap = Snapshot(meta, host.sm.snapshot())
         node.compact(snap)
         host.durable.compact(snap)
@@ -236,6 +321,7 @@ class Simulator:
     # ---------------------------------------------------------------- network
 
     def _send(self, msg: Message) -> None:
+        self.checker.on_send(msg, self.hosts[msg.src].durable.hard_state)
         rng, c = self.rng, self.cfg
         if self.faults and rng.random() < c.p_drop:
             return
@@ -277,6 +363,8 @@ class Simulator:
                 return
             prev_term = node.term_at(rd.entries[0].index - 1) if rd.entries else None
             host.durable.persist(rd)
+            if rd.hard_state is not None:
+                self.checker.on_hard_state(host.id, rd.hard_state)
             own = [e for e in rd.entries if e.term == rd.term] if rd.role == Role.LEADER else []
             self.checker.on_persist(node, rd.entries, prev_term, as_leader=False)
             self.checker.on_persist(node, own, node.term_at(own[0].index - 1) if own else None,
@@ -319,10 +407,43 @@ class Simulator:
         was_leader, before = node.role == Role.LEADER, node.commit_index
         action(arg)
         counted = node.role == Role.LEADER or node.id not in node.voters  # removed leader
-        if was_leader and counted:
+        if was_leader and counted and node.commit_index > before:
             voters = node.voters
+            self._check_commit_quorum(node, voters)
             for index in range(before + 1, node.commit_index + 1):
                 self.commit_voters.setdefault(index, voters)
+
+    def _check_membership(self, node: RaftNode) -> None:
+        """Membership Agreement: a node that campaigns or leads sees, at its commit index,
+        the voters and learners the committed log puts in force there."""
+        index = max(min(node.commit_index, self.result.max_commit), node.log.snapshot_index)
+        mine = (node.voters_at(index), node.learners_at(index))
+        truth = self.members.at(index)
+        if mine != truth:
+            raise InvariantViolation(
+                f"Membership Agreement: node {node.id} is {node.role.name.lower()} in term "
+                f"{node.term} seeing voters {mine[0]} and learners {mine[1]} at index {index}, "
+                f"where the committed log has voters {truth[0]} and learners {truth[1]}")
+
+    def _check_commit_quorum(self, node: RaftNode, voters: tuple[int, ...]) -> None:
+        """Commit Quorum: the entry a leader just committed by counting is durable on a
+        quorum of its VOTERS (learners count for nothing), by Log Matching with all before
+        it. A voter that lost its disk since it acknowledged is allowed for as in
+        ``check_acked_durable``."""
+        index = node.commit_index
+        term = node.term_at(index)
+        held = [v for v in voters if term is not None
+                and self.hosts[v].durable.holds(index, term)]
+        if len(held) >= len(voters) // 2 + 1:
+            return
+        if any(self.hosts[v].lost for v in voters):
+            kept = [v for v in held if not self.hosts[v].lost]
+            if len(kept) >= self._holders_needed(voters):
+                return
+        raise InvariantViolation(
+            f"Commit Quorum: leader {node.id} (term {node.term}) committed index {index} "
+            f"(term {term}) held durably by only {held} of its voters {voters} (learners "
+            f"{node.learners})")
 
     def _apply(self, host: Host, entry: Entry) -> None:
         if entry.index != host.applied + 1:
@@ -333,11 +454,15 @@ class Simulator:
             host.sm.apply(entry.data)
         self.checker.on_apply(host.id, entry, host.sm.digest())
         self.result.max_commit = max(self.result.max_commit, entry.index)
+        if entry.kind == EntryKind.CONF_CHANGE:
+            self.members.commit(entry.index, decode_conf_change(entry.data), self.result)
         if self.proposals.get(entry.data) == (host.id, entry.term, entry.index):
-            voters = self.commit_voters.get(entry.index, self.ids)
+            voters = self.commit_voters.get(entry.index, self.voters0)
             self.acked[entry.data] = (entry.index, entry.term, voters)
             self.max_acked = max(self.max_acked, entry.index)
             self.result.acked = len(self.acked)
+            if self.members.replaced_at and entry.index > self.members.replaced_at:
+                self.result.acked_after_replacement += 1
 
     def _check_read(self, host: Host, ctx: bytes, index: int) -> None:
         floor = self.reads.pop(ctx, None)
@@ -385,11 +510,12 @@ class Simulator:
             if marker in self.acked:
                 index, _term, voters = self.acked[marker]
                 need = max(self.max_acked, index)
-                if all(self.hosts[v].applied >= need for v in voters):
+                members = (*voters, *self.members.learners)
+                if all(self.hosts[v].applied >= need for v in members):
                     break
         else:
             raise LivenessError(
-                f"no leader committed a fresh entry on every node within "
+                f"no leader committed a fresh entry on every member within "
                 f"{self.cfg.heal_steps} steps after healing (seed={self.seed}; replay: "
                 f"{REPLAY_HINT.format(seed=self.seed)}); status: "
                 f"{[n.status() for n in self.live()]}")

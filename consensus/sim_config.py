@@ -17,7 +17,11 @@ class SimConfig:
     """Knobs of one simulated run; every probability is per step."""
 
     nodes: int = 3
-    """Group size (all voters)."""
+    """Bootstrap group size (all voters, ids ``1..nodes``)."""
+    spares: int = 0
+    """Hosts outside the group at the start (ids after the voters): fresh joiners (empty
+    disk, ``RaftConfig.voters`` the bootstrap voters, as replicas start them) that the
+    learner steps (``p_learner``) may add."""
     election_ticks: int = 6
     """RaftConfig.election_ticks of every node."""
     max_msg_bytes: int = 96
@@ -63,12 +67,20 @@ class SimConfig:
     """The leader transfers leadership to a random peer."""
     p_conf: float = 0.0
     """The leader proposes removing a voter (never below 3) or re-adding a removed node."""
+    p_learner: float = 0.0
+    """The leader proposes a learner step: add a non-member (a spare or a removed node) as a
+    learner, promote a learner (a caught-up one if any), remove a voter while more than 3
+    vote, remove a learner; or (15%) a step already in force, or promoting a non-member,
+    which must be refused and change nothing. 0 draws nothing, so older seeds replay
+    unchanged."""
     heal_steps: int = 3000
     """Steps allowed after healing for a leader to commit a fresh entry everywhere."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ConfigError(f"SimConfig.nodes must be >= 1, got {self.nodes}")
+        if self.spares < 0:
+            raise ConfigError(f"SimConfig.spares must be >= 0, got {self.spares}")
         if self.max_delay < 0:
             raise ConfigError(f"SimConfig.max_delay must be >= 0, got {self.max_delay}")
 
@@ -91,3 +103,13 @@ class SimResult:
     reads: int = 0
     messages: int = 0
     early_messages: int = 0
+    learner_steps: int = 0
+    """Learner-workload membership changes a leader accepted."""
+    refused_steps: int = 0
+    """Steps already in force (or impossible) that the leader refused, as it must."""
+    promotions: int = 0
+    """Committed promotions of a learner to voter."""
+    replacements: int = 0
+    """Committed removals of a voter after a promotion: a server replaced add-first."""
+    acked_after_replacement: int = 0
+    """Proposals acknowledged after the latest replacement committed."""

@@ -97,5 +97,6 @@ def test_losing_a_follower_with_its_disk_mid_training_changes_no_byte(
         faulty = train(config(tmp_path / "faulty", "disk-faulty"), backend=RaftServerBackend())
     loser.join(timeout=130)
     assert lost, "no follower lost its disk; the test proved nothing"
-    assert any("came back without its storage" in r.getMessage() for r in caplog.records)
+    assert any("lost its storage" in r.getMessage() and "replaced by" in r.getMessage()
+               for r in caplog.records)
     assert faulty.model_path.read_bytes() == clean.model_path.read_bytes()
