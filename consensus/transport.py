@@ -4,7 +4,7 @@ A Ray actor call costs 1.5-3 ms per hop on a busy host (submission, scheduling o
 actor's loop, a reply); Raft's commit path has two peer hops and every heartbeat two more.
 Replicas therefore exchange messages over plain TCP connections (one per direction and
 peer), the way PySyncObj and etcd do. Ray stays the control plane: a replica learns a
-peer's address by an actor call (``RaftReplica.transport_address``), and when no connection
+peer's address by an actor call (``ReplicaActor.transport_address``), and when no connection
 is up, the caller sends the batch as a Ray actor call instead.
 
 The bytes move on threads with blocking sockets, never on the replica's event loop: a
