@@ -7,13 +7,16 @@ round id); the contribution table is keyed by rank, so a duplicate is an idempot
 Sums are taken in canonical rank order by a fixed pairwise tree, never in arrival order, so a
 round's command is bitwise identical however the network ordered the messages.
 Every rejection raises before any state changes: bad input changes nothing.
+A contribution also carries the shard's module buffers as its forward left them (keys
+``buffers``); a round's command takes those of its lowest rank (rank 0 unless a backup-worker
+round went without it), as DDP broadcasts rank 0's buffers, never a mix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -100,15 +103,21 @@ class RoundAggregator:
     """Admits contributions and emits one encoded RoundCommand per completed round.
 
     ``shapes`` maps each piece key of this shard to its shape; every contribution must carry
-    exactly those keys as float32 arrays. ``start_round`` is the shard's applied version.
+    exactly those keys: float32 gradient sums, and for the keys of ``buffers`` (buffer
+    pieces, with their dtypes) the buffer values. ``start_round`` is the shard's applied
+    version.
     """
 
     def __init__(
         self, config: AggregatorConfig, shapes: Mapping[str, tuple[int, ...]], *,
-        start_round: int = 0,
+        start_round: int = 0, buffers: Mapping[str, np.dtype[Any]] | None = None,
     ) -> None:
         self.config = config
         self._shapes = {k: tuple(v) for k, v in shapes.items()}
+        self._buffers = {k: np.dtype(v) for k, v in (buffers or {}).items()}
+        unknown = sorted(set(self._buffers) - set(self._shapes))
+        if unknown:
+            raise UnknownLayerError(f"buffers {unknown[:3]} are not pieces of this shard")
         self._next = start_round  # lowest round not emitted yet (async: next sequence number)
         self._applied = start_round
         self._open: dict[int, _Round] = {}
@@ -248,6 +257,9 @@ class RoundAggregator:
             raise GradientShapeError(f"rank {rank}'s contribution lacks layers {missing}")
         for key in sorted(grads):
             grad = grads[key]
+            if key in self._buffers:
+                self._validate_buffer(rank, key, grad)
+                continue
             if not isinstance(grad, np.ndarray) or grad.dtype != np.float32:
                 raise GradientShapeError(
                     f"layer {key!r} from rank {rank} must be a float32 numpy array, got "
@@ -258,12 +270,24 @@ class RoundAggregator:
                     f"layer {key!r} from rank {rank} has shape {grad.shape}, expected "
                     f"{self._shapes[key]}"
                 )
-        for key in sorted(grads):
+        for key in sorted(set(grads) - set(self._buffers)):
             if not _all_finite(grads[key]):
                 if self.config.nonfinite == "error":
                     raise NonFiniteGradientError(rank, round, key)
                 return True
         return False
+
+    def _validate_buffer(self, rank: int, key: str, value: object) -> None:
+        """A buffer value must be an array of the buffer's dtype and shape (finite or not:
+        a buffer holds what the forward left, as in torch)."""
+        dtype = self._buffers[key]
+        if not isinstance(value, np.ndarray) or value.dtype != dtype:
+            raise GradientShapeError(
+                f"buffer {key!r} from rank {rank} must be a {dtype} numpy array, got "
+                f"{getattr(value, 'dtype', type(value).__name__)}")
+        if value.shape != self._shapes[key]:
+            raise GradientShapeError(f"buffer {key!r} from rank {rank} has shape "
+                                     f"{value.shape}, expected {self._shapes[key]}")
 
     def _maybe_complete(self, round: int) -> tuple[bytes, ...]:
         entry = self._open[round]
@@ -294,7 +318,7 @@ class RoundAggregator:
             return skip
         grads: dict[str, F32] = {}
         parts = [entry.contributions[r][0] for r in ranks]
-        for key in sorted(self._shapes):
+        for key in sorted(set(self._shapes) - set(self._buffers)):
             out = self._sums.get(key)
             if out is None:
                 out = self._sums[key] = np.empty(self._shapes[key], np.float32)
@@ -304,8 +328,9 @@ class RoundAggregator:
                 if self.config.nonfinite == "error":
                     raise NonFiniteSumError(round, key)
                 return skip
+        first = next(p for p in parts if p is not None)  # the lowest rank's forward
         return RoundCommand(round=round, kind=command_kind, samples=int(samples), ranks=ranks,
-                            grads=grads)
+                            grads=grads, buffers={k: first[k] for k in sorted(self._buffers)})
 
     def _flush(self) -> tuple[bytes, ...]:
         out = []

@@ -99,8 +99,14 @@ class RoundCommand:
     """One completed aggregation round, replicated through Raft and applied by every replica.
 
     ``grads`` holds the SUM over the contributions of ``ranks`` (``samples`` samples in all);
-    the state machine steps with ``sum / samples``. ``nonfinite_skip`` marks a round committed
-    as a no-op step (it only advances the version); its ``grads`` are empty.
+    the state machine steps with ``sum / samples``. ``buffers`` holds the shard's new module
+    buffers (float32 or int64; those of the lowest rank's contribution), which replace the
+    old ones. ``nonfinite_skip`` marks a round committed as a no-op step (it only advances
+    the version); its ``grads`` and ``buffers`` are empty.
+
+    Frame: the arrays are ``grads`` and ``buffers`` by piece key; the header lists the
+    buffer keys under ``"buffers"``, present only when there are some (so a command of a
+    shard without buffers has the bytes it always had).
     """
 
     round: int
@@ -109,13 +115,21 @@ class RoundCommand:
     ranks: tuple[int, ...]
     grads: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     nonfinite_skip: bool = False
+    buffers: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        """Deterministic bytes for the Raft log."""
-        header = {"type": "round", "round": self.round, "kind": self.kind,
-                  "samples": self.samples, "ranks": list(self.ranks),
-                  "nonfinite_skip": self.nonfinite_skip}
-        return encode_frame(header, self.grads)
+        """Deterministic bytes for the Raft log. ValueError when a key is both a gradient
+        and a buffer."""
+        header: dict[str, Any] = {"type": "round", "round": self.round, "kind": self.kind,
+                                  "samples": self.samples, "ranks": list(self.ranks),
+                                  "nonfinite_skip": self.nonfinite_skip}
+        if not self.buffers:
+            return encode_frame(header, self.grads)
+        both = sorted(set(self.grads) & set(self.buffers))
+        if both:
+            raise ValueError(f"keys {both[:3]} are both gradients and buffers")
+        header["buffers"] = sorted(self.buffers)
+        return encode_frame(header, {**self.grads, **self.buffers})
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +155,18 @@ def decode_command(data: bytes) -> Command:
     header, arrays = decode_frame(data)
     try:
         if header["type"] == "round":
-            grads = {k: v.astype(np.float32, copy=False) for k, v in arrays.items()}
+            names = header.get("buffers", [])
+            if not isinstance(names, list) or not set(names) <= set(arrays):
+                raise CommandDecodeError(f"round buffer keys {names!r} do not name its arrays")
+            buffers = {k: arrays[k] for k in names}
+            grads = {k: v.astype(np.float32, copy=False) for k, v in arrays.items()
+                     if k not in buffers}
             if header["kind"] not in ("sync", "async"):
                 raise CommandDecodeError(f"round kind {header['kind']!r} is unknown")
             return RoundCommand(
                 round=int(header["round"]), kind=header["kind"], samples=int(header["samples"]),
                 ranks=tuple(int(r) for r in header["ranks"]), grads=grads,
-                nonfinite_skip=bool(header["nonfinite_skip"]),
+                nonfinite_skip=bool(header["nonfinite_skip"]), buffers=buffers,
             )
         if header["type"] == "restore":
             return RestoreCommand(arrays["snapshot"].tobytes()[: int(header["size"])])

@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,9 @@ from paramserver.errors import PlanError
 
 F32 = npt.NDArray[np.float32]
 FLOAT32_BYTES = 4
+BUFFER_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32),
+                                           "int64": np.dtype(np.int64)}
+"""How tensors are held: parameters as float32, buffers as float32 or int64."""
 AUTO_SHARD_BYTES = 256 << 20
 """``auto_shards`` aims at about one shard per this much shard state (parameters plus
 optimizer state)."""
@@ -37,21 +41,26 @@ class Piece:
     start: int
     stop: int
     shape: tuple[int, ...]
+    buffer: bool = False
+    """A module buffer (BatchNorm's running statistics, ...): replaced each round by the
+    round's forward, never optimized; always a whole tensor."""
+    dtype: str = "float32"
+    """The array dtype: float32 for a parameter, float32 or int64 for a buffer."""
 
     @property
     def nbytes(self) -> int:
-        """Size in bytes as float32."""
-        return FLOAT32_BYTES * math.prod(self.shape)
+        """Size in bytes (float32: 4 per element, int64: 8)."""
+        return BUFFER_DTYPES[self.dtype].itemsize * math.prod(self.shape)
 
     @property
     def whole(self) -> bool:
         """True when the piece is an entire tensor."""
         return self.key == self.tensor
 
-    def cut(self, full: npt.NDArray[np.generic]) -> F32:
-        """This piece's part of the full tensor, as a contiguous float32 copy."""
+    def cut(self, full: npt.NDArray[np.generic]) -> npt.NDArray[Any]:
+        """This piece's part of the full tensor, as a contiguous copy of its ``dtype``."""
         part = full if self.whole else full[self.start : self.stop]
-        return np.array(part, dtype=np.float32, order="C", copy=True)
+        return np.array(part, dtype=BUFFER_DTYPES[self.dtype], order="C", copy=True)
 
 
 def _rows(shape: tuple[int, ...]) -> int:
@@ -135,12 +144,17 @@ class ShardPlan:
 
     @classmethod
     def build(
-        cls, shapes: Mapping[str, tuple[int, ...]], shards: int, *, split_bytes: int = 4 << 20
+        cls, shapes: Mapping[str, tuple[int, ...]], shards: int, *, split_bytes: int = 4 << 20,
+        buffers: Mapping[str, str] | None = None,
     ) -> ShardPlan:
         """Greedy bytes-balancing plan: largest piece first onto the lightest shard.
 
         Tensors above ``split_bytes`` (as float32) are cut into row slices. Ties break by key
         and shard index, so the plan is a pure function of the arguments. Shards may be empty.
+        ``buffers`` maps the tensors of ``shapes`` that are module buffers to their dtype
+        (``"float32"`` or ``"int64"``, see :func:`buffer_dtypes`): each is one whole piece,
+        placed after every parameter piece (so the parameters' placement is that of the
+        same model without buffers). PlanError for a buffer ``shapes`` lacks or a bad dtype.
         """
         if shards < 1:
             raise PlanError(f"shards={shards} must be >= 1")
@@ -148,15 +162,26 @@ class ShardPlan:
             raise PlanError(f"split_bytes={split_bytes} must be >= {FLOAT32_BYTES}")
         if not shapes:
             raise PlanError("the model has no tensors; pass at least one shape")
+        buffers = dict(buffers or {})
+        unknown = sorted(set(buffers) - set(shapes))
+        if unknown:
+            raise PlanError(f"buffers {unknown[:3]} are not among the model's tensors")
+        for name, dtype in sorted(buffers.items()):
+            if dtype not in BUFFER_DTYPES:
+                raise PlanError(f"buffer {name!r} has dtype {dtype!r}; use one of "
+                                f"{sorted(BUFFER_DTYPES)}")
         pieces = [
             piece
-            for name in sorted(shapes)
+            for name in sorted(set(shapes) - set(buffers))
             for piece in _pieces_of(name, tuple(shapes[name]), split_bytes)
         ]
         pieces.sort(key=lambda p: (-p.nbytes, p.key))
+        kept = [Piece(name, name, 0, _rows(tuple(shapes[name])), tuple(shapes[name]), True,
+                      buffers[name]) for name in sorted(buffers)]
+        kept.sort(key=lambda p: (-p.nbytes, p.key))
         loads = [0] * shards
         groups: list[list[Piece]] = [[] for _ in range(shards)]
-        for piece in pieces:
+        for piece in [*pieces, *kept]:
             target = min(range(shards), key=lambda s: (loads[s], s))
             groups[target].append(piece)
             loads[target] += piece.nbytes
@@ -172,6 +197,11 @@ class ShardPlan:
         """Full tensor shapes by name (a copy)."""
         return dict(self._shapes)
 
+    @property
+    def buffers(self) -> dict[str, str]:
+        """The tensors that are module buffers, with their dtype (empty for most models)."""
+        return {p.tensor: p.dtype for group in self._shards for p in group if p.buffer}
+
     def pieces(self, shard: int) -> list[Piece]:
         """The pieces of ``shard``, sorted by key."""
         if not 0 <= shard < self.shards:
@@ -182,8 +212,10 @@ class ShardPlan:
         """Per shard: (key, tensor, start, stop), plain data for processes without paramserver."""
         return [[(p.key, p.tensor, p.start, p.stop) for p in group] for group in self._shards]
 
-    def split(self, full: Mapping[str, npt.NDArray[np.generic]]) -> list[dict[str, F32]]:
-        """Cut full tensors into per-shard float32 pieces. Raises PlanError on a mismatch."""
+    def split(self, full: Mapping[str, npt.NDArray[np.generic]]
+              ) -> list[dict[str, npt.NDArray[Any]]]:
+        """Cut full tensors into per-shard pieces (float32; a buffer in its own dtype).
+        Raises PlanError on a mismatch."""
         if set(full) != set(self._shapes):
             missing = sorted(set(self._shapes) - set(full))
             extra = sorted(set(full) - set(self._shapes))
@@ -196,16 +228,20 @@ class ShardPlan:
                 )
         return [{p.key: p.cut(np.asarray(full[p.tensor])) for p in g} for g in self._shards]
 
-    def join(self, parts: Sequence[Mapping[str, npt.NDArray[np.generic]]]) -> dict[str, F32]:
-        """Reassemble full float32 tensors from per-shard pieces (inverse of :meth:`split`)."""
+    def join(self, parts: Sequence[Mapping[str, npt.NDArray[np.generic]]]
+             ) -> dict[str, npt.NDArray[Any]]:
+        """Reassemble full tensors from per-shard pieces (inverse of :meth:`split`): float32,
+        and a buffer in its own dtype."""
         if len(parts) != self.shards:
             raise PlanError(f"got {len(parts)} shard parts, the plan has {self.shards}")
-        out = {name: np.empty(shape, np.float32) for name, shape in self._shapes.items()}
+        dtypes = self.buffers
+        out = {name: np.empty(shape, BUFFER_DTYPES[dtypes.get(name, "float32")])
+               for name, shape in self._shapes.items()}
         for group, part in zip(self._shards, parts, strict=True):
             for piece in group:
                 if piece.key not in part:
                     raise PlanError(f"piece {piece.key!r} is missing from its shard's part")
-                value = np.asarray(part[piece.key], np.float32)
+                value = np.asarray(part[piece.key], BUFFER_DTYPES[piece.dtype])
                 if value.shape != piece.shape:
                     raise PlanError(f"piece {piece.key!r} has shape {value.shape}, "
                                     f"expected {piece.shape}")
@@ -225,10 +261,13 @@ class ShardPlan:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        """Plain JSON (tensor shapes and explicit assignment) that :meth:`from_json` reloads."""
+        """Plain JSON (tensor shapes and explicit assignment) that :meth:`from_json` reloads.
+        A piece is ``[key, tensor, start, stop, shape]``, a buffer's with ``"buffer", dtype``
+        appended."""
         data = {
             "shapes": {name: list(shape) for name, shape in sorted(self._shapes.items())},
-            "shards": [[[p.key, p.tensor, p.start, p.stop, list(p.shape)] for p in group]
+            "shards": [[[p.key, p.tensor, p.start, p.stop, list(p.shape),
+                         *(["buffer", p.dtype] if p.buffer else [])] for p in group]
                        for group in self._shards],
         }
         return json.dumps(data, sort_keys=True)
@@ -239,8 +278,7 @@ class ShardPlan:
         try:
             data = json.loads(text)
             shapes = {name: tuple(shape) for name, shape in data["shapes"].items()}
-            groups = [[Piece(k, t, int(a), int(b), tuple(sh)) for k, t, a, b, sh in group]
-                      for group in data["shards"]]
+            groups = [[_piece_from_json(entry) for entry in group] for group in data["shards"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise PlanError(f"plan JSON is malformed ({exc}); rewrite it with to_json()") from exc
         return cls(shapes, groups)
@@ -252,3 +290,31 @@ class ShardPlan:
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+def _piece_from_json(entry: Sequence[Any]) -> Piece:
+    """A piece from its ``to_json`` list; ValueError when it is not one."""
+    if len(entry) == 5:
+        key, tensor, start, stop, shape = entry
+        return Piece(key, tensor, int(start), int(stop), tuple(shape))
+    key, tensor, start, stop, shape, kind, dtype = entry
+    if kind != "buffer" or dtype not in BUFFER_DTYPES:
+        raise ValueError(f"piece {key!r} has kind {kind!r} and dtype {dtype!r}")
+    return Piece(key, tensor, int(start), int(stop), tuple(shape), True, dtype)
+
+
+def buffer_dtypes(tensors: Mapping[str, npt.NDArray[Any]], names: Iterable[str]
+                  ) -> dict[str, str]:
+    """``names`` (buffers among ``tensors``) mapped to the dtype ``ShardPlan.build`` keeps
+    them in: ``"float32"`` for a floating-point array, ``"int64"`` for an integer or
+    boolean one. PlanError for a name ``tensors`` lacks or another dtype."""
+    out: dict[str, str] = {}
+    for name in sorted(names):
+        if name not in tensors:
+            raise PlanError(f"buffer {name!r} is not among the model's tensors")
+        kind = np.asarray(tensors[name]).dtype.kind
+        if kind not in "fiub":
+            raise PlanError(f"buffer {name!r} has dtype {np.asarray(tensors[name]).dtype}; "
+                            "buffers must be floating-point, integer or boolean")
+        out[name] = "float32" if kind == "f" else "int64"
+    return out

@@ -132,7 +132,8 @@ class ShardService:
         machine = self._machine
         if self._aggregator is None or machine.version < self._aggregator.applied_version:
             self._aggregator = RoundAggregator(self._config, machine.shapes,
-                                               start_round=machine.version)
+                                               start_round=machine.version,
+                                               buffers=machine.buffers)
         self._aggregator.advance(machine.version)
         return self._aggregator
 

@@ -1,9 +1,12 @@
-"""The shard state machine: one shard's parameters and optimizer state, driven by Raft.
+"""The shard state machine: one shard's parameters, buffers and optimizer state, driven by Raft.
 
 Implements ``consensus.StateMachine``. ``apply`` depends only on the state and the command
 bytes (the learning rate is a pure function of the round), so replicas that applied the same
 log are byte-identical: ``snapshot()`` returns equal bytes, ``digest()`` equal hashes.
 Version ``v`` means rounds ``0..v-1`` are applied; the next command must be round ``v``.
+Buffers (pieces with ``buffer=True``: BatchNorm's running statistics, ...) are state like the
+parameters, published, snapshotted and checkpointed with them, but never optimized: a round
+replaces them with the command's ``buffers``.
 
 Threads. ``apply``/``restore`` may run on a worker thread while any other thread reads:
 
@@ -61,7 +64,7 @@ from paramserver.errors import (
 from paramserver.locks import LayerLocks, VersionGate, remaining
 from paramserver.optim import OptimizerConfig, new_state, optimizer_step
 from paramserver.optimizer_state import check_fits
-from paramserver.plan import Piece
+from paramserver.plan import BUFFER_DTYPES, Piece
 from paramserver.schedule import ScheduleConfig, learning_rate
 from paramserver.shard_state import ApplyResult, Preview, ShardState
 
@@ -98,7 +101,8 @@ def _frozen_view(array: F32) -> F32:
 
 
 class ShardStateMachine:
-    """Parameters of ``pieces`` plus optimizer state; applies RoundCommands exactly once.
+    """Parameters and buffers of ``pieces`` plus the parameters' optimizer state; applies
+    RoundCommands exactly once.
 
     See the module docstring for which calls may overlap. Dict fields holding the state
     (``_params``, ``_opt`` and the per-layer state dicts, ``_layer_versions``,
@@ -114,12 +118,15 @@ class ShardStateMachine:
         self._setup(pieces, optimizer, schedule, write_timeout_s)
         self._check_params(params)
         keys = sorted(self._pieces)
-        self._set(ShardState(0, {k: np.array(params[k], np.float32, copy=True) for k in keys},
-                             {k: new_state(optimizer) for k in keys}, dict.fromkeys(keys, 0)))
+        self._set(ShardState(0, {k: np.array(params[k], self._dtype(k), copy=True) for k in keys},
+                             {k: new_state(optimizer) for k in self._trained},
+                             dict.fromkeys(keys, 0)))
 
     def _setup(self, pieces: Iterable[Piece], optimizer: OptimizerConfig,
                schedule: ScheduleConfig | None, write_timeout_s: float) -> None:
         self._pieces = {p.key: p for p in pieces}
+        self._buffers = {k: BUFFER_DTYPES[p.dtype] for k, p in self._pieces.items() if p.buffer}
+        self._trained = sorted(k for k in self._pieces if k not in self._buffers)
         self.optimizer = optimizer
         self.schedule = schedule or ScheduleConfig()
         self.write_timeout_s = write_timeout_s
@@ -159,6 +166,10 @@ class ShardStateMachine:
         zeros = {p.key: np.zeros(p.shape, np.float32) for p in pieces}
         return cls(pieces, zeros, optimizer, schedule)
 
+    def _dtype(self, key: str) -> np.dtype[Any]:
+        """How the tensor ``key`` is held: float32, or a buffer's own dtype."""
+        return self._buffers.get(key, np.dtype(np.float32))
+
     def _check_params(self, params: Mapping[str, npt.NDArray[Any]]) -> None:
         if set(params) != set(self._pieces):
             raise UnknownLayerError(
@@ -177,16 +188,18 @@ class ShardStateMachine:
         raises UnknownLayerError, GradientShapeError or OptimizerStateError changing
         nothing. Drops a pending preview. Takes the write locks."""
         self._check_params(state.params)
-        extra = sorted(set(state.optimizer_state) - set(self._pieces))
+        extra = sorted(set(state.optimizer_state) - set(self._trained))
         if extra:
-            raise UnknownLayerError(f"optimizer state names layers {extra} not on this shard")
+            raise UnknownLayerError(f"optimizer state names layers {extra} that this shard "
+                                    "does not optimize (not on it, or buffers)")
         keys = sorted(self._pieces)
         given = {k: state.optimizer_state[k] if k in state.optimizer_state
-                 else new_state(self.optimizer) for k in keys}
-        for key in keys:
+                 else new_state(self.optimizer) for k in self._trained}
+        for key in self._trained:
             check_fits(key, self._pieces[key].shape, given[key], self.optimizer)
-        params = {k: np.array(state.params[k], np.float32, copy=True) for k in keys}
-        opt = {k: {n: np.array(a, copy=True) for n, a in given[k].items()} for k in keys}
+        params = {k: np.array(state.params[k], self._dtype(k), copy=True) for k in keys}
+        opt = {k: {n: np.array(a, copy=True) for n, a in given[k].items()}
+               for k in self._trained}
         with self._mutation():
             self._pending = None
             self._set(ShardState(
@@ -226,6 +239,11 @@ class ShardStateMachine:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Each layer's shape (from the plan; never changes)."""
         return {k: p.shape for k, p in sorted(self._pieces.items())}
+
+    @property
+    def buffers(self) -> dict[str, np.dtype[Any]]:
+        """The buffer pieces' keys and dtypes (from the plan; never changes)."""
+        return dict(sorted(self._buffers.items()))
 
     @property
     def locks(self) -> LayerLocks:
@@ -383,20 +401,30 @@ class ShardStateMachine:
 
     def _check_round(self, command: RoundCommand, lr_round: int) -> float:
         """Validate a stepping command against the shard; its learning rate."""
-        if set(command.grads) != set(self._params):
+        if set(command.grads) != set(self._trained):
             raise UnknownLayerError(f"round {command.round} carries layers "
-                                    f"{sorted(command.grads)}, shard holds {sorted(self._params)}")
+                                    f"{sorted(command.grads)}, shard holds {self._trained}")
+        if set(command.buffers) != set(self._buffers):
+            raise UnknownLayerError(f"round {command.round} carries buffers "
+                                    f"{sorted(command.buffers)}, shard holds "
+                                    f"{sorted(self._buffers)}")
         for key, grad in command.grads.items():
             if grad.shape != self._params[key].shape:
                 raise GradientShapeError(f"round {command.round}: layer {key!r} gradient shape "
                                          f"{grad.shape} != {self._params[key].shape}")
+        for key, value in command.buffers.items():
+            if value.shape != self._params[key].shape or value.dtype != self._buffers[key]:
+                raise GradientShapeError(
+                    f"round {command.round}: buffer {key!r} is {value.dtype} {value.shape}, "
+                    f"the shard holds {self._buffers[key]} {self._params[key].shape}")
         if command.samples < 1:
             raise CommandDecodeError(f"round {command.round} has samples={command.samples}")
         return learning_rate(self.optimizer.lr, self.schedule, lr_round)
 
     def _step_layers(self, command: RoundCommand, lr: float) -> None:
-        """(inside _mutation) Step every layer with its mean gradient; layers of at least
-        POOL_MIN_ELEMENTS run on the pool, the rest on this thread. Returns once all ran.
+        """(inside _mutation) Step every parameter layer with its mean gradient and replace
+        every buffer with the command's (a copy); layers of at least POOL_MIN_ELEMENTS run
+        on the pool, the rest on this thread. Returns once all ran.
         Inputs are validated before; an error here (a bug, MemoryError) may leave some layers
         stepped in place, and the shard must then be restored from a snapshot."""
         scale = np.float32(command.samples)
@@ -410,19 +438,21 @@ class ShardStateMachine:
                            self.optimizer)
             return param, state
 
-        big = [k for k, a in self._params.items() if a.size >= POOL_MIN_ELEMENTS]
+        big = [k for k in self._trained if self._params[k].size >= POOL_MIN_ELEMENTS]
         if len(big) < 2 or STEP_WORKERS < 2:
             big = []
         futures: dict[str, Future[tuple[F32, dict[str, npt.NDArray[Any]]]]] = {}
         try:
             for key in sorted(big, key=lambda k: -self._params[k].size):
                 futures[key] = _step_pool().submit(step, key)
-            done = {k: step(k) for k in self._params if k not in futures}
+            done = {k: step(k) for k in self._trained if k not in futures}
         finally:
             wait(futures.values())  # no pool thread may touch the state after we return
         done.update((k, f.result()) for k, f in futures.items())
-        self._params = {k: done[k][0] for k in self._params}
-        self._opt = {k: done[k][1] for k in self._params}
+        self._params = {k: done[k][0] if k in done
+                        else np.array(command.buffers[k], self._buffers[k], copy=True)
+                        for k in self._params}
+        self._opt = {k: done[k][1] for k in self._trained}
         self._layer_versions = {k: v + 1 for k, v in self._layer_versions.items()}
 
     def snapshot(self, timeout: float | None = READ_TIMEOUT_S) -> bytes:
@@ -442,7 +472,7 @@ class ShardStateMachine:
         params, opt = self._params, self._opt
         for key in sorted(params):
             arrays[f"p/{key}"] = params[key]
-            for name, value in opt[key].items():
+            for name, value in opt.get(key, {}).items():  # a buffer has no optimizer state
                 arrays[f"o/{key}/{name}"] = value
         header: dict[str, Any] = {
             "version": self._version, "layer_versions": self._layer_versions,
@@ -467,7 +497,7 @@ class ShardStateMachine:
         for name, value in arrays.items():
             kind, _, rest = name.partition("/")
             if kind == "p":
-                params[rest] = value.astype(np.float32)
+                params[rest] = value.astype(self._dtype(rest))
             else:
                 key, _, field_name = rest.rpartition("/")
                 opt.setdefault(key, {})[field_name] = value
@@ -491,7 +521,8 @@ class ShardStateMachine:
         return self._gate.read(read, timeout)
 
     def params_digest(self, timeout: float | None = READ_TIMEOUT_S) -> str:
-        """SHA-256 (hex) of the parameter bytes alone, in key order, at one version."""
+        """SHA-256 (hex) of the tensor bytes alone (parameters and buffers, no optimizer
+        state), in key order, at one version."""
         def read(_deadline: float | None, _locked: bool) -> str:
             h = hashlib.sha256()
             params = self._params

@@ -28,8 +28,11 @@ class ShardState:
     """Plain data of one shard: what checkpoints store and ``from_state`` rebuilds from."""
 
     version: int
-    params: dict[str, F32]
+    params: dict[str, npt.NDArray[Any]]
+    """The shard's tensors by piece key: parameters (float32) and buffers (float32 or
+    int64, see ``Piece.buffer``)."""
     optimizer_state: dict[str, dict[str, npt.NDArray[Any]]]
+    """Per parameter key (buffers have none): the optimizer's named arrays."""
     layer_versions: dict[str, int] = field(default_factory=dict)
     async_steps: dict[int, int] = field(default_factory=dict)
     """``async`` mode: per rank, the watermark of applied contribution steps: every step up

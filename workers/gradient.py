@@ -2,13 +2,17 @@
 
 ``gradient_task`` is a ``@ray.remote`` function (not an actor). Called with
 ``.options(num_returns=S + 1)`` it returns S refs, one per parameter shard, each resolving to
-``(samples, {piece key: summed gradient})``, plus one small ``GradientMetrics`` record. The
-gradient is of the SUMMED cross-entropy (``reduction="sum"``) so that the server's sum over
-workers divided by the total sample count is the exact global-batch mean for any split.
+``(samples, {piece key: summed gradient, or buffer value})``, plus one small
+``GradientMetrics`` record. The gradient is of the SUMMED cross-entropy (``reduction="sum"``)
+so that the server's sum over workers divided by the total sample count is the exact
+global-batch mean for any split. A buffer piece (BatchNorm's running statistics, ...) maps to
+the buffer as the forward left it, starting from the published buffers.
 
 The task mutates nothing but a per-process model cache (keyed by the factory's key and seed);
-parameters are read zero-copy from the object store (``torch.from_numpy``), so re-running a
-task (``max_retries``) with the same inputs returns bit-identical results on CPU.
+parameters are read zero-copy from the object store (``torch.from_numpy``), buffers are
+copied before the forward updates them, and the forward's randomness is seeded from (seed,
+round, rank) (``workers.forward_rng``), so re-running a task (``max_retries``) with the same
+inputs, in any process and after any history, returns bit-identical results on CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from ray import ObjectRef
 from torch import nn
 from torch.func import functional_call
 
+from workers.clipping import clip_contribution
 from workers.errors import GradientTaskError
+from workers.forward_rng import seeded_forward
+from workers.model_state import buffer_dtype, state_buffers
 from workers.models import ModelSpec, build_model
 
 LOG = logging.getLogger(__name__)
@@ -44,14 +51,18 @@ _WARNED_NO_GPU = False
 class TaskSpec:
     """What every task of a job shares: the model, its seed, the shard layout, the device.
 
-    seed: passed to ``build_model`` so module buffers match the driver's. use_gpu: run on CUDA
-    when the worker sees one (else CPU, with one warning per process).
+    seed: passed to ``build_model`` so the module matches the driver's, and to the forward's
+    generator seed (``workers.forward_rng``). use_gpu: run on CUDA when the worker sees one
+    (else CPU, with one warning per process).
     """
 
     model: ModelSpec
     seed: int
     layout: tuple[tuple[Piece, ...], ...]
     use_gpu: bool = False
+    clip_grad_norm: float | None = None
+    """Scale the task's contribution to a mean-gradient global norm of at most this
+    (``workers.clipping``); None: sent as computed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,13 +129,15 @@ def assemble_parameters(
 def split_gradients(
     layout: Layout, grads: Mapping[str, torch.Tensor]
 ) -> list[dict[str, np.ndarray]]:
-    """Cut full-tensor gradients into the layout's pieces (float32, C-contiguous copies)."""
+    """Cut full tensors (gradients, and buffers) into the layout's pieces: C-contiguous
+    copies, float32 for a floating-point tensor, int64 for an integer or boolean one."""
     result: list[dict[str, np.ndarray]] = []
     for shard in layout:
         pieces: dict[str, np.ndarray] = {}
         for key, tensor, start, stop in shard:
             g = grads[tensor] if key == tensor else grads[tensor][start:stop]
-            pieces[key] = np.ascontiguousarray(g.detach().cpu().numpy(), dtype=np.float32)
+            # asarray, not ascontiguousarray: that one makes a 0-d tensor 1-d
+            pieces[key] = np.asarray(g.detach().cpu().numpy(), buffer_dtype(g), order="C")
         result.append(pieces)
     return result
 
@@ -141,36 +154,48 @@ def _device(use_gpu: bool) -> torch.device:
 
 def compute_gradients(
     spec: TaskSpec, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
-    shard_params: Sequence[Mapping[str, np.ndarray]],
+    shard_params: Sequence[Mapping[str, np.ndarray]], *, round_index: int = 0, rank: int = 0,
 ) -> tuple[list[ShardGradient], dict[str, float | int | str]]:
-    """Summed cross-entropy gradients of ``x[indices]`` under the given parameters (pure).
+    """Summed cross-entropy gradients of ``x[indices]`` under the given parameters and
+    buffers, in training mode (pure).
 
-    Returns one ``(samples, pieces)`` per shard and a metrics dict (samples, loss_sum,
-    correct, load_s, compute_s, device). Mutates nothing visible (the cached module is used
-    only through ``functional_call``).
+    Returns one ``(samples, pieces)`` per shard, a buffer piece holding the buffer as the
+    forward left it, and a metrics dict (samples, loss_sum, correct, load_s, compute_s,
+    device). The forward runs under ``seeded_forward(spec.seed, round_index, rank)``.
+    Mutates nothing visible: the cached module is used only through ``functional_call``,
+    the published buffers are copied, and the process's torch generators are restored.
     """
     if len(indices) == 0:
         raise GradientTaskError("a gradient task was given no samples")
     t0 = time.perf_counter()
     model = cached_model(spec)
+    model.train()
     device = _device(spec.use_gpu)
-    params = assemble_parameters(spec.layout, shard_params)
+    tensors = assemble_parameters(spec.layout, shard_params)
     names = [n for n, _ in model.named_parameters()]
-    missing = [n for n in names if n not in params]
+    own_buffers = state_buffers(model)
+    missing = [n for n in [*names, *own_buffers] if n not in tensors]
     if missing:
-        raise GradientTaskError(f"shard layout lacks model parameters {missing[:3]}")
-    leaves = {n: params[n].to(device).requires_grad_(True) for n in names}
+        raise GradientTaskError(f"shard layout lacks model tensors {missing[:3]}")
+    leaves = {n: tensors[n].to(device).requires_grad_(True) for n in names}
+    # private copies in the module's dtypes: the forward updates them in place
+    buffers = {n: tensors[n].to(device=device, dtype=b.dtype, copy=True)
+               for n, b in own_buffers.items()}
     model.to(device)
     xb = torch.from_numpy(np.ascontiguousarray(x[indices])).to(device)
     yb = torch.from_numpy(np.ascontiguousarray(y[indices])).to(device)
     t1 = time.perf_counter()
-    logits = functional_call(model, leaves, (xb,))
+    with seeded_forward(spec.seed, round_index, rank, device):
+        logits = functional_call(model, {**leaves, **buffers}, (xb,))
     loss = F.cross_entropy(logits, yb, reduction="sum")
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     full = {
         n: (g if g is not None else torch.zeros_like(leaves[n]))
         for n, g in zip(names, grads, strict=True)
     }
+    if spec.clip_grad_norm is not None:
+        clip_contribution(full, len(indices), spec.clip_grad_norm)
+    full.update(buffers)  # after clipping: buffers are no gradients
     samples = len(indices)
     shard_grads = [(samples, pieces) for pieces in split_gradients(spec.layout, full)]
     metrics: dict[str, float | int | str] = {
@@ -189,7 +214,8 @@ def _gradient_task(
     indices: np.ndarray, *shard_params: Mapping[str, np.ndarray],
 ) -> tuple[object, ...]:
     torch.set_num_threads(1)
-    shard_grads, info = compute_gradients(spec, x, y, indices, shard_params)
+    shard_grads, info = compute_gradients(spec, x, y, indices, shard_params,
+                                          round_index=round_index, rank=rank)
     metrics = GradientMetrics(
         round=round_index, rank=rank, samples=int(info["samples"]),
         loss_sum=float(info["loss_sum"]), correct=int(info["correct"]),
