@@ -15,6 +15,7 @@ The check leaves no trace: it runs on a model of its own, under a forked torch R
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +49,10 @@ def spec_name(flag: str, spec: str | ModelFactory | DataLoader) -> str:
     return f"{kind} {callable_key(spec)}"
 
 
-def preflight(model: str | ModelFactory, data: str | DataLoader, seed: int) -> CheckedJob:
-    """Load ``data``, build ``model`` (seeded) and run it on one training sample (CPU).
+def preflight(model: str | ModelFactory, data: str | DataLoader, seed: int,
+              model_kwargs: Mapping[str, object] | None = None) -> CheckedJob:
+    """Load ``data``, build ``model(**model_kwargs)`` (seeded) and run it on one training
+    sample (CPU).
 
     Raises ``DataError`` (the loader raised, or returned unusable arrays),
     ``ModelFactoryError`` (the factory raised, or returned no usable module) or
@@ -58,7 +61,7 @@ def preflight(model: str | ModelFactory, data: str | DataLoader, seed: int) -> C
     data_name, model_name = spec_name("data", data), spec_name("model", model)
     dataset = _load(data, data_name)
     with torch.random.fork_rng(devices=[]):
-        built = _build(model, model_name, dataset, seed)
+        built = _build(model, model_name, dataset, seed, model_kwargs or {})
         check_fit(built, dataset, model_name=model_name, data_name=data_name)
     return CheckedJob(dataset=dataset)
 
@@ -73,9 +76,10 @@ def _load(data: str | DataLoader, name: str) -> Dataset:
                         "(--debug shows the traceback)") from exc
 
 
-def _build(model: str | ModelFactory, name: str, dataset: Dataset, seed: int) -> nn.Module:
+def _build(model: str | ModelFactory, name: str, dataset: Dataset, seed: int,
+           model_kwargs: Mapping[str, object]) -> nn.Module:
     spec = resolve_model(model, in_features=dataset.in_features,
-                         num_classes=dataset.num_classes)
+                         num_classes=dataset.num_classes, model_kwargs=model_kwargs)
     try:
         return build_model(spec, seed)
     except WorkersError:
