@@ -2,6 +2,11 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pip arguments that install torch, split on spaces and passed one by one (each quoted, so a
+# `<` or `>` in a version range is no shell redirection). pip does not look at the hardware:
+# from PyPI, torch for Linux x86_64 is the CUDA build (several GB). For the CPU-only wheel:
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# and for a given CUDA: ... --index-url https://download.pytorch.org/whl/cu126
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 SEEDS ?= 10000
@@ -13,7 +18,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(foreach word,$(TORCH_SPEC),'$(word)')
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

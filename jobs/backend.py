@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jobs.config import TrainConfig
+from jobs.optimizer_settings import optimizer_config, schedule_config
 from jobs.raft_storage import group_storage, read_incarnation
 
 Piece = tuple[str, str, int, int]
@@ -83,13 +84,6 @@ class ServerBackend(Protocol):
         """The newest complete checkpoint under ``out_dir/checkpoints``, or None."""
 
 
-def optimizer_kind(config: TrainConfig) -> tuple[str, float]:
-    """The server optimizer kind and momentum: ``momentum`` is SGD with ``config.momentum``."""
-    if config.optimizer == "momentum":
-        return "sgd", config.momentum
-    return config.optimizer, 0.0
-
-
 class RaftServerBackend:
     """The real thing: ``paramserver.ParameterServer`` with one Raft group per shard."""
 
@@ -101,7 +95,6 @@ class RaftServerBackend:
         paramserver: Any = importlib.import_module("paramserver")
         defaults: Any = importlib.import_module("paramserver.server_config")
 
-        kind, momentum = optimizer_kind(config)
         incarnation = read_incarnation(config.storage_dir)  # recorded by the driver
         group = dataclasses.replace(defaults.default_group_config(),
                                     durability=config.durability, incarnation=incarnation)
@@ -113,10 +106,8 @@ class RaftServerBackend:
             mode=config.mode,
             staleness=config.staleness,
             backup_workers=config.backup_workers,
-            optimizer=paramserver.OptimizerConfig(
-                kind=kind, lr=config.lr, momentum=momentum, nesterov=config.nesterov,
-                weight_decay=config.weight_decay),
-            schedule=paramserver.ScheduleConfig(kind="constant"),
+            optimizer=optimizer_config(config),
+            schedule=schedule_config(config),
             nonfinite_policy=config.nonfinite_policy,
             storage_dir=str(group_storage(config.storage_dir, incarnation)),
             namespace=config.job,  # the job's Ray namespace (docs/DESIGN.md, Actor names)

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from jobs.errors import ConfigError
+from jobs.model_args import ModelArg, check_model_kwargs
 
 Mode = Literal["sync", "ssp", "async"]
 Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
 Durability = Literal["disk", "memory"]
 NonFinitePolicy = Literal["error", "skip-round"]
+LrSchedule = Literal["constant", "step", "cosine"]
 MODES: tuple[str, ...] = ("sync", "ssp", "async")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "adamw")
 DURABILITIES: tuple[str, ...] = ("disk", "memory")
 NONFINITE_POLICIES: tuple[str, ...] = ("error", "skip-round")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine")
+SGD_LR = 0.05
+"""The learning rate of ``sgd``/``momentum`` when none is given (see ``default_lr``)."""
 ADAM_LR = 1e-3
-"""The CLI's learning rate for ``adam``/``adamw`` when ``--lr`` is not given (see
-``default_lr``)."""
+"""The learning rate of ``adam``/``adamw`` when none is given (see ``default_lr``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +37,11 @@ class TrainConfig:
     model: str = "cnn"
     """Model: ``mlp``, ``cnn`` or ``package.module:factory`` (a callable given to ``jobs.train``
     overrides this; the string is then only a label)."""
+    model_kwargs: dict[str, ModelArg] = field(default_factory=dict)
+    """Keyword arguments of the model factory, called as ``factory(**model_kwargs)`` (CLI:
+    ``--model-arg key=value``, repeatable). Values are JSON scalars (str, int, float, bool,
+    None), recorded in summary.json; the built-in models take none. The factory's signature
+    is checked against them before anything runs."""
     data: str = "digits"
     """Data: ``digits``, ``synthetic[:FxC[xTRAIN[xTEST]]]`` or ``package.module:loader``."""
     workers: int = 2
@@ -64,8 +73,35 @@ class TrainConfig:
     """G: samples per round, split into N equal worker slices (must be a multiple of N)."""
     optimizer: Optimizer = "momentum"
     """Server-side optimizer: ``sgd``, ``momentum`` (SGD with ``momentum``), ``adam``, ``adamw``."""
-    lr: float = 0.05
-    """Learning rate (constant schedule)."""
+    lr: float | None = None
+    """Base learning rate; None: the optimizer's default, ``default_lr(optimizer)`` (0.05
+    for sgd/momentum, 1e-3 for adam/adamw). ``learning_rate`` is the value used."""
+    lr_schedule: LrSchedule = "constant"
+    """How the learning rate changes with the round (``paramserver.schedule``): ``constant``;
+    ``step`` (times ``lr_gamma`` every ``lr_step_size`` rounds, like StepLR); ``cosine``
+    (from the base rate down to ``lr_min`` at round ``lr_total_rounds``, like
+    CosineAnnealingLR). Every replica computes the rate from the committed round id alone.
+    In ``async`` mode a "round" of the schedule is one applied step (N per global batch)."""
+    lr_warmup_rounds: int = 0
+    """Rounds of linear warmup before the schedule (``lr/W``, ``2·lr/W``, ... up to ``lr``);
+    0: none."""
+    lr_step_size: int = 1
+    """``step``: rounds between decays; >= 1."""
+    lr_gamma: float = 0.1
+    """``step``: the decay factor, in (0, 1]."""
+    lr_total_rounds: int | None = None
+    """``cosine``: the round at which the rate reaches ``lr_min`` (warmup included); None:
+    the run's rounds, ``epochs`` x rounds per epoch (x ``workers`` in async), resolved by the
+    driver once the data is loaded and recorded in summary.json. ``max_rounds`` does not
+    shorten it, so a stopped and resumed run follows the same curve."""
+    lr_min: float = 0.0
+    """``cosine``: the floor of the rate; >= 0 and below the base rate."""
+    clip_grad_norm: float | None = None
+    """Clip each gradient task's contribution by its global L2 norm: the task scales its
+    summed gradient by ``min(1, X / (norm + 1e-6))``, where norm is that of its mean
+    gradient (sum / its samples) over all parameters, all shards (``workers.clipping``).
+    With one worker this is ``torch.nn.utils.clip_grad_norm_(params, X)`` on the batch's
+    mean loss; with N workers each worker's slice is clipped on its own. None: no clipping."""
     momentum: float = 0.9
     """Momentum of the ``momentum`` optimizer; ignored by the others."""
     nesterov: bool = False
@@ -74,8 +110,9 @@ class TrainConfig:
     """Weight decay (L2 for sgd/momentum/adam, decoupled for adamw)."""
     seed: int = 0
     """Seeds model init (``torch.manual_seed``) and the batch schedule."""
-    out: str = "runs/default"
-    """Output folder: model.safetensors, summary.json, metrics.jsonl, curves.png, checkpoints/."""
+    out: str | None = None
+    """Output folder: model.safetensors, summary.json, metrics.jsonl, curves.png, checkpoints/.
+    None: ``default_out(model, data)``, ``runs/<model>-<data>``. ``out_dir`` is the path used."""
     resume: bool = False
     """Continue from the latest checkpoint in ``out`` (error if there is none). It needs only
     ``out/checkpoints/`` (the newest ``round-<r>/`` with its manifest), the same model and
@@ -85,8 +122,22 @@ class TrainConfig:
     """Keep the shard groups' Raft logs (``<out>/raft``) after a clean finish. By default they
     are deleted once model.safetensors, summary.json and the final checkpoint are written; a
     failed run always keeps them (for diagnosis; ``resume`` does not need them)."""
+    overwrite: bool = False
+    """Let a fresh run (no ``resume``) replace an earlier run's results in ``out``
+    (checkpoints/, metrics.jsonl, model.safetensors, summary.json). Without it such a run
+    raises ``OutputExistsError`` before anything is touched (``jobs.outputs``)."""
+    keep_checkpoints: int | None = 3
+    """Checkpoints kept in ``out/checkpoints``: after each new one is written, all but the
+    newest this many are deleted (the newest, which ``resume`` uses, always stays; the older
+    ones are its fallbacks should it be corrupt). None keeps every one."""
     gpu: float = 0.0
-    """GPUs per gradient task (fractional ok); 0 runs on CPU. No GPU visible → CPU + a warning."""
+    """GPUs per gradient task (fractional ok); 0 runs on CPU. A cluster with no GPU gets them
+    from its autoscaler if it has one (the job waits), else the tasks run on the CPU, with a
+    warning (``jobs.gpus``)."""
+    wait_for_gpus: bool | None = None
+    """With ``gpu``, on a cluster that has no GPU yet: True asks Ray's autoscaler for GPU
+    nodes and waits for them, False runs on the CPU; None decides by whether the cluster's
+    autoscaler can add nodes (``jobs.gpus.autoscaler_can_add_nodes``)."""
     checkpoint_every: int = 100
     """Checkpoint every this many rounds (0: only at the end). A checkpoint is always written
     at the end."""
@@ -113,18 +164,33 @@ class TrainConfig:
         self._check_counts()
         self._check_modes()
         self._check_optimizer()
+        self._check_schedule()
+        object.__setattr__(self, "model_kwargs", check_model_kwargs(self.model_kwargs))
         if self.durability not in DURABILITIES:
             raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, "
                               f"got {self.durability!r}")
-        if not self.out:
+        if self.out is not None and not self.out:
             raise ConfigError("out must name an output folder, e.g. --out runs/mine")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.job):
             raise ConfigError(f"job name {self.job!r} may only use letters, digits, '_', '.', '-'")
         if self.gpu < 0 or not math.isfinite(self.gpu):
             raise ConfigError(f"gpu must be >= 0 (GPUs per task, fractional ok), got {self.gpu}")
+        self._check_outputs()
         if not self.timeout_s > 0 or not math.isfinite(self.timeout_s):
             raise ConfigError(f"timeout must be a positive number of seconds, got "
                               f"{self.timeout_s}; e.g. --timeout 300")
+
+    def _check_outputs(self) -> None:
+        if self.overwrite and self.resume:
+            raise ConfigError("--overwrite and --resume contradict each other: --resume "
+                              "continues the earlier run, --overwrite replaces it; drop one")
+        keep = self.keep_checkpoints
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int)
+                                 or keep < 1):
+            raise ConfigError(f"keep_checkpoints must be >= 1 (or None: keep all), got "
+                              f"{keep!r}; e.g. --keep-checkpoints 3 or --keep-checkpoints all")
+        if self.wait_for_gpus and self.gpu <= 0:
+            raise ConfigError("--wait-for-gpus only applies with --gpu; add --gpu or drop it")
 
     def _check_counts(self) -> None:
         if self.shards != "auto" and (not isinstance(self.shards, int) or self.shards < 1):
@@ -170,7 +236,7 @@ class TrainConfig:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
-        if not self.lr > 0 or not math.isfinite(self.lr):
+        if self.lr is not None and (not self.lr > 0 or not math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
@@ -182,20 +248,72 @@ class TrainConfig:
         if self.nonfinite_policy not in NONFINITE_POLICIES:
             raise ConfigError(f"nonfinite_policy must be one of {', '.join(NONFINITE_POLICIES)}, "
                               f"got {self.nonfinite_policy!r}")
+        if self.clip_grad_norm is not None and (
+                not self.clip_grad_norm > 0 or not math.isfinite(self.clip_grad_norm)):
+            raise ConfigError(f"clip_grad_norm must be a positive number (or None: no "
+                              f"clipping), got {self.clip_grad_norm}; e.g. --clip-grad-norm 1.0")
+
+    def _check_schedule(self) -> None:
+        kind = self.lr_schedule
+        if kind not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {kind!r}")
+        if self.lr_warmup_rounds < 0:
+            raise ConfigError(f"lr_warmup_rounds must be >= 0, got {self.lr_warmup_rounds}")
+        if self.lr_step_size < 1:
+            raise ConfigError(f"lr_step_size must be >= 1, got {self.lr_step_size}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if kind != "step" and (self.lr_step_size, self.lr_gamma) != (
+                TrainConfig.lr_step_size, TrainConfig.lr_gamma):
+            raise ConfigError("--lr-step-size and --lr-gamma only apply to --lr-schedule step; "
+                              "add --lr-schedule step or drop them")
+        if not (math.isfinite(self.lr_min) and 0 <= self.lr_min < self.learning_rate):
+            raise ConfigError(f"lr_min must be >= 0 and below the learning rate "
+                              f"{self.learning_rate:g}, got {self.lr_min}")
+        total = self.lr_total_rounds
+        if kind != "cosine" and (total is not None or self.lr_min != 0):
+            raise ConfigError("--lr-total-rounds and --lr-min only apply to --lr-schedule "
+                              "cosine; add --lr-schedule cosine or drop them")
+        if total is not None and total <= self.lr_warmup_rounds:
+            raise ConfigError(f"lr_total_rounds ({total}) must exceed lr_warmup_rounds "
+                              f"({self.lr_warmup_rounds}): cosine anneals after the warmup")
+
+    @property
+    def learning_rate(self) -> float:
+        """The base learning rate used: ``lr``, or ``default_lr(optimizer)`` when it is None."""
+        return default_lr(self.optimizer) if self.lr is None else self.lr
+
+    @property
+    def out_dir(self) -> Path:
+        """The output folder used: ``out``, or ``default_out(model, data)`` when it is None."""
+        return Path(default_out(self.model, self.data) if self.out is None else self.out)
 
     @property
     def storage_dir(self) -> Path:
         """Where the shard replicas keep their Raft logs: ``<out>/raft``, absolute (resolved
         in the driver's working directory). Holds nothing but this job's groups; a fresh
         run clears it, a clean finish deletes it unless ``keep_raft_log``."""
-        return Path(self.out).resolve() / "raft"
+        return self.out_dir.resolve() / "raft"
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready copy of every field (for summary.json)."""
-        return asdict(self)
+        """JSON-ready copy of every field (for summary.json), with ``lr`` and ``out`` the
+        values used (``learning_rate``, ``out_dir``)."""
+        values = asdict(self)
+        values["lr"] = self.learning_rate
+        values["out"] = str(self.out_dir)
+        return values
 
 
 def default_lr(optimizer: str) -> float:
-    """The CLI's learning rate when ``--lr`` is not given: ``ADAM_LR`` for adam/adamw,
-    ``TrainConfig``'s default otherwise (the API default is ``TrainConfig.lr`` for all)."""
-    return ADAM_LR if optimizer in ("adam", "adamw") else TrainConfig.lr
+    """The learning rate when none is given, for the CLI and the API alike: ``ADAM_LR``
+    for adam/adamw, ``SGD_LR`` for sgd/momentum."""
+    return ADAM_LR if optimizer in ("adam", "adamw") else SGD_LR
+
+
+def default_out(model: str, data: str) -> str:
+    """The output folder when none is given, for the CLI and the API alike:
+    ``runs/<model>-<data>``, with characters other than letters, digits, ``_.-`` replaced
+    by ``_`` (``runs/cnn-digits``; ``bench.models:mlp6m`` on ``synthetic:8x3`` gives
+    ``runs/bench.models_mlp6m-synthetic_8x3``)."""
+    return "runs/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}-{data}")

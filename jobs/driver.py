@@ -33,18 +33,20 @@ import torch
 from safetensors.torch import save_file
 
 from consensus.atomic_file import write_atomic, write_with
-from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend, optimizer_kind
+from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend
 from jobs.config import TrainConfig
 from jobs.errors import ResumeError, RoundsLostError
 from jobs.metrics import MetricsLog, read_metrics
+from jobs.optimizer_settings import optimizer_config, with_schedule_rounds
 from jobs.plots import plot_curves
 from jobs.progress import EpochProgress
 from jobs.raft_storage import fresh_incarnation, resumed_incarnation
 from jobs.round_result import RoundResult
 from jobs.rounds import RoundEngine
+from jobs.task_spec import task_spec
 from workers.data import DataLoader, Dataset, load
-from workers.gradient import TaskSpec
-from workers.models import ModelFactory, ModelSpec, build_model, initial_parameters, resolve_model
+from workers.model_state import full_state_dict, model_state
+from workers.models import ModelFactory, ModelSpec, build_model, resolve_model
 from workers.schedule import BatchSchedule
 
 LOG = logging.getLogger(__name__)
@@ -85,15 +87,13 @@ def ensure_ray(address: str | None) -> None:
 
 
 def usable_gpu(config: TrainConfig) -> TrainConfig:
-    """``config`` as given, or with ``gpu=0`` (and a warning) when it asks for GPUs that the
-    Ray cluster does not have: tasks asking for a GPU would otherwise never be scheduled."""
-    if config.gpu > 0 and not ray.cluster_resources().get("GPU"):  # type: ignore[no-untyped-call]
-        message = (f"--gpu {config.gpu} was given but the Ray cluster has no GPU; "
-                   "running the gradient tasks on the CPU")
-        LOG.warning(message)
-        print(message, file=sys.stderr)
-        return replace(config, gpu=0.0)
-    return config
+    """``config`` with the GPUs its gradient tasks get (``jobs.gpus.use_gpus``): as asked
+    when the cluster has them; on a cluster without, the autoscaler is asked for them and
+    the job waits, or, when nothing can add a GPU, ``gpu=0`` with a warning (tasks asking
+    for a GPU would otherwise never be scheduled)."""
+    from jobs.gpus import use_gpus
+
+    return use_gpus(config)
 
 
 def cluster_cpus() -> int:
@@ -117,15 +117,13 @@ def resolve_shards(config: TrainConfig, initial: Mapping[str, np.ndarray],
     the cluster's CPUs and the pieces the plan can cut. Needs Ray up. A count is kept."""
     if config.shards != "auto":
         return config
-    from paramserver.optim import OptimizerConfig
     from paramserver.plan import FLOAT32_BYTES, auto_shards, count_pieces
     from paramserver.server_config import DEFAULT_SPLIT_BYTES
 
     resumed = checkpoint_shards(latest) if latest is not None else None
     if resumed is not None:
         return replace(config, shards=resumed)
-    kind, momentum = optimizer_kind(config)
-    optimizer = OptimizerConfig.from_dict({"kind": kind, "lr": config.lr, "momentum": momentum})
+    optimizer = optimizer_config(config)
     slots = len(optimizer.state_names())  # float32 arrays per parameter besides itself
     shapes = {k: tuple(np.shape(v)) for k, v in initial.items()}
     count = auto_shards(sum(FLOAT32_BYTES * int(np.size(v)) for v in initial.values()),
@@ -170,17 +168,11 @@ def remove_raft_log(storage: Path, out: Path, timeout_s: float) -> None:
 
 
 def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray], data: Dataset) -> float:
-    """Test accuracy of ``model`` with parameters ``state`` (loaded into ``model``)."""
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
-                          strict=False)
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(data.x_test), 4096):
-            xb = torch.from_numpy(data.x_test[start:start + 4096])
-            pred = model(xb).argmax(dim=1).numpy()
-            correct += int((pred == data.y_test[start:start + 4096]).sum())
-    return correct / len(data.x_test)
+    """Test accuracy of ``model`` with the parameters and buffers ``state`` (loaded
+    strictly into ``model``: ModelFactoryError when it lacks a tensor of the model)."""
+    from jobs.evaluation import evaluate_model  # shared with python -m jobs.evaluate
+
+    return evaluate_model(model, state, data).accuracy
 
 
 class Driver:
@@ -192,7 +184,7 @@ class Driver:
         self.data_spec = data if data is not None else config.data
         self.model_spec_in = model if model is not None else config.model
         self.backend = backend if backend is not None else RaftServerBackend()
-        self.out = Path(config.out)
+        self.out = config.out_dir
         self.ckpt_dir = self.out / "checkpoints"
         self.failovers = 0  # rounds recovered after a lost replica/leader/node, so far
         self.shards_auto = config.shards == "auto"
@@ -204,13 +196,14 @@ class Driver:
         t_start = time.perf_counter()
         data = load(self.data_spec)
         spec = resolve_model(self.model_spec_in, in_features=data.in_features,
-                             num_classes=data.num_classes)
+                             num_classes=data.num_classes, model_kwargs=cfg.model_kwargs)
         model = build_model(spec, cfg.seed)
         schedule = BatchSchedule(seed=cfg.seed, global_batch=cfg.global_batch,
                                  n_train=data.n_train)
         end = cfg.epochs * schedule.batches_per_epoch
         if cfg.max_rounds is not None:
             end = min(end, cfg.max_rounds)
+        self.config = cfg = with_schedule_rounds(cfg, schedule.batches_per_epoch)
         latest = self._prepare_out()
         ensure_ray(cfg.address)
         if latest is None or cfg.durability == "memory":
@@ -222,7 +215,7 @@ class Driver:
             fresh_incarnation(cfg.storage_dir)
         else:
             resumed_incarnation(cfg.storage_dir, _incarnation_of(latest))
-        initial = initial_parameters(model)
+        initial = model_state(model)  # parameters and buffers
         self.config = cfg = resolve_shards(cfg, initial, latest)
         server = self.backend.create(cfg, initial)
         try:
@@ -275,13 +268,20 @@ class Driver:
                 checkpoint = older
 
     def _prepare_out(self) -> Path | None:
-        """Resume: find the latest checkpoint. Fresh: clear old checkpoints and Raft state."""
+        """Resume: find the latest checkpoint. Fresh: refuse an ``out`` holding an earlier
+        run's results unless ``overwrite`` (``OutputExistsError``, nothing touched), then
+        clear old results, checkpoints and Raft state."""
         if self.config.resume:
             latest = self.backend.latest_checkpoint(self.out)
             if latest is None:
                 raise ResumeError(f"--resume found no checkpoint under {self.ckpt_dir}; "
                                   "drop --resume to start fresh")
             return latest
+        from jobs.outputs import check_out, clear_results
+
+        check_out(self.config)
+        if self.config.overwrite:
+            clear_results(self.out)
         for stale in (self.ckpt_dir, self.config.storage_dir):
             if stale.exists():
                 LOG.warning("fresh run: removing %s from an earlier run", stale)
@@ -289,14 +289,24 @@ class Driver:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         return None
 
+    def _checkpoint(self, server: ParameterServerLike, round: int) -> Path:
+        """``server.checkpoint`` at ``round``; once it is written (durably), prune the older
+        ones to ``keep_checkpoints`` (never the newest, nor this one)."""
+        path = server.checkpoint(self.out, round)
+        if self.config.keep_checkpoints is not None:
+            from paramserver.checkpoint import prune_checkpoints
+
+            for old in prune_checkpoints(self.out, self.config.keep_checkpoints, protect=path):
+                LOG.info("removed checkpoint %s (--keep-checkpoints %d)", old,
+                         self.config.keep_checkpoints)
+        return path
+
     def _train(self, server: ParameterServerLike, spec: ModelSpec, model: torch.nn.Module,
                data: Dataset, schedule: BatchSchedule, start: int,
                end: int) -> tuple[float, int]:
         cfg = usable_gpu(self.config)
         per_epoch = schedule.batches_per_epoch
-        task = TaskSpec(model=spec, seed=cfg.seed, use_gpu=cfg.gpu > 0,
-                        layout=tuple(tuple(tuple(p) for p in shard)  # type: ignore[misc]
-                                     for shard in server.layout))
+        task = task_spec(cfg, spec, server.layout)
         engine = RoundEngine(config=cfg, server=server, spec=task, schedule=schedule,
                              x_ref=ray.put(data.x_train), y_ref=ray.put(data.y_train))
         log = MetricsLog(self.out / "metrics.jsonl", start_round=start)
@@ -320,7 +330,7 @@ class Driver:
             if acc is not None:
                 progress.epoch_done(epoch, acc)
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < end:
-                server.checkpoint(self.out, done)
+                self._checkpoint(server, done)
 
         t0 = time.perf_counter()
         engine.run(start, end, on_round)
@@ -328,11 +338,10 @@ class Driver:
 
     def _finish(self, server: ParameterServerLike, model: torch.nn.Module, data: Dataset,
                 end: int, train_s: float, samples: int, t_start: float) -> TrainResult:
-        server.checkpoint(self.out, end)
+        self._checkpoint(server, end)
         state = server.state_dict()
         accuracy = evaluate(model, state, data)
-        full = {k: torch.from_numpy(np.array(state[k])) if k in state else v.detach().clone()
-                for k, v in model.state_dict().items()}
+        full = full_state_dict(model, state)  # every state_dict key, buffers included
         model_path = self.out / "model.safetensors"
         tensors = {k: t.contiguous() for k, t in full.items()}
         write_with(model_path, lambda tmp: save_file(tensors, str(tmp)))  # atomic, durable

@@ -23,3 +23,12 @@ class RoundsLostError(TrainingError):
 
 class ResumeError(JobsError):
     """``resume`` was asked for but the output folder holds nothing to resume from."""
+
+
+class OutputExistsError(ConfigError):
+    """A fresh run's output folder holds an earlier run's results; nothing was changed
+    (``jobs.outputs``: resume it, overwrite it, or choose another folder)."""
+
+
+class GpuUnavailableError(TrainingError):
+    """``--gpu`` waited for an autoscaler to add GPU nodes, and none came in time."""

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import types
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from consensus.errors import ConsensusError
 from jobs.config import (
     DURABILITIES,
+    LR_SCHEDULES,
     MODES,
     NONFINITE_POLICIES,
     OPTIMIZERS,
@@ -31,6 +31,7 @@ from jobs.config import (
     default_lr,
 )
 from jobs.errors import ConfigError, JobsError
+from jobs.model_args import ModelArg, parse_model_arg
 from paramserver.errors import ParamServerError
 from workers.errors import WorkersError
 
@@ -60,10 +61,44 @@ def shard_count(text: str) -> int | str:
             f"expected a shard count or 'auto', got {text!r}") from None
 
 
+def checkpoint_count(text: str) -> int | None:
+    """``--keep-checkpoints``: a count, or ``all`` (None; see ``TrainConfig``)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of checkpoints or 'all', got {text!r}") from None
+
+
+def model_arg(text: str) -> tuple[str, ModelArg]:
+    """``--model-arg key=value`` (``jobs.model_args.parse_model_arg``)."""
+    try:
+        return parse_model_arg(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class ModelArgsAction(argparse.Action):
+    """Collects repeated ``--model-arg key=value`` into one dict; a key given twice is an
+    error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        """Add one ``(key, value)`` pair to the namespace's dict (a copy: never the default)."""
+        key, value = cast(tuple[str, ModelArg], values)  # model_arg's pair
+        current = dict(getattr(namespace, self.dest) or {})
+        if key in current:
+            raise argparse.ArgumentError(self, f"{key} is given twice")
+        current[key] = value
+        setattr(namespace, self.dest, current)
+
+
 def build_parser() -> OneLineParser:
-    """The CLI's flags. Every default is ``TrainConfig``'s, except ``--out`` (runs/<model>-
-    <data>) and ``--lr`` without a value for adam/adamw (``default_lr``). Each flag's ``dest``
-    is the ``TrainConfig`` field it sets, except ``--debug`` (the CLI's own)."""
+    """The CLI's flags. Every default is ``TrainConfig``'s (``--lr`` and ``--out`` too:
+    None, resolved by ``TrainConfig.learning_rate`` / ``out_dir``). Each flag's ``dest`` is
+    the ``TrainConfig`` field it sets, except ``--debug`` (the CLI's own)."""
     p = OneLineParser(prog=PROG,
                       description="Train a model with a Raft-replicated parameter server.")
     _job_flags(p, TrainConfig())
@@ -74,7 +109,12 @@ def build_parser() -> OneLineParser:
 
 def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--model", default=d.model, help="mlp | cnn | package.module:factory")
-    p.add_argument("--data", default=d.data, help="digits | synthetic[:FxC[xN]] | pkg.mod:loader")
+    p.add_argument("--model-arg", dest="model_kwargs", type=model_arg, action=ModelArgsAction,
+                   default=d.model_kwargs, metavar="KEY=VALUE",
+                   help="keyword argument of the model factory (repeatable); VALUE is read "
+                        "as a JSON scalar when it parses as one, else as a string")
+    p.add_argument("--data", default=d.data,
+                   help="digits | synthetic[:FxC[xTRAIN[xTEST]]] | package.module:loader")
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--mode", choices=MODES, default=d.mode)
     p.add_argument("--staleness", type=int, default=d.staleness, help="ssp bound (ssp only)")
@@ -84,11 +124,20 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--global-batch", type=int, default=d.global_batch)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="output folder (default runs/<model>-<data>)")
+    p.add_argument("--out", default=d.out, help="output folder (default runs/<model>-<data>)")
     p.add_argument("--resume", action="store_true", default=d.resume,
                    help="continue from the latest checkpoint under --out/checkpoints")
+    p.add_argument("--overwrite", action="store_true", default=d.overwrite,
+                   help="let a fresh run replace the results of an earlier run in --out")
+    p.add_argument("--keep-checkpoints", type=checkpoint_count, default=d.keep_checkpoints,
+                   metavar="K|all", help=f"checkpoints to keep, newest first (default "
+                                         f"{d.keep_checkpoints}; 'all' keeps every one)")
     p.add_argument("--gpu", type=float, nargs="?", const=1.0, default=d.gpu,
                    help="GPUs per gradient task (fractional ok; bare --gpu means 1)")
+    p.add_argument("--wait-for-gpus", action=argparse.BooleanOptionalAction,
+                   default=d.wait_for_gpus,
+                   help="--gpu on a cluster without GPUs yet: have the autoscaler add them "
+                        "and wait, or run on the CPU (default: wait if an autoscaler runs)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-rounds", type=int, default=d.max_rounds,
                    help="stop after this many rounds")
@@ -107,9 +156,25 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 def _optimizer_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate (default {default_lr('sgd'):g} for sgd/momentum, "
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help=f"base learning rate (default {default_lr('sgd'):g} for sgd/momentum, "
                         f"{default_lr('adam'):g} for adam/adamw)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="learning rate by round: constant, step (x --lr-gamma every "
+                        "--lr-step-size rounds) or cosine (down to --lr-min)")
+    p.add_argument("--lr-warmup-rounds", type=int, default=d.lr_warmup_rounds, metavar="W",
+                   help="linear warmup over the first W rounds (any schedule)")
+    p.add_argument("--lr-step-size", type=int, default=d.lr_step_size, metavar="ROUNDS",
+                   help="step: rounds between decays")
+    p.add_argument("--lr-gamma", type=float, default=d.lr_gamma,
+                   help="step: decay factor in (0, 1]")
+    p.add_argument("--lr-total-rounds", type=int, default=d.lr_total_rounds, metavar="ROUNDS",
+                   help="cosine: the round the rate reaches --lr-min (default: the run's rounds)")
+    p.add_argument("--lr-min", type=float, default=d.lr_min,
+                   help="cosine: the final learning rate")
+    p.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm, metavar="X",
+                   help="scale each worker's mean gradient to global L2 norm <= X before it "
+                        "is sent (default: no clipping)")
     p.add_argument("--momentum", type=float, default=d.momentum,
                    help="momentum of --optimizer momentum, in [0, 1)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov,
@@ -135,30 +200,29 @@ def _server_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build and validate the TrainConfig; raises ``ConfigError`` on bad combinations."""
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.model}-{args.data}")
-    values["out"] = args.out or f"runs/{name}"
-    values["lr"] = args.lr if args.lr is not None else default_lr(args.optimizer)
     return TrainConfig(**values)
 
 
 def check_names(config: TrainConfig) -> None:
     """Fail before Ray starts when a flag names something that is not there: the model or
-    the loader (``--model``/``--data``: imported, not called) or, with ``--resume``, a
-    checkpoint under ``--out``. Raises ``ConfigError``; changes nothing."""
-    from pathlib import Path
-
+    the loader (``--model``/``--data``: imported, not called; the factory's signature must
+    take the ``--model-arg`` keywords) or, with ``--resume``, a checkpoint under ``--out``;
+    and without ``--resume`` or ``--overwrite``, an ``--out`` holding an earlier run's results
+    (``jobs.outputs``). Raises ``ConfigError``; changes nothing."""
     from jobs.backend import RaftServerBackend
+    from jobs.outputs import check_out
     from workers.data import resolve_data
     from workers.models import check_model_spec
 
     try:
-        check_model_spec(config.model)
+        check_model_spec(config.model, config.model_kwargs)
         resolve_data(config.data)
     except WorkersError as exc:
         raise ConfigError(str(exc)) from exc
-    if config.resume and RaftServerBackend().latest_checkpoint(Path(config.out)) is None:
-        raise ConfigError(f"--resume found no checkpoint under {config.out}/checkpoints; "
+    if config.resume and RaftServerBackend().latest_checkpoint(config.out_dir) is None:
+        raise ConfigError(f"--resume found no checkpoint under {config.out_dir}/checkpoints; "
                           "drop --resume to start fresh, or point --out at an earlier run")
+    check_out(config)
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -187,16 +251,17 @@ def _parse(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     return config, debug
 
 
-def error_line(exc: BaseException) -> str:
-    """``python -m jobs.train: error: Type: message`` on one line. An error a Ray task or
-    actor raised is named as itself, without Ray's wrapper and remote traceback."""
+def error_line(exc: BaseException, prog: str = PROG) -> str:
+    """``python -m jobs.train: error: Type: message`` on one line (``prog``: the CLI). An
+    error a Ray task or actor raised is named as itself, without Ray's wrapper and remote
+    traceback."""
     from ray.exceptions import RayTaskError
 
     while isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
         exc = exc.cause
     message = " ".join(str(exc).split())
     name = type(exc).__name__
-    return f"{PROG}: error: {name}: {message}" if message else f"{PROG}: error: {name}"
+    return f"{prog}: error: {name}: {message}" if message else f"{prog}: error: {name}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """Checkpoints: a consistent cut of every shard at one round, written atomically.
 
-Layout: ``<dir>/checkpoints/round-<r>/shard-<s>.safetensors`` (parameters ``param/<key>``
-and optimizer state ``optim/<key>/<name>``) and ``manifest.json`` (round, version, plan,
-optimizer config, per-layer versions, async steps, an optional ``incarnation`` string, the
+Layout: ``<dir>/checkpoints/round-<r>/shard-<s>.safetensors`` (parameters ``param/<key>``,
+module buffers ``buffer/<key>`` in their own dtype, optimizer state ``optim/<key>/<name>``)
+and ``manifest.json`` (round, version, plan, optimizer config, per-layer versions, async
+steps, an optional ``incarnation`` string, the
 SHA-256 of every shard file, and ``manifest_sha256``: the SHA-256 of the manifest's other
 fields as canonical JSON, so no field can change unnoticed). The round directory is written
 under a temporary name, fsynced and renamed, so a crash never leaves a partial checkpoint
@@ -12,6 +13,11 @@ Reading verifies everything (manifest hash, file hashes, tensor shapes, optimize
 against the manifest's optimizer) and raises CheckpointCorruptError naming the bad file;
 ``check_restorable`` then says whether an intact checkpoint fits a run (its optimizer and
 shard plan), raising CheckpointMismatchError before anything is restored.
+
+``prune_checkpoints`` keeps the newest K round directories once a new one is written;
+``find_checkpoint`` and ``checkpoint_state_dict`` turn a checkpoint (or a run's output
+folder) into full tensors by ``state_dict`` key, which ``export_state_dict`` writes as one
+safetensors file (``python -m jobs.export``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +47,7 @@ from paramserver.errors import (
 )
 from paramserver.optim import OptimizerConfig
 from paramserver.optimizer_state import check_fits, describe
-from paramserver.plan import ShardPlan
+from paramserver.plan import BUFFER_DTYPES, ShardPlan
 from paramserver.shard_state import ShardState
 
 LOG = logging.getLogger(__name__)
@@ -87,10 +93,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _shard_tensors(state: ShardState) -> dict[str, npt.NDArray[Any]]:
+def _shard_tensors(state: ShardState, buffers: Collection[str]) -> dict[str, npt.NDArray[Any]]:
     tensors: dict[str, npt.NDArray[Any]] = {}
     for key, value in state.params.items():
-        tensors[f"param/{key}"] = np.asarray(value, np.float32, order="C")
+        if key in buffers:
+            tensors[f"buffer/{key}"] = np.asarray(value, order="C")
+        else:
+            tensors[f"param/{key}"] = np.asarray(value, np.float32, order="C")
     for key, named in state.optimizer_state.items():
         for name, value in named.items():
             tensors[f"optim/{key}/{name}"] = np.asarray(value, order="C")
@@ -129,7 +138,8 @@ def write_checkpoint(
     files = {}
     for s, state in enumerate(shard_states):
         name = f"shard-{s}.safetensors"
-        save_file(_shard_tensors(state), str(tmp / name))
+        buffers = {p.key for p in plan.pieces(s) if p.buffer}
+        save_file(_shard_tensors(state, buffers), str(tmp / name))
         _fsync(tmp / name)
         files[name] = _sha256(tmp / name)
     manifest = {
@@ -192,6 +202,8 @@ def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, version
         kind, _, rest = name.partition("/")
         if kind == "param":
             params[rest] = value.astype(np.float32, copy=False)
+        elif kind == "buffer":
+            params[rest] = value
         else:
             key, _, field_name = rest.rpartition("/")
             optim.setdefault(key, {})[field_name] = value
@@ -200,6 +212,12 @@ def _read_shard(path: Path, expected_hash: str, plan: ShardPlan, s: int, version
             got = params[piece.key].shape if piece.key in params else "nothing"
             raise CheckpointCorruptError(str(path), f"layer {piece.key!r} is {got}, the plan "
                                                     f"says {piece.shape}")
+        if piece.buffer:  # a buffer: no optimizer state; its own dtype
+            if params[piece.key].dtype != BUFFER_DTYPES[piece.dtype]:
+                raise CheckpointCorruptError(str(path), f"buffer {piece.key!r} is "
+                                             f"{params[piece.key].dtype}, the plan says "
+                                             f"{piece.dtype}")
+            continue
         try:
             check_fits(piece.key, piece.shape, optim.get(piece.key, {"step": np.zeros(
                 (), np.int64)}), optimizer)
@@ -339,3 +357,51 @@ def export_state_dict(
     _fsync(tmp)
     os.replace(tmp, target)
     return target
+
+
+def prune_checkpoints(directory: str | os.PathLike[str], keep: int, *,
+                      protect: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Delete all but the ``keep`` newest complete checkpoints under ``directory``; returns
+    the round directories deleted, newest first. Call it only once the newest checkpoint is
+    durably written (``write_checkpoint`` returned): the newest, the one a resume would use,
+    is always kept, and so is ``protect`` (the one just written, should it be older). Each
+    one is first renamed out of the ``round-<r>`` namespace, so a crash part way never
+    leaves a partial directory that looks like a checkpoint. Raises ``ConfigError`` for a
+    ``keep`` that is not an int >= 1, deleting nothing."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigError(f"keep must be an int >= 1 (checkpoints to keep), got {keep!r}")
+    root = Path(directory) / "checkpoints"
+    kept = Path(protect).resolve() if protect is not None else None
+    doomed = [path for path in checkpoint_dirs(directory)[keep:] if path.resolve() != kept]
+    for path in doomed:
+        trash = root / f".pruned-{path.name}-{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(path, trash)
+        shutil.rmtree(trash)
+    if doomed:
+        _fsync(root)
+    return doomed
+
+
+def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint ``path`` names: ``path`` itself when it is a complete round directory
+    (it has a manifest), else the latest one of a run's output folder (``path/checkpoints``)
+    or of a ``checkpoints`` folder; None if there is none."""
+    root = Path(path)
+    if (root / MANIFEST).is_file():
+        return root
+    found = latest_checkpoint(root)
+    if found is None and root.name == "checkpoints":
+        found = latest_checkpoint(root.parent)
+    return found
+
+
+def checkpoint_state_dict(path: str | os.PathLike[str]) -> dict[str, npt.NDArray[Any]]:
+    """The full tensors of the verified checkpoint at round directory ``path``, by
+    ``state_dict`` key: every parameter (float32), joined from the shards' pieces by the
+    checkpoint's plan, and every module buffer it holds, in its own dtype. Optimizer state
+    is left out. Raises ``CheckpointCorruptError`` as ``read_checkpoint`` does."""
+    checkpoint = read_checkpoint(path)
+    tensors: dict[str, npt.NDArray[Any]] = dict(
+        checkpoint.plan.join([shard.params for shard in checkpoint.shards]))
+    return tensors

@@ -57,8 +57,9 @@ class NonFiniteGradientError(ParamServerError, ValueError):
     def __init__(self, rank: int, round: int, layer: str) -> None:
         super().__init__(
             f"rank {rank} sent a non-finite gradient (NaN/Inf) for layer {layer!r} in round "
-            f"{round}; lower the learning rate, clip gradients, or set nonfinite='skip-round' "
-            "to commit such rounds as no-op steps"
+            f"{round}; lower the learning rate (--lr), clip gradients (--clip-grad-norm), or "
+            "set --nonfinite-policy skip-round (nonfinite_policy='skip-round') to commit such "
+            "rounds as no-op steps"
         )
         self.rank = rank
         self.round = round
@@ -91,8 +92,9 @@ class NonFiniteSumError(NonFiniteGradientError):
         ParamServerError.__init__(
             self,
             f"the sum of round {round}'s gradients for layer {layer!r} overflows float32 "
-            "(every contribution was finite); lower the learning rate, clip or scale "
-            "gradients, or set nonfinite='skip-round' to commit such rounds as no-op steps",
+            "(every contribution was finite); lower the learning rate (--lr), clip gradients "
+            "(--clip-grad-norm), or set --nonfinite-policy skip-round "
+            "(nonfinite_policy='skip-round') to commit such rounds as no-op steps",
         )
         self.rank = -1
         self.round = round

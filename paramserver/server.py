@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from consensus.storage_failure import failures_note, raise_if_out_of_service
 from paramserver.checkpoint import check_restorable, read_checkpoint, write_checkpoint
 from paramserver.commands import RestoreCommand
 from paramserver.errors import ApplyFailedError
-from paramserver.plan import ShardPlan
+from paramserver.plan import ShardPlan, buffer_dtypes
 from paramserver.server_config import ServerConfig
 from paramserver.service import ShardService
 from paramserver.shard import ShardStateMachine
@@ -62,15 +62,22 @@ class ParameterServer:
 
     @classmethod
     def create(
-        cls, config: ServerConfig, initial: Mapping[str, npt.NDArray[Any]]
+        cls, config: ServerConfig, initial: Mapping[str, npt.NDArray[Any]], *,
+        buffers: Collection[str] | None = None,
     ) -> ParameterServer:
         """Plan the shards and start S groups of ``config.replicas`` replicas each.
+
+        ``buffers``: the tensors of ``initial`` that are module buffers, replaced by each
+        round and never optimized; by default ``initial.buffers`` when ``initial`` has that
+        attribute (``workers.model_state.ModelState``), else none.
 
         Replicas reload any durable state under ``config.storage_dir`` (so re-creating a job
         with the same name resumes its logs). Blocks until every replica answers.
         """
         shapes = {name: tuple(np.shape(value)) for name, value in initial.items()}
-        plan = ShardPlan.build(shapes, config.shards, split_bytes=config.split_bytes)
+        names = getattr(initial, "buffers", ()) if buffers is None else buffers
+        plan = ShardPlan.build(shapes, config.shards, split_bytes=config.split_bytes,
+                               buffers=buffer_dtypes(initial, names))
         parts = plan.split(initial)
         groups = []
         for s in range(plan.shards):

@@ -46,14 +46,45 @@ def test_head_cpu_and_gpu_node_types_exist(cluster: dict[str, Any]) -> None:
     assert cluster["provider"]["type"] == "aws"
 
 
-def test_setup_installs_torch_then_the_project(cluster: dict[str, Any]) -> None:
-    commands = cluster["setup_commands"]
+CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
+
+
+def _torch_then_project(commands: list[str]) -> str:
+    """The torch install command of ``commands``, checked to come before the project's."""
     torch_at = next(i for i, c in enumerate(commands) if "install" in c and "torch" in c)
     project_at = next(i for i, c in enumerate(commands) if "pip install" in c and "-e ." in c)
     assert torch_at < project_at
+    return commands[torch_at]
+
+
+def test_setup_installs_torch_then_the_project(cluster: dict[str, Any]) -> None:
+    _torch_then_project(cluster["setup_commands"])
     assert "~/raftps" in cluster["file_mounts"]
     assert cluster["file_mounts"]["~/raftps"] == "."
     assert ".venv" in cluster["rsync_exclude"]
+
+
+def test_cpu_nodes_get_the_cpu_wheel_and_gpu_nodes_the_cuda_build(
+    cluster: dict[str, Any]
+) -> None:
+    """pip does not detect the hardware (PyPI's Linux torch is the CUDA build everywhere):
+    the head and CPU workers must name the CPU index, and the GPU workers, whose own
+    worker_setup_commands replace setup_commands, must not."""
+    types = cluster["available_node_types"]
+    assert CPU_INDEX in _torch_then_project(cluster["setup_commands"])
+    assert "worker_setup_commands" not in types["cpu_worker"]
+    assert not cluster["head_setup_commands"] and not cluster["worker_setup_commands"]
+    gpu_torch = _torch_then_project(types["gpu_worker"]["worker_setup_commands"])
+    assert "index-url" not in gpu_torch and "torch==" in gpu_torch
+    assert "picked by pip" not in (REPO / "cluster.yaml").read_text()
+
+
+def test_the_gpu_workers_scale_from_zero_on_demand(cluster: dict[str, Any]) -> None:
+    """No GPU node runs until a --gpu job asks the autoscaler for one (jobs.gpus)."""
+    gpu = cluster["available_node_types"]["gpu_worker"]
+    assert gpu["min_workers"] == 0 < gpu["max_workers"] <= cluster["max_workers"]
+    head = next(c for c in cluster["head_start_ray_commands"] if "ray start --head" in c)
+    assert "--autoscaling-config=" in head
 
 
 def test_placeholders_are_marked(cluster: dict[str, Any]) -> None:

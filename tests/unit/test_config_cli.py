@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from jobs.config import TrainConfig
+from jobs.config import OPTIMIZERS, TrainConfig, default_lr, default_out
 from jobs.errors import ConfigError
 from jobs.rounds import StragglerPolicy
 from jobs.train import build_parser, parse_config
@@ -44,6 +45,24 @@ from workers.errors import ModelFactoryError
         (["--nonfinite-policy", "ignore"], "invalid choice"),
         (["--timeout", "0"], "timeout must be a positive number of seconds"),
         (["--timeout", "nan"], "timeout must be a positive number of seconds"),
+        (["--model-arg", "width"], "must be key=value"),
+        (["--model-arg", "1x=2"], "must be a Python identifier"),
+        (["--model-arg", "hidden=[64, 32]"], "values are JSON scalars"),
+        (["--model", "bench.common:build_mlp", "--model-arg", "a=1", "--model-arg", "a=2"],
+         "a is given twice"),
+        (["--model", "mlp", "--model-arg", "width=3"], "takes no model arguments"),
+        (["--model", "bench.common:build_mlp", "--model-arg", "width=3"],
+         "cannot be called with the model arguments given (width=3)"),
+        (["--lr-schedule", "linear"], "invalid choice"),
+        (["--lr-gamma", "0.5"], "only apply to --lr-schedule step"),
+        (["--lr-schedule", "step", "--lr-gamma", "0"], "lr_gamma must be in (0, 1]"),
+        (["--lr-schedule", "step", "--lr-step-size", "0"], "lr_step_size must be >= 1"),
+        (["--lr-warmup-rounds", "-1"], "lr_warmup_rounds must be >= 0"),
+        (["--lr-min", "0.01"], "only apply to --lr-schedule cosine"),
+        (["--lr-schedule", "cosine", "--lr-min", "1"], "below the learning rate 0.05"),
+        (["--lr-schedule", "cosine", "--lr-total-rounds", "5", "--lr-warmup-rounds", "5"],
+         "must exceed lr_warmup_rounds"),
+        (["--clip-grad-norm", "0"], "clip_grad_norm must be a positive number"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(
@@ -61,18 +80,46 @@ def test_defaults_are_the_default_job() -> None:
     cfg = parse_config([])
     assert (cfg.model, cfg.data, cfg.workers, cfg.shards, cfg.replicas) == (
         "cnn", "digits", 2, 2, 3)
-    assert cfg.mode == "sync" and cfg.out == "runs/cnn-digits"
+    assert cfg.mode == "sync" and cfg.out_dir == Path("runs/cnn-digits")
+    assert cfg.learning_rate == 0.05 and cfg.to_dict()["lr"] == 0.05
+
+
+def _same_config(cli: TrainConfig, api: TrainConfig) -> None:
+    """Every field, and the values derived from them, agree."""
+    for f in fields(TrainConfig):
+        assert getattr(cli, f.name) == getattr(api, f.name), f.name
+    assert (cli.learning_rate, cli.out_dir, cli.storage_dir) == (
+        api.learning_rate, api.out_dir, api.storage_dir)
+    assert cli.to_dict() == api.to_dict()
 
 
 def test_no_flags_give_the_api_defaults() -> None:
-    """One source of defaults: the CLI without flags is ``TrainConfig()``, except ``out``
-    (the CLI names it after model and data)."""
-    assert parse_config([]) == replace(TrainConfig(), out="runs/cnn-digits")
+    """One source of defaults: the CLI without flags is ``TrainConfig()``, field by field,
+    the learning rate and the output folder included."""
+    _same_config(parse_config([]), TrainConfig())
+    assert TrainConfig().out_dir == Path("runs/cnn-digits")
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_has_one_default_lr_for_cli_and_api(optimizer: str) -> None:
+    cli = parse_config(["--optimizer", optimizer])
+    api = TrainConfig(optimizer=optimizer)  # type: ignore[arg-type]
+    _same_config(cli, api)
+    assert api.learning_rate == default_lr(optimizer) == (
+        1e-3 if optimizer in ("adam", "adamw") else 0.05)
+
+
+def test_the_output_folder_is_named_after_model_and_data_in_both() -> None:
+    cli = parse_config(["--model", "mlp", "--data", "synthetic:8x3"])
+    api = TrainConfig(model="mlp", data="synthetic:8x3")
+    _same_config(cli, api)
+    assert api.out_dir == Path(default_out("mlp", "synthetic:8x3")) == Path(
+        "runs/mlp-synthetic_8x3")
+    assert TrainConfig(out="elsewhere").out_dir == Path("elsewhere")
 
 
 def test_every_flag_default_is_the_fields_default() -> None:
-    """Each flag's dest is a TrainConfig field and its default is that field's default
-    (``--lr`` and ``--out`` default to None: derived from --optimizer / model and data),
+    """Each flag's dest is a TrainConfig field and its default is that field's default,
     except the CLI's own ``--help`` and ``--debug``."""
     defaults = TrainConfig()
     names = {f.name for f in fields(TrainConfig)}
@@ -80,8 +127,22 @@ def test_every_flag_default_is_the_fields_default() -> None:
     assert set(actions) <= names
     assert names - set(actions) == {"progress"}
     for dest, action in actions.items():
-        expected = None if dest in ("lr", "out") else getattr(defaults, dest)
-        assert action.default == expected, dest
+        assert action.default == getattr(defaults, dest), dest
+
+
+def _readme_flags() -> set[str]:
+    """The flags the README's "Command-line flags" section lists."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Command-line flags", 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", section))
+
+
+def test_the_readme_lists_exactly_the_clis_flags() -> None:
+    parser_flags = {option for action in build_parser()._actions
+                    for option in action.option_strings if option.startswith("--")}
+    negations = {f for f in parser_flags if f.startswith("--no-") and f"--{f[5:]}" in
+                 parser_flags}  # --no-nesterov and the like: named with their flag
+    assert _readme_flags() == parser_flags - negations
 
 
 def test_new_flags_map_onto_the_config() -> None:
@@ -93,6 +154,13 @@ def test_new_flags_map_onto_the_config() -> None:
     assert (cfg.nonfinite_policy, cfg.timeout_s) == ("skip-round", 30.0)
     assert parse_config(["--shards", "5"]).shards == 5
     assert cfg.to_dict()["durability"] == "memory"
+    cfg = parse_config(["--lr-schedule", "cosine", "--lr-warmup-rounds", "3", "--lr-min",
+                        "0.001", "--lr-total-rounds", "50", "--clip-grad-norm", "1.5"])
+    assert (cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_min, cfg.lr_total_rounds) == (
+        "cosine", 3, 0.001, 50)
+    assert cfg.clip_grad_norm == 1.5
+    assert parse_config(["--lr-schedule", "step", "--lr-step-size", "9", "--lr-gamma",
+                         "0.5"]).lr_step_size == 9
 
 
 def test_durability_and_shards_are_validated_in_the_api() -> None:
@@ -113,7 +181,7 @@ def test_flags_map_onto_the_config(tmp_path: Path) -> None:
                         "--backup-workers", "1", "--optimizer", "adam", "--gpu", "0.5",
                         "--out", str(tmp_path), "--resume", "--checkpoint-every", "7"])
     assert (cfg.mode, cfg.staleness, cfg.workers, cfg.backup_workers) == ("ssp", 2, 4, 1)
-    assert cfg.optimizer == "adam" and cfg.lr == pytest.approx(1e-3)  # adam's default lr
+    assert cfg.optimizer == "adam" and cfg.learning_rate == 1e-3  # adam's default lr
     assert cfg.gpu == 0.5 and cfg.resume and cfg.checkpoint_every == 7
     assert cfg.out == str(tmp_path)
     assert parse_config(["--gpu"]).gpu == 1.0

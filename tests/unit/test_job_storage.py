@@ -59,7 +59,7 @@ def _config(out: Path, **changes: Any) -> TrainConfig:
 def test_each_fresh_run_gets_a_new_incarnation(tmp_path: Path, no_ray: None) -> None:
     backend = RecordingBackend()
     Driver(_config(tmp_path), backend=backend).run()
-    Driver(_config(tmp_path), backend=backend).run()
+    Driver(_config(tmp_path, overwrite=True), backend=backend).run()
     first, second = backend.incarnations
     assert first is not None and second is not None and first != second
     assert read_incarnation(tmp_path / "raft") == second
