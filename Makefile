@@ -25,7 +25,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m jobs.train --out runs/default
+	$(PY) -m jobs.train --out runs/default --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
