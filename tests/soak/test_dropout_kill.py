@@ -13,7 +13,7 @@ from jobs.backend import RaftServerBackend
 from tests.chaos.test_train_kill import kill_leader_after
 from tests.integration.test_buffers_e2e import bn_dropout_mlp
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.chaos]
 
 
 def config(out: Path, job: str) -> TrainConfig:
