@@ -383,13 +383,19 @@ class RaftReplica(ReplicaAPI):
         (a large round's optimizer step takes long; the loop keeps ticking and stepping
         meanwhile), then resolve the proposals' waiters here, on the loop. Between the
         start and the end, ``apply_idle`` blocks: loop-side readers of the state machine
-        wait for it, so they never see a half-applied state."""
-        self._idle.clear()
-        try:
-            applied = await asyncio.get_running_loop().run_in_executor(
-                self._applier, self._apply_ready, ready)
-        finally:
-            self._idle.set()
+        wait for it, so they never see a half-applied state. Small entries (at most
+        ``inline_apply_bytes``, no snapshot) are applied right here instead: nothing else
+        runs on the loop meanwhile, and a thread hand-off would cost more than the apply."""
+        if ready.snapshot is None and sum(
+                len(e.data) for e in ready.committed_entries) <= self._config.inline_apply_bytes:
+            applied = self._apply_ready(ready)
+        else:
+            self._idle.clear()
+            try:
+                applied = await asyncio.get_running_loop().run_in_executor(
+                    self._applier, self._apply_ready, ready)
+            finally:
+                self._idle.set()
         if ready.snapshot is not None:
             self._fail_waiters_upto(ready.snapshot.meta.index)
         for entry, results in applied:

@@ -94,6 +94,11 @@ class RaftGroupConfig:
     stamps it into its storage and refuses storage of another incarnation
     (``IncarnationMismatchError``). None: storage is not tied to a history (an existing
     stamp is still checked)."""
+    inline_apply_bytes: int = 64 << 10
+    """Committed entries of at most this many bytes in all (and no snapshot) are applied on
+    the replica's event loop; larger ones in its apply thread, so that a long apply (a large
+    model's optimizer step) never holds up ticks. A thread hand-off costs more than applying
+    a small command; 0 sends every apply to the thread."""
     max_storage_failures: int = 3
     """A replica whose storage fails this many times in a row with the same cause (a full
     disk, an I/O error; a corrupt or foreign database at once) stops restarting: it stays up
@@ -133,6 +138,8 @@ class RaftGroupConfig:
             raise ConfigError(f"RaftGroupConfig.storage.incarnation "
                               f"({self.storage.incarnation}) differs from incarnation "
                               f"({self.incarnation}); set only RaftGroupConfig.incarnation")
+        if self.inline_apply_bytes < 0:
+            raise ConfigError(f"inline_apply_bytes must be >= 0, got {self.inline_apply_bytes}")
         if self.max_storage_failures < 1:
             raise ConfigError(f"max_storage_failures must be >= 1, got "
                               f"{self.max_storage_failures}")

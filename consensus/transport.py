@@ -67,6 +67,7 @@ _MAX_PENDING = 16  # connections in their handshake at once
 _MAX_PEERS = 64  # authenticated incoming connections kept open
 _MAX_ENTRY_BYTES = 1 << 30
 _IOV_MAX = 512  # buffers per sendmsg call (the OS allows 1024)
+_DIRECT_BYTES = 64 << 10  # a batch up to this payload goes out from the caller's thread
 _REPORT_S = 10.0  # refused connections are logged at most this often
 
 
@@ -82,20 +83,41 @@ def _recv_exactly(sock: socket.socket, size: int) -> memoryview:
     return buf
 
 
+def _views(buffers: Sequence[Any]) -> list[memoryview]:
+    return [v for v in (memoryview(b).cast("B") for b in buffers) if v.nbytes]
+
+
+def _advance(views: list[memoryview], sent: int) -> list[memoryview]:
+    """What is left of ``views`` once their first ``sent`` bytes went out."""
+    i = 0
+    while sent:
+        n = views[i].nbytes
+        if sent >= n:
+            sent -= n
+            i += 1
+        else:
+            views[i] = views[i][sent:]
+            sent = 0
+    return views[i:]
+
+
 def _send_buffers(sock: socket.socket, buffers: Sequence[Any]) -> None:
     """Send ``buffers`` in order with vectored sends, without joining them."""
-    views = [v for v in (memoryview(b).cast("B") for b in buffers) if v.nbytes]
-    i = 0
-    while i < len(views):
-        sent = sock.sendmsg(views[i:i + _IOV_MAX])
-        while sent:
-            n = views[i].nbytes
-            if sent >= n:
-                sent -= n
-                i += 1
-            else:
-                views[i] = views[i][sent:]
-                sent = 0
+    views = _views(buffers)
+    while views:
+        views = _advance(views, sock.sendmsg(views[:_IOV_MAX]))
+
+
+def _send_some(sock: socket.socket, buffers: Sequence[Any]) -> list[memoryview]:
+    """Send what ``buffers`` the socket takes without blocking; the rest, in order."""
+    views = _views(buffers)
+    while views:
+        try:
+            sent = sock.sendmsg(views[:_IOV_MAX], [], socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            break
+        views = _advance(views, sent)
+    return views
 
 
 def _shut(sock: socket.socket) -> None:
@@ -128,14 +150,23 @@ _refusals = _Throttled()
 
 
 class _Outbound:
-    """One peer's outgoing connection: a queue of batches drained by a sender thread."""
+    """One peer's outgoing connection: a queue of batches drained by a sender thread.
+
+    A small batch (at most ``_DIRECT_BYTES`` of payload) finds the queue empty and the
+    socket free most of the time: it is then written from the caller's thread (the event
+    loop) without blocking, sparing a thread hand-off per message on the commit path, and
+    whatever the socket did not take goes to the front of the queue for the sender thread.
+    ``_send_lock`` is held by whoever writes the socket, and the sender thread takes an item
+    off the queue only while holding it, so frames never interleave or reorder."""
 
     def __init__(self, address: tuple[str, int], token: bytes, handshake_s: float) -> None:
         self.address = address
         self._token = token
         self._handshake_s = handshake_s
         self._cond = threading.Condition()
-        self._queue: deque[tuple[list[Message], int]] = deque()
+        self._send_lock = threading.Lock()
+        # a batch, or the unsent rest of a frame a direct send began (raw views)
+        self._queue: deque[tuple[list[Message] | list[memoryview], int, bool]] = deque()
         self._queued = 0
         self.up = False  # authenticated: batches now go out
         self.settled = threading.Event()  # up, or failed before it got there
@@ -144,14 +175,43 @@ class _Outbound:
         threading.Thread(target=self._run, name=f"raft-send-{address[1]}", daemon=True).start()
 
     def put(self, batch: list[Message], size: int) -> None:
-        """Queue ``batch`` of ``size`` payload bytes (dropped when the peer is too far
-        behind: Raft resends)."""
+        """Send or queue ``batch`` of ``size`` payload bytes (dropped when the peer is too
+        far behind: Raft resends)."""
         with self._cond:
             if self._queued + size > _MAX_QUEUED and self._queue:
                 return
-            self._queue.append((batch, size))
-            self._queued += size
-            self._cond.notify()
+            direct = (size <= _DIRECT_BYTES and self.up and not self.dead and not self._queue
+                      and self._send_lock.acquire(blocking=False))
+            if not direct:
+                self._queue.append((batch, size, False))
+                self._queued += size
+                self._cond.notify()
+                return
+        try:
+            self._send_direct(batch)
+        finally:
+            self._send_lock.release()
+
+    def _send_direct(self, batch: list[Message]) -> None:
+        """(caller's thread, holding ``_send_lock``) Write ``batch`` without blocking; queue
+        the rest of its frame, first in line."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            buffers = wire.encode(batch)
+        except wire.WireFormatError as exc:
+            log.error("batch to %s not sent: %s", self.address, exc)
+            return
+        try:
+            rest = _send_some(sock, buffers)
+        except OSError as exc:
+            log.debug("connection to %s failed: %s", self.address, exc)
+            self.close()
+            return
+        if rest:
+            with self._cond:
+                self._queue.appendleft((rest, 0, True))
+                self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -161,15 +221,22 @@ class _Outbound:
         if sock is not None:
             _shut(sock)
 
-    def _take(self) -> list[Message] | None:
-        with self._cond:
-            while not self._queue and not self.dead:
-                self._cond.wait()
-            if self.dead:
-                return None
-            batch, size = self._queue.popleft()
-            self._queued -= size
-            return batch
+    def _take(self) -> tuple[list[Message] | list[memoryview], bool] | None:
+        """(sender thread) Wait for an item; return it with ``_send_lock`` held (the caller
+        releases it), or None once the connection is dead."""
+        while True:
+            with self._cond:
+                while not self._queue and not self.dead:
+                    self._cond.wait()
+                if self.dead:
+                    return None
+            self._send_lock.acquire()
+            with self._cond:
+                if self._queue and not self.dead:
+                    item, size, raw = self._queue.popleft()
+                    self._queued -= size
+                    return item, raw
+            self._send_lock.release()
 
     def _run(self) -> None:
         try:
@@ -180,13 +247,15 @@ class _Outbound:
             sock.settimeout(None)
             self.up = True
             self.settled.set()
-            while (batch := self._take()) is not None:
+            while (taken := self._take()) is not None:
+                item, raw = taken
                 try:
-                    buffers = wire.encode(batch)
+                    buffers = item if raw else wire.encode(item)  # type: ignore[arg-type]
+                    _send_buffers(sock, buffers)
                 except wire.WireFormatError as exc:
                     log.error("batch to %s not sent: %s", self.address, exc)
-                    continue
-                _send_buffers(sock, buffers)
+                finally:
+                    self._send_lock.release()
         except HandshakeError as exc:
             _refusals.warn("connection to peer %s refused: %s", self.address, exc)
         except OSError as exc:

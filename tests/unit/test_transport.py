@@ -144,3 +144,87 @@ def test_the_group_frame_bound_must_hold_one_append_and_one_snapshot_chunk() -> 
     with pytest.raises(ConfigError, match=r"peer_max_entry_bytes \(1048576\) must be >= "):
         RaftGroupConfig(peer_max_entry_bytes=1 << 20)  # below the 4 MiB max_msg_bytes
     assert RaftGroupConfig(peer_max_entry_bytes=4 << 20).peer_max_entry_bytes == 4 << 20
+
+
+def test_small_batches_go_out_from_the_callers_thread_and_large_ones_from_the_sender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The commit path's small messages skip the hand-off to the sender thread; a large
+    entry still goes through it (never written by the event loop)."""
+    import consensus.transport as transport
+
+    by_sender: list[int] = []
+    real = transport._send_buffers
+
+    def recording(sock: Any, buffers: Any) -> None:
+        by_sender.append(sum(memoryview(b).nbytes for b in buffers))
+        real(sock, buffers)
+
+    monkeypatch.setattr(transport, "_send_buffers", recording)
+
+    async def scenario() -> None:
+        received: list[list[Any]] = []
+        got = asyncio.Event()
+        server, client = await _pair(received, got)
+        try:
+            await _connect(client, server)
+            small = [[TimeoutNow(1, 2, t)] for t in range(5)]
+            for batch in small:
+                assert client.send(2, server.address, batch) is True
+            while len(received) < len(small):
+                got.clear()
+                await asyncio.wait_for(got.wait(), 10)
+            assert received == small and by_sender == []
+            big = [AppendEntries(1, 2, 3, 9, 2, (Entry(3, 10, data=b"y" * (1 << 20)),), 9)]
+            assert client.send(2, server.address, big) is True
+            while len(received) < len(small) + 1:
+                got.clear()
+                await asyncio.wait_for(got.wait(), 10)
+            assert received[-1] == big and len(by_sender) == 1
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_rest_of_a_partial_direct_send_goes_first_and_frames_stay_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A socket that takes only part of a small frame: the sender thread finishes that frame
+    before anything queued after it, so the peer decodes every frame, in order."""
+    import consensus.transport as transport
+
+    partial = [True]
+
+    def takes_ten_bytes(sock: Any, buffers: Any) -> list[memoryview]:
+        views = transport._views(buffers)
+        if not partial[0]:
+            return real_some(sock, buffers)
+        partial[0] = False
+        head = bytes(views[0][:10])
+        sock.sendall(head)
+        return transport._advance(views, len(head))
+
+    real_some = transport._send_some
+    monkeypatch.setattr(transport, "_send_some", takes_ten_bytes)
+
+    async def scenario() -> None:
+        received: list[list[Any]] = []
+        got = asyncio.Event()
+        server, client = await _pair(received, got)
+        try:
+            await _connect(client, server)
+            batches = [[AppendEntries(1, 2, 3, i, 3, (Entry(3, i + 1, data=b"z" * 900),), 0)]
+                       for i in range(6)]
+            for batch in batches:
+                assert client.send(2, server.address, batch) is True
+            while len(received) < len(batches):
+                got.clear()
+                await asyncio.wait_for(got.wait(), 10)
+            assert received == batches and not partial[0]
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
