@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -48,7 +49,10 @@ def ray_restarted() -> bool:
     try:
         import ray
 
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        with warnings.catch_warnings():
+            # Ray's own property reads its deprecated ``actor_id`` and warns on every start
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # no Ray worker / not an actor: a first start
         return False
 
