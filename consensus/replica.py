@@ -20,8 +20,6 @@ Node ids are replica index + 1 (the core requires positive ids).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import itertools
 import logging
 import os
@@ -32,7 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from consensus.compaction import CompactionPolicy
 from consensus.core import RaftNode
@@ -41,11 +39,7 @@ from consensus.errors import (
     StorageFullError,
 )
 from consensus.lost_state import (
-    detect_lost_state,
     discard_storage,
-    mark_lost_state,
-    peers_started_empty,
-    ray_restarted,
     stamp_unsynced,
     unsynced_since_boot,
 )
@@ -58,6 +52,8 @@ from consensus.replica_context import (
     replica_name,
     storage_path,
 )
+from consensus.replica_failures import ReplicaFailures
+from consensus.replica_fresh import FreshStart
 from consensus.replica_snapshots import ReplicaSnapshots
 from consensus.session import (
     EnvelopeError,
@@ -72,9 +68,7 @@ from consensus.storage import SqliteStorage
 from consensus.storage_failure import (
     STORAGE_ERRORS,
     FailureRecord,
-    ReplicaOutOfServiceError,
     StorageFailure,
-    failure_of,
 )
 from consensus.transport import PeerTransport
 from consensus.types import (
@@ -100,7 +94,7 @@ def _fail_stop() -> NoReturn:
     os._exit(1)
 
 
-class RaftReplica(ReplicaAPI):
+class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
     """One replica of a Raft group, hosted by the asyncio Ray actor ``ReplicaActor``
     (consensus.replica_actor: the methods other processes may call)."""
 
@@ -140,7 +134,7 @@ class RaftReplica(ReplicaAPI):
         try:
             hard_state, snapshot, entries, power_lost = self._open_storage()
         except STORAGE_ERRORS as exc:
-            self._start_failed(exc)
+            self._start_failed(exc, _fail_stop)
             return
         empty = hard_state == HardState() and snapshot is None and not entries
         self._check_lost_state(empty, join, power_lost)
@@ -198,92 +192,6 @@ class RaftReplica(ReplicaAPI):
             stamp_unsynced(self._db_path)
         hard_state, snapshot, entries = self._storage.load()
         return hard_state, snapshot, entries, power_lost
-
-    def _record_failure(self, exc: BaseException) -> StorageFailure | None:
-        """Record ``exc`` if it is a storage failure (see consensus.storage_failure)."""
-        failure = failure_of(exc, replica_name(self.group, self.index), self._db_path)
-        if failure is None:
-            return None
-        counted = self._failures.record(failure)
-        log.error("storage failure: %s", counted.describe())
-        return counted
-
-    def _start_failed(self, exc: BaseException) -> None:
-        """The storage failed while starting: record it, then exit for a restart or, once
-        the limit is reached, stay up out of service."""
-        self._record_failure(exc)
-        storage = self.__dict__.pop("_storage", None)
-        if storage is not None:
-            with contextlib.suppress(Exception):  # it failed already; its files stay
-                storage.close()
-        if not self._failures.exhausted(self._config.max_storage_failures):
-            _fail_stop()
-        self._stay_out_of_service()
-
-    def _stay_out_of_service(self) -> None:
-        """Stay up without storage, core or service: ``status`` reports the recorded
-        failure (and ``lost_state``, so that ``RaftGroup.heal`` replaces this replica);
-        every other call raises ReplicaOutOfServiceError."""
-        assert self._failures.last is not None
-        self._out_of_service = self._failures.last
-        self.lost_state = True
-        log.error("replica %s of %s is out of service: %s", self.index, self.group,
-                  self._out_of_service.describe())
-
-    if not TYPE_CHECKING:
-        def __getattr__(self, name: str) -> Any:
-            """Out of service, the replica has no core, storage or service: any use of
-            them raises ReplicaOutOfServiceError (a NotLeaderError: clients go elsewhere)."""
-            failure = self.__dict__.get("_out_of_service")
-            if failure is not None and not name.startswith("__"):
-                raise ReplicaOutOfServiceError(failure)
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def _check_lost_state(self, started_empty: bool, join: bool, power_lost: bool) -> None:
-        """Set ``lost_state`` (see consensus.lost_state) and whether this empty first start
-        must first confirm with its peers that the group is fresh. ``power_lost``: the
-        storage was written without fsync before a reboot and was discarded."""
-        self._started_empty = started_empty
-        if power_lost:
-            mark_lost_state(self._db_path)
-        self.lost_state = detect_lost_state(self._db_path, reconstructed=ray_restarted(),
-                                            join=join, storage_empty=started_empty)
-        if self.lost_state:
-            self._log_lost_state()
-        # an empty first start may be a re-created group on a node without our database:
-        # no vote until every peer says it started empty too
-        self._confirming_fresh = (started_empty and not join and not self.lost_state
-                                  and len(self._names) > 1)
-
-    def _log_lost_state(self) -> None:
-        log.error("replica %s of %s started without its durable state (a new node or a lost "
-                  "disk): it will not vote or campaign; replace it with RaftGroup.replace(%d)"
-                  " or RaftGroup.heal()", self.index, self.group, self.index)
-
-    async def _confirm_fresh(self) -> None:
-        """Provisional empty start: all peers started empty too → a fresh group, vote
-        normally; one did not → the group existed and this replica lost its database: flag
-        it for good (marker) so ``RaftGroup.heal`` replaces it."""
-        loop = asyncio.get_running_loop()
-
-        async def ask(node_id: int) -> bool:
-            handle = self._router.handle(node_id)
-            if handle is None:
-                raise LookupError(f"replica {node_id - 1} is still being looked up")
-            return bool(await handle.started_empty.remote())
-
-        peers = [i for i in range(1, len(self._names) + 1) if i != self.node_id]
-        if await peers_started_empty(peers, ask, self._config.tick_interval_s):
-            self._node.config = dataclasses.replace(self._node.config, lost_state=False)
-        else:
-            self.lost_state = True
-            await loop.run_in_executor(None, mark_lost_state, self._db_path)
-            self._log_lost_state()
-        self._confirming_fresh = False
-
-    async def started_empty(self) -> bool:
-        """Whether this replica found no durable state when it started (see _confirm_fresh)."""
-        return self._started_empty
 
     # ------------------------------------------------------------------ drive loop
 
@@ -563,15 +471,9 @@ class RaftReplica(ReplicaAPI):
         """A snapshot of this replica's view (cheap; never blocks). ``storage_failure``: the
         last recorded storage failure (``StorageFailure.to_dict``), if any; out of service,
         also ``out_of_service`` (the same) and role ``FAILED``."""
-        failure = None if self._failures.last is None else self._failures.last.to_dict()
         if self._out_of_service is not None:
-            return {
-                "name": replica_name(self.group, self.index), "namespace": self._namespace,
-                "index": self.index, "node_id": self.node_id, "role": "FAILED",
-                "leader": None, "alive": True, "lost_state": True, "leader_changes": 0,
-                "storage_failure": failure, "out_of_service": self._out_of_service.to_dict(),
-                "pid": os.getpid(),
-            }
+            return self._failed_status()
+        failure = None if self._failures.last is None else self._failures.last.to_dict()
         node = self._node
         return {
             "name": replica_name(self.group, self.index), "namespace": self._namespace,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consensus import replica as replica_mod
+from consensus import replica_fresh
 from consensus.errors import ConfigError
 from consensus.replica import RaftReplica
 from consensus.replica_config import RaftGroupConfig
@@ -66,7 +66,7 @@ def _applied_threads(tmp_path: Path, sizes: list[int], **config: Any) -> tuple[l
 
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replica_mod, "ray_restarted", lambda: False)
+    monkeypatch.setattr(replica_fresh, "ray_restarted", lambda: False)
 
 
 def test_small_entries_apply_on_the_loop_and_large_ones_in_the_apply_thread(

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from consensus import replica as replica_mod
-from consensus import storage_failure
+from consensus import replica_fresh, storage_failure
 from consensus.errors import NotLeaderError, StorageCorruptError, StorageFullError
 from consensus.failures import Failure, classify
 from consensus.incarnation import IncarnationMismatchError
@@ -88,7 +88,7 @@ def exits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[asyncio.Event]]:
         raise _Exited
 
     monkeypatch.setattr(replica_mod, "_fail_stop", exit_process)
-    monkeypatch.setattr(replica_mod, "ray_restarted", lambda: False)  # no Ray here
+    monkeypatch.setattr(replica_fresh, "ray_restarted", lambda: False)  # no Ray here
     yield events
 
 
