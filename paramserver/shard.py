@@ -30,7 +30,6 @@ Threads. ``apply``/``restore`` may run on a worker thread while any other thread
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -49,7 +48,6 @@ from paramserver.commands import (
     RestoreCommand,
     RoundCommand,
     decode_command,
-    decode_frame,
     encode_frame,
     frame_parts,
 )
@@ -66,6 +64,7 @@ from paramserver.optim import OptimizerConfig, new_state, optimizer_step
 from paramserver.optimizer_state import check_fits
 from paramserver.plan import BUFFER_DTYPES, Piece
 from paramserver.schedule import ScheduleConfig, learning_rate
+from paramserver.shard_image import image_digest, image_frame, read_image, tensors_digest
 from paramserver.shard_state import ApplyResult, Preview, ShardState
 
 LOG = logging.getLogger(__name__)
@@ -468,19 +467,8 @@ class ShardStateMachine:
 
     def _snapshot_frame(self) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
         """The header and arrays ``snapshot`` encodes (the arrays alias the live state)."""
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        params, opt = self._params, self._opt
-        for key in sorted(params):
-            arrays[f"p/{key}"] = params[key]
-            for name, value in opt.get(key, {}).items():  # a buffer has no optimizer state
-                arrays[f"o/{key}/{name}"] = value
-        header: dict[str, Any] = {
-            "version": self._version, "layer_versions": self._layer_versions,
-            "async_steps": {str(k): v for k, v in sorted(self._async_steps.items())}}
-        if self._async_early:  # only while some rank has steps applied out of order
-            header["async_early"] = {str(k): list(v)
-                                     for k, v in sorted(self._async_early.items())}
-        return header, arrays
+        return image_frame(self._version, self._params, self._opt, self._layer_versions,
+                           self._async_steps, self._async_early)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with bytes from ``snapshot``; raises (changing nothing) if
@@ -491,47 +479,18 @@ class ShardStateMachine:
             self._restore(data)
 
     def _restore(self, data: bytes) -> None:
-        header, arrays = decode_frame(data)
-        params: dict[str, F32] = {}
-        opt: OptState = {}
-        for name, value in arrays.items():
-            kind, _, rest = name.partition("/")
-            if kind == "p":
-                params[rest] = value.astype(self._dtype(rest))
-            else:
-                key, _, field_name = rest.rpartition("/")
-                opt.setdefault(key, {})[field_name] = value
-        steps = {int(k): int(v) for k, v in header.get("async_steps", {}).items()}
-        early = {int(k): tuple(int(s) for s in v)
-                 for k, v in header.get("async_early", {}).items()}
-        self._load(ShardState(int(header["version"]), params, opt,
-                              {k: int(v) for k, v in header["layer_versions"].items()}, steps,
-                              early))
+        self._load(read_image(data, self._dtype))
 
     def digest(self, timeout: float | None = READ_TIMEOUT_S) -> str:
         """SHA-256 (hex) of ``snapshot()``: params, optimizer state and versions, at one
         version; any thread. Hashes the frame's buffers one by one, without materialising
         the snapshot bytes."""
-        def read(_deadline: float | None, _locked: bool) -> str:
-            h = hashlib.sha256()
-            for part in frame_parts(*self._snapshot_frame()):
-                h.update(part)
-            return h.hexdigest()
-
-        return self._gate.read(read, timeout)
+        return self._gate.read(lambda _d, _l: image_digest(*self._snapshot_frame()), timeout)
 
     def params_digest(self, timeout: float | None = READ_TIMEOUT_S) -> str:
         """SHA-256 (hex) of the tensor bytes alone (parameters and buffers, no optimizer
         state), in key order, at one version."""
-        def read(_deadline: float | None, _locked: bool) -> str:
-            h = hashlib.sha256()
-            params = self._params
-            for key in sorted(params):
-                h.update(key.encode() + b"\0")
-                h.update(np.ascontiguousarray(params[key]).reshape(-1).data.cast("B"))
-            return h.hexdigest()
-
-        return self._gate.read(read, timeout)
+        return self._gate.read(lambda _d, _l: tensors_digest(self._params), timeout)
 
     def query(self, query: Any) -> Any:
         """Read-only queries: "version", "layer_versions", "digest", "params" (copies of one
