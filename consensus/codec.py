@@ -18,13 +18,13 @@ def encode_conf_change(cc: ConfChange) -> bytes:
     return _FORMAT.pack(_MAGIC, int(cc.kind), cc.node)
 
 
-def decode_conf_change(data: bytes) -> ConfChange:
+def decode_conf_change(data: bytes | memoryview) -> ConfChange:
     """Inverse of ``encode_conf_change``; raises ``ConfigError`` on malformed bytes."""
     if len(data) != _FORMAT.size:
         raise ConfigError(f"a ConfChange is {_FORMAT.size} bytes, got {len(data)}")
     magic, kind, node = _FORMAT.unpack(data)
     if magic != _MAGIC or kind not in set(ConfChangeKind):
-        raise ConfigError(f"bytes {data!r} are not an encoded ConfChange")
+        raise ConfigError(f"bytes {bytes(data)!r} are not an encoded ConfChange")
     return ConfChange(ConfChangeKind(kind), node)
 
 

@@ -8,6 +8,8 @@ Nothing here blocks, sleeps, reads a clock or draws randomness except from the i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from consensus.codec import encode_conf_change
 from consensus.election import Election
 from consensus.errors import ConfigError, NotLeaderError, ProposalDroppedError
@@ -23,6 +25,7 @@ from consensus.types import (
     InstallSnapshot,
     InstallSnapshotResponse,
     Message,
+    Payload,
     Ready,
     RequestVote,
     RequestVoteResponse,
@@ -302,6 +305,16 @@ class RaftNode(Election, Replication):
             log.applied = max(log.applied, ready.snapshot.meta.index)
         if self.role == Role.LEADER and self._maybe_commit():
             self._need_commit_bcast = True
+
+    def release_payloads(self, payloads: Mapping[int, tuple[int, Payload]]) -> int:
+        """Hold ``{index: (term, data)}`` in place of the log's own copies of those
+        committed, applied entries' bytes: the host passes read-only views of where it
+        stored them, so a large entry's memory is freed once it is applied while a lagging
+        follower can still be sent it. Entries not applied yet, or whose term or length
+        differs, keep their data. Returns how many were replaced."""
+        log = self.log
+        upto = min(log.applied, log.stable)
+        return log.swap_payloads({i: p for i, p in payloads.items() if i <= upto})
 
     def compact(self, snapshot: Snapshot) -> None:
         """Discard the log prefix up to ``snapshot.meta.index`` (which the host applied and

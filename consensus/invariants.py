@@ -149,7 +149,7 @@ class InvariantChecker:
             self._leader_persisted[key] = entries[-1].index
         seen = self._entries
         for e in entries:
-            record = _Seen(prev_term if prev_term is not None else -1, e.kind, e.data)
+            record = _Seen(prev_term if prev_term is not None else -1, e.kind, bytes(e.data))
             old = seen.setdefault((e.index, e.term), record)
             if old != record and (old.kind != record.kind or old.data != record.data
                                   or -1 not in (old.prev_term, record.prev_term)):
@@ -162,7 +162,7 @@ class InvariantChecker:
 
     def on_apply(self, node_id: int, entry: Entry, digest: bytes) -> None:
         """Every node applies the same entry, reaching the same state, at each index."""
-        record = (entry.term, entry.data, digest)
+        record = (entry.term, bytes(entry.data), digest)
         old = self.applied.setdefault(entry.index, record)
         if old != record:
             raise InvariantViolation(

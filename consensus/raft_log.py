@@ -9,9 +9,10 @@ binary search, never a walk over the entries.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
-from consensus.types import Entry
+from consensus.types import Entry, Payload
 
 ENTRY_OVERHEAD = 16
 """Bytes counted per entry on top of its data (term and index on the wire)."""
@@ -169,6 +170,22 @@ class RaftLog:
             if self.term(e.index) != e.term:
                 return pos
         return len(entries)
+
+    def swap_payloads(self, payloads: Mapping[int, tuple[int, Payload]]) -> int:
+        """Replace the data of held, committed entries by ``{index: (term, same bytes)}``
+        (say, views of where the host stored them); an index not held or not committed, a
+        term or a length that differs, is skipped. Returns how many were swapped."""
+        swapped = 0
+        for index, (term, data) in payloads.items():
+            pos = index - self.snapshot_index - 1
+            if index > self.committed or pos < 0 or pos >= len(self._entries):
+                continue
+            old = self._entries[pos]
+            if old.term != term or len(old.data) != len(data):
+                continue
+            self._entries[pos] = replace(old, data=data)
+            swapped += 1
+        return swapped
 
     def commit_to(self, index: int) -> bool:
         if index > self.committed:

@@ -27,7 +27,7 @@ import pickle
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
@@ -87,6 +87,7 @@ __all__ = ["CommandError", "RaftReplica", "ReplicaContext", "replica_name", "sto
 log = logging.getLogger(__name__)
 
 _INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
+_RELEASE_MIN_BYTES = 1 << 20  # applied entries this large are held as views of their file
 
 
 def _fail_stop() -> NoReturn:
@@ -270,8 +271,19 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
                 fut.set_result(rs.index)
         self._node.advance(ready)
         if ready.committed_entries or ready.snapshot is not None:
+            self._release_payloads(ready.committed_entries)
             self._after_apply()
             await self._maybe_compact()
+
+    def _release_payloads(self, applied: Sequence[Entry]) -> None:
+        """Drop the log's copies of large applied entries: the core holds views of their
+        stored bytes instead (the page cache has them; only a lagging follower's catch-up
+        reads them back), so a replica's memory holds the entries in flight, not every
+        round since its last snapshot."""
+        large = [e.index for e in applied
+                 if len(e.data) >= _RELEASE_MIN_BYTES and not isinstance(e.data, memoryview)]
+        if large:
+            self._node.release_payloads(self._storage.payload_views(large[0], large[-1]))
 
     def _count_leader_change(self, ready: Ready) -> None:
         """Count each new (term, leader) this replica learns after the first one: the

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from consensus.buffers import gather
 from consensus.compaction import CompactionPolicy
 from consensus.errors import StorageFullError
 from consensus.session import image_parts
@@ -58,13 +57,12 @@ class ReplicaSnapshots:
         """(disk thread) Encode the image and make it the durable snapshot; returns it as a
         read-only mapping of its file (the page cache holds it, not this process; the core
         reads chunks of it only for a follower that needs a snapshot). A state machine with
-        ``snapshot_parts()`` (buffers valid until its next apply) is gathered by numpy,
-        without the GIL: a ``bytes`` join of a large shard would stop the event loop for as
-        long as it copies. Raises StorageFullError, having changed nothing."""
+        ``snapshot_parts()`` (buffers valid until its next apply) is written part by part,
+        never assembled: a copy of a large shard's image would double the replica's memory
+        for as long as the write takes. Raises StorageFullError, having changed nothing."""
         parts_of = getattr(state_machine, "snapshot_parts", None)
         user = parts_of() if callable(parts_of) else [state_machine.snapshot()]
-        image = gather(image_parts(sessions, user))
-        path = self._storage.compact(Snapshot(meta=meta, data=image))  # type: ignore[arg-type]
+        path = self._storage.compact_parts(meta, image_parts(sessions, user))
         mapped = self._storage.map_image(path)
         return Snapshot(meta=meta, data=mapped)  # type: ignore[arg-type]  # bytes-like
 

@@ -3,10 +3,17 @@
 Payloads above ``StorageConfig.inline_max_bytes`` live here instead of in sqlite;
 ``consensus.storage`` records each one's segment, offset and size in the same transaction as
 the rest of a Ready, after the bytes are appended (and, with ``sync``, fdatasync'ed).
+
+``view`` hands out read-only, file-backed views of stored payloads: a replica keeps those in
+its in-memory log instead of its own copies once entries are applied (the page cache holds
+the bytes, and only a lagging follower's catch-up reads them back). Segments are only ever
+appended to or unlinked, never truncated or rewritten, so a view stays valid for as long as
+it is referenced; an unlinked segment's disk space returns once its last view is dropped.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +37,7 @@ class Segments:
         ids = self.ids()
         self.current = max(ids) if ids else 1
         self._fd = self._open(self.current)
+        self._maps: dict[int, mmap.mmap] = {}  # segment -> its newest read-only mapping
 
     def ids(self) -> list[int]:
         """Ids of the segment files present on disk."""
@@ -47,7 +55,7 @@ class Segments:
             os.close(dir_fd)
         return fd
 
-    def append(self, payloads: Sequence[bytes]) -> list[tuple[int, int]]:
+    def append(self, payloads: Sequence[bytes | memoryview]) -> list[tuple[int, int]]:
         """Append ``payloads`` durably (fdatasync before returning); their (segment, offset).
 
         Blocks on disk IO. On OSError some bytes may have been written: they are orphans.
@@ -83,6 +91,24 @@ class Segments:
             os.close(fd)
         return data if len(data) == size else None
 
+    def view(self, seg: int, offset: int, size: int) -> memoryview | None:
+        """A read-only view of the ``size`` bytes at ``offset`` of segment ``seg``, backed by
+        the file (no copy in this process); None if absent or short. A segment still being
+        appended to is mapped again once a payload lies past its current mapping."""
+        if size <= 0:
+            return None
+        mapped = self._maps.get(seg)
+        if mapped is None or offset + size > len(mapped):
+            try:
+                with self.path(seg).open("rb") as fh:
+                    if os.fstat(fh.fileno()).st_size < offset + size:
+                        return None
+                    mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except FileNotFoundError:
+                return None
+            self._maps[seg] = mapped
+        return memoryview(mapped)[offset:offset + size]
+
     def total_bytes(self) -> int:
         """Bytes of the segment files on disk (stat calls only)."""
         return sum(self.path(seg).stat().st_size for seg in self.ids())
@@ -92,8 +118,10 @@ class Segments:
         for seg in self.ids():
             if seg != self.current and seg not in live:
                 self.path(seg).unlink(missing_ok=True)
+                self._maps.pop(seg, None)  # unmapped once no view of it is left
 
     def close(self) -> None:
+        self._maps.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -64,7 +64,7 @@ def encode_batch(envelopes: Sequence[Envelope]) -> bytes:
     return b"".join(parts)
 
 
-def decode_batch(data: bytes) -> list[Envelope]:
+def decode_batch(data: bytes | memoryview) -> list[Envelope]:
     """Inverse of :func:`encode_batch`; raises EnvelopeError on malformed bytes."""
     if data[:4] != _MAGIC or len(data) < 8:
         raise EnvelopeError("payload is not a command batch (bad magic); propose via RaftGroup")
@@ -106,19 +106,20 @@ def encode_run(client_id: str, first_seq: int, commands: Sequence[bytes], ack: i
                      lengths, *commands])
 
 
-def is_run(data: bytes) -> bool:
+def is_run(data: bytes | memoryview) -> bool:
     """True if ``data`` was made by :func:`encode_run` (else it is a batch)."""
     return data[:4] == _RUN_MAGIC
 
 
-def decode_run(data: bytes) -> CommandRun:
-    """Inverse of :func:`encode_run`; raises EnvelopeError on malformed bytes."""
+def decode_run(data: bytes | memoryview) -> CommandRun:
+    """Inverse of :func:`encode_run`; raises EnvelopeError on malformed bytes. Each command
+    is its own ``bytes`` (the state machine's contract), whatever ``data`` is."""
     if data[:4] != _RUN_MAGIC:
         raise EnvelopeError("payload is not a command run (bad magic); propose via RaftGroup")
     try:
         cid_len, first, ack, count = _RUN.unpack_from(data, 4)
         pos = 4 + _RUN.size
-        cid = data[pos:pos + cid_len].decode()
+        cid = bytes(data[pos:pos + cid_len]).decode()
         pos += cid_len
         lengths = struct.unpack_from(f">{count}I", data, pos)
     except (struct.error, UnicodeDecodeError) as exc:
@@ -128,7 +129,7 @@ def decode_run(data: bytes) -> CommandRun:
         raise EnvelopeError("command run truncated or with trailing bytes")
     commands = []
     for size in lengths:
-        commands.append(data[pos:pos + size])
+        commands.append(bytes(data[pos:pos + size]))
         pos += size
     return CommandRun(cid, first, commands, ack)
 

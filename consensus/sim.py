@@ -450,15 +450,16 @@ class Simulator:
             raise InvariantViolation(
                 f"node {host.id} applied index {entry.index} right after {host.applied}")
         host.applied = entry.index
+        data = bytes(entry.data)
         if entry.kind == EntryKind.NORMAL:
-            host.sm.apply(entry.data)
+            host.sm.apply(data)
         self.checker.on_apply(host.id, entry, host.sm.digest())
         self.result.max_commit = max(self.result.max_commit, entry.index)
         if entry.kind == EntryKind.CONF_CHANGE:
-            self.members.commit(entry.index, decode_conf_change(entry.data), self.result)
-        if self.proposals.get(entry.data) == (host.id, entry.term, entry.index):
+            self.members.commit(entry.index, decode_conf_change(data), self.result)
+        if self.proposals.get(data) == (host.id, entry.term, entry.index):
             voters = self.commit_voters.get(entry.index, self.voters0)
-            self.acked[entry.data] = (entry.index, entry.term, voters)
+            self.acked[data] = (entry.index, entry.term, voters)
             self.max_acked = max(self.max_acked, entry.index)
             self.result.acked = len(self.acked)
             if self.members.replaced_at and entry.index > self.members.replaced_at:

@@ -42,10 +42,11 @@ import mmap
 import os
 import shutil
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from consensus.errors import StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError
@@ -143,20 +144,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes, crc: int, header: bytes = b"") -> int:
-    """Write ``header`` then ``data`` to ``path`` (the image in CHUNK_BYTES slices) and fsync
-    it; the CRC chained from ``crc`` over the image's slices."""
+def _byte_views(parts: Sequence[Any]) -> list[memoryview]:
+    return [memoryview(part).cast("B") for part in parts]
+
+
+def _write_synced(path: Path, parts: Sequence[memoryview], crc: int,
+                  header: bytes = b"") -> int:
+    """Write ``header`` then the image, the concatenation of ``parts``, to ``path`` (in
+    CHUNK_BYTES slices of each part) and fsync it; the CRC chained from ``crc`` over the
+    image's bytes."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         rest = memoryview(header)
         while rest:
             rest = rest[os.write(fd, rest):]
-        view = memoryview(data)
-        for start in range(0, len(view), CHUNK_BYTES):
-            chunk = view[start:start + CHUNK_BYTES]
-            crc = zlib.crc32(chunk, crc)
-            while chunk:
-                chunk = chunk[os.write(fd, chunk):]
+        for view in parts:
+            for start in range(0, len(view), CHUNK_BYTES):
+                chunk = view[start:start + CHUNK_BYTES]
+                crc = zlib.crc32(chunk, crc)
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -192,26 +199,30 @@ class SnapshotFiles:
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    def write(self, index: int, term: int, data: bytes, crc_seed: int = 0) -> StoredSnapshot:
-        """Make ``data`` a durable file (see the module docstring); blocks on disk IO.
+    def write(self, index: int, term: int, parts: Sequence[Any],
+              crc_seed: int = 0) -> StoredSnapshot:
+        """Make the image, the concatenation of ``parts`` (bytes-like), a durable file (see
+        the module docstring), written part by part; blocks on disk IO.
 
         Raises StorageFullError (before creating anything if the free-space check fails;
         after deleting the partial file on ENOSPC). On any error no new file remains.
         """
-        check_space(self.dir, len(data))
+        views = _byte_views(parts)
+        size = sum(len(v) for v in views)
+        check_space(self.dir, size)
         name = self._fresh_name(index, term)
         final, tmp = self.path(name), self.path(name + _TMP)
         try:
-            with full_on_enospc(self.dir, len(data) + self.image_offset):
+            with full_on_enospc(self.dir, size + self.image_offset):
                 header = b"" if self._incarnation is None else _header(self._incarnation)
-                crc = _write_synced(tmp, data, crc_seed, header)
+                crc = _write_synced(tmp, views, crc_seed, header)
                 os.replace(tmp, final)
                 fsync_dir(self.dir)
         except BaseException:
             tmp.unlink(missing_ok=True)
             final.unlink(missing_ok=True)  # a fresh name: no row references it
             raise
-        return StoredSnapshot(name=name, size=len(data), crc=crc)
+        return StoredSnapshot(name=name, size=size, crc=crc)
 
     def _fresh_name(self, index: int, term: int) -> str:
         base, k = f"{index}-{term}", 0

@@ -59,13 +59,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from consensus import snapshot_files
 from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError, check_incarnation
 from consensus.segments import Segments
 from consensus.snapshot_files import SnapshotFiles, StoredSnapshot
-from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from consensus.types import Entry, EntryKind, HardState, Payload, Snapshot, SnapshotMeta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hard_state (
@@ -91,7 +92,7 @@ def _hard_state_crc(term: int, vote: int, commit: int) -> int:
     return zlib.crc32(struct.pack(">qqq", term, vote, commit))
 
 
-def _entry_crc(idx: int, term: int, kind: int, data: bytes) -> int:
+def _entry_crc(idx: int, term: int, kind: int, data: Payload) -> int:
     return zlib.crc32(data, zlib.crc32(struct.pack(">qqq", idx, term, kind)))
 
 
@@ -285,7 +286,9 @@ class SqliteStorage:
         expected = snapshot.meta.index + 1 if snapshot is not None else None
         entries: list[Entry] = []
         for idx, term, kind, data, crc, seg, off, size in rows:
-            payload = bytes(data) if seg is None else self._segments.read(seg, off, size)
+            # segment payloads stay in the file (a view): a log of several rounds of a large
+            # model would otherwise be read into memory whole on every restart
+            payload = bytes(data) if seg is None else self._segments.view(seg, off, size)
             if payload is None:
                 raise self._corrupt(
                     f"entry {idx} payload missing or truncated in {self._segments.path(seg)}")
@@ -333,7 +336,7 @@ class SqliteStorage:
         try:
             with self._transaction(stored):
                 if snapshot is not None and stored is not None:
-                    self._write_snapshot(snapshot, stored, keep_matching_suffix=True)
+                    self._write_snapshot(snapshot.meta, stored, keep_matching_suffix=True)
                 if entries:
                     self._write_entries(entries, refs)
                 if hard_state is not None:
@@ -390,10 +393,12 @@ class SqliteStorage:
 
     def _write_snapshot_file(self, snapshot: Snapshot) -> StoredSnapshot:
         """Write ``snapshot``'s image to a new durable file (blocks on IO); see SnapshotFiles."""
-        meta = snapshot.meta
+        return self._write_image_file(snapshot.meta, (snapshot.data,))
+
+    def _write_image_file(self, meta: SnapshotMeta, parts: Sequence[Any]) -> StoredSnapshot:
         seed = _snapshot_header_crc(meta.index, meta.term,
                                     _voters_text(meta.voters, meta.learners))
-        return self._snapshots.write(meta.index, meta.term, snapshot.data, seed)
+        return self._snapshots.write(meta.index, meta.term, parts, seed)
 
     def _payload_bytes(self, entries: Sequence[Entry]) -> int:
         return sum(len(e.data) for e in entries if len(e.data) > self.config.inline_max_bytes)
@@ -428,6 +433,20 @@ class SqliteStorage:
                 [(e.index, *refs[e.index], len(e.data)) for e in entries if e.index in refs],
             )
 
+    def payload_views(self, lo: int, hi: int) -> dict[int, tuple[int, memoryview]]:
+        """``{index: (term, view)}`` of the stored entries in ``[lo, hi]`` whose payloads live
+        in segment files: read-only views backed by those files (see ``Segments.view``), for a
+        host to hold in place of its in-memory copies. Reads only sqlite's index."""
+        rows = self._db.execute(
+            "SELECT e.idx, e.term, r.seg, r.off, r.size FROM payload_refs r "
+            "JOIN entries e ON e.idx = r.idx WHERE r.idx BETWEEN ? AND ?", (lo, hi))
+        views: dict[int, tuple[int, memoryview]] = {}
+        for idx, term, seg, off, size in rows:
+            view = self._segments.view(seg, off, size)
+            if view is not None:
+                views[idx] = (term, view)
+        return views
+
     def _collect_segments(self) -> None:
         """Delete segment files no committed row references (after the commit; IO)."""
         rows = self._db.execute("SELECT DISTINCT seg FROM payload_refs").fetchall()
@@ -453,9 +472,14 @@ class SqliteStorage:
         of keeping the image in memory: a later compaction unlinks it, which leaves a
         mapping valid). Raises StorageFullError if the image does not fit (checked before
         writing; changes nothing) or on ENOSPC (previous state remains)."""
-        stored = self._write_snapshot_file(snapshot)  # checks the space first
+        return self.compact_parts(snapshot.meta, (snapshot.data,))
+
+    def compact_parts(self, meta: SnapshotMeta, parts: Sequence[Any]) -> Path:
+        """:meth:`compact` of the image that is the concatenation of ``parts`` (bytes-like),
+        written part by part: the image is never assembled in memory."""
+        stored = self._write_image_file(meta, parts)  # checks the space first
         with self._transaction(stored):
-            self._write_snapshot(snapshot, stored, keep_matching_suffix=False)
+            self._write_snapshot(meta, stored, keep_matching_suffix=False)
         self._collect_segments()
         self._snapshots.collect(keep=stored.name)
         return self._snapshots.path(stored.name)
@@ -466,11 +490,10 @@ class SqliteStorage:
         return self._snapshots.map(path)
 
     def _write_snapshot(
-        self, snapshot: Snapshot, stored: StoredSnapshot, *, keep_matching_suffix: bool
+        self, meta: SnapshotMeta, stored: StoredSnapshot, *, keep_matching_suffix: bool
     ) -> None:
-        """Inside the open transaction: drop the entries ``snapshot`` covers (§7) and point
-        the snapshot row at ``stored``, the image's durable file."""
-        meta = snapshot.meta
+        """Inside the open transaction: drop the entries the snapshot ``meta`` describes covers
+        (§7) and point the snapshot row at ``stored``, the image's durable file."""
         voters = _voters_text(meta.voters, meta.learners)
         if keep_matching_suffix:
             row = self._db.execute("SELECT term FROM entries WHERE idx = ?", (meta.index,))

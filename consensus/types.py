@@ -20,6 +20,11 @@ class EntryKind(enum.IntEnum):
     CONF_CHANGE = 2  # a ConfChange encoded with ``encode_conf_change`` (§4.1)
 
 
+Payload = bytes | memoryview
+"""An entry's bytes: its own copy, or a read-only view of the same bytes where the host
+stored them (``RaftNode.release_payloads``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One log entry (Figure 2: "log[]")."""
@@ -27,7 +32,7 @@ class Entry:
     term: int
     index: int
     kind: EntryKind = EntryKind.NORMAL
-    data: bytes = b""
+    data: Payload = b""
 
 
 @dataclass(frozen=True, slots=True)

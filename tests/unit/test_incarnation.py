@@ -117,7 +117,7 @@ def test_a_snapshot_file_of_another_incarnation_is_refused(tmp_path: Path) -> No
 
 def test_a_bare_image_file_is_refused_when_an_id_is_expected(tmp_path: Path) -> None:
     files = SnapshotFiles(tmp_path / "s", tmp_path / "r.db")
-    stored = files.write(1, 1, b"data")
+    stored = files.write(1, 1, [b"data"])
     stamped = SnapshotFiles(tmp_path / "s", tmp_path / "r.db", OLD)
     with pytest.raises(IncarnationMismatchError) as info:
         stamped.read(stored)
@@ -127,7 +127,7 @@ def test_a_bare_image_file_is_refused_when_an_id_is_expected(tmp_path: Path) -> 
 
 def test_a_stamped_file_reads_without_an_expectation(tmp_path: Path) -> None:
     stamped = SnapshotFiles(tmp_path / "s", tmp_path / "r.db", OLD)
-    stored = stamped.write(1, 1, b"data")
+    stored = stamped.write(1, 1, [b"data"])
     assert SnapshotFiles(tmp_path / "s", tmp_path / "r.db").read(stored) == b"data"
 
 

@@ -61,7 +61,7 @@ def test_write_streams_memoryview_chunks_and_chains_the_crc(
 
     monkeypatch.setattr(snapshot_files, "CHUNK_BYTES", 100)
     monkeypatch.setattr(os, "write", spy)
-    stored = files.write(7, 3, data, crc_seed=12345)
+    stored = files.write(7, 3, [data], crc_seed=12345)
     monkeypatch.undo()
     assert stored == StoredSnapshot(name="7-3.snap", size=len(data),
                                     crc=zlib.crc32(data, 12345))
@@ -73,14 +73,14 @@ def test_write_streams_memoryview_chunks_and_chains_the_crc(
 
 def test_empty_image_round_trips(tmp_path: Path) -> None:
     files = _files(tmp_path)
-    stored = files.write(1, 1, b"")
+    stored = files.write(1, 1, [b""])
     assert files.read(stored) == b""
 
 
 def test_an_existing_name_is_never_overwritten(tmp_path: Path) -> None:
     files = _files(tmp_path)
-    first = files.write(5, 2, b"first")
-    second = files.write(5, 2, b"second")
+    first = files.write(5, 2, [b"first"])
+    second = files.write(5, 2, [b"second"])
     assert (first.name, second.name) == ("5-2.snap", "5-2.1.snap")
     assert files.read(first) == b"first"
 
@@ -97,7 +97,7 @@ def test_read_rejects_bad_files_naming_them(
     tmp_path: Path, stored: StoredSnapshot, detail: str
 ) -> None:
     files = _files(tmp_path)
-    files.write(1, 1, b"data")
+    files.write(1, 1, [b"data"])
     with pytest.raises(StorageCorruptError) as info:
         files.read(stored)
     assert info.value.path == str(tmp_path / "r.db")
@@ -110,7 +110,7 @@ def test_write_checks_space_before_creating_anything(
     files = _files(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: _Usage(1 << 40, 1 << 40, 4096))
     with pytest.raises(StorageFullError) as info:
-        files.write(1, 1, b"x" * 4096)
+        files.write(1, 1, [b"x" * 4096])
     assert (info.value.path, info.value.needed, info.value.free) == (
         str(files.dir), 4096 + SPACE_RESERVE_BYTES, 4096)
     assert _names(files) == []
@@ -143,7 +143,7 @@ def test_a_failed_write_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     files = _files(tmp_path)
-    old = files.write(1, 1, b"old")
+    old = files.write(1, 1, [b"old"])
 
     def broken(*args: object) -> None:
         raise OSError(errno.EIO, "I/O error")
@@ -153,14 +153,14 @@ def test_a_failed_write_leaves_no_file(
     else:  # after the rename: the new name exists but must not survive
         monkeypatch.setattr(snapshot_files, "fsync_dir", broken)
     with pytest.raises(OSError, match="I/O error"):
-        files.write(2, 1, b"new")
+        files.write(2, 1, [b"new"])
     monkeypatch.undo()
     assert _names(files) == [old.name]
 
 
 def test_collect_deletes_only_unreferenced_snapshot_and_temp_files(tmp_path: Path) -> None:
     files = _files(tmp_path)
-    old, live = files.write(1, 1, b"old"), files.write(2, 1, b"live")
+    old, live = files.write(1, 1, [b"old"]), files.write(2, 1, [b"live"])
     (files.dir / "3-1.snap.tmp").write_bytes(b"torn")
     (files.dir / "NOTES.txt").write_bytes(b"an operator's file")
     files.collect(keep=live.name)
@@ -174,7 +174,7 @@ def test_collect_deletes_only_unreferenced_snapshot_and_temp_files(tmp_path: Pat
 def test_collect_is_best_effort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = _files(tmp_path)
     for index in (1, 2, 3):
-        files.write(index, 1, b"img")
+        files.write(index, 1, [b"img"])
     real_discard = SnapshotFiles.discard
 
     def stubborn(self: SnapshotFiles, name: str) -> None:

@@ -1,0 +1,199 @@
+"""Applied large entries are held as views of their stored bytes, not as copies.
+
+A replica of a large model would otherwise keep every round since its last snapshot in
+memory (hundreds of MB each). The storage hands out read-only, file-backed views of the
+payloads in its segment files; the core swaps them in for committed, applied, persisted
+entries only; a restart loads segment payloads as views too; a snapshot image is written
+part by part, never assembled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus import replica_fresh
+from consensus.config import RaftConfig
+from consensus.core import RaftNode
+from consensus.errors import StorageCorruptError
+from consensus.raft_log import RaftLog
+from consensus.replica import RaftReplica
+from consensus.replica_config import RaftGroupConfig
+from consensus.segments import Segments
+from consensus.storage import SqliteStorage, StorageConfig
+from consensus.types import Entry, HardState, Role, SnapshotMeta
+
+BIG = 200_000  # above StorageConfig.inline_max_bytes: stored in a segment
+
+
+def _entries(first: int, sizes: list[int], term: int = 1) -> list[Entry]:
+    return [Entry(term=term, index=first + i, data=bytes([first + i]) * size)
+            for i, size in enumerate(sizes)]
+
+
+def test_segment_views_read_the_stored_bytes_without_copying(tmp_path: Path) -> None:
+    segments = Segments(tmp_path / "seg", segment_bytes=1 << 30)
+    (seg, off), = segments.append([b"a" * 1000])
+    view = segments.view(seg, off, 1000)
+    assert view is not None and view.readonly and bytes(view) == b"a" * 1000
+    (seg2, off2), = segments.append([b"b" * 500])  # the segment grew past its mapping
+    later = segments.view(seg2, off2, 500)
+    assert later is not None and bytes(later) == b"b" * 500
+    assert bytes(view) == b"a" * 1000  # an older view stays valid
+    assert segments.view(seg, off2, 10_000) is None  # past the end of the file
+    assert segments.view(seg + 5, 0, 10) is None  # no such segment
+    segments.close()
+
+
+def test_a_view_outlives_its_segment_being_collected(tmp_path: Path) -> None:
+    segments = Segments(tmp_path / "seg", segment_bytes=100)
+    (seg, off), = segments.append([b"x" * 200])
+    segments.append([b"y" * 200])  # rotates: ``seg`` is no longer the current segment
+    view = segments.view(seg, off, 200)
+    assert view is not None
+    segments.collect(live=set())
+    assert not segments.path(seg).exists()
+    assert bytes(view) == b"x" * 200
+    segments.close()
+
+
+def test_storage_views_cover_segment_payloads_only(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "r.db")
+    storage.save(HardState(term=1), _entries(1, [10, BIG, BIG]), None)
+    views = storage.payload_views(1, 3)
+    assert sorted(views) == [2, 3]  # entry 1 is inline in sqlite
+    term, view = views[2]
+    assert term == 1 and isinstance(view, memoryview) and bytes(view) == bytes([2]) * BIG
+    storage.close()
+
+
+def test_a_restart_loads_segment_payloads_as_views_and_still_checks_them(
+    tmp_path: Path,
+) -> None:
+    storage = SqliteStorage(tmp_path / "r.db")
+    storage.save(HardState(term=1), _entries(1, [10, BIG]), None)
+    storage.close()
+    reopened = SqliteStorage(tmp_path / "r.db")
+    _hs, _snap, entries = reopened.load()
+    assert isinstance(entries[0].data, bytes)
+    assert isinstance(entries[1].data, memoryview)
+    assert bytes(entries[1].data) == bytes([2]) * BIG
+    reopened.close()
+    seg = next((tmp_path / "r.db.segments").glob("*.seg"))
+    raw = bytearray(seg.read_bytes())
+    raw[100] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    damaged = SqliteStorage(tmp_path / "r.db")
+    with pytest.raises(StorageCorruptError, match="entry 2 CRC mismatch"):
+        damaged.load()
+    damaged.close()
+
+
+def test_the_log_swaps_only_committed_entries_of_the_same_term_and_length() -> None:
+    log = RaftLog(entries=_entries(1, [4, 4, 4]))
+    log.commit_to(2)
+    same = memoryview(bytes([1]) * 4)
+    swapped = log.swap_payloads({
+        1: (1, same),
+        2: (2, memoryview(bytes(4))),  # another term: not the same entry
+        3: (1, memoryview(bytes(4))),  # not committed
+        9: (1, memoryview(b"")),  # not held
+    })
+    assert swapped == 1
+    assert log.entries(1, 1)[0].data is same
+    assert isinstance(log.entries(2, 2)[0].data, bytes)
+    assert log.swap_payloads({2: (1, memoryview(bytes(3)))}) == 0  # length differs
+
+
+def test_the_core_releases_applied_and_persisted_entries_only() -> None:
+    node = RaftNode(RaftConfig(id=1, voters=(1,)), random.Random(1))
+    for _ in range(100):
+        node.tick()
+        if node.role == Role.LEADER:
+            break
+    ready = node.ready()
+    node.advance(ready)  # the no-op of the new term, persisted
+    index = node.propose(b"p" * 8)
+    view = memoryview(b"p" * 8)
+    assert node.release_payloads({index: (node.term, view)}) == 0  # neither stable nor applied
+    while node.has_ready():
+        node.advance(node.ready())  # persisted, committed (a group of one), applied
+    assert node.release_payloads({index: (node.term, view)}) == 1
+    assert node.log.entries(index, index)[0].data is view
+
+
+def test_a_snapshot_written_in_parts_equals_the_joined_image(tmp_path: Path) -> None:
+    parts = [b"head", memoryview(b"x" * 70_000), bytearray(b"tail")]
+    meta = SnapshotMeta(index=3, term=1, voters=(1,))
+    storage = SqliteStorage(tmp_path / "r.db", StorageConfig())
+    storage.save(HardState(term=1), _entries(1, [10, 10, 10]), None)
+    storage.compact_parts(meta, parts)
+    storage.close()
+    _hs, snap, entries = SqliteStorage(tmp_path / "r.db").load()
+    assert snap is not None and bytes(snap.data) == b"".join(bytes(p) for p in parts)
+    assert entries == []
+    assert zlib.crc32(bytes(snap.data)) == zlib.crc32(b"".join(bytes(p) for p in parts))
+
+
+class Sizes:
+    """A state machine that records the size of each command it applied."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def apply(self, command: bytes) -> int:
+        assert isinstance(command, bytes)  # the contract: a command is its own bytes
+        self.sizes.append(len(command))
+        return len(command)
+
+    def snapshot(self) -> bytes:
+        return repr(self.sizes).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.sizes = []
+
+    def query(self, query: Any) -> list[int]:
+        return list(self.sizes)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replica_fresh, "ray_restarted", lambda: False)
+
+
+def test_a_replica_holds_applied_large_entries_as_views(tmp_path: Path) -> None:
+    """Through a real one-replica group: once applied, each large entry of the in-memory log
+    is a view of its segment, small ones keep their bytes, and the results are unchanged."""
+    group = "job/shard-0"
+
+    async def scenario() -> tuple[list[object], list[int]]:
+        cfg = RaftGroupConfig(tick_interval_s=0.01, peer_tcp=False)
+        replica = RaftReplica(group, 0, [f"{group}/replica-0"], None, Sizes, tmp_path, cfg)
+        try:
+            for _turn in range(1000):  # a lone replica elects itself within a few ticks
+                if replica._node.role == Role.LEADER:
+                    break
+                await asyncio.sleep(0.01)
+            sizes = [10, 2 << 20, 3 << 20]
+            for seq, size in enumerate(sizes, start=1):
+                assert await replica.propose("client", seq, b"c" * size, timeout=10.0) == size
+            log = replica._node.log
+            held = [log.entries(i, i)[0].data for i in range(log.snapshot_index + 1,
+                                                            log.last_index + 1)]
+            return held, replica.state_machine.sizes
+        finally:
+            replica._task.cancel()
+            if replica._ticker is not None:
+                replica._ticker.cancel()
+            replica._storage.close()
+
+    held, applied = asyncio.run(scenario())
+    assert applied == [10, 2 << 20, 3 << 20]
+    big = [d for d in held if len(d) >= 2 << 20]
+    assert len(big) == 2 and all(isinstance(d, memoryview) for d in big)
+    assert all(isinstance(d, bytes) for d in held if len(d) < 1 << 20)
