@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ViewReader", "empty_buffer", "gather"]
+__all__ = ["ViewReader", "empty_buffer", "gather", "same_bytes"]
+
+_COMPARE_CHUNK = 16 << 20
 
 
 def empty_buffer(size: int) -> memoryview:
@@ -32,6 +34,20 @@ def gather(parts: Sequence[Any]) -> memoryview:
         out[pos:pos + view.size] = view
         pos += view.size
     return out.data
+
+
+def same_bytes(a: Any, b: Any) -> bool:
+    """Whether two bytes-like objects hold the same bytes, compared by numpy in slices
+    with the GIL released (``==`` between a memoryview and bytes walks them item by item
+    with the GIL held); the same memory is equal at once."""
+    left = np.frombuffer(memoryview(a).cast("B"), np.uint8)
+    right = np.frombuffer(memoryview(b).cast("B"), np.uint8)
+    if left.size != right.size:
+        return False
+    if left.size == 0 or left.ctypes.data == right.ctypes.data:
+        return True
+    return all(np.array_equal(left[i:i + _COMPARE_CHUNK], right[i:i + _COMPARE_CHUNK])
+               for i in range(0, left.size, _COMPARE_CHUNK))
 
 
 class ViewReader:

@@ -365,9 +365,11 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         self._snaps.restored(snapshot.meta.index)
         self._applied_term = snapshot.meta.term
 
-    def _run_command(self, command: bytes) -> Any:
+    def _run_command(self, command: bytes | memoryview) -> Any:
+        """``command`` is a view only for a machine with ``command_views`` (see
+        ``StateMachine.apply``)."""
         try:
-            return self.state_machine.apply(command)
+            return self.state_machine.apply(command)  # type: ignore[arg-type]
         except Exception as exc:  # deterministic: every replica records the same error
             return CommandError(f"{type(exc).__name__}: {exc}")
 
@@ -375,10 +377,12 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         """(apply thread) Run ``entry``'s commands through the session table."""
         if entry.kind != EntryKind.NORMAL or not entry.data:
             return []
+        views = bool(getattr(self.state_machine, "command_views", False))
         try:
             if is_run(entry.data):
-                return self._sessions.apply_run(decode_run(entry.data), self._run_command)
-            return [self._sessions.apply(e, self._run_command) for e in decode_batch(entry.data)]
+                return self._sessions.apply_run(decode_run(entry.data, views), self._run_command)
+            return [self._sessions.apply(e, self._run_command)
+                    for e in decode_batch(entry.data, views)]
         except EnvelopeError as exc:
             return [pickle.dumps(CommandError(str(exc)))]
 

@@ -49,13 +49,14 @@ class Envelope:
 
     client_id: str
     seq: int
-    command: bytes
+    command: bytes | memoryview
+    """Its own bytes; a read-only view of the entry only when decoded with ``views``."""
     ack: int = 0
 
 
 def encode_batch(envelopes: Sequence[Envelope]) -> bytes:
     """Encode envelopes as one log-entry payload."""
-    parts = [_MAGIC, _COUNT.pack(len(envelopes))]
+    parts: list[bytes | memoryview] = [_MAGIC, _COUNT.pack(len(envelopes))]
     for env in envelopes:
         cid = env.client_id.encode()
         parts.append(_ENVELOPE.pack(len(cid), env.seq, env.ack, len(env.command)))
@@ -64,8 +65,10 @@ def encode_batch(envelopes: Sequence[Envelope]) -> bytes:
     return b"".join(parts)
 
 
-def decode_batch(data: bytes | memoryview) -> list[Envelope]:
-    """Inverse of :func:`encode_batch`; raises EnvelopeError on malformed bytes."""
+def decode_batch(data: bytes | memoryview, views: bool = False) -> list[Envelope]:
+    """Inverse of :func:`encode_batch`; raises EnvelopeError on malformed bytes. With
+    ``views``, each command is a read-only view of ``data`` instead of a copy (a large
+    command is then never copied on its way to the state machine)."""
     if data[:4] != _MAGIC or len(data) < 8:
         raise EnvelopeError("payload is not a command batch (bad magic); propose via RaftGroup")
     (count,) = _COUNT.unpack_from(data, 4)
@@ -76,7 +79,8 @@ def decode_batch(data: bytes | memoryview) -> list[Envelope]:
             pos += _ENVELOPE.size
             cid = bytes(view[pos:pos + cid_len]).decode()
             pos += cid_len
-            command = bytes(view[pos:pos + cmd_len])
+            part = view[pos:pos + cmd_len]
+            command: bytes | memoryview = part.toreadonly() if views else bytes(part)
             pos += cmd_len
             if len(command) != cmd_len:
                 raise EnvelopeError("command batch truncated")
@@ -94,7 +98,7 @@ class CommandRun:
 
     client_id: str
     first_seq: int
-    commands: list[bytes]
+    commands: list[bytes | memoryview]
     ack: int = 0
 
 
@@ -111,9 +115,9 @@ def is_run(data: bytes | memoryview) -> bool:
     return data[:4] == _RUN_MAGIC
 
 
-def decode_run(data: bytes | memoryview) -> CommandRun:
+def decode_run(data: bytes | memoryview, views: bool = False) -> CommandRun:
     """Inverse of :func:`encode_run`; raises EnvelopeError on malformed bytes. Each command
-    is its own ``bytes`` (the state machine's contract), whatever ``data`` is."""
+    is its own ``bytes`` whatever ``data`` is, or with ``views`` a read-only view of it."""
     if data[:4] != _RUN_MAGIC:
         raise EnvelopeError("payload is not a command run (bad magic); propose via RaftGroup")
     try:
@@ -127,9 +131,10 @@ def decode_run(data: bytes | memoryview) -> CommandRun:
     pos += 4 * count
     if first < 1 or pos + sum(lengths) != len(data):
         raise EnvelopeError("command run truncated or with trailing bytes")
-    commands = []
+    whole = memoryview(data).toreadonly()
+    commands: list[bytes | memoryview] = []
     for size in lengths:
-        commands.append(bytes(data[pos:pos + size]))
+        commands.append(whole[pos:pos + size] if views else bytes(whole[pos:pos + size]))
         pos += size
     return CommandRun(cid, first, commands, ack)
 
@@ -150,7 +155,7 @@ class SessionTable:
     def __init__(self) -> None:
         self._clients: dict[str, _Client] = {}
 
-    def apply(self, env: Envelope, run: Callable[[bytes], Any]) -> bytes:
+    def apply(self, env: Envelope, run: Callable[[Any], Any]) -> bytes:
         """Run ``env.command`` with ``run`` unless already applied; return the pickled result.
 
         A retry of an applied seq returns the cached result. A seq below the client's ack
@@ -172,7 +177,7 @@ class SessionTable:
                 del client.results[seq]
         return result
 
-    def apply_run(self, run_: CommandRun, run: Callable[[bytes], Any]) -> list[bytes]:
+    def apply_run(self, run_: CommandRun, run: Callable[[Any], Any]) -> list[bytes]:
         """:meth:`apply` for every command of ``run_`` in seq order (same results, same
         table afterwards), without per-command envelopes."""
         client = self._clients.setdefault(run_.client_id, _Client())

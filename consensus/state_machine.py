@@ -15,7 +15,12 @@ class StateMachine(Protocol):
     """
 
     def apply(self, command: bytes) -> Any:
-        """Apply one committed command and return its result (must be picklable)."""
+        """Apply one committed command and return its result (must be picklable).
+
+        A machine whose class sets ``command_views = True`` is handed a read-only
+        ``memoryview`` of the command where it lies in the log entry instead of a copy (a
+        large command is then never copied on its way in); it may keep the view, which
+        keeps the entry's buffer alive, but must not assume it is ``bytes``."""
 
     def snapshot(self) -> bytes:
         """Serialize the whole state. Called between applies, never concurrently."""

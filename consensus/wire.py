@@ -35,6 +35,7 @@ from consensus.types import (
     InstallSnapshot,
     InstallSnapshotResponse,
     Message,
+    Payload,
     RequestVote,
     RequestVoteResponse,
     SnapshotMeta,
@@ -347,8 +348,16 @@ def _members(view: memoryview, pos: int, n: int, what: str) -> tuple[tuple[int, 
     return members, pos + n * _VOTER.size
 
 
+def _entry_data(view: memoryview, pos: int, size: int) -> Payload:
+    """A large entry's bytes stay where they were received (a read-only view: the buffer is
+    this frame's own), a small one is copied out so that it does not pin the frame."""
+    part = view[pos:pos + size]
+    return part.toreadonly() if size >= _COPY_BELOW else bytes(part)
+
+
 def build(plan: _Plan, payload: Any) -> list[Message]:
-    """The messages of a parsed header; each payload is copied once, out of ``payload``."""
+    """The messages of a parsed header, out of ``payload`` (a buffer no one else writes):
+    large entries are views of it (see ``_entry_data``), everything else is copied once."""
     view = memoryview(payload).cast("B")
     pos = 0
     batch: list[Message] = []
@@ -356,7 +365,7 @@ def build(plan: _Plan, payload: Any) -> list[Message]:
         if tag == _TAG_AE:
             entries = []
             for term, index, kind, size in layout:
-                entries.append(Entry(term, index, kind, bytes(view[pos:pos + size])))
+                entries.append(Entry(term, index, kind, _entry_data(view, pos, size)))
                 pos += size
             src, dst, term, prev, prev_term, commit, ctx = fields
             batch.append(AppendEntries(src, dst, term, prev, prev_term, tuple(entries),
@@ -389,7 +398,8 @@ def read_batch(read: Callable[[int], Any], max_payload: int) -> list[Message]:
 
 
 def decode(frame: Any, max_payload: int = 1 << 62) -> list[Message]:
-    """Decode one whole frame held in memory (``frame`` is bytes-like)."""
+    """Decode one whole frame held in memory (``frame`` is bytes-like; large entries are
+    views of it, so it must not be written to afterwards)."""
     view = memoryview(frame).cast("B")
     header, payload = parse_preamble(view[:PREAMBLE.size], max_payload)
     if len(view) != PREAMBLE.size + header + payload:

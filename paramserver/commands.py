@@ -59,7 +59,7 @@ def encode_frame(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any
     return b"".join(frame_parts(header, arrays))
 
 
-def decode_frame(data: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+def decode_frame(data: bytes | memoryview) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
     """Inverse of :func:`encode_frame`; CommandDecodeError on any malformed input.
 
     The arrays are read-only views into ``data`` (no copy on little-endian hosts); they keep
@@ -150,7 +150,7 @@ class RestoreCommand:
 Command = RoundCommand | RestoreCommand
 
 
-def decode_command(data: bytes) -> Command:
+def decode_command(data: bytes | memoryview) -> Command:
     """Decode bytes written by ``RoundCommand.encode`` or ``RestoreCommand.encode``."""
     header, arrays = decode_frame(data)
     try:

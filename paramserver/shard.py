@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from consensus.buffers import same_bytes
 from paramserver.async_steps import record, taken
 from paramserver.commands import (
     Command,
@@ -289,7 +290,12 @@ class ShardStateMachine:
         """A deep copy of the shard at one version, as plain data (for checkpoints)."""
         return self._gate.read(self._copy_state, timeout)
 
-    def apply(self, command: bytes) -> ApplyResult | None:
+    command_views = True
+    """Committed commands arrive as read-only views of their log entries, never copied
+    (``consensus.state_machine``): a round of a large shard is hundreds of MB; every
+    array a command leaves in the state is a copy (``_step_layers``, ``_load``)."""
+
+    def apply(self, command: bytes | memoryview) -> ApplyResult | None:
         """Apply one committed command (see ``_apply_once``). A write that times out on its
         locks changed nothing and is retried here: a Raft apply must not fail on one replica
         for a reason the others do not share (a slow local reader)."""
@@ -300,7 +306,7 @@ class ShardStateMachine:
                 LOG.warning("a shard apply waited %.0f s for readers to release its layers; "
                             "retrying", self.write_timeout_s)
 
-    def _apply_once(self, command: bytes) -> ApplyResult | None:
+    def _apply_once(self, command: bytes | memoryview) -> ApplyResult | None:
         """Apply one committed command. A RoundCommand for an applied round is a no-op that
         returns the same ApplyResult; one past the next round raises FutureRoundError; bad
         commands raise before anything changes. Mutates params, optimizer state, versions.
@@ -313,8 +319,8 @@ class ShardStateMachine:
         """
         with self._mutex:
             pending, self._pending = self._pending, None
-            if (pending is not None and pending.command == command
-                    and pending.base == self._generation):
+            if (pending is not None and pending.base == self._generation
+                    and same_bytes(pending.command, command)):
                 try:
                     with self._mutation():
                         self._set(pending.state)

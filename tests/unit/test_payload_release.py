@@ -15,9 +15,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from consensus import replica_fresh
+from consensus.buffers import same_bytes
 from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.errors import StorageCorruptError
@@ -25,6 +27,7 @@ from consensus.raft_log import RaftLog
 from consensus.replica import RaftReplica
 from consensus.replica_config import RaftGroupConfig
 from consensus.segments import Segments
+from consensus.session import Envelope, decode_batch, decode_run, encode_batch, encode_run
 from consensus.storage import SqliteStorage, StorageConfig
 from consensus.types import Entry, HardState, Role, SnapshotMeta
 
@@ -197,3 +200,60 @@ def test_a_replica_holds_applied_large_entries_as_views(tmp_path: Path) -> None:
     big = [d for d in held if len(d) >= 2 << 20]
     assert len(big) == 2 and all(isinstance(d, memoryview) for d in big)
     assert all(isinstance(d, bytes) for d in held if len(d) < 1 << 20)
+
+
+class Views(Sizes):
+    """A machine that takes commands as views of their entries (``command_views``)."""
+
+    command_views = True
+
+    def apply(self, command: bytes) -> int:
+        assert isinstance(command, memoryview) and command.readonly
+        self.sizes.append(len(command))
+        return len(command)
+
+
+def test_a_machine_that_opts_in_gets_views_of_its_commands(tmp_path: Path) -> None:
+    group = "job/shard-0"
+
+    async def scenario() -> list[int]:
+        cfg = RaftGroupConfig(tick_interval_s=0.01, peer_tcp=False)
+        replica = RaftReplica(group, 0, [f"{group}/replica-0"], None, Views, tmp_path, cfg)
+        try:
+            for _turn in range(1000):
+                if replica._node.role == Role.LEADER:
+                    break
+                await asyncio.sleep(0.01)
+            for seq, size in enumerate([5, 2 << 20], start=1):
+                assert await replica.propose("client", seq, b"v" * size, timeout=10.0) == size
+            return list(replica.state_machine.sizes)
+        finally:
+            replica._task.cancel()
+            if replica._ticker is not None:
+                replica._ticker.cancel()
+            replica._storage.close()
+
+    assert asyncio.run(scenario()) == [5, 2 << 20]
+
+
+def test_decoding_with_views_copies_no_command() -> None:
+    batch = encode_batch([Envelope("c", 1, b"a" * 10), Envelope("c", 2, b"b" * 20)])
+    viewed = decode_batch(batch, views=True)
+    assert [bytes(e.command) for e in viewed] == [b"a" * 10, b"b" * 20]
+    assert all(isinstance(e.command, memoryview) and e.command.readonly for e in viewed)
+    assert all(type(e.command) is bytes for e in decode_batch(memoryview(batch)))
+    run = encode_run("c", 1, [b"x" * 3, b"y" * 4], 0)
+    assert [bytes(c) for c in decode_run(memoryview(run), views=True).commands] == [
+        b"x" * 3, b"y" * 4]
+    assert all(type(c) is bytes for c in decode_run(memoryview(run)).commands)
+
+
+def test_same_bytes_compares_contents_across_buffer_types() -> None:
+    big = np.arange(40 << 20, dtype=np.uint8).tobytes()  # more than one comparison slice
+    late = bytearray(big)
+    late[-1] ^= 1
+    assert same_bytes(big, memoryview(bytearray(big)))
+    assert same_bytes(memoryview(big), memoryview(big))  # the same memory
+    assert not same_bytes(big, late)
+    assert not same_bytes(big, big[:-1])
+    assert same_bytes(b"", memoryview(b""))

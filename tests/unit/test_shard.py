@@ -269,6 +269,28 @@ def test_apply_after_preview_equals_apply_without_preview_bitwise(opt: Optimizer
         assert previewed.snapshot() == plain.snapshot()
 
 
+@pytest.mark.parametrize("opt", OPTIMIZERS[2:3], ids=["adam"])
+def test_a_command_handed_in_as_a_view_applies_and_adopts_like_bytes(
+    opt: OptimizerConfig,
+) -> None:
+    """Replicas hand committed commands to the shard as read-only views of their log
+    entries (``command_views``): the bits are those of bytes, a preview is adopted when the
+    view holds the previewed bytes (in another buffer), and a different view is stepped."""
+    assert ShardStateMachine.command_views
+    viewed, plain = _machine(opt), _machine(opt)
+    for r in range(3):
+        command = _command(r, r)
+        ahead = viewed.preview(command)
+        viewed.apply(memoryview(bytearray(command)).toreadonly())  # equal bytes, elsewhere
+        plain.apply(command)
+        assert np.shares_memory(ahead["w"], viewed.params()["w"])  # adopted
+        assert viewed.snapshot() == plain.snapshot()
+    viewed.preview(_command(3, 1))
+    viewed.apply(memoryview(_command(3, 2)))  # not the previewed bytes: computed
+    plain.apply(_command(3, 2))
+    assert viewed.snapshot() == plain.snapshot()
+
+
 def test_a_different_command_after_a_preview_is_computed_normally() -> None:
     machine, reference = _machine(), _machine()
     ahead = machine.preview(_command(0, 1))
