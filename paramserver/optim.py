@@ -181,7 +181,8 @@ def sgd_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: Optimizer
     state["step"] = np.asarray(int(state["step"]) + 1, np.int64)
 
 
-def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig) -> None:
+def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig,
+              *, spare_grad: bool = False) -> None:
     """One torch.optim.Adam / AdamW step (no amsgrad, foreach=False). Mutates ``param`` and
     ``state``.
 
@@ -189,8 +190,10 @@ def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: Optimize
     alpha=wd)``; ``exp_avg.lerp_(g, 1 - beta1)``; ``exp_avg_sq.mul_(beta2).addcmul_(g, g,
     value=1 - beta2)``; ``denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)``
     (written into one temporary with ``out=``, reusing the weight-decay one when present);
-    ``param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)``. ``grad`` is never
-    modified; the moment buffers are updated in place when writable (copied when read-only).
+    ``param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)``. ``grad`` is not
+    modified unless ``spare_grad`` (the caller's own temporary: ``denom`` is then written
+    into it once it is spent, one temporary fewer); the moment buffers are updated in place
+    when writable (copied when read-only).
     """
     beta1, beta2 = cfg.betas
     step = int(state["step"]) + 1
@@ -200,7 +203,7 @@ def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: Optimize
         if cfg.kind == "adamw":
             p.mul_(1 - lr * cfg.weight_decay)
         else:
-            _, scratch = _scratch(param)
+            scratch = g if spare_grad else _scratch(param)[1]
             g = torch.add(g, p, alpha=cfg.weight_decay, out=scratch)
     exp_avg = _owned(state.get("exp_avg"))
     exp_avg_sq = _owned(state.get("exp_avg_sq"))
@@ -214,6 +217,8 @@ def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: Optimize
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
     bias_correction2_sqrt = bias_correction2**0.5
+    if scratch is None and spare_grad:
+        scratch = g  # the caller's temporary, spent like g
     denom = scratch if scratch is not None else torch.empty_like(p)  # g is spent: reuse it
     torch.sqrt(v, out=denom)
     denom.div_(bias_correction2_sqrt).add_(cfg.eps)
@@ -224,16 +229,20 @@ def adam_step(param: F32, grad: F32, state: PieceState, lr: float, cfg: Optimize
 
 
 def optimizer_step(
-    param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig
+    param: F32, grad: F32, state: PieceState, lr: float, cfg: OptimizerConfig, *,
+    spare_grad: bool = False,
 ) -> None:
     """Step one piece with ``cfg``'s optimizer at learning rate ``lr``; mutates in place.
 
     ``param`` (writable) and ``grad`` must be float32 arrays of the same shape, else
     GradientShapeError before anything changes; ``grad`` is the MEAN gradient and is not
-    modified. Blocks the calling thread for the step (the GIL is released in the kernels).
+    modified, unless ``spare_grad`` says it is the caller's temporary, which the step may
+    then overwrite (Adam writes its denominator there: one piece-sized temporary fewer,
+    the same bits). Blocks the calling thread for the step (the GIL is released in the
+    kernels).
     """
     _check_inputs(param, grad)
     if cfg.kind == "sgd":
         sgd_step(param, grad, state, lr, cfg)
     else:
-        adam_step(param, grad, state, lr, cfg)
+        adam_step(param, grad, state, lr, cfg, spare_grad=spare_grad and grad.flags.writeable)

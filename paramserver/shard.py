@@ -439,8 +439,9 @@ class ShardStateMachine:
             if not param.flags.writeable:  # frozen: handed out, so copy-on-write
                 param = param.copy()
             state = dict(self._opt[key])
+            # the mean gradient is a temporary of this step's: the optimizer may reuse it
             optimizer_step(param, np.divide(command.grads[key], scale), state, lr,
-                           self.optimizer)
+                           self.optimizer, spare_grad=True)
             return param, state
 
         big = [k for k in self._trained if self._params[k].size >= POOL_MIN_ELEMENTS]

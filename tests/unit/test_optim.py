@@ -261,3 +261,28 @@ def test_check_state_rejects_misfit_buffers() -> None:
                 {"step": np.zeros((), np.int64), "exp_avg": np.zeros(3, np.float64)}):
         with pytest.raises(GradientShapeError):
             check_state("w", (3,), bad)
+
+
+@pytest.mark.parametrize("cfg", [OptimizerConfig(kind="adam", lr=0.01),
+                                 OptimizerConfig(kind="adam", lr=0.01, weight_decay=0.01),
+                                 OptimizerConfig(kind="adamw", lr=0.01, weight_decay=0.1),
+                                 OptimizerConfig(kind="sgd", lr=0.1, momentum=0.9)])
+def test_a_spare_gradient_may_be_overwritten_and_the_bits_stay(cfg: OptimizerConfig) -> None:
+    """``spare_grad``: the caller's temporary mean gradient holds Adam's denominator after
+    the step (one temporary fewer); the parameters and state are bitwise those of a step
+    that kept the gradient intact (which the tests above compare with torch)."""
+    rng = np.random.default_rng(11)
+    start = rng.standard_normal((64, 33)).astype(np.float32)
+    kept, kept_state = start.copy(), new_state(cfg)
+    spared, spared_state = start.copy(), new_state(cfg)
+    overwritten = False
+    for _ in range(20):
+        grad = rng.standard_normal((64, 33)).astype(np.float32)
+        optimizer_step(kept, grad.copy(), kept_state, 0.05, cfg)
+        spare = grad.copy()
+        optimizer_step(spared, spare, spared_state, 0.05, cfg, spare_grad=True)
+        overwritten |= not np.array_equal(spare, grad)
+    assert np.array_equal(kept.view(np.int32), spared.view(np.int32))
+    for name in cfg.state_names():
+        assert np.array_equal(kept_state[name], spared_state[name])
+    assert overwritten == (cfg.kind != "sgd")  # Adam(W) reuses it, SGD needs no temporary

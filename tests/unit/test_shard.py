@@ -469,8 +469,9 @@ def test_reads_during_an_apply_wait_for_it_and_never_return_a_torn_state(
     mid, resume = threading.Event(), threading.Event()
     real_step = shard_module.optimizer_step
 
-    def paused_step(param: Any, grad: Any, state: Any, lr: float, cfg: Any) -> None:
-        real_step(param, grad, state, lr, cfg)
+    def paused_step(param: Any, grad: Any, state: Any, lr: float, cfg: Any,
+                    **options: Any) -> None:
+        real_step(param, grad, state, lr, cfg, **options)
         if param.shape == SHAPES["b"]:  # "b" stepped, "w" not yet: the state is torn here
             mid.set()
             assert resume.wait(30)
