@@ -308,13 +308,12 @@ class RaftNode(Election, Replication):
 
     def release_payloads(self, payloads: Mapping[int, tuple[int, Payload]]) -> int:
         """Hold ``{index: (term, data)}`` in place of the log's own copies of those
-        committed, applied entries' bytes: the host passes read-only views of where it
-        stored them, so a large entry's memory is freed once it is applied while a lagging
-        follower can still be sent it. Entries not applied yet, or whose term or length
-        differs, keep their data. Returns how many were replaced."""
-        log = self.log
-        upto = min(log.applied, log.stable)
-        return log.swap_payloads({i: p for i, p in payloads.items() if i <= upto})
+        persisted entries' bytes: the host passes read-only views of where it stored them,
+        so a large entry's memory is freed once it is on disk, however far the apply lags,
+        while the apply and a lagging follower can still read it. Entries not persisted
+        yet (``advance``), or whose term or length differs, keep their data. Returns how
+        many were replaced."""
+        return self.log.swap_payloads(payloads)
 
     def compact(self, snapshot: Snapshot) -> None:
         """Discard the log prefix up to ``snapshot.meta.index`` (which the host applied and

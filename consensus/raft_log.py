@@ -172,13 +172,14 @@ class RaftLog:
         return len(entries)
 
     def swap_payloads(self, payloads: Mapping[int, tuple[int, Payload]]) -> int:
-        """Replace the data of held, committed entries by ``{index: (term, same bytes)}``
-        (say, views of where the host stored them); an index not held or not committed, a
-        term or a length that differs, is skipped. Returns how many were swapped."""
+        """Replace the data of held, persisted entries by ``{index: (term, same bytes)}``
+        (say, views of where the host stored them: an (index, term) names one entry, Log
+        Matching); an index not held or beyond ``stable``, a term or a length that differs,
+        is skipped. Returns how many were swapped."""
         swapped = 0
         for index, (term, data) in payloads.items():
             pos = index - self.snapshot_index - 1
-            if index > self.committed or pos < 0 or pos >= len(self._entries):
+            if index > self.stable or pos < 0 or pos >= len(self._entries):
                 continue
             old = self._entries[pos]
             if old.term != term or len(old.data) != len(data):

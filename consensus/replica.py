@@ -270,17 +270,18 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
         self._node.advance(ready)
+        self._release_payloads(ready.entries)
         if ready.committed_entries or ready.snapshot is not None:
-            self._release_payloads(ready.committed_entries)
             self._after_apply()
             await self._maybe_compact()
 
-    def _release_payloads(self, applied: Sequence[Entry]) -> None:
-        """Drop the log's copies of large applied entries: the core holds views of their
-        stored bytes instead (the page cache has them; only a lagging follower's catch-up
-        reads them back), so a replica's memory holds the entries in flight, not every
-        round since its last snapshot."""
-        large = [e.index for e in applied
+    def _release_payloads(self, persisted: Sequence[Entry]) -> None:
+        """Drop the log's copies of large entries once they are persisted: the core holds
+        views of their stored bytes instead (the page cache has them; the apply and a
+        lagging follower's catch-up read them there), so a replica's memory holds the
+        entries on their way to disk, not every round since its last snapshot nor the
+        rounds its apply lags behind."""
+        large = [e.index for e in persisted
                  if len(e.data) >= _RELEASE_MIN_BYTES and not isinstance(e.data, memoryview)]
         if large:
             self._node.release_payloads(self._storage.payload_views(large[0], large[-1]))

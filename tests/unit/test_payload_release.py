@@ -1,10 +1,10 @@
-"""Applied large entries are held as views of their stored bytes, not as copies.
+"""Persisted large entries are held as views of their stored bytes, not as copies.
 
 A replica of a large model would otherwise keep every round since its last snapshot in
-memory (hundreds of MB each). The storage hands out read-only, file-backed views of the
-payloads in its segment files; the core swaps them in for committed, applied, persisted
-entries only; a restart loads segment payloads as views too; a snapshot image is written
-part by part, never assembled.
+memory (hundreds of MB each), and every round its apply lags behind. The storage hands out
+read-only, file-backed views of the payloads in its segment files; the core swaps them in
+for persisted entries of the same term and length only; a restart loads segment payloads
+as views too; a snapshot image is written part by part, never assembled.
 """
 
 from __future__ import annotations
@@ -97,14 +97,14 @@ def test_a_restart_loads_segment_payloads_as_views_and_still_checks_them(
     damaged.close()
 
 
-def test_the_log_swaps_only_committed_entries_of_the_same_term_and_length() -> None:
-    log = RaftLog(entries=_entries(1, [4, 4, 4]))
-    log.commit_to(2)
+def test_the_log_swaps_only_persisted_entries_of_the_same_term_and_length() -> None:
+    log = RaftLog(entries=_entries(1, [4, 4]))  # a reloaded log: persisted
+    log.append(_entries(3, [4]))  # not persisted yet
     same = memoryview(bytes([1]) * 4)
     swapped = log.swap_payloads({
         1: (1, same),
         2: (2, memoryview(bytes(4))),  # another term: not the same entry
-        3: (1, memoryview(bytes(4))),  # not committed
+        3: (1, memoryview(bytes(4))),  # not persisted
         9: (1, memoryview(b"")),  # not held
     })
     assert swapped == 1
@@ -113,7 +113,7 @@ def test_the_log_swaps_only_committed_entries_of_the_same_term_and_length() -> N
     assert log.swap_payloads({2: (1, memoryview(bytes(3)))}) == 0  # length differs
 
 
-def test_the_core_releases_applied_and_persisted_entries_only() -> None:
+def test_the_core_releases_persisted_entries_only() -> None:
     node = RaftNode(RaftConfig(id=1, voters=(1,)), random.Random(1))
     for _ in range(100):
         node.tick()
@@ -123,9 +123,8 @@ def test_the_core_releases_applied_and_persisted_entries_only() -> None:
     node.advance(ready)  # the no-op of the new term, persisted
     index = node.propose(b"p" * 8)
     view = memoryview(b"p" * 8)
-    assert node.release_payloads({index: (node.term, view)}) == 0  # neither stable nor applied
-    while node.has_ready():
-        node.advance(node.ready())  # persisted, committed (a group of one), applied
+    assert node.release_payloads({index: (node.term, view)}) == 0  # not persisted yet
+    node.advance(node.ready())  # persisted
     assert node.release_payloads({index: (node.term, view)}) == 1
     assert node.log.entries(index, index)[0].data is view
 
@@ -169,9 +168,10 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(replica_fresh, "ray_restarted", lambda: False)
 
 
-def test_a_replica_holds_applied_large_entries_as_views(tmp_path: Path) -> None:
-    """Through a real one-replica group: once applied, each large entry of the in-memory log
-    is a view of its segment, small ones keep their bytes, and the results are unchanged."""
+def test_a_replica_holds_persisted_large_entries_as_views(tmp_path: Path) -> None:
+    """Through a real one-replica group: once persisted, each large entry of the in-memory
+    log is a view of its segment, small ones keep their bytes, and the results (applied
+    from the views) are unchanged."""
     group = "job/shard-0"
 
     async def scenario() -> tuple[list[object], list[int]]:
