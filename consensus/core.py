@@ -105,14 +105,17 @@ class RaftNode(Election, Replication):
             return False
         return True
 
-    def propose(self, data: bytes) -> int:
-        """Append a command to the leader's log; returns its index (not yet committed).
+    def propose(self, data: Payload, kind: EntryKind = EntryKind.NORMAL) -> int:
+        """Append an application entry (``NORMAL`` or ``COMMAND``) to the leader's log;
+        returns its index (not yet committed).
 
         Raises NotLeaderError (with a leader hint) on a non-leader and
         ProposalDroppedError while a leadership transfer is in progress.
         """
+        if kind not in (EntryKind.NORMAL, EntryKind.COMMAND):
+            raise ConfigError(f"propose takes NORMAL or COMMAND entries, not {kind.name}")
         self._check_can_propose()
-        return self._append_local(EntryKind.NORMAL, data)
+        return self._append_local(kind, data)
 
     def propose_conf_change(self, cc: ConfChange) -> int:
         """Propose adding, removing or promoting one member (thesis §4.1); it takes effect
@@ -160,7 +163,7 @@ class RaftNode(Election, Replication):
             raise ProposalDroppedError(
                 f"leadership is being transferred to {self._transferee}; retry there")
 
-    def _append_local(self, kind: EntryKind, data: bytes) -> int:
+    def _append_local(self, kind: EntryKind, data: Payload) -> int:
         log = self.log
         index = log.last_index + 1
         log.append((Entry(self.term, index, kind, data),))

@@ -376,9 +376,13 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
 
     def _execute(self, entry: Entry) -> list[bytes]:
         """(apply thread) Run ``entry``'s commands through the session table."""
+        views = bool(getattr(self.state_machine, "command_views", False))
+        if entry.kind == EntryKind.COMMAND:  # one bare command (ReplicaApi.propose_command)
+            data = entry.data
+            command = memoryview(data).toreadonly() if views else bytes(data)
+            return [pickle.dumps(self._run_command(command))]
         if entry.kind != EntryKind.NORMAL or not entry.data:
             return []
-        views = bool(getattr(self.state_machine, "command_views", False))
         try:
             if is_run(entry.data):
                 return self._sessions.apply_run(decode_run(entry.data, views), self._run_command)

@@ -22,7 +22,7 @@ from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeo
 from consensus.replica_snapshots import ReplicaSnapshots
 from consensus.session import Envelope, encode_batch
 from consensus.state_machine import StateMachine
-from consensus.types import ConfChange, ConfChangeKind, Role
+from consensus.types import ConfChange, ConfChangeKind, EntryKind, Role
 
 __all__ = ["ReplicaAPI", "Waiter"]
 
@@ -86,17 +86,26 @@ class ReplicaAPI:
         """
         return await self.propose_entry(encode_batch(envelopes), timeout)
 
-    async def propose_entry(self, data: bytes, timeout: float) -> list[Any]:
-        """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``.
+    async def propose_entry(self, data: bytes, timeout: float,
+                            kind: EntryKind = EntryKind.NORMAL) -> list[Any]:
+        """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``
+        (or, with ``kind=COMMAND``, one bare command: :meth:`propose_command`).
         Raises StorageFullError once this replica's disk cannot hold its next snapshot."""
         self._require_leader()
         if self._snaps.storage_full is not None:
             raise self._snaps.storage_full
-        index = self._node.propose(data)
+        index = self._node.propose(data, kind)
         fut = self._wait_index(index)
         self._wake.set()
         raw: list[bytes] = await self._await(fut, timeout, f"proposal at index {index}")
         return [pickle.loads(r) for r in raw]
+
+    async def propose_command(self, command: bytes, timeout: float) -> Any:
+        """Propose one command without a client session (no dedup) as its own entry: the
+        entry's bytes ARE the command, never copied into an envelope (a large model's round
+        is hundreds of MB). Returns its result; raises like :meth:`propose_envelopes`."""
+        results = await self.propose_entry(command, timeout, EntryKind.COMMAND)
+        return results[0]
 
     def _wait_index(self, index: int) -> asyncio.Future[list[bytes]]:
         old = self._waiters.get(index)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from consensus.session import Envelope
 from consensus.state_machine import StateMachine
 
 if TYPE_CHECKING:
@@ -45,9 +44,9 @@ class ReplicaContext:
         return self._replica.is_leader()
 
     async def propose(self, command: bytes, timeout: float = 10.0) -> Any:
-        """Propose ``command`` (no client dedup) here; NotLeaderError if not the leader."""
-        results = await self._replica.propose_envelopes([Envelope("", 0, command)], timeout)
-        return results[0]
+        """Propose ``command`` (no client dedup) here, as its own entry (never copied into
+        an envelope); NotLeaderError if not the leader."""
+        return await self._replica.propose_command(command, timeout)
 
     @property
     def state_machine(self) -> StateMachine:

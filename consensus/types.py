@@ -18,6 +18,7 @@ class EntryKind(enum.IntEnum):
     NORMAL = 0  # an application command (opaque bytes)
     NOOP = 1  # appended by a new leader to commit entries of earlier terms (§5.4.2, §8)
     CONF_CHANGE = 2  # a ConfChange encoded with ``encode_conf_change`` (§4.1)
+    COMMAND = 3  # one state-machine command as it is: no session envelope, no client dedup
 
 
 Payload = bytes | memoryview

@@ -55,6 +55,10 @@ class SubmitOutcome:
     commands: tuple[bytes, ...] = ()
 
 
+REUSE_SUM_BYTES = 16 << 20
+"""Sum buffers up to this many bytes in all are reused from round to round."""
+
+
 @dataclass
 class _Round:
     contributions: dict[int, tuple[Mapping[str, F32] | None, int]] = field(default_factory=dict)
@@ -296,7 +300,7 @@ class RoundAggregator:
             needed -= self.config.backup_workers
         if len(entry.contributions) < needed:
             return ()
-        command = self._build(round, "sync", entry).encode()  # may raise: nothing changed yet
+        command = self._encode(self._build(round, "sync", entry))  # may raise: nothing changed
         del self._open[round]
         self._ready[round] = command
         self._remember(round, frozenset(entry.contributions))
@@ -332,6 +336,15 @@ class RoundAggregator:
         return RoundCommand(round=round, kind=command_kind, samples=int(samples), ranks=ranks,
                             grads=grads, buffers={k: first[k] for k in sorted(self._buffers)})
 
+    def _encode(self, command: RoundCommand) -> bytes:
+        """``command``'s bytes; then the sum buffers it used are dropped if they are large
+        (kept for the next round otherwise): between rounds a large shard would hold a copy
+        of its round's sum for nothing, next to the command itself."""
+        data = command.encode()
+        if sum(a.nbytes for a in self._sums.values()) > REUSE_SUM_BYTES:
+            self._sums = {}
+        return data
+
     def _flush(self) -> tuple[bytes, ...]:
         out = []
         while self._next in self._ready:
@@ -365,4 +378,4 @@ class RoundAggregator:
         command = self._build(round, "async", entry)  # (rank, step) dedups in the shard
         self._steps, self._early = record(self._steps, self._early, rank, round)
         self._next += 1
-        return SubmitOutcome(round, True, False, 1, (command.encode(),))
+        return SubmitOutcome(round, True, False, 1, (self._encode(command),))

@@ -325,3 +325,30 @@ def test_async_steps_of_one_rank_out_of_order_are_each_admitted_once() -> None:
     assert [_round_cmd(o.commands[0]).round for o in (later, earlier)] == [1, 0]
     assert agg.submit(0, 1, _grads(0), 2, 0).duplicate
     assert agg.submit(1, 1, _grads(1), 2, 0).duplicate
+
+
+def test_large_sum_buffers_are_dropped_once_encoded_and_small_ones_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between rounds a large shard must not hold its last round's sum next to the command:
+    the aggregator frees sum buffers above REUSE_SUM_BYTES once they are encoded, and keeps
+    small ones for the next round; the sums are the same either way."""
+    import paramserver.aggregator as aggregator_module
+
+    def two_rounds(limit: int) -> tuple[list[bytes], list[dict[str, np.ndarray]]]:
+        monkeypatch.setattr(aggregator_module, "REUSE_SUM_BYTES", limit)
+        agg = _agg(workers=2)
+        commands, kept = [], []
+        for rnd in range(2):
+            for rank in range(2):
+                out = agg.submit(rnd, rank, _grads(10 * rnd + rank), samples=4, param_version=rnd)
+            commands.extend(out.commands)
+            kept.append(dict(agg._sums))
+            agg.advance(rnd + 1)
+        return commands, kept
+
+    small_limit_cmds, dropped = two_rounds(0)  # every sum counts as large
+    reused_cmds, reused = two_rounds(1 << 20)
+    assert dropped == [{}, {}]
+    assert set(reused[0]) == {"w", "b"} and reused[1]["w"] is reused[0]["w"]
+    assert small_limit_cmds == reused_cmds
