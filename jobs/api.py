@@ -26,10 +26,12 @@ def train(config: TrainConfig | None = None, *, model: ModelFactory | None = Non
     built with its ``model_kwargs`` and run on one sample (``jobs.preflight``): a loader or
     factory that raises, a factory that does not take the keyword arguments, or a model
     that does not fit the data, raises ``DataError`` / ``ModelFactoryError`` /
-    ``ConfigError`` naming the spec, and nothing changes.
+    ``ConfigError`` naming the spec, and nothing changes; so does a ``config.log_to`` tracker
+    whose package is not installed (``TrackerUnavailableError``, a ``ConfigError``).
     """
     config = config or TrainConfig()
     checked = preflight(model if model is not None else config.model,
                         data if data is not None else config.data, config.seed,
-                        config.model_kwargs)
+                        config.model_kwargs, log_to=config.log_to, loss=config.loss,
+                        metric=config.metric)
     return Driver(config, model=model, data=checked.loader, backend=backend).run()

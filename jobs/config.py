@@ -21,6 +21,9 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "adamw")
 DURABILITIES: tuple[str, ...] = ("disk", "memory")
 NONFINITE_POLICIES: tuple[str, ...] = ("error", "skip-round")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine")
+TRACKERS: tuple[str, ...] = ("jsonl", "tensorboard", "mlflow")
+"""Where ``log_to`` sends the per-round metrics (``jobs.tracking``); ``jsonl`` is
+metrics.jsonl, which is always written."""
 SGD_LR = 0.05
 """The learning rate of ``sgd``/``momentum`` when none is given (see ``default_lr``)."""
 ADAM_LR = 1e-3
@@ -44,6 +47,15 @@ class TrainConfig:
     is checked against them before anything runs."""
     data: str = "digits"
     """Data: ``digits``, ``synthetic[:FxC[xTRAIN[xTEST]]]`` or ``package.module:loader``."""
+    loss: str = "cross_entropy"
+    """The training loss (``workers.loss``): ``cross_entropy`` (class ids; per-token mean
+    for ``(b, T, V)`` outputs), ``mse``, or ``package.module:fn`` with ``fn(outputs,
+    targets)`` returning per-sample losses of shape ``(b,)``; tasks sum them."""
+    metric: str | None = None
+    """The metric reported per round and on the test set (``workers.metric``):
+    ``accuracy``, ``none`` or ``package.module:fn`` (per-sample values, shape ``(b,)``).
+    None: ``accuracy`` for ``cross_entropy``, ``none`` for any other loss; without a metric
+    the test evaluation reports the mean loss."""
     workers: int = 2
     """Gradient tasks per round (N), including backup workers."""
     shards: int | Literal["auto"] = 2
@@ -159,6 +171,12 @@ class TrainConfig:
     """``sync`` without backup workers: compute round t+1 on the leaders' preview of version
     t+1 while round t commits (same bits, see docs/ARCHITECTURE.md). False: launch round t+1
     only after every shard applied round t (strict BSP, slower)."""
+    log_to: tuple[str, ...] = ("jsonl",)
+    """Experiment trackers that get the config once and each round's metrics
+    (``jobs.tracking``): ``jsonl`` (metrics.jsonl), ``tensorboard`` (``<out>/tensorboard``)
+    and ``mlflow`` (``MLFLOW_TRACKING_URI``, else ``<out>/mlruns``). metrics.jsonl is always
+    written (resume and curves.png read it), so the value used always holds ``jsonl``
+    first; names are kept once each, in order, and a single string is one name."""
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -176,9 +194,19 @@ class TrainConfig:
         if self.gpu < 0 or not math.isfinite(self.gpu):
             raise ConfigError(f"gpu must be >= 0 (GPUs per task, fractional ok), got {self.gpu}")
         self._check_outputs()
+        self._check_objective()
+        object.__setattr__(self, "log_to", check_log_to(self.log_to))
         if not self.timeout_s > 0 or not math.isfinite(self.timeout_s):
             raise ConfigError(f"timeout must be a positive number of seconds, got "
                               f"{self.timeout_s}; e.g. --timeout 300")
+
+    def _check_objective(self) -> None:
+        if not isinstance(self.loss, str) or not self.loss:
+            raise ConfigError(f"loss must name a loss (cross_entropy, mse or "
+                              f"package.module:fn), got {self.loss!r}")
+        if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
+            raise ConfigError(f"metric must name a metric (accuracy, none or "
+                              f"package.module:fn) or be None, got {self.metric!r}")
 
     def _check_outputs(self) -> None:
         if self.overwrite and self.resume:
@@ -303,6 +331,20 @@ class TrainConfig:
         values["lr"] = self.learning_rate
         values["out"] = str(self.out_dir)
         return values
+
+
+def check_log_to(log_to: object) -> tuple[str, ...]:
+    """``log_to`` as used: ``jsonl`` first, then each other name once, in the order given
+    (a single string is one name); raises ``ConfigError`` naming the allowed values."""
+    names = [log_to] if isinstance(log_to, str) else log_to
+    if not isinstance(names, (tuple, list)):
+        raise ConfigError(f"log_to must be a tuple of tracker names ({', '.join(TRACKERS)}), "
+                          f"got {log_to!r}; e.g. log_to=('tensorboard',)")
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"log_to: unknown tracker {name!r}; choose from "
+                              f"{', '.join(TRACKERS)} (e.g. --log-to tensorboard)")
+    return tuple(dict.fromkeys(["jsonl", *names]))
 
 
 def default_lr(optimizer: str) -> float:

@@ -11,7 +11,9 @@ its Raft logs (``config.storage_dir``, ``<out>/raft``, on every node) are delete
 and the Raft logs are kept. ``--resume`` needs only ``<out>/checkpoints`` (see
 ``TrainConfig.resume``), so deleting the logs of a finished job loses nothing it needs.
 ``shards="auto"`` is resolved between START's two steps, once the model is built and Ray is
-up (``resolve_shards``).
+up (``resolve_shards``). The experiment trackers of ``log_to`` (``jobs.tracking``) open once
+the output folder is prepared, before Ray starts; they get the config once ``shards`` is
+resolved and each round's metrics.jsonl record, and are closed when ``run`` returns or raises.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ from jobs.progress import EpochProgress
 from jobs.raft_storage import fresh_incarnation, resumed_incarnation
 from jobs.round_result import RoundResult
 from jobs.rounds import RoundEngine
-from jobs.task_spec import task_spec
+from jobs.task_spec import job_objective, task_spec
+from jobs.tracking import Trackers, open_trackers
 from workers.data import DataLoader, Dataset, load
 from workers.model_state import full_state_dict, model_state
 from workers.models import ModelFactory, ModelSpec, build_model, resolve_model
+from workers.objective import Objective
 from workers.schedule import BatchSchedule
 
 LOG = logging.getLogger(__name__)
@@ -167,12 +171,15 @@ def remove_raft_log(storage: Path, out: Path, timeout_s: float) -> None:
                     storage, len(pending), timeout_s)
 
 
-def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray], data: Dataset) -> float:
-    """Test accuracy of ``model`` with the parameters and buffers ``state`` (loaded
-    strictly into ``model``: ModelFactoryError when it lacks a tensor of the model)."""
+def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray], data: Dataset,
+             objective: Objective | None = None) -> float:
+    """The test score of ``model`` with the parameters and buffers ``state`` (loaded
+    strictly into ``model``: ModelFactoryError when it lacks a tensor of the model): the
+    mean of ``objective``'s metric (by default cross-entropy's accuracy), or without a
+    metric the mean loss (``jobs.evaluation.Evaluation.score``)."""
     from jobs.evaluation import evaluate_model  # shared with python -m jobs.evaluate
 
-    return evaluate_model(model, state, data).accuracy
+    return evaluate_model(model, state, data, objective).score
 
 
 class Driver:
@@ -189,6 +196,9 @@ class Driver:
         self.failovers = 0  # rounds recovered after a lost replica/leader/node, so far
         self.shards_auto = config.shards == "auto"
         """``shards="auto"`` was asked for; ``run`` replaces ``config`` with the count used."""
+        self.trackers = Trackers([])
+        """The job's experiment trackers besides metrics.jsonl (``jobs.tracking``), opened by
+        ``run`` once the output folder is ready, closed when it returns or raises."""
 
     def run(self) -> TrainResult:
         """Train to the end (or ``max_rounds``); blocks; returns the result. See module doc."""
@@ -205,6 +215,20 @@ class Driver:
             end = min(end, cfg.max_rounds)
         self.config = cfg = with_schedule_rounds(cfg, schedule.batches_per_epoch)
         latest = self._prepare_out()
+        self.trackers = open_trackers(cfg, resume=latest is not None)
+        try:
+            result = self._serve(spec, model, data, schedule, latest, end, t_start)
+        except BaseException:
+            self.trackers.close(failed=True)
+            raise
+        self.trackers.close()
+        return result
+
+    def _serve(self, spec: ModelSpec, model: torch.nn.Module, data: Dataset,
+               schedule: BatchSchedule, latest: Path | None, end: int,
+               t_start: float) -> TrainResult:
+        """START, TRAIN, FINISH and CLEAN UP (see the module doc), from ``latest`` if any."""
+        cfg = self.config
         ensure_ray(cfg.address)
         if latest is None or cfg.durability == "memory":
             # A new history (jobs.raft_storage): clear older runs' logs on every node and
@@ -217,7 +241,9 @@ class Driver:
             resumed_incarnation(cfg.storage_dir, _incarnation_of(latest))
         initial = model_state(model)  # parameters and buffers
         self.config = cfg = resolve_shards(cfg, initial, latest)
+        self.trackers.log_config(cfg.to_dict())
         server = self.backend.create(cfg, initial)
+        del initial  # the shards hold version 0 now: a large model's copy is not kept here
         try:
             start = self._restore(server, latest) if latest is not None else 0
             train_s, samples = self._train_restoring(server, spec, model, data, schedule,
@@ -322,9 +348,10 @@ class Driver:
             done = result.round + 1
             acc = None
             if done % per_epoch == 0:
-                acc = evaluate(model, server.state_dict(), data)
+                acc = evaluate(model, server.state_dict(), data, task.objective)
                 server.heal()  # at the epoch barrier: replace replicas that lost their disk
-            log.append(result, epoch=epoch, test_accuracy=acc)
+            record = log.append(result, epoch=epoch, test_accuracy=acc)
+            self.trackers.log_round(result.round, record)  # the same record, every tracker
             progress.round_done(epoch, result.loss_sum / max(result.samples, 1),
                                 result.samples, result.wall_s, sum(result.leader_changes))
             if acc is not None:
@@ -340,7 +367,7 @@ class Driver:
                 end: int, train_s: float, samples: int, t_start: float) -> TrainResult:
         self._checkpoint(server, end)
         state = server.state_dict()
-        accuracy = evaluate(model, state, data)
+        accuracy = evaluate(model, state, data, job_objective(self.config))
         full = full_state_dict(model, state)  # every state_dict key, buffers included
         model_path = self.out / "model.safetensors"
         tensors = {k: t.contiguous() for k, t in full.items()}

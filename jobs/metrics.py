@@ -28,28 +28,46 @@ class MetricsLog:
     def append(self, result: RoundResult, *, epoch: int,
                test_accuracy: float | None = None) -> dict[str, Any]:
         """Write one round's line (flushed); returns the record written."""
-        samples = max(result.samples, 1)
-        record: dict[str, Any] = {
-            "round": result.round,
-            "epoch": epoch,
-            "loss": result.loss_sum / samples,
-            "accuracy": result.correct / samples,
-            "samples": result.samples,
-            "contributors": result.contributors,
-            "samples_per_s": result.samples / result.wall_s if result.wall_s > 0 else 0.0,
-            "publish_s": result.publish_s,
-            "compute_s": result.compute_s,
-            "aggregate_s": result.aggregate_s,
-            "commit_s": result.commit_s,
-            "devices": list(result.devices),
-            "leader_changes": list(result.leader_changes),
-            "failovers": result.failovers,
-        }
-        if test_accuracy is not None:
-            record["test_accuracy"] = test_accuracy
+        record = round_record(result, epoch=epoch, test_accuracy=test_accuracy)
+        self.log_round(result.round, record)
+        return record
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """Nothing: summary.json holds the config (``jobs.tracking.Tracker``)."""
+
+    def log_round(self, step: int, record: dict[str, Any]) -> None:
+        """Append ``record`` (a ``round_record``) as one flushed line; ``step`` is its round."""
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        return record
+
+    def close(self, *, failed: bool = False) -> None:
+        """Nothing to release: every line is written and closed as it is appended."""
+
+
+def round_record(result: RoundResult, *, epoch: int,
+                 test_accuracy: float | None = None) -> dict[str, Any]:
+    """One round's metrics as metrics.jsonl holds them (fields: see ``MetricsLog``); the one
+    record that every tracker of the job is given."""
+    samples = max(result.samples, 1)
+    record: dict[str, Any] = {
+        "round": result.round,
+        "epoch": epoch,
+        "loss": result.loss_sum / samples,
+        "accuracy": result.correct / samples,
+        "samples": result.samples,
+        "contributors": result.contributors,
+        "samples_per_s": result.samples / result.wall_s if result.wall_s > 0 else 0.0,
+        "publish_s": result.publish_s,
+        "compute_s": result.compute_s,
+        "aggregate_s": result.aggregate_s,
+        "commit_s": result.commit_s,
+        "devices": list(result.devices),
+        "leader_changes": list(result.leader_changes),
+        "failovers": result.failovers,
+    }
+    if test_accuracy is not None:
+        record["test_accuracy"] = test_accuracy
+    return record
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -6,27 +6,34 @@ the output folder is touched or a round runs:
 
 - the loader and the factory are called; an exception they raise becomes a ``DataError`` /
   ``ModelFactoryError`` naming the spec (the original is its ``__cause__``);
-- the model runs forward on the first training sample, with the cross-entropy loss of its
-  label: a model that cannot take the data's feature rows, or that outputs fewer classes
-  than the labels need, is a ``ConfigError`` naming both specs and the fix.
+- the model runs forward on the first training sample, with the job's loss and metric of
+  its target (``--loss``, ``--metric``): a model that cannot take the data's samples, that
+  outputs fewer classes than the labels need (a loss or metric on class ids), or a loss or
+  metric that does not return one value per sample, is a ``ConfigError`` naming the specs
+  and the fix.
+- every experiment tracker asked for (``log_to``) has its package installed: a missing one
+  is a ``jobs.tracking.TrackerUnavailableError`` (a ``ConfigError``) naming the install.
 
 The check leaves no trace: it runs on a model of its own, under a forked torch RNG.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from jobs.errors import ConfigError
+from jobs.tracking import require_backends
 from workers.data import Arrays, DataLoader, Dataset, load
-from workers.errors import DataError, ModelFactoryError, WorkersError
+from workers.errors import DataError, LossError, MetricError, ModelFactoryError, WorkersError
+from workers.loss import DEFAULT_LOSS, LossFn, class_dim, require_integer_targets
+from workers.metric import MetricFn
 from workers.models import ModelFactory, build_model, callable_key, resolve_model
+from workers.objective import Objective, resolve_objective
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,19 +57,31 @@ def spec_name(flag: str, spec: str | ModelFactory | DataLoader) -> str:
 
 
 def preflight(model: str | ModelFactory, data: str | DataLoader, seed: int,
-              model_kwargs: Mapping[str, object] | None = None) -> CheckedJob:
-    """Load ``data``, build ``model(**model_kwargs)`` (seeded) and run it on one training
-    sample (CPU).
+              model_kwargs: Mapping[str, object] | None = None, *,
+              log_to: Sequence[str] = (), loss: str | LossFn = DEFAULT_LOSS,
+              metric: str | MetricFn | None = None) -> CheckedJob:
+    """Check that the trackers of ``log_to`` are installed, load ``data``, build
+    ``model(**model_kwargs)`` (seeded) and run it on one training sample (CPU), with the
+    ``loss`` and ``metric`` (``workers.objective.resolve_objective``).
 
-    Raises ``DataError`` (the loader raised, or returned unusable arrays),
-    ``ModelFactoryError`` (the factory raised, or returned no usable module) or
-    ``ConfigError`` (the model does not fit the data). Writes nothing.
+    Raises ``TrackerUnavailableError`` (a tracker's package is missing), ``DataError`` (the
+    loader raised, or returned unusable arrays), ``ModelFactoryError`` (the factory raised,
+    or returned no usable module) or ``ConfigError`` (the model does not fit the data or
+    the loss, a loss or metric spec does not resolve, a target is out of range).
+    Writes nothing.
     """
+    require_backends(log_to)
+    try:
+        objective = resolve_objective(loss, metric)
+    except (LossError, MetricError) as exc:
+        raise ConfigError(str(exc)) from exc
     data_name, model_name = spec_name("data", data), spec_name("model", model)
+    loss_label = f"--loss {loss}" if isinstance(loss, str) else f"loss {objective.loss.name}"
     dataset = _load(data, data_name)
     with torch.random.fork_rng(devices=[]):
         built = _build(model, model_name, dataset, seed, model_kwargs or {})
-        check_fit(built, dataset, model_name=model_name, data_name=data_name)
+        check_fit(built, dataset, model_name=model_name, data_name=data_name,
+                  objective=objective, loss_label=loss_label)
     return CheckedJob(dataset=dataset)
 
 
@@ -89,42 +108,107 @@ def _build(model: str | ModelFactory, name: str, dataset: Dataset, seed: int,
                                 "(--debug shows the traceback)") from exc
 
 
-def check_fit(model: nn.Module, dataset: Dataset, *, model_name: str, data_name: str) -> None:
-    """Run ``model`` forward on the first training sample and take the loss of its label, as
-    a gradient task would; raises ``ConfigError`` when the model does not fit the data. Runs
-    in eval mode (a batch of one is no batch for batch norm); restores the module's mode."""
+def check_fit(model: nn.Module, dataset: Dataset, *, model_name: str, data_name: str,
+              objective: Objective | None = None,
+              loss_label: str = "--loss cross_entropy") -> None:
+    """Run ``model`` forward on the first training sample and take the loss (and metric) of
+    its target, as a gradient task would; raises ``ConfigError`` when the model does not fit
+    the data or the loss: a forward that fails, outputs that are no float tensor with the
+    batch first, targets out of the model's class range (when the loss or metric reads
+    class ids: every target of both splits is checked), or a loss or metric that does not
+    return one value per sample (``workers.loss``: shape ``(b,)``, checked on a batch of
+    two). Runs in eval mode (a batch of one is no batch for batch norm); restores the
+    module's mode. ``loss_label`` names the loss in messages."""
+    objective = objective or Objective()
     x = torch.from_numpy(np.ascontiguousarray(dataset.x_train[:1]))
     y = torch.from_numpy(np.ascontiguousarray(dataset.y_train[:1]))
-    features = dataset.in_features
+    batch = (1, *dataset.sample_shape)
     was_training = model.training
     model.eval()
     try:
         out = model(x)
     except Exception as exc:
         raise ConfigError(
-            f"{model_name} fails on one sample of {data_name} (a batch of shape (1, "
-            f"{features})): {_describe(exc)}; the model must take rows of {features} "
-            f"float32 features (e.g. a first layer nn.Linear({features}, ...))") from exc
+            f"{model_name} fails on one sample of {data_name} (a batch of shape {batch} "
+            f"{dataset.x_train.dtype}): {_describe(exc)}; {_input_hint(dataset)}") from exc
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+    if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(
-            f"{model_name} returned {shape} for a batch of shape (1, {features}) of "
-            f"{data_name}; the model must return logits of shape (batch, classes)")
-    width, classes = int(out.shape[1]), dataset.num_classes
-    if width < classes:
-        raise ConfigError(
-            f"{model_name} outputs {width} classes but {data_name} has labels up to "
-            f"{classes - 1} (y_train); give the model's last layer {classes} outputs, or "
-            f"relabel the data to 0..{width - 1}")
+            f"{model_name} returned {shape} for a batch of shape {batch} of {data_name}; "
+            "the model must return a tensor whose first dimension is the batch (logits of "
+            "shape (batch, classes) for classification)")
+    returned = f"{model_name} returned {tuple(out.shape)} for a batch of shape {batch} of " \
+               f"{data_name}"
     if not out.is_floating_point():
-        raise ConfigError(f"{model_name} returned {out.dtype} logits; they must be float")
-    loss = F.cross_entropy(out, y, reduction="sum")
+        raise ConfigError(f"{returned}, of dtype {out.dtype}; outputs must be float")
+    if objective.reads_class_ids:
+        _check_classes(out, y, dataset, objective, returned=returned, model_name=model_name,
+                       data_name=data_name)
+    pair_out, pair_y = torch.cat([out, out]), torch.cat([y, y])  # b = 2: a batch reduction shows
+    loss = _values(objective.loss.per_sample, pair_out, pair_y, loss_label, returned)
     if not loss.requires_grad:
         raise ConfigError(
             f"{model_name}'s output does not depend on its parameters (no gradient); do not "
             "detach it or run the forward under torch.no_grad()")
+    _values(objective.metric.per_sample, pair_out, pair_y, f"--metric {objective.metric.name}",
+            returned)
+
+
+def _check_classes(out: torch.Tensor, y: torch.Tensor, dataset: Dataset,
+                   objective: Objective, *, returned: str, model_name: str,
+                   data_name: str) -> None:
+    what = "cross_entropy" if objective.loss.reads_class_ids else "accuracy"
+    try:
+        require_integer_targets(y, what, LossError)
+        dim = class_dim(out, y, what, LossError)
+    except LossError as exc:
+        raise ConfigError(f"{returned}: {exc}") from exc
+    width = int(out.shape[dim])
+    for name, labels in (("y_train", dataset.y_train), ("y_test", dataset.y_test)):
+        high, low = int(labels.max()), int(labels.min())
+        if high >= width:
+            raise ConfigError(
+                f"{model_name} outputs {width} classes but {data_name} has labels up to "
+                f"{high} ({name}); give the model's last layer {high + 1} outputs, or "
+                f"relabel the data to 0..{width - 1}")
+        if low < 0:
+            raise ConfigError(
+                f"{data_name} has label {low} ({name}), but {what} takes class ids "
+                f"0 <= y < {width}; relabel the data")
+    if width < 2 and objective.loss.reads_class_ids:
+        raise ConfigError(
+            f"{model_name} outputs 1 class; cross_entropy needs >= 2 (does {data_name} hold "
+            "a single class?); give the model >= 2 outputs or pick another --loss")
+
+
+def _values(per_sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            out: torch.Tensor, y: torch.Tensor, label: str, returned: str) -> torch.Tensor:
+    """``per_sample(out, y)``; its contract errors and any exception become a
+    ``ConfigError`` naming ``label``."""
+    try:
+        return per_sample(out, y)
+    except (LossError, MetricError) as exc:
+        raise ConfigError(f"{label} does not fit: {returned}, targets "
+                          f"{tuple(y.shape[1:])} per sample; {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(
+            f"{label} raised {_describe(exc)} on outputs {tuple(out.shape)} and targets "
+            f"{tuple(y.shape)} ({y.dtype}); fix it to take the model's outputs and the "
+            "loader's targets (--debug shows the traceback)") from exc
+
+
+def _input_hint(dataset: Dataset) -> str:
+    features, shape = dataset.in_features, dataset.sample_shape
+    if dataset.x_train.dtype == np.int64:
+        return (f"the model must take int64 inputs of shape (batch, {', '.join(map(str, shape))})"
+                " (integer features are passed as int64, e.g. token ids for an nn.Embedding; "
+                "return float features from the loader if they are values)")
+    if len(shape) == 1:
+        return (f"the model must take rows of {features} float32 features (e.g. a first "
+                f"layer nn.Linear({features}, ...))")
+    return f"the model must take float32 inputs of shape (batch, {', '.join(map(str, shape))})"
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,7 +17,8 @@ class RoundResult:
     contributors: int
     samples: int
     loss_sum: float
-    correct: int
+    correct: float
+    """The metric's per-sample values summed over the round (accuracy: samples right)."""
     publish_s: float
     compute_s: float
     aggregate_s: float

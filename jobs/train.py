@@ -27,6 +27,7 @@ from jobs.config import (
     MODES,
     NONFINITE_POLICIES,
     OPTIMIZERS,
+    TRACKERS,
     TrainConfig,
     default_lr,
 )
@@ -95,6 +96,18 @@ class ModelArgsAction(argparse.Action):
         setattr(namespace, self.dest, current)
 
 
+class LogToAction(argparse.Action):
+    """Collects repeated ``--log-to NAME`` into a tuple; the first one given replaces the
+    default rather than adding to it (``TrainConfig.log_to`` keeps ``jsonl`` in any case)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        """Add one tracker name to the namespace's tuple."""
+        current = getattr(namespace, self.dest)
+        given = () if current is self.default else tuple(current)
+        setattr(namespace, self.dest, (*given, str(values)))
+
+
 def build_parser() -> OneLineParser:
     """The CLI's flags. Every default is ``TrainConfig``'s (``--lr`` and ``--out`` too:
     None, resolved by ``TrainConfig.learning_rate`` / ``out_dir``). Each flag's ``dest`` is
@@ -115,6 +128,13 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "as a JSON scalar when it parses as one, else as a string")
     p.add_argument("--data", default=d.data,
                    help="digits | synthetic[:FxC[xTRAIN[xTEST]]] | package.module:loader")
+    p.add_argument("--loss", default=d.loss,
+                   help="cross_entropy | mse | package.module:fn (fn(outputs, targets) -> "
+                        "per-sample losses, shape (b,))")
+    p.add_argument("--metric", default=d.metric,
+                   help="accuracy | none | package.module:fn (per-sample values); default: "
+                        "accuracy for cross_entropy, none otherwise (the test evaluation "
+                        "then reports the mean loss)")
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--mode", choices=MODES, default=d.mode)
     p.add_argument("--staleness", type=int, default=d.staleness, help="ssp bound (ssp only)")
@@ -148,6 +168,12 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--address", default=d.address,
                    help="Ray address (default RAY_ADDRESS or local)")
     p.add_argument("--job", default=d.job, help="job name (actor name prefix)")
+    p.add_argument("--log-to", dest="log_to", choices=TRACKERS, action=LogToAction,
+                   default=d.log_to, metavar="|".join(TRACKERS),
+                   help="also send the config and each round's metrics to tensorboard "
+                        "(<out>/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else "
+                        "<out>/mlruns; experiment: --job); repeatable; metrics.jsonl (jsonl) "
+                        "is always written")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", default=d.pipeline,
                    help="sync: start a round only after the previous one committed everywhere")
     p.add_argument("--debug", action="store_true", default=False,
@@ -206,17 +232,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def check_names(config: TrainConfig) -> None:
     """Fail before Ray starts when a flag names something that is not there: the model or
     the loader (``--model``/``--data``: imported, not called; the factory's signature must
-    take the ``--model-arg`` keywords) or, with ``--resume``, a checkpoint under ``--out``;
-    and without ``--resume`` or ``--overwrite``, an ``--out`` holding an earlier run's results
-    (``jobs.outputs``). Raises ``ConfigError``; changes nothing."""
+    take the ``--model-arg`` keywords), the loss or the metric (``--loss``/``--metric``)
+    or, with ``--resume``, a checkpoint under ``--out``; and without ``--resume`` or
+    ``--overwrite``, an ``--out`` holding an earlier run's results (``jobs.outputs``).
+    Raises ``ConfigError``; changes nothing."""
     from jobs.backend import RaftServerBackend
     from jobs.outputs import check_out
     from workers.data import resolve_data
     from workers.models import check_model_spec
+    from workers.objective import resolve_objective
 
     try:
         check_model_spec(config.model, config.model_kwargs)
         resolve_data(config.data)
+        resolve_objective(config.loss, config.metric)
     except WorkersError as exc:
         raise ConfigError(str(exc)) from exc
     if config.resume and RaftServerBackend().latest_checkpoint(config.out_dir) is None:
@@ -277,8 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(error_line(exc), file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-    print(f"test accuracy {result.final_test_accuracy:.4f} after {result.rounds} rounds in "
-          f"{result.wall_s:.1f} s; outputs in {result.out_dir}")
+    from workers.objective import score_name
+
+    print(f"test {score_name(config.loss, config.metric)} {result.final_test_accuracy:.4f} "
+          f"after {result.rounds} rounds in {result.wall_s:.1f} s; outputs in "
+          f"{result.out_dir}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """Datasets: built-in ``digits`` and ``synthetic``, ``package.module:loader`` specs, validation.
 
 Contract (docs/DESIGN.md): a loader is ``loader() -> (x_train, y_train, x_test, y_test)`` as numpy
-arrays. ``validate`` turns them into a ``Dataset`` (float32 features, int64 labels) or raises
-``DataError`` saying what is wrong: empty sets, NaN/inf features, labels out of range.
+arrays of any shape ``(n, ...)``. ``validate`` turns them into a ``Dataset`` by the dtype rule
+(floats and bools float32, integers int64) or raises ``DataError`` saying what is wrong: empty
+sets, mismatched shapes or dtypes, NaN/inf values, non-numeric data.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ DIGITS_SPLIT_SEED = 20240101  # fixed: the digits split never depends on the tra
 
 @dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """Validated arrays: ``x_*`` float32 (n, features) C-contiguous, ``y_*`` int64 (n,)."""
+    """Validated arrays, C-contiguous, float32 or int64 (``convert``): ``x_*`` (n, ...),
+    ``y_*`` (n, ...). ``num_classes``: the output width a built-in model gets
+    (``output_width``)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -33,8 +36,13 @@ class Dataset:
 
     @property
     def in_features(self) -> int:
-        """Number of input features per sample."""
-        return int(self.x_train.shape[1])
+        """Number of input values per sample (the product of a sample's dimensions)."""
+        return int(np.prod(self.x_train.shape[1:], dtype=np.int64))
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample, ``x_train.shape[1:]``."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
     @property
     def n_train(self) -> int:
@@ -126,60 +134,88 @@ def resolve_data(spec: str | DataLoader) -> DataLoader:
     return fn  # type: ignore[no-any-return]
 
 
-def _features(name: str, x: object) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise DataError(f"{name} must be 2-D (samples, features), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
+def convert(name: str, values: object) -> np.ndarray:
+    """The dtype rule (docs/DESIGN.md): a C-contiguous array, float32 for any floating-point
+    or bool input (bool as 0.0/1.0), int64 for any integer one; ``DataError`` for any other
+    dtype, for integers beyond int64, and for NaN/inf floats (naming the first row)."""
+    arr = np.asarray(values)
+    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.floating):
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+            out = np.ascontiguousarray(arr, dtype=np.float32)
+        bad = ~np.isfinite(out)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(
+                f"{name} has {int(bad.sum())} NaN/inf values (first in row {row}); "
+                "clean or impute them before training (float64 values beyond float32's "
+                "range become inf)")
+        return out
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"{name} holds integers beyond int64; they cannot be trained on")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+    raise DataError(f"{name} must be numeric (float, integer or bool), got dtype {arr.dtype}")
+
+
+def _samples(name: str, values: object, *, min_ndim: int) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim < min_ndim:
+        need = "(samples, features, ...): one feature is (n, 1)" if min_ndim == 2 else \
+            "(samples, ...)"
+        raise DataError(f"{name} must have shape {need}, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.size == 0:
         raise DataError(f"{name} is empty (shape {arr.shape}); the loader must return samples")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        raise DataError(
-            f"{name} has {int(bad.sum())} NaN/inf values (first in row {row}); "
-            "clean or impute the features before training"
-        )
-    return out
+    return convert(name, arr)
 
 
-def _labels(name: str, y: object, n: int) -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise DataError(f"{name} must be 1-D with {n} labels to match the features, "
-                        f"got shape {arr.shape}")
-    integral = np.issubdtype(arr.dtype, np.integer) or (
-        np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.mod(arr, 1) == 0)))
-    if not integral:
-        raise DataError(f"{name} must hold integer class ids, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
+def _pair(kind: str, train: np.ndarray, test: np.ndarray) -> None:
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(f"{kind}_test has samples of shape {test.shape[1:]} but {kind}_train "
+                        f"has {train.shape[1:]}; both must have the same shape per sample")
+    if train.dtype != test.dtype:
+        raise DataError(f"{kind}_test is {test.dtype} but {kind}_train is {train.dtype} (after "
+                        "the dtype rule: floats and bools float32, integers int64); return "
+                        "both as floats or both as integers")
+
+
+def output_width(y_train: np.ndarray, y_test: np.ndarray) -> int:
+    """How many outputs a built-in model gets: for integer targets the highest label + 1
+    (at least 1), for float targets the values per target (1 for shape (n,))."""
+    if y_train.dtype == np.int64:
+        return max(int(max(y_train.max(), y_test.max())) + 1, 1)
+    return int(np.prod(y_train.shape[1:], dtype=np.int64))
 
 
 def validate(arrays: object) -> Dataset:
-    """Check a loader's output and normalize dtypes; raises ``DataError``; mutates nothing."""
+    """Check a loader's output and normalize dtypes (``convert``); raises ``DataError``;
+    mutates nothing.
+
+    Features ``(n, ...)`` with at least one dimension per sample, targets ``(n, ...)``,
+    any shapes; test samples shaped and typed as the training ones. Whether integer
+    targets are class ids in range depends on the loss and the model, so it is checked
+    later, against the model's output width (``jobs.preflight``, and every task).
+    """
     if not isinstance(arrays, tuple | list) or len(arrays) != 4:
         raise DataError("a data loader must return (x_train, y_train, x_test, y_test)")
-    x_train = _features("x_train", arrays[0])
-    x_test = _features("x_test", arrays[2])
-    if x_test.shape[1] != x_train.shape[1]:
+    x_train = _samples("x_train", arrays[0], min_ndim=2)
+    x_test = _samples("x_test", arrays[2], min_ndim=2)
+    if x_test.shape[1:] != x_train.shape[1:] and x_test.ndim == x_train.ndim == 2:
         raise DataError(f"x_test has {x_test.shape[1]} features but x_train has "
                         f"{x_train.shape[1]}; both must have the same columns")
-    y_train = _labels("y_train", arrays[1], x_train.shape[0])
-    y_test = _labels("y_test", arrays[3], x_test.shape[0])
-    if y_train.min() < 0 or y_test.min() < 0:
-        raise DataError("labels must be class ids >= 0; found a negative label")
-    num_classes = int(y_train.max()) + 1
-    if num_classes < 2:
-        raise DataError("y_train holds a single class; classification needs >= 2 classes")
-    if int(y_test.max()) >= num_classes:
-        raise DataError(
-            f"y_test has label {int(y_test.max())} but y_train only has classes "
-            f"0..{num_classes - 1}; labels out of range"
-        )
+    _pair("x", x_train, x_test)
+    y_train, y_test = arrays[1], arrays[3]
+    for name, y, n in (("y_train", y_train, x_train.shape[0]),
+                       ("y_test", y_test, x_test.shape[0])):
+        shape = np.shape(y)
+        if len(shape) < 1 or shape[0] != n:
+            raise DataError(f"{name} must have {n} labels to match the features (shape "
+                            f"({n},), or ({n}, ...) for targets of more dimensions), got "
+                            f"shape {shape}")
+    y_train = _samples("y_train", y_train, min_ndim=1)
+    y_test = _samples("y_test", y_test, min_ndim=1)
+    _pair("y", y_train, y_test)
     return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                   num_classes=num_classes)
+                   num_classes=output_width(y_train, y_test))
 
 
 def load(spec: str | DataLoader) -> Dataset:

@@ -21,3 +21,13 @@ class ScheduleError(WorkersError, ValueError):
 
 class GradientTaskError(WorkersError):
     """A gradient task was given inputs that do not match the model or the shard layout."""
+
+
+class LossError(WorkersError):
+    """A loss spec could not be resolved, or the loss broke its contract (per-sample
+    losses of shape (b,)) or does not fit the model's outputs and the targets."""
+
+
+class MetricError(WorkersError):
+    """A metric spec could not be resolved, or the metric broke its contract (per-sample
+    values of shape (b,)) or does not fit the model's outputs and the targets."""

@@ -3,10 +3,11 @@
 ``gradient_task`` is a ``@ray.remote`` function (not an actor). Called with
 ``.options(num_returns=S + 1)`` it returns S refs, one per parameter shard, each resolving to
 ``(samples, {piece key: summed gradient, or buffer value})``, plus one small
-``GradientMetrics`` record. The gradient is of the SUMMED cross-entropy (``reduction="sum"``)
-so that the server's sum over workers divided by the total sample count is the exact
-global-batch mean for any split. A buffer piece (BatchNorm's running statistics, ...) maps to
-the buffer as the forward left it, starting from the published buffers.
+``GradientMetrics`` record. The gradient is of the SUMMED per-sample loss (the job's
+``workers.objective``: cross-entropy by default, ``reduction="sum"``) so that the server's sum
+over workers divided by the total sample count is the exact global-batch mean for any split.
+A buffer piece (BatchNorm's running statistics, ...) maps to the buffer as the forward left
+it, starting from the published buffers.
 
 The task mutates nothing but a per-process model cache (keyed by the factory's key and seed);
 parameters are read zero-copy from the object store (``torch.from_numpy``), buffers are
@@ -21,13 +22,12 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import ray
 import torch
-import torch.nn.functional as F
 from ray import ObjectRef
 from torch import nn
 from torch.func import functional_call
@@ -37,6 +37,7 @@ from workers.errors import GradientTaskError
 from workers.forward_rng import seeded_forward
 from workers.model_state import buffer_dtype, state_buffers
 from workers.models import ModelSpec, build_model
+from workers.objective import Objective
 
 LOG = logging.getLogger(__name__)
 Piece = tuple[str, str, int, int]  # (key, tensor, start_row, stop_row)
@@ -63,6 +64,9 @@ class TaskSpec:
     clip_grad_norm: float | None = None
     """Scale the task's contribution to a mean-gradient global norm of at most this
     (``workers.clipping``); None: sent as computed."""
+    objective: Objective = field(default_factory=Objective)
+    """The loss the task differentiates (summed over its samples) and the metric it reports;
+    by default cross-entropy and accuracy."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +77,9 @@ class GradientMetrics:
     rank: int
     samples: int
     loss_sum: float
-    correct: int
+    correct: float
+    """The metric's per-sample values, summed (accuracy: the samples classified right; 0.0
+    without a metric)."""
     load_s: float
     compute_s: float
     device: str
@@ -156,14 +162,16 @@ def compute_gradients(
     spec: TaskSpec, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
     shard_params: Sequence[Mapping[str, np.ndarray]], *, round_index: int = 0, rank: int = 0,
 ) -> tuple[list[ShardGradient], dict[str, float | int | str]]:
-    """Summed cross-entropy gradients of ``x[indices]`` under the given parameters and
-    buffers, in training mode (pure).
+    """Gradients of the summed loss (``spec.objective``) of ``x[indices]`` under the given
+    parameters and buffers, in training mode (pure).
 
     Returns one ``(samples, pieces)`` per shard, a buffer piece holding the buffer as the
-    forward left it, and a metrics dict (samples, loss_sum, correct, load_s, compute_s,
-    device). The forward runs under ``seeded_forward(spec.seed, round_index, rank)``.
-    Mutates nothing visible: the cached module is used only through ``functional_call``,
-    the published buffers are copied, and the process's torch generators are restored.
+    forward left it, and a metrics dict (samples, loss_sum, correct: the metric's sum,
+    load_s, compute_s, device). A loss or metric that breaks its contract raises
+    ``LossError`` / ``MetricError``. The forward runs under ``seeded_forward(spec.seed,
+    round_index, rank)``. Mutates nothing visible: the cached module is used only through
+    ``functional_call``, the published buffers are copied, and the process's torch
+    generators are restored.
     """
     if len(indices) == 0:
         raise GradientTaskError("a gradient task was given no samples")
@@ -186,8 +194,8 @@ def compute_gradients(
     yb = torch.from_numpy(np.ascontiguousarray(y[indices])).to(device)
     t1 = time.perf_counter()
     with seeded_forward(spec.seed, round_index, rank, device):
-        logits = functional_call(model, {**leaves, **buffers}, (xb,))
-    loss = F.cross_entropy(logits, yb, reduction="sum")
+        outputs = functional_call(model, {**leaves, **buffers}, (xb,))
+    loss = spec.objective.loss.summed(outputs, yb)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     full = {
         n: (g if g is not None else torch.zeros_like(leaves[n]))
@@ -201,7 +209,7 @@ def compute_gradients(
     metrics: dict[str, float | int | str] = {
         "samples": samples,
         "loss_sum": float(loss.detach()),
-        "correct": int((logits.argmax(dim=1) == yb).sum()),
+        "correct": spec.objective.metric.summed(outputs.detach(), yb),
         "load_s": t1 - t0,
         "compute_s": time.perf_counter() - t1,
         "device": str(device),
@@ -218,7 +226,7 @@ def _gradient_task(
                                           round_index=round_index, rank=rank)
     metrics = GradientMetrics(
         round=round_index, rank=rank, samples=int(info["samples"]),
-        loss_sum=float(info["loss_sum"]), correct=int(info["correct"]),
+        loss_sum=float(info["loss_sum"]), correct=float(info["correct"]),
         load_s=float(info["load_s"]), compute_s=float(info["compute_s"]),
         device=str(info["device"]),
     )

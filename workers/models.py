@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from workers.errors import ModelFactoryError
-from workers.spec_import import import_spec_module
+from workers.spec_import import import_spec_attr
 
 ModelFactory = Callable[..., nn.Module]
 ModelArgs = Mapping[str, object]
@@ -95,17 +95,6 @@ class ModelSpec:
     key: str
 
 
-def _import_attr(spec: str, kind: str, error: type[Exception]) -> object:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise error(f"{kind} spec {spec!r} must be 'package.module:name' or a built-in")
-    module = import_spec_module(module_name, f"{kind} {spec!r}", error)
-    try:
-        return getattr(module, attr)
-    except AttributeError as exc:
-        raise error(f"module {module_name!r} has no {kind} named {attr!r}") from exc
-
-
 def callable_key(fn: Callable[..., object]) -> str:
     """A process-independent key for a callable: ``module:qualname`` (plus args of a partial)."""
     if isinstance(fn, functools.partial):
@@ -173,9 +162,9 @@ def resolve_model(
     arguments the factory does not take (the built-ins take none) and built-ins that do not
     fit the data's shape. Builds nothing except to check a built-in fits.
     """
-    if in_features < 1 or num_classes < 2:
+    if in_features < 1 or num_classes < 1:
         raise ModelFactoryError(
-            f"data must have >= 1 feature and >= 2 classes, got {in_features} and {num_classes}"
+            f"data must have >= 1 feature and >= 1 output, got {in_features} and {num_classes}"
         )
     kwargs = dict(model_kwargs or {})
     if callable(spec):
@@ -210,7 +199,7 @@ def check_model_spec(spec: str, model_kwargs: ModelArgs | None = None) -> ModelF
             f"unknown model {spec!r}: use one of {', '.join(BUILTIN_MODELS)} "
             "or 'package.module:factory'"
         )
-    fn = _import_attr(spec, "model factory", ModelFactoryError)
+    fn = import_spec_attr(spec, "model factory", ModelFactoryError)
     if not callable(fn):
         raise ModelFactoryError(f"model factory {spec!r} is not callable")
     check_model_args(fn, model_kwargs or {}, repr(spec))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from jobs.errors import ConfigError
+from jobs.preflight import preflight
 from workers.data import load, load_digits, resolve_data, synthetic, validate
 from workers.errors import DataError
 
@@ -48,12 +51,16 @@ def test_nan_features_are_rejected_with_the_row() -> None:
         validate((x, y, xt, yt))
 
 
-def test_labels_out_of_range_are_rejected() -> None:
+def test_labels_out_of_range_are_rejected_against_the_models_width() -> None:
+    """Class ids are checked where the loss reads them, against the model's outputs: the
+    built-in model gets one output per label seen, a fixed-width model refuses more."""
     x, y, xt, _ = good()
-    with pytest.raises(DataError, match="out of range"):
-        validate((x, y, xt, np.array([0, 3])))
-    with pytest.raises(DataError, match="negative"):
-        validate((x, np.array([0, 1, -1, 0, 1, 2]), xt, np.array([0, 1])))
+    assert validate((x, y, xt, np.array([0, 3]))).num_classes == 4
+    with pytest.raises(ConfigError, match=r"outputs 3 classes .* labels up to 3 \(y_test\)"):
+        preflight(lambda: torch.nn.Linear(2, 3), lambda: (x, y, xt, np.array([0, 3])), seed=0)
+    with pytest.raises(ConfigError, match=r"has label -1 \(y_train\).*0 <= y < 3"):
+        preflight("mlp", lambda: (x, np.array([0, 1, -1, 0, 1, 2]), xt, np.array([0, 1])),
+                  seed=0)
 
 
 def test_empty_and_mismatched_data_are_rejected() -> None:

@@ -1,0 +1,1 @@
+"""Bundled examples: models and data loaders to train with ``python -m jobs.train``."""
