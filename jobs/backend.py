@@ -27,6 +27,10 @@ class ParameterServerLike(Protocol):
 
     layout: list[list[Piece]]
 
+    @property
+    def parameter_bytes(self) -> int:
+        """Bytes of the parameters and buffers of every shard (one copy of the model)."""
+
     def pull(self, min_version: int) -> list[Any]:
         """One ref per shard, each resolving to ``dict[key, ndarray]`` at version >= min."""
 

@@ -35,14 +35,12 @@ from consensus.failures import Failure, classify, root_cause
 from jobs.backend import ParameterServerLike
 from jobs.config import TrainConfig
 from jobs.errors import RoundsLostError, TrainingError
+from jobs.pipeline_depth import DEPTH
 from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics
 
 LOG = logging.getLogger(__name__)
 
-DEPTH = 3
-"""Rounds submitted ahead. 3 keeps the driver off the critical path: while it handles round
-r's commit, round r+2's tasks are already queued on round r+1's answers."""
 
 Launch = Callable[[int, Sequence[Any]], tuple[list[list[Any]], list[Any]]]
 """(round, parameter refs by shard) -> (gradient refs [rank][shard], metrics ref by rank)."""
@@ -62,8 +60,11 @@ class PipelinedRounds:
     """Runs sync rounds ``[start, end)`` pipelined (see the module docstring)."""
 
     def __init__(self, *, config: TrainConfig, server: ParameterServerLike, launch: Launch,
-                 stop_after: Callable[[int], bool]) -> None:
+                 stop_after: Callable[[int], bool], depth: int = DEPTH) -> None:
+        if depth < 1:
+            raise ValueError(f"a pipeline keeps at least one round in flight, got {depth}")
         self.config = config
+        self.depth = depth  # rounds in flight (``jobs.pipeline_depth``)
         self.server = server
         self.launch = launch
         self.stop_after = stop_after  # round r ends at a barrier: launch nothing past it
@@ -83,7 +84,7 @@ class PipelinedRounds:
         last = time.perf_counter()
         next_round = start
         while inflight or next_round < end:
-            while (next_round < end and len(inflight) < DEPTH
+            while (next_round < end and len(inflight) < self.depth
                    and not (inflight and self.stop_after(inflight[-1].round))):
                 flight = self._submit(next_round, params)
                 inflight.append(flight)

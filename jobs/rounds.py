@@ -24,6 +24,7 @@ from jobs.backend import ParameterServerLike
 from jobs.config import TrainConfig
 from jobs.errors import TrainingError
 from jobs.pipeline import PipelinedRounds
+from jobs.pipeline_depth import pipeline_depth
 from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics, TaskSpec, launch_gradient_task
 from workers.schedule import BatchSchedule
@@ -59,6 +60,12 @@ class _Round:
     metrics: list[GradientMetrics] = field(default_factory=list)
     last_done: float = 0.0
     aggregate_s: float = 0.0
+
+
+def _object_store_bytes() -> float | None:
+    """The cluster's object store capacity (None if Ray does not say)."""
+    store = ray.cluster_resources().get("object_store_memory")  # type: ignore[no-untyped-call]
+    return float(store) if store else None
 
 
 class RoundEngine:
@@ -163,7 +170,9 @@ class RoundEngine:
         elif (self.config.mode == "sync" and self.config.backup_workers == 0
               and self.config.pipeline):
             PipelinedRounds(config=self.config, server=self.server, launch=self._launch_all,
-                            stop_after=self.stop_after).run(start, end, on_round)
+                            stop_after=self.stop_after,
+                            depth=pipeline_depth(self.server.parameter_bytes, self.config.workers,
+                                                 _object_store_bytes())).run(start, end, on_round)
         else:
             self._run_rounds(start, end, on_round)
 

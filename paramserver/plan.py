@@ -198,6 +198,11 @@ class ShardPlan:
         return dict(self._shapes)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of every piece of every shard: one copy of the model's tensors."""
+        return sum(p.nbytes for group in self._shards for p in group)
+
+    @property
     def buffers(self) -> dict[str, str]:
         """The tensors that are module buffers, with their dtype (empty for most models)."""
         return {p.tensor: p.dtype for group in self._shards for p in group if p.buffer}

@@ -388,6 +388,12 @@ class ParameterServer:
             self.forget_leaders()
         return healed
 
+    @property
+    def parameter_bytes(self) -> int:
+        """Bytes of one copy of every shard's parameters and buffers (what a published
+        version or a worker's gradients hold in the object store)."""
+        return self.plan.nbytes
+
     def leader_changes(self) -> list[int]:
         """Per shard: the most leader changes any live replica saw since it started (a
         healthy run has none). Cheap: one status call per replica."""
