@@ -229,6 +229,8 @@ class ShardService:
         proposal = asyncio.ensure_future(self._timed_commit(commands))
         proposal.add_done_callback(_seconds)  # a failure nobody awaits is still retrieved
         self._proposals[round] = proposal
+        if self._published is not None and self._published[0] < round:
+            self._published = None  # a pulled older version: no one pulls it again
         for old in [r for r in self._proposals if r < round - 1]:
             del self._proposals[old]
         info = {"round": round, "applied": machine.version,

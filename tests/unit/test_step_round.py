@@ -244,3 +244,24 @@ def test_preview_changes_nothing_and_matches_apply() -> None:
         for key, value in machine.params().items():
             assert preview[key].tobytes() == value.tobytes()
     assert machine.digest() == other.digest()
+
+
+def test_a_pulled_version_is_let_go_once_the_shard_moves_past_it() -> None:
+    """The service caches the object it put for a pull (one put per version); a pipelined
+    driver pulls only at its start, so that cache must not pin the start's parameters (a
+    copy of the shard in the object store) for the rest of the run."""
+    async def scenario() -> None:
+        service, ctx = _service()
+        version, _ref = await service.pull(0)
+        assert version == 0 and service._published is not None
+        await service.step_round(0, _contributions(0), 0)
+        assert service._published is not None  # round 0 starts from the pulled version
+        await _settle()
+        ctx.commit_next()
+        await _settle()
+        await service.step_round(1, _contributions(1), 1)
+        assert service._published is None
+        again, _ = await service.pull(1)  # a later pull puts the current version
+        assert again == 1
+
+    asyncio.run(scenario())
