@@ -23,17 +23,17 @@ import asyncio
 import itertools
 import logging
 import os
-import pickle
 import random
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
 from consensus.compaction import CompactionPolicy
 from consensus.core import RaftNode
+from consensus.entry_commands import execute
 from consensus.errors import (
     ProposalDroppedError,
     StorageFullError,
@@ -43,6 +43,7 @@ from consensus.lost_state import (
     stamp_unsynced,
     unsynced_since_boot,
 )
+from consensus.payload_release import private_bytes, release_persisted
 from consensus.peers import PeerRouter
 from consensus.replica_api import ReplicaAPI, Waiter
 from consensus.replica_config import RaftGroupConfig
@@ -56,12 +57,8 @@ from consensus.replica_failures import ReplicaFailures
 from consensus.replica_fresh import FreshStart
 from consensus.replica_snapshots import ReplicaSnapshots
 from consensus.session import (
-    EnvelopeError,
     SessionTable,
-    decode_batch,
     decode_image,
-    decode_run,
-    is_run,
 )
 from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
@@ -73,7 +70,6 @@ from consensus.storage_failure import (
 from consensus.transport import PeerTransport
 from consensus.types import (
     Entry,
-    EntryKind,
     HardState,
     Message,
     Ready,
@@ -87,7 +83,6 @@ __all__ = ["CommandError", "RaftReplica", "ReplicaContext", "replica_name", "sto
 log = logging.getLogger(__name__)
 
 _INLINE_SAVE_BYTES = 64 << 10  # entry bytes up to which a Ready is persisted on the loop
-_RELEASE_MIN_BYTES = 1 << 20  # applied entries this large are held as views of their file
 
 
 def _fail_stop() -> NoReturn:
@@ -174,6 +169,7 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         self.apply_callbacks: list[Callable[[int], None]] = []
         self._read_ids = itertools.count(1)
         self._readies = 0
+        self._peak_private = 0  # the most private memory seen after a Ready (status)
         self._busy = False  # a Ready is being handled (see _run)
         self.leader_changes = 0
         self._leader_seen: tuple[int, int] | None = None
@@ -270,21 +266,11 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
         self._node.advance(ready)
-        self._release_payloads(ready.entries)
+        release_persisted(self._node, self._storage, ready.entries)  # consensus.payload_release
+        self._peak_private = max(self._peak_private, private_bytes() or 0)
         if ready.committed_entries or ready.snapshot is not None:
             self._after_apply()
             await self._maybe_compact()
-
-    def _release_payloads(self, persisted: Sequence[Entry]) -> None:
-        """Drop the log's copies of large entries once they are persisted: the core holds
-        views of their stored bytes instead (the page cache has them; the apply and a
-        lagging follower's catch-up read them there), so a replica's memory holds the
-        entries on their way to disk, not every round since its last snapshot nor the
-        rounds its apply lags behind."""
-        large = [e.index for e in persisted
-                 if len(e.data) >= _RELEASE_MIN_BYTES and not isinstance(e.data, memoryview)]
-        if large:
-            self._node.release_payloads(self._storage.payload_views(large[0], large[-1]))
 
     def _count_leader_change(self, ready: Ready) -> None:
         """Count each new (term, leader) this replica learns after the first one: the
@@ -328,7 +314,7 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
             self._restore(ready.snapshot)
         fresh = [e for e in ready.committed_entries if e.index > self.applied_index]
         self._snaps.applied(fresh)
-        return [(entry, self._execute(entry)) for entry in fresh]
+        return [(entry, execute(entry, self.state_machine, self._sessions)) for entry in fresh]
 
     async def apply_idle(self) -> None:
         """Return once no apply runs; the caller then reads the state machine without
@@ -365,31 +351,6 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         self.applied_index = snapshot.meta.index
         self._snaps.restored(snapshot.meta.index)
         self._applied_term = snapshot.meta.term
-
-    def _run_command(self, command: bytes | memoryview) -> Any:
-        """``command`` is a view only for a machine with ``command_views`` (see
-        ``StateMachine.apply``)."""
-        try:
-            return self.state_machine.apply(command)  # type: ignore[arg-type]
-        except Exception as exc:  # deterministic: every replica records the same error
-            return CommandError(f"{type(exc).__name__}: {exc}")
-
-    def _execute(self, entry: Entry) -> list[bytes]:
-        """(apply thread) Run ``entry``'s commands through the session table."""
-        views = bool(getattr(self.state_machine, "command_views", False))
-        if entry.kind == EntryKind.COMMAND:  # one bare command (ReplicaApi.propose_command)
-            data = entry.data
-            command = memoryview(data).toreadonly() if views else bytes(data)
-            return [pickle.dumps(self._run_command(command))]
-        if entry.kind != EntryKind.NORMAL or not entry.data:
-            return []
-        try:
-            if is_run(entry.data):
-                return self._sessions.apply_run(decode_run(entry.data, views), self._run_command)
-            return [self._sessions.apply(e, self._run_command)
-                    for e in decode_batch(entry.data, views)]
-        except EnvelopeError as exc:
-            return [pickle.dumps(CommandError(str(exc)))]
 
     def _applied(self, entry: Entry, results: list[bytes]) -> None:
         """(loop) ``entry`` is applied: advance the applied index, answer its proposer."""
@@ -512,6 +473,7 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
             "disk_bytes": self._storage.disk_bytes(),
             "peak_log_bytes": self._snaps.peak_log_bytes, "snapshot_bytes": self._snaps.bytes,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_private_bytes": self._peak_private,
             "confirming_fresh": self._confirming_fresh,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),

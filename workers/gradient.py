@@ -9,7 +9,12 @@ over workers divided by the total sample count is the exact global-batch mean fo
 A buffer piece (BatchNorm's running statistics, ...) maps to the buffer as the forward left
 it, starting from the published buffers.
 
-The task mutates nothing but a per-process model cache (keyed by the factory's key and seed);
+The task reads its samples ``x[indices]`` from in-memory arrays in the object store, or, for
+a dataset addressed by index (``workers.datasets``), opens that dataset once per process
+from the small handle it is given and fetches only its indices.
+
+The task mutates nothing but per-process caches (the model, keyed by the factory's key and
+seed; the opened datasets, keyed by the handle's key);
 parameters are read zero-copy from the object store (``torch.from_numpy``), buffers are
 copied before the forward updates them, and the forward's randomness is seeded from (seed,
 round, rank) (``workers.forward_rng``), so re-running a task (``max_retries``) with the same
@@ -33,6 +38,8 @@ from torch import nn
 from torch.func import functional_call
 
 from workers.clipping import clip_contribution
+from workers.datasets.cache import TaskDataset, task_dataset
+from workers.datasets.contract import fetch_batch
 from workers.errors import GradientTaskError
 from workers.forward_rng import seeded_forward
 from workers.model_state import buffer_dtype, state_buffers
@@ -86,11 +93,17 @@ class GradientMetrics:
 
 
 def cached_model(spec: TaskSpec) -> nn.Module:
-    """The model for ``spec``, built once per worker process; only its structure is used."""
+    """The model for ``spec``, built once per worker process; only its structure is used:
+    every task passes the published parameters to ``functional_call``, so the module's own
+    parameters are emptied (a 124M-parameter model would otherwise keep half a gigabyte
+    per worker for nothing). Their identities stay, so tied weights stay tied."""
     key = f"{spec.model.key}@{spec.seed}"
     model = _MODELS.get(key)
     if model is None:
         model = build_model(spec.model, spec.seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.data = torch.empty(0, dtype=param.dtype)
         _MODELS[key] = model
     return model
 
@@ -217,17 +230,33 @@ def compute_gradients(
     return shard_grads, metrics
 
 
+def task_batch(x: np.ndarray | TaskDataset, y: np.ndarray | None,
+               indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """What ``compute_gradients`` reads for ``indices``: ``(x, y, indices, seconds)``.
+    In-memory arrays are passed as they are (the task slices ``x[indices]``); a dataset
+    handle (``y`` None) is opened once per process (``workers.datasets.cache``) and the
+    batch fetched by index (``fetch_batch``), so the indices become ``0..len-1``."""
+    if isinstance(x, np.ndarray):
+        if y is None:
+            raise GradientTaskError("a gradient task got features without targets")
+        return x, y, indices, 0.0
+    t0 = time.perf_counter()
+    xb, yb = fetch_batch(task_dataset(x), indices, what="the train split")
+    return xb, yb, np.arange(len(indices)), time.perf_counter() - t0
+
+
 def _gradient_task(
-    spec: TaskSpec, round_index: int, rank: int, x: np.ndarray, y: np.ndarray,
-    indices: np.ndarray, *shard_params: Mapping[str, np.ndarray],
+    spec: TaskSpec, round_index: int, rank: int, x: np.ndarray | TaskDataset,
+    y: np.ndarray | None, indices: np.ndarray, *shard_params: Mapping[str, np.ndarray],
 ) -> tuple[object, ...]:
     torch.set_num_threads(1)
-    shard_grads, info = compute_gradients(spec, x, y, indices, shard_params,
+    xs, ys, rows, fetch_s = task_batch(x, y, indices)
+    shard_grads, info = compute_gradients(spec, xs, ys, rows, shard_params,
                                           round_index=round_index, rank=rank)
     metrics = GradientMetrics(
         round=round_index, rank=rank, samples=int(info["samples"]),
         loss_sum=float(info["loss_sum"]), correct=float(info["correct"]),
-        load_s=float(info["load_s"]), compute_s=float(info["compute_s"]),
+        load_s=fetch_s + float(info["load_s"]), compute_s=float(info["compute_s"]),
         device=str(info["device"]),
     )
     return (*shard_grads, metrics)
@@ -238,13 +267,16 @@ gradient_task = ray.remote(num_cpus=1, max_retries=3)(_gradient_task)
 
 
 def launch_gradient_task(
-    spec: TaskSpec, round_index: int, rank: int, x_ref: ObjectRef[Any], y_ref: ObjectRef[Any],
-    indices: np.ndarray, param_refs: Sequence[ObjectRef[Any]], gpu_fraction: float = 0.0,
-    spec_ref: ObjectRef[Any] | None = None,
+    spec: TaskSpec, round_index: int, rank: int, x_ref: ObjectRef[Any],
+    y_ref: ObjectRef[Any] | None, indices: np.ndarray, param_refs: Sequence[ObjectRef[Any]],
+    gpu_fraction: float = 0.0, spec_ref: ObjectRef[Any] | None = None,
 ) -> tuple[list[ObjectRef[Any]], ObjectRef[Any]]:
     """Submit one task (non-blocking): returns (one gradient ref per shard, the metrics ref).
 
     Passes refs, never values: the data and parameter refs resolve zero-copy in the worker.
+    ``x_ref``/``y_ref``: the training arrays (in-memory data), or ``x_ref`` a ref of a
+    dataset handle (``workers.datasets``) and ``y_ref`` None: the task then opens the
+    dataset in its process and reads only its ``indices``.
     ``spec_ref``: ``ray.put(spec)`` made once per job, sent instead of pickling ``spec``
     again for every task. Parameter refs may still be pending (Ray starts the task when
     they resolve).
