@@ -47,6 +47,13 @@ class TrainConfig:
     is checked against them before anything runs."""
     data: str = "digits"
     """Data: ``digits``, ``synthetic[:FxC[xTRAIN[xTEST]]]`` or ``package.module:loader``."""
+    dataset: str | None = None
+    """A dataset addressed by index instead of ``data`` (docs/DESIGN.md, "Datasets"):
+    ``npy:DIR`` (a directory of x_train.npy, y_train.npy, x_test.npy, y_test.npy, read
+    memory-mapped) or ``package.module:name`` (a callable returning the train and test
+    splits: map-style datasets or ray.data Datasets). Gradient tasks open it themselves and
+    read only their indices; the driver never loads it whole. ``data`` must then stay at its
+    default. None: ``data`` is used."""
     loss: str = "cross_entropy"
     """The training loss (``workers.loss``): ``cross_entropy`` (class ids; per-token mean
     for ``(b, T, V)`` outputs), ``mse``, or ``package.module:fn`` with ``fn(outputs,
@@ -124,7 +131,8 @@ class TrainConfig:
     """Seeds model init (``torch.manual_seed``) and the batch schedule."""
     out: str | None = None
     """Output folder: model.safetensors, summary.json, metrics.jsonl, curves.png, checkpoints/.
-    None: ``default_out(model, data)``, ``runs/<model>-<data>``. ``out_dir`` is the path used."""
+    None: ``default_out(model, data)``, ``runs/<model>-<data>`` (``<dataset>`` when one is
+    given). ``out_dir`` is the path used."""
     resume: bool = False
     """Continue from the latest checkpoint in ``out`` (error if there is none). It needs only
     ``out/checkpoints/`` (the newest ``round-<r>/`` with its manifest), the same model and
@@ -195,6 +203,7 @@ class TrainConfig:
             raise ConfigError(f"gpu must be >= 0 (GPUs per task, fractional ok), got {self.gpu}")
         self._check_outputs()
         self._check_objective()
+        self._check_dataset()
         object.__setattr__(self, "log_to", check_log_to(self.log_to))
         if not self.timeout_s > 0 or not math.isfinite(self.timeout_s):
             raise ConfigError(f"timeout must be a positive number of seconds, got "
@@ -207,6 +216,16 @@ class TrainConfig:
         if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
             raise ConfigError(f"metric must name a metric (accuracy, none or "
                               f"package.module:fn) or be None, got {self.metric!r}")
+
+    def _check_dataset(self) -> None:
+        if self.dataset is None:
+            return
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError(f"dataset must be 'npy:DIR' or 'package.module:name' (or None), "
+                              f"got {self.dataset!r}")
+        if self.data != TrainConfig.data:
+            raise ConfigError(f"data ({self.data!r}) and dataset ({self.dataset!r}) are two "
+                              "sources for one job; give --data or --dataset, not both")
 
     def _check_outputs(self) -> None:
         if self.overwrite and self.resume:
@@ -314,8 +333,10 @@ class TrainConfig:
 
     @property
     def out_dir(self) -> Path:
-        """The output folder used: ``out``, or ``default_out(model, data)`` when it is None."""
-        return Path(default_out(self.model, self.data) if self.out is None else self.out)
+        """The output folder used: ``out``, or ``default_out(model, data)`` when it is None
+        (``dataset`` in place of ``data`` when it is given)."""
+        source = self.data if self.dataset is None else self.dataset
+        return Path(default_out(self.model, source) if self.out is None else self.out)
 
     @property
     def storage_dir(self) -> Path:

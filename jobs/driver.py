@@ -48,6 +48,8 @@ from jobs.rounds import RoundEngine
 from jobs.task_spec import job_objective, task_spec
 from jobs.tracking import Trackers, open_trackers
 from workers.data import DataLoader, Dataset, load
+from workers.datasets import DatasetSpec, OpenedDataset, open_dataset
+from workers.datasets.source import is_npy
 from workers.model_state import full_state_dict, model_state
 from workers.models import ModelFactory, ModelSpec, build_model, resolve_model
 from workers.objective import Objective
@@ -171,8 +173,8 @@ def remove_raft_log(storage: Path, out: Path, timeout_s: float) -> None:
                     storage, len(pending), timeout_s)
 
 
-def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray], data: Dataset,
-             objective: Objective | None = None) -> float:
+def evaluate(model: torch.nn.Module, state: Mapping[str, np.ndarray],
+             data: Dataset | OpenedDataset, objective: Objective | None = None) -> float:
     """The test score of ``model`` with the parameters and buffers ``state`` (loaded
     strictly into ``model``: ModelFactoryError when it lacks a tensor of the model): the
     mean of ``objective``'s metric (by default cross-entropy's accuracy), or without a
@@ -186,9 +188,13 @@ class Driver:
     """One training job. ``backend`` makes the server (default: the Raft parameter server)."""
 
     def __init__(self, config: TrainConfig, *, model: ModelFactory | None = None,
-                 data: DataLoader | None = None, backend: ServerBackend | None = None) -> None:
+                 data: DataLoader | None = None, backend: ServerBackend | None = None,
+                 dataset: DatasetSpec | OpenedDataset | None = None) -> None:
         self.config = config
         self.data_spec = data if data is not None else config.data
+        self.dataset_spec = dataset if dataset is not None else config.dataset
+        """A dataset addressed by index (``workers.datasets``), used instead of the data
+        loader when given: the tasks read it themselves, the driver only by index."""
         self.model_spec_in = model if model is not None else config.model
         self.backend = backend if backend is not None else RaftServerBackend()
         self.out = config.out_dir
@@ -204,7 +210,7 @@ class Driver:
         """Train to the end (or ``max_rounds``); blocks; returns the result. See module doc."""
         cfg = self.config
         t_start = time.perf_counter()
-        data = load(self.data_spec)
+        data = self._open_data()
         spec = resolve_model(self.model_spec_in, in_features=data.in_features,
                              num_classes=data.num_classes, model_kwargs=cfg.model_kwargs)
         model = build_model(spec, cfg.seed)
@@ -224,7 +230,19 @@ class Driver:
         self.trackers.close()
         return result
 
-    def _serve(self, spec: ModelSpec, model: torch.nn.Module, data: Dataset,
+    def _open_data(self) -> Dataset | OpenedDataset:
+        """LOAD the data: the loader's arrays, or the dataset spec opened (Ray is connected
+        first unless it is an npy directory: the spec may hold a ray.data dataset)."""
+        source = self.dataset_spec
+        if source is None:
+            return load(self.data_spec)
+        if isinstance(source, OpenedDataset):
+            return source
+        if not is_npy(source):
+            ensure_ray(self.config.address)
+        return open_dataset(source)
+
+    def _serve(self, spec: ModelSpec, model: torch.nn.Module, data: Dataset | OpenedDataset,
                schedule: BatchSchedule, latest: Path | None, end: int,
                t_start: float) -> TrainResult:
         """START, TRAIN, FINISH and CLEAN UP (see the module doc), from ``latest`` if any."""
@@ -258,8 +276,8 @@ class Driver:
         return result
 
     def _train_restoring(self, server: ParameterServerLike, spec: ModelSpec,
-                         model: torch.nn.Module, data: Dataset, schedule: BatchSchedule,
-                         start: int, end: int) -> tuple[float, int]:
+                         model: torch.nn.Module, data: Dataset | OpenedDataset,
+                         schedule: BatchSchedule, start: int, end: int) -> tuple[float, int]:
         """``_train``; rounds lost with a node continue from the last checkpoint (a few
         times)."""
         for attempt in range(_RESTORES + 1):
@@ -328,13 +346,19 @@ class Driver:
         return path
 
     def _train(self, server: ParameterServerLike, spec: ModelSpec, model: torch.nn.Module,
-               data: Dataset, schedule: BatchSchedule, start: int,
+               data: Dataset | OpenedDataset, schedule: BatchSchedule, start: int,
                end: int) -> tuple[float, int]:
         cfg = usable_gpu(self.config)
         per_epoch = schedule.batches_per_epoch
         task = task_spec(cfg, spec, server.layout)
+        y_ref: Any = None
+        if isinstance(data, Dataset):  # in memory: the arrays go to the object store once
+            x_ref: Any = ray.put(data.x_train)
+            y_ref = ray.put(data.y_train)
+        else:  # by index: each task opens the dataset from this handle, reads its indices
+            x_ref = ray.put(data.task_data)
         engine = RoundEngine(config=cfg, server=server, spec=task, schedule=schedule,
-                             x_ref=ray.put(data.x_train), y_ref=ray.put(data.y_train))
+                             x_ref=x_ref, y_ref=y_ref)
         log = MetricsLog(self.out / "metrics.jsonl", start_round=start)
         progress = EpochProgress(epochs=cfg.epochs, rounds_per_epoch=per_epoch,
                                  enabled=cfg.progress)
@@ -363,7 +387,8 @@ class Driver:
         engine.run(start, end, on_round)
         return time.perf_counter() - t0, samples
 
-    def _finish(self, server: ParameterServerLike, model: torch.nn.Module, data: Dataset,
+    def _finish(self, server: ParameterServerLike, model: torch.nn.Module,
+                data: Dataset | OpenedDataset,
                 end: int, train_s: float, samples: int, t_start: float) -> TrainResult:
         self._checkpoint(server, end)
         state = server.state_dict()

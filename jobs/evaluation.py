@@ -11,11 +11,21 @@ import numpy as np
 import torch
 
 from workers.data import Dataset
+from workers.datasets import OpenedDataset
 from workers.model_state import load_state
 from workers.objective import Objective
 
 BATCH = 4096
-"""Test samples per forward pass."""
+"""Test samples per forward pass, at most."""
+BATCH_BYTES = 64 << 20
+"""Bytes of test samples per forward pass, at most (at least one sample): a dataset read
+by index is never held whole, whatever its size."""
+
+
+def batch_rows(sample_bytes: int) -> int:
+    """Test samples per forward pass for samples of ``sample_bytes``: ``BATCH``, or fewer
+    so that a batch holds at most ``BATCH_BYTES``."""
+    return max(1, min(BATCH, BATCH_BYTES // max(sample_bytes, 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,23 +56,27 @@ class Evaluation:
 
 
 def evaluate_model(model: torch.nn.Module, state: Mapping[str, np.ndarray],
-                   data: Dataset, objective: Objective | None = None) -> Evaluation:
+                   data: Dataset | OpenedDataset,
+                   objective: Objective | None = None) -> Evaluation:
     """Load ``state`` (every parameter and buffer, ``workers.model_state.load_state``:
     ModelFactoryError when it does not match the model) into ``model`` and evaluate it on
     ``data``'s test split with ``objective``'s loss and metric (default: cross-entropy and
-    accuracy), in eval mode, without gradients."""
+    accuracy), in eval mode, without gradients, in batches of ``batch_rows`` samples (a
+    dataset read by index: each batch fetched by index, so the test split is never held
+    whole)."""
     objective = objective or Objective()
     load_state(model, state)
     model.eval()
     metric_sum, loss_sum = 0.0, 0.0
+    samples = data.n_test
+    rows = batch_rows(data.sample_bytes)
     with torch.no_grad():
-        for start in range(0, len(data.x_test), BATCH):
-            xb = torch.from_numpy(data.x_test[start:start + BATCH])
-            yb = torch.from_numpy(data.y_test[start:start + BATCH])
+        for start in range(0, samples, rows):
+            x, y = data.test_batch(start, min(start + rows, samples))
+            xb, yb = torch.from_numpy(x), torch.from_numpy(y)
             outputs = model(xb)
             loss_sum += float(objective.loss.summed(outputs, yb))
             metric_sum += objective.metric.summed(outputs, yb)
-    samples = len(data.x_test)
     metric = None if objective.metric.fn is None else metric_sum / samples
     return Evaluation(loss=loss_sum / samples, metric=metric,
                       metric_name=objective.metric.name, samples=samples)

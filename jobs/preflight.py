@@ -14,6 +14,10 @@ the output folder is touched or a round runs:
 - every experiment tracker asked for (``log_to``) has its package installed: a missing one
   is a ``jobs.tracking.TrackerUnavailableError`` (a ``ConfigError``) naming the install.
 
+``preflight_dataset`` does the same for a dataset read by index (``--dataset``): it opens
+the dataset, checks a sample of its items for one shape and dtype (a ``ConfigError``
+otherwise) and runs the model on its first training sample; the driver reuses what it opened.
+
 The check leaves no trace: it runs on a model of its own, under a forked torch RNG.
 """
 
@@ -29,6 +33,8 @@ from torch import nn
 from jobs.errors import ConfigError
 from jobs.tracking import require_backends
 from workers.data import Arrays, DataLoader, Dataset, load
+from workers.datasets import DatasetSpec, InconsistentItemsError, OpenedDataset, open_dataset
+from workers.datasets.source import describe_spec
 from workers.errors import DataError, LossError, MetricError, ModelFactoryError, WorkersError
 from workers.loss import DEFAULT_LOSS, LossFn, class_dim, require_integer_targets
 from workers.metric import MetricFn
@@ -85,6 +91,47 @@ def preflight(model: str | ModelFactory, data: str | DataLoader, seed: int,
     return CheckedJob(dataset=dataset)
 
 
+def preflight_dataset(model: str | ModelFactory, dataset: DatasetSpec | OpenedDataset,
+                      seed: int, model_kwargs: Mapping[str, object] | None = None, *,
+                      log_to: Sequence[str] = (), loss: str | LossFn = DEFAULT_LOSS,
+                      metric: str | MetricFn | None = None) -> OpenedDataset:
+    """``preflight`` for a dataset addressed by index (``workers.datasets``): open it (the
+    driver reads a sample of its items and, for integer targets, the targets; a ray.data
+    split is materialized, so Ray must be up), then the same checks on its first training
+    sample. Items of different shapes or dtypes are a ``ConfigError`` naming two of them;
+    a spec that does not open is a ``DataError``. Returns the opened dataset (the driver
+    reuses it). Writes nothing."""
+    require_backends(log_to)
+    try:
+        objective = resolve_objective(loss, metric)
+    except (LossError, MetricError) as exc:
+        raise ConfigError(str(exc)) from exc
+    model_name = spec_name("model", model)
+    loss_label = f"--loss {loss}" if isinstance(loss, str) else f"loss {objective.loss.name}"
+    if isinstance(dataset, OpenedDataset):
+        opened, data_name = dataset, dataset.name
+    else:
+        data_name = describe_spec(dataset)
+        opened = _open(dataset, data_name)
+    with torch.random.fork_rng(devices=[]):
+        built = _build(model, model_name, opened, seed, model_kwargs or {})
+        check_fit(built, opened, model_name=model_name, data_name=data_name,
+                  objective=objective, loss_label=loss_label)
+    return opened
+
+
+def _open(dataset: DatasetSpec, name: str) -> OpenedDataset:
+    try:
+        return open_dataset(dataset)
+    except InconsistentItemsError as exc:
+        raise ConfigError(str(exc)) from exc
+    except WorkersError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{name} raised {_describe(exc)}; fix the dataset or what it reads "
+                        "(--debug shows the traceback)") from exc
+
+
 def _load(data: str | DataLoader, name: str) -> Dataset:
     try:
         return load(data)
@@ -95,7 +142,7 @@ def _load(data: str | DataLoader, name: str) -> Dataset:
                         "(--debug shows the traceback)") from exc
 
 
-def _build(model: str | ModelFactory, name: str, dataset: Dataset, seed: int,
+def _build(model: str | ModelFactory, name: str, dataset: Dataset | OpenedDataset, seed: int,
            model_kwargs: Mapping[str, object]) -> nn.Module:
     spec = resolve_model(model, in_features=dataset.in_features,
                          num_classes=dataset.num_classes, model_kwargs=model_kwargs)
@@ -108,7 +155,8 @@ def _build(model: str | ModelFactory, name: str, dataset: Dataset, seed: int,
                                 "(--debug shows the traceback)") from exc
 
 
-def check_fit(model: nn.Module, dataset: Dataset, *, model_name: str, data_name: str,
+def check_fit(model: nn.Module, dataset: Dataset | OpenedDataset, *, model_name: str,
+              data_name: str,
               objective: Objective | None = None,
               loss_label: str = "--loss cross_entropy") -> None:
     """Run ``model`` forward on the first training sample and take the loss (and metric) of
@@ -120,8 +168,8 @@ def check_fit(model: nn.Module, dataset: Dataset, *, model_name: str, data_name:
     two). Runs in eval mode (a batch of one is no batch for batch norm); restores the
     module's mode. ``loss_label`` names the loss in messages."""
     objective = objective or Objective()
-    x = torch.from_numpy(np.ascontiguousarray(dataset.x_train[:1]))
-    y = torch.from_numpy(np.ascontiguousarray(dataset.y_train[:1]))
+    first_x, first_y = dataset.first_sample()
+    x, y = torch.from_numpy(first_x), torch.from_numpy(first_y)
     batch = (1, *dataset.sample_shape)
     was_training = model.training
     model.eval()
@@ -130,7 +178,7 @@ def check_fit(model: nn.Module, dataset: Dataset, *, model_name: str, data_name:
     except Exception as exc:
         raise ConfigError(
             f"{model_name} fails on one sample of {data_name} (a batch of shape {batch} "
-            f"{dataset.x_train.dtype}): {_describe(exc)}; {_input_hint(dataset)}") from exc
+            f"{dataset.x_dtype}): {_describe(exc)}; {_input_hint(dataset)}") from exc
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != 1:
@@ -156,7 +204,7 @@ def check_fit(model: nn.Module, dataset: Dataset, *, model_name: str, data_name:
             returned)
 
 
-def _check_classes(out: torch.Tensor, y: torch.Tensor, dataset: Dataset,
+def _check_classes(out: torch.Tensor, y: torch.Tensor, dataset: Dataset | OpenedDataset,
                    objective: Objective, *, returned: str, model_name: str,
                    data_name: str) -> None:
     what = "cross_entropy" if objective.loss.reads_class_ids else "accuracy"
@@ -166,8 +214,7 @@ def _check_classes(out: torch.Tensor, y: torch.Tensor, dataset: Dataset,
     except LossError as exc:
         raise ConfigError(f"{returned}: {exc}") from exc
     width = int(out.shape[dim])
-    for name, labels in (("y_train", dataset.y_train), ("y_test", dataset.y_test)):
-        high, low = int(labels.max()), int(labels.min())
+    for name, (low, high) in dataset.label_ranges().items():
         if high >= width:
             raise ConfigError(
                 f"{model_name} outputs {width} classes but {data_name} has labels up to "
@@ -199,9 +246,9 @@ def _values(per_sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             "loader's targets (--debug shows the traceback)") from exc
 
 
-def _input_hint(dataset: Dataset) -> str:
+def _input_hint(dataset: Dataset | OpenedDataset) -> str:
     features, shape = dataset.in_features, dataset.sample_shape
-    if dataset.x_train.dtype == np.int64:
+    if dataset.x_dtype == np.int64:
         return (f"the model must take int64 inputs of shape (batch, {', '.join(map(str, shape))})"
                 " (integer features are passed as int64, e.g. token ids for an nn.Embedding; "
                 "return float features from the loader if they are values)")

@@ -69,10 +69,14 @@ def _object_store_bytes() -> float | None:
 
 
 class RoundEngine:
-    """Runs rounds ``[start, end)`` against ``server``; calls ``on_round`` after each commit."""
+    """Runs rounds ``[start, end)`` against ``server``; calls ``on_round`` after each commit.
+
+    ``x_ref``/``y_ref``: the training arrays in the object store, or ``x_ref`` a dataset
+    handle's ref and ``y_ref`` None (``workers.gradient.launch_gradient_task``). Every task
+    gets its indices from ``schedule``, the one source of sample order."""
 
     def __init__(self, *, config: TrainConfig, server: ParameterServerLike, spec: TaskSpec,
-                 schedule: BatchSchedule, x_ref: Any, y_ref: Any) -> None:
+                 schedule: BatchSchedule, x_ref: Any, y_ref: Any | None) -> None:
         self.config = config
         self.server = server
         self.spec = spec

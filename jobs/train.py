@@ -126,8 +126,15 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    default=d.model_kwargs, metavar="KEY=VALUE",
                    help="keyword argument of the model factory (repeatable); VALUE is read "
                         "as a JSON scalar when it parses as one, else as a string")
-    p.add_argument("--data", default=d.data,
-                   help="digits | synthetic[:FxC[xTRAIN[xTEST]]] | package.module:loader")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", default=d.data,
+                        help="digits | synthetic[:FxC[xTRAIN[xTEST]]] | package.module:loader")
+    source.add_argument("--dataset", default=d.dataset, metavar="npy:DIR|package.module:name",
+                        help="a dataset the gradient tasks read by index instead of --data: "
+                             "npy:DIR (x_train.npy, y_train.npy, x_test.npy, y_test.npy, "
+                             "memory-mapped) or package.module:name (a callable returning "
+                             "{'train': ds, 'test': ds}: map-style datasets or ray.data "
+                             "Datasets)")
     p.add_argument("--loss", default=d.loss,
                    help="cross_entropy | mse | package.module:fn (fn(outputs, targets) -> "
                         "per-sample losses, shape (b,))")
@@ -231,7 +238,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def check_names(config: TrainConfig) -> None:
     """Fail before Ray starts when a flag names something that is not there: the model or
-    the loader (``--model``/``--data``: imported, not called; the factory's signature must
+    the loader (``--model``/``--data``: imported, not called; ``--dataset``: an npy
+    directory's headers read, a callable imported; the factory's signature must
     take the ``--model-arg`` keywords), the loss or the metric (``--loss``/``--metric``)
     or, with ``--resume``, a checkpoint under ``--out``; and without ``--resume`` or
     ``--overwrite``, an ``--out`` holding an earlier run's results (``jobs.outputs``).
@@ -239,12 +247,16 @@ def check_names(config: TrainConfig) -> None:
     from jobs.backend import RaftServerBackend
     from jobs.outputs import check_out
     from workers.data import resolve_data
+    from workers.datasets import resolve_dataset
     from workers.models import check_model_spec
     from workers.objective import resolve_objective
 
     try:
         check_model_spec(config.model, config.model_kwargs)
-        resolve_data(config.data)
+        if config.dataset is None:
+            resolve_data(config.data)
+        else:
+            resolve_dataset(config.dataset)
         resolve_objective(config.loss, config.metric)
     except WorkersError as exc:
         raise ConfigError(str(exc)) from exc
@@ -269,6 +281,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     """The config and whether to show tracebacks; bad flags exit 2 (raise with debug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if args.dataset is not None and any(a == "--data" or a.startswith("--data=")
+                                        for a in given):
+        parser.error("argument --dataset: not allowed with argument --data")  # even its default
     debug = debug_requested(args.debug)
     try:
         config = config_from_args(args)

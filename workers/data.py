@@ -53,6 +53,35 @@ class Dataset:
         """``(x_train, y_train, x_test, y_test)``, as a loader returns them (no copies)."""
         return self.x_train, self.y_train, self.x_test, self.y_test
 
+    @property
+    def n_test(self) -> int:
+        """Number of test samples."""
+        return int(self.x_test.shape[0])
+
+    @property
+    def x_dtype(self) -> np.dtype:
+        """The features' dtype after the dtype rule (float32 or int64)."""
+        return self.x_train.dtype
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample's features and target (sizes evaluation batches)."""
+        return int(self.x_train[:1].nbytes + self.y_train[:1].nbytes)
+
+    def first_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first training sample as a batch of one: ``(x_train[:1], y_train[:1])``."""
+        return (np.ascontiguousarray(self.x_train[:1]),
+                np.ascontiguousarray(self.y_train[:1]))
+
+    def label_ranges(self) -> dict[str, tuple[int, int]]:
+        """Integer targets: ``{"y_train": (min, max), "y_test": (min, max)}``."""
+        return {name: (int(y.min()), int(y.max()))
+                for name, y in (("y_train", self.y_train), ("y_test", self.y_test))}
+
+    def test_batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Test samples ``[start, stop)`` (views, no copies)."""
+        return self.x_test[start:stop], self.y_test[start:stop]
+
 
 def load_digits() -> Arrays:
     """scikit-learn's bundled 8×8 digits: a fixed 80/20 split, standardized by train stats.
@@ -134,12 +163,22 @@ def resolve_data(spec: str | DataLoader) -> DataLoader:
     return fn  # type: ignore[no-any-return]
 
 
+def rule_dtype(name: str, dtype: np.dtype) -> np.dtype:
+    """The dtype the dtype rule (``convert``) gives ``dtype``: float32 for floating-point and
+    bool, int64 for integers; ``DataError`` naming ``name`` for any other dtype."""
+    if dtype == np.bool_ or np.issubdtype(dtype, np.floating):
+        return np.dtype(np.float32)
+    if np.issubdtype(dtype, np.integer):
+        return np.dtype(np.int64)
+    raise DataError(f"{name} must be numeric (float, integer or bool), got dtype {dtype}")
+
+
 def convert(name: str, values: object) -> np.ndarray:
     """The dtype rule (docs/DESIGN.md): a C-contiguous array, float32 for any floating-point
     or bool input (bool as 0.0/1.0), int64 for any integer one; ``DataError`` for any other
     dtype, for integers beyond int64, and for NaN/inf floats (naming the first row)."""
     arr = np.asarray(values)
-    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.floating):
+    if rule_dtype(name, arr.dtype) == np.float32:
         with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
             out = np.ascontiguousarray(arr, dtype=np.float32)
         bad = ~np.isfinite(out)
@@ -150,11 +189,9 @@ def convert(name: str, values: object) -> np.ndarray:
                 "clean or impute them before training (float64 values beyond float32's "
                 "range become inf)")
         return out
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
-            raise DataError(f"{name} holds integers beyond int64; they cannot be trained on")
-        return np.ascontiguousarray(arr, dtype=np.int64)
-    raise DataError(f"{name} must be numeric (float, integer or bool), got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{name} holds integers beyond int64; they cannot be trained on")
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _samples(name: str, values: object, *, min_ndim: int) -> np.ndarray:
