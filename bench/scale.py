@@ -152,7 +152,9 @@ def log_peak_over_state(peak_log: Mapping[str, float],
 
 
 _SUMMARY_FIELDS = {"summary_peak_log_bytes": "peak_log_bytes",
-                   "summary_peak_rss_bytes": "peak_rss_bytes", "snapshot_bytes": "snapshot_bytes"}
+                   "summary_peak_rss_bytes": "peak_rss_bytes",
+                   "summary_peak_private_bytes": "peak_private_bytes",
+                   "snapshot_bytes": "snapshot_bytes"}
 
 
 def summary_replica_stats(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -208,6 +210,7 @@ def side_entry(values: Sequence[float], runs: Sequence[Mapping[str, Any]], ray_r
             "peak_rss_mb_per_replica": peak_mb(ok, "peak_rss_bytes"),
             "summary_peak_log_mb_per_replica": peak_mb(ok, "summary_peak_log_bytes"),
             "summary_peak_rss_mb_per_replica": peak_mb(ok, "summary_peak_rss_bytes"),
+            "summary_peak_private_mb_per_replica": peak_mb(ok, "summary_peak_private_bytes"),
             "snapshot_mb_per_replica": peak_mb(ok, "snapshot_bytes"),
             "log_peak_over_state": median([float(r["log_peak_over_state"]) for r in ok
                                            if r.get("log_peak_over_state") is not None]),

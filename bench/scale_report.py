@@ -19,7 +19,8 @@ from bench.scale_config import BREAKDOWN_FIELDS, RAFTPS_SIDES
 
 TABLE_HEADERS = ["size", "side", "samples/s", "× Ray PS", "× torch", "× ceiling",
                  "round ms: publish/compute/aggregate/commit (wall)",
-                 "peak log MB/replica (max)", "peak RSS MB/replica (max)", "log peak / state",
+                 "peak log MB/replica (max)", "peak RSS MB/replica (max)",
+                 "peak private MB/replica (max)", "log peak / state",
                  "leader changes", "ok runs"]
 
 
@@ -69,6 +70,7 @@ def report(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
                          breakdown_cell(r["round_breakdown_s"]),
                          max_cell(r["peak_log_mb_per_replica"]),
                          max_cell(r["peak_rss_mb_per_replica"]),
+                         max_cell(r.get("summary_peak_private_mb_per_replica")),
                          float(r.get("log_peak_over_state", float("nan"))),
                          leader_cell(r["leader_changes"]), f"{runs - len(r['errors'])}/{runs}"])
     return markdown_table(TABLE_HEADERS, rows)

@@ -405,7 +405,7 @@ class ParameterServer:
         log held on disk (``peak_log_bytes``), its last snapshot's bytes (about the shard's
         state), its peak RSS and what its storage holds now. Cheap: one status call each."""
         keys = ("index", "leader_changes", "peak_log_bytes", "snapshot_bytes",
-                "peak_rss_bytes", "disk_bytes")
+                "peak_rss_bytes", "peak_private_bytes", "disk_bytes")
         return [[{k: r[k] for k in keys if k in r} for r in group.status() if r.get("alive")]
                 for group in self._groups]
 

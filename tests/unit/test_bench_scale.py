@@ -177,7 +177,7 @@ def test_report_table_and_cells() -> None:
     lines = report(results).splitlines()
     assert lines[0].startswith("| size | side | samples/s | × Ray PS | × torch | × ceiling |")
     assert lines[2] == ("| 20m (20.0M) | raftps_r3_memory | 500 | - | 0.50 | - | "
-                        "10/300/20/100 (500) | - | 400 | - | 0,2 | 1/2 |")
+                        "10/300/20/100 (500) | - | 400 | - | - | 0,2 | 1/2 |")
     assert lines[3].startswith("| 20m (20.0M) | torch_single | 1,000 | - | 1.00 | - | - |")
     assert error_lines(results) == ["20m raftps_r3_memory: RuntimeError: boom"]
     assert breakdown_cell({"round_s": 0.25}) == "-/-/-/- (250)"
@@ -237,7 +237,7 @@ def test_peak_poller_keeps_the_largest_log_seen(tmp_path: Path) -> None:
 def test_summary_replica_stats_key_replicas_and_take_the_largest_log_to_state() -> None:
     summary = {"leader_changes": [0, 1], "failovers": 2, "replicas": [
         [{"index": 0, "leader_changes": 0, "peak_log_bytes": 300, "snapshot_bytes": 100,
-          "peak_rss_bytes": 7e8, "disk_bytes": {"total_bytes": 400}},
+          "peak_rss_bytes": 7e8, "peak_private_bytes": 3e8, "disk_bytes": {"total_bytes": 400}},
          {"index": 2, "peak_log_bytes": 150, "snapshot_bytes": 100, "peak_rss_bytes": 6e8}],
         [{"index": 1, "peak_log_bytes": 50, "snapshot_bytes": 0, "peak_rss_bytes": 5e8}]]}
     stats = summary_replica_stats(summary)
@@ -245,12 +245,13 @@ def test_summary_replica_stats_key_replicas_and_take_the_largest_log_to_state() 
                                                "shard-0/replica-2": 150,
                                                "shard-1/replica-1": 50}
     assert stats["summary_peak_rss_bytes"]["shard-0/replica-0"] == 7e8
+    assert stats["summary_peak_private_bytes"] == {"shard-0/replica-0": 3e8}
     assert stats["snapshot_bytes"]["shard-1/replica-1"] == 0
     assert stats["log_peak_over_state"] == 3.0 and stats["failovers"] == 2
     assert log_peak_over_state({"a": 5}, {"a": 0}) is None
     assert summary_replica_stats({}) == {
         "failovers": None, "summary_peak_log_bytes": None, "summary_peak_rss_bytes": None,
-        "snapshot_bytes": None, "log_peak_over_state": None}
+        "summary_peak_private_bytes": None, "snapshot_bytes": None, "log_peak_over_state": None}
     cfg = ScaleBenchConfig(sizes=("6m",), sides=("raftps_r3_disk",))
     runs = [_run(100.0, **stats), _run(100.0, **summary_replica_stats(
         {"replicas": [[{"index": 0, "peak_log_bytes": 100, "snapshot_bytes": 100}]]}))]
@@ -259,7 +260,7 @@ def test_summary_replica_stats_key_replicas_and_take_the_largest_log_to_state() 
     assert entry["log_peak_over_state"] == 2.0 and entry["failovers"] == [2, None]
     assert entry["snapshot_mb_per_replica"]["shard-0/replica-0"] == pytest.approx(1e-4)
     row = report({"6m": {"raftps_r3_disk": entry}}).splitlines()[2]
-    assert row.split(" | ")[9] == "2.00"
+    assert row.split(" | ")[10] == "2.00"  # log peak / state, after the private-memory column
 
 
 def test_ceiling_side_ratios_and_the_ceiling_column() -> None:
