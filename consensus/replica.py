@@ -169,7 +169,7 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         self.apply_callbacks: list[Callable[[int], None]] = []
         self._read_ids = itertools.count(1)
         self._readies = 0
-        self._peak_private = 0  # the most private memory seen after a Ready (status)
+        self._peak_private = 0  # the most private memory seen after a large Ready (status)
         self._busy = False  # a Ready is being handled (see _run)
         self.leader_changes = 0
         self._leader_seen: tuple[int, int] | None = None
@@ -266,8 +266,8 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
         self._node.advance(ready)
-        release_persisted(self._node, self._storage, ready.entries)  # consensus.payload_release
-        self._peak_private = max(self._peak_private, private_bytes() or 0)
+        if release_persisted(self._node, self._storage, ready.entries):  # payload_release
+            self._peak_private = max(self._peak_private, private_bytes() or 0)
         if ready.committed_entries or ready.snapshot is not None:
             self._after_apply()
             await self._maybe_compact()
@@ -473,7 +473,7 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
             "disk_bytes": self._storage.disk_bytes(),
             "peak_log_bytes": self._snaps.peak_log_bytes, "snapshot_bytes": self._snaps.bytes,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_private_bytes": self._peak_private,
+            "peak_private_bytes": max(self._peak_private, private_bytes() or 0),
             "confirming_fresh": self._confirming_fresh,
             "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
             "pid": os.getpid(),
