@@ -79,6 +79,8 @@ STEP_WORKERS = max(1, min(4, os.cpu_count() or 1))
 """Threads stepping the layers of one round (torch kernels release the GIL)."""
 POOL_MIN_ELEMENTS = 1 << 16
 """Layers smaller than this are stepped on the applying thread (a pool task costs more)."""
+LEAN_PREVIEW_BYTES = 256 << 20
+"""A shard whose parameters and optimizer state exceed this previews lean (``preview``)."""
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -135,6 +137,9 @@ class ShardStateMachine:
         self._mutex = threading.Lock()
         self._pending: Preview | None = None
         self._generation = 0  # +1 per _mutation whose body ran (the state may have changed)
+        self._keep_stepped_state = True  # False on a lean preview's clone (_lean_preview)
+        trained_bytes = sum(self._pieces[k].nbytes for k in self._trained)
+        self._state_bytes = trained_bytes * (1 + len(optimizer.state_names()))
 
     def _set(self, state: ShardState) -> None:
         """Make ``state``'s containers the live state (no copy). Construction or _mutation only."""
@@ -360,8 +365,14 @@ class ShardStateMachine:
         resulting state is kept (one pending preview at most, replacing an older one) when
         the command stepped and no apply ran meanwhile; ``apply`` of the same bytes then
         adopts it instead of stepping again. Raises like ``apply`` for bad commands.
+
+        A shard larger than ``LEAN_PREVIEW_BYTES`` previews lean instead: it keeps one copy
+        of its parameters, not of its whole state (Adam's triples it), and the apply steps
+        again (``_lean_preview``).
         """
         decoded = decode_command(command)
+        if self._state_bytes > LEAN_PREVIEW_BYTES:
+            return self._lean_preview(decoded)
         base, state = self._gate.read(
             lambda deadline, locked: (self._generation, self._copy_state(deadline, locked)),
             READ_TIMEOUT_S)
@@ -381,6 +392,23 @@ class ShardStateMachine:
             finally:
                 self._mutex.release()
         return {k: _frozen_view(a) for k, a in after.params.items()}
+
+    def _lean_preview(self, decoded: Command) -> dict[str, F32]:
+        """``preview`` of a large shard: a clone whose arrays are frozen views of the live
+        state steps under the state's read gate (an apply waits for it meanwhile); each
+        layer's new parameters are copies (copy-on-write of the frozen views), and its new
+        optimizer state is dropped as soon as the layer stepped. Nothing is kept to adopt."""
+        with self._gate.read_lock(READ_TIMEOUT_S):
+            clone = ShardStateMachine.__new__(ShardStateMachine)
+            clone._setup(self._pieces.values(), self.optimizer, self.schedule,
+                         self.write_timeout_s)
+            clone._keep_stepped_state = False
+            clone._set(ShardState(
+                self._version, {k: _frozen_view(a) for k, a in self._params.items()},
+                {k: {n: _frozen_view(a) for n, a in s.items()} for k, s in self._opt.items()},
+                dict(self._layer_versions), dict(self._async_steps), dict(self._async_early)))
+            clone._apply_decoded(decoded)
+        return {k: _frozen_view(a) for k, a in clone._params.items()}
 
     def discard_preview(self) -> None:
         """Drop the pending preview (frees its copy of the state)."""
@@ -442,7 +470,7 @@ class ShardStateMachine:
             # the mean gradient is a temporary of this step's: the optimizer may reuse it
             optimizer_step(param, np.divide(command.grads[key], scale), state, lr,
                            self.optimizer, spare_grad=True)
-            return param, state
+            return param, state if self._keep_stepped_state else {}
 
         big = [k for k in self._trained if self._params[k].size >= POOL_MIN_ELEMENTS]
         if len(big) < 2 or STEP_WORKERS < 2:

@@ -291,6 +291,36 @@ def test_a_command_handed_in_as_a_view_applies_and_adopts_like_bytes(
     assert viewed.snapshot() == plain.snapshot()
 
 
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda o: f"{o.kind}-{o.momentum}")
+def test_a_large_shard_previews_lean_with_the_same_bits(
+    opt: OptimizerConfig, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above LEAN_PREVIEW_BYTES a preview keeps one copy of the parameters only: the same
+    parameters as the apply, the live state untouched, nothing kept to adopt (the apply
+    steps again, with the same bits as a shard that never previewed)."""
+    monkeypatch.setattr(shard_module, "LEAN_PREVIEW_BYTES", 0)
+    previewed, plain = _machine(opt), _machine(opt)
+    for r in range(4):
+        command = _command(r, r)
+        before = previewed.snapshot()
+        ahead = previewed.preview(command)
+        assert previewed.snapshot() == before and previewed._pending is None
+        previewed.apply(command)
+        plain.apply(command)
+        for key, value in ahead.items():
+            assert not value.flags.writeable
+            assert not np.shares_memory(value, previewed.params()[key])  # not adopted
+            np.testing.assert_array_equal(value, plain.params()[key])
+        assert previewed.snapshot() == plain.snapshot()
+
+
+def test_a_small_shard_keeps_its_preview_to_adopt() -> None:
+    machine = _machine(OptimizerConfig(kind="adam", lr=0.01))
+    assert machine._state_bytes <= shard_module.LEAN_PREVIEW_BYTES
+    machine.preview(_command(0, 0))
+    assert machine._pending is not None
+
+
 def test_a_different_command_after_a_preview_is_computed_normally() -> None:
     machine, reference = _machine(), _machine()
     ahead = machine.preview(_command(0, 1))
