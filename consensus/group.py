@@ -45,6 +45,7 @@ from consensus.replacement import Replacer, due_for_replacement
 from consensus.replica import CommandError, ReplicaContext, replica_name
 from consensus.replica_actor import ReplicaActor
 from consensus.replica_config import RaftGroupConfig
+from consensus.replica_env import replica_env_vars
 from consensus.session import encode_run
 from consensus.state_machine import StateMachine
 from consensus.types import ConfChangeKind
@@ -186,6 +187,7 @@ class RaftGroup:
             return actor_cls.options(
                 name=replica_name(name, index), namespace=namespace, num_cpus=num_cpus,
                 max_restarts=-1, max_task_retries=0, max_concurrency=1000,
+                runtime_env={"env_vars": replica_env_vars()},  # consensus.replica_env
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     pg, placement_group_bundle_index=bundle),
             ).remote(name, index, names, namespace, machine_factory, storage, config,
