@@ -90,6 +90,12 @@ class TrainConfig:
     """Passes over the training set."""
     global_batch: int = 64
     """G: samples per round, split into N equal worker slices (must be a multiple of N)."""
+    micro_batches: int | None = None
+    """M: cut each global batch into M equal, contiguous micro-batches (G must be a multiple
+    of M; 1 <= N <= M); task i computes micro-batches ``[i*M // N, (i+1)*M // N)`` and the
+    round's gradient is one fixed pairwise tree over micro-batch index 0..M-1, so the model
+    bits are the same for any ``workers`` (``paramserver.microbatch``). Sync or ssp, without
+    backup workers. None: one slice per worker, summed over ranks (the bits depend on N)."""
     optimizer: Optimizer = "momentum"
     """Server-side optimizer: ``sgd``, ``momentum`` (SGD with ``momentum``), ``adam``, ``adamw``."""
     lr: float | None = None
@@ -189,6 +195,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._check_counts()
         self._check_modes()
+        self._check_micro_batches()
         self._check_optimizer()
         self._check_schedule()
         object.__setattr__(self, "model_kwargs", check_model_kwargs(self.model_kwargs))
@@ -246,7 +253,7 @@ class TrainConfig:
         for name in ("workers", "replicas", "epochs", "global_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.global_batch % self.workers != 0:
+        if self.micro_batches is None and self.global_batch % self.workers != 0:
             raise ConfigError(
                 f"global batch {self.global_batch} must be a multiple of workers {self.workers} "
                 "(each worker gets an equal slice); change --global-batch or --workers"
@@ -255,6 +262,26 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.max_rounds is not None and self.max_rounds < 1:
             raise ConfigError(f"max_rounds must be >= 1 or None, got {self.max_rounds}")
+
+    def _check_micro_batches(self) -> None:
+        m = self.micro_batches
+        if m is None:
+            return
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ConfigError(f"micro_batches must be an int >= 1 (or None), got {m!r}; "
+                              "e.g. --micro-batches 8")
+        if self.global_batch % m:
+            raise ConfigError(f"--global-batch {self.global_batch} must be a multiple of "
+                              f"--micro-batches {m} (equal micro-batches); change one of them")
+        if self.workers > m:
+            raise ConfigError(f"--workers {self.workers} exceeds --micro-batches {m} (each task "
+                              "computes at least one micro-batch); lower --workers or raise "
+                              "--micro-batches")
+        if self.mode == "async":
+            raise ConfigError("--micro-batches needs rounds: use --mode sync or ssp with it")
+        if self.backup_workers:
+            raise ConfigError("--micro-batches needs every micro-batch of a round: drop "
+                              "--backup-workers or --micro-batches")
 
     def _check_modes(self) -> None:
         if self.mode not in MODES:

@@ -27,7 +27,7 @@ from jobs.pipeline import PipelinedRounds
 from jobs.pipeline_depth import pipeline_depth
 from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics, TaskSpec, launch_gradient_task
-from workers.schedule import BatchSchedule
+from workers.schedule import BatchSchedule, micro_range
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,8 +103,17 @@ class RoundEngine:
     def _tasks(self, index: int, param_refs: Any,
                ranks: range) -> list[tuple[list[Any], Any]]:
         """Submit the gradient tasks of ``ranks`` for round ``index`` (params may be refs
-        still pending): (gradient refs by shard, metrics ref) per rank."""
+        still pending): (gradient refs by shard, metrics ref) per rank. With micro-batches,
+        task ``rank`` computes its contiguous range of them (``workers.schedule.micro_range``)."""
         epoch, batch = self.schedule.round_position(index)
+        m = self.config.micro_batches
+        if m is not None:
+            ranges = [micro_range(rank, self.config.workers, m) for rank in ranks]
+            return [launch_gradient_task(
+                        self.spec, index, rank, self.x_ref, self.y_ref,
+                        self.schedule.micro_batch_indices(epoch, batch, micro), param_refs,
+                        gpu_fraction=self.config.gpu, spec_ref=self.spec_ref, micro=micro)
+                    for rank, micro in zip(ranks, ranges, strict=True)]
         return [launch_gradient_task(
                     self.spec, index, rank, self.x_ref, self.y_ref,
                     self.schedule.worker_indices(epoch, batch, rank, self.config.workers),

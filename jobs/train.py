@@ -150,6 +150,9 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="seconds before a round closes without its stragglers")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--global-batch", type=int, default=d.global_batch)
+    p.add_argument("--micro-batches", type=int, default=d.micro_batches, metavar="M",
+                   help="cut each global batch into M micro-batches summed by one fixed "
+                        "tree: the same model bits for any --workers <= M")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="output folder (default runs/<model>-<data>)")
     p.add_argument("--resume", action="store_true", default=d.resume,

@@ -10,6 +10,13 @@ Every rejection raises before any state changes: bad input changes nothing.
 A contribution also carries the shard's module buffers as its forward left them (keys
 ``buffers``); a round's command takes those of its lowest rank (rank 0 unless a backup-worker
 round went without it), as DDP broadcasts rank 0's buffers, never a mix.
+
+With micro-batches (``paramserver.microbatch``) a contribution is a ``TreeContribution``:
+it is identified by its micro-batch range instead of its rank (the same range again is an
+idempotent no-op, an overlapping one an OverlappingContributionError), the round completes
+once its ranges cover micro-batches 0..M-1, and the sum is the fixed tree over micro-batch
+index (``tree_total``), so the command is bitwise the same however many tasks computed it.
+Its ``ranks`` are then the micro-batch indices 0..M-1 and its buffers those of micro-batch 0.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from paramserver.errors import (
     StaleRoundError,
     UnknownLayerError,
 )
+from paramserver.microbatch import Node, OverlappingContributionError, TreeContribution, tree_total
 
 F32 = npt.NDArray[np.float32]
 _RECENT_ROUNDS = 64  # completed rounds remembered to classify late duplicates
@@ -64,6 +72,10 @@ class _Round:
     contributions: dict[int, tuple[Mapping[str, F32] | None, int]] = field(default_factory=dict)
     nonfinite: bool = False
     deadline_passed: bool = False
+    parts: dict[Node, tuple[TreeContribution | None, int]] = field(default_factory=dict)
+    """Micro-batch rounds: the admitted contributions by micro-batch range."""
+    micro_batches: int = 0
+    """Micro-batch rounds: M (0 for a round of per-rank contributions)."""
 
 
 def tree_sum(arrays: Sequence[F32], out: F32 | None = None) -> F32:
@@ -127,6 +139,7 @@ class RoundAggregator:
         self._open: dict[int, _Round] = {}
         self._ready: dict[int, bytes] = {}
         self._done_ranks: dict[int, frozenset[int]] = {}
+        self._done_ranges: dict[int, frozenset[Node]] = {}  # micro-batch rounds
         self._steps: dict[int, int] = {}  # async: per rank, the watermark of admitted steps
         self._early: dict[int, tuple[int, ...]] = {}  # async: admitted above the watermark
         self._sums: dict[str, F32] = {}  # per key: the reused output buffer of tree_sum
@@ -142,14 +155,23 @@ class RoundAggregator:
         return self._next
 
     def received(self, round: int) -> tuple[int, ...]:
-        """Ranks admitted so far for an open round."""
+        """Ranks admitted so far for an open round (micro-batch rounds: the first
+        micro-batch of each admitted range)."""
         entry = self._open.get(round)
+        if entry is not None and entry.parts:
+            return tuple(sorted(start for start, _ in entry.parts))
         return tuple(sorted(entry.contributions)) if entry else ()
 
     def submit(
-        self, round: int, rank: int, grads: Mapping[str, F32], samples: int, param_version: int
+        self, round: int, rank: int, grads: Mapping[str, F32] | TreeContribution, samples: int,
+        param_version: int,
     ) -> SubmitOutcome:
         """Admit rank's gradient SUM over ``samples`` samples for ``round``.
+
+        ``grads`` is either the per-rank contribution (piece key -> array) or a
+        ``TreeContribution`` (micro-batch mode: identified by its micro-batch range, see the
+        module docstring; InvalidContributionError or its subclass
+        OverlappingContributionError when it does not fit the round).
 
         Raises RankOutOfRangeError, StaleRoundError, FutureRoundError, UnknownLayerError,
         GradientShapeError, InvalidContributionError or NonFiniteGradientError (policy
@@ -162,12 +184,19 @@ class RoundAggregator:
                 f"rank {rank} is outside 0..{self.config.workers - 1}; the aggregator was "
                 f"configured for workers={self.config.workers}"
             )
+        if isinstance(grads, TreeContribution):
+            return self._submit_tree(round, rank, grads, samples, param_version)
         if self.config.mode == "async":
             return self._submit_async(round, rank, grads, samples, param_version)
         duplicate = self._classify(round, rank, param_version)
         if duplicate is not None:
             return duplicate
         nonfinite = self._validate(round, rank, grads, samples)
+        open_entry = self._open.get(round)
+        if open_entry is not None and open_entry.parts:
+            raise InvalidContributionError(
+                f"round {round} holds micro-batch contributions; rank {rank}'s per-rank one "
+                "cannot join it (every task of a job uses --micro-batches, or none)")
         fresh = round not in self._open
         entry = self._open.setdefault(round, _Round())
         was_nonfinite = entry.nonfinite
@@ -225,9 +254,14 @@ class RoundAggregator:
         entry = self._open.get(round)
         if entry is not None and rank in entry.contributions:
             return SubmitOutcome(round, False, True, len(entry.contributions))
+        self._check_window(round, f"rank {rank}", param_version)
+        return None
+
+    def _check_window(self, round: int, who: str, param_version: int) -> None:
+        """Raise StaleRoundError / FutureRoundError unless ``round`` admits contributions."""
         if round < self._next or round in self._ready:
             raise StaleRoundError(
-                f"round {round} already completed without rank {rank} (next open round is "
+                f"round {round} already completed without {who} (next open round is "
                 f"{self._next}); drop this gradient and compute one for round {self._next}"
             )
         limit = self._next if self.config.mode == "sync" else max(
@@ -240,11 +274,61 @@ class RoundAggregator:
             )
         if self.config.mode == "ssp" and param_version < round - self.config.staleness:
             raise StaleRoundError(
-                f"rank {rank}'s gradient for round {round} used parameters of version "
+                f"{who}'s gradient for round {round} used parameters of version "
                 f"{param_version}, older than round - staleness = "
                 f"{round - self.config.staleness}; recompute it on fresher parameters"
             )
-        return None
+
+    def _submit_tree(self, round: int, rank: int, part: TreeContribution, samples: int,
+                     param_version: int) -> SubmitOutcome:
+        """Admit a micro-batch contribution (sync/ssp): keyed by its range, not its rank."""
+        if self.config.mode == "async":
+            raise InvalidContributionError(
+                "micro-batch contributions need rounds: use --mode sync or ssp with "
+                "--micro-batches")
+        part.check()
+        who = f"micro-batches {part.start}..{part.stop - 1}"
+        done = self._done_ranges.get(round)
+        if done is not None and part.range in done:
+            return SubmitOutcome(round, False, True, len(done))
+        entry = self._open.get(round)
+        if entry is not None and part.range in entry.parts:
+            return SubmitOutcome(round, False, True, len(entry.parts))
+        self._check_window(round, who, param_version)
+        if entry is not None and entry.contributions:
+            raise InvalidContributionError(
+                f"round {round} holds per-rank contributions; {who} cannot join it (every "
+                "task of a job uses --micro-batches, or none)")
+        if entry is not None and entry.parts and entry.micro_batches != part.total:
+            raise InvalidContributionError(
+                f"{who} counts {part.total} micro-batches but round {round} has "
+                f"{entry.micro_batches}; every task of a round must use the same M")
+        if entry is not None:
+            for start, stop in entry.parts:
+                if start < part.stop and part.start < stop:
+                    raise OverlappingContributionError(
+                        f"{who} overlap micro-batches {start}..{stop - 1} already admitted "
+                        f"for round {round}; each micro-batch is computed by one task")
+        nonfinite = False
+        for sums in part.sums:
+            merged: dict[str, Any] = {**sums, **part.buffers}
+            nonfinite = self._validate(round, rank, merged, samples) or nonfinite
+        fresh = entry is None
+        entry = self._open.setdefault(round, _Round())
+        was_nonfinite = entry.nonfinite
+        entry.micro_batches = part.total
+        entry.parts[part.range] = (None if nonfinite else part, samples)
+        entry.nonfinite = entry.nonfinite or nonfinite
+        received = len(entry.parts)
+        try:
+            commands = self._maybe_complete(round)
+        except NonFiniteSumError:  # admit nothing: the round stays as it was
+            del entry.parts[part.range]
+            entry.nonfinite = was_nonfinite
+            if fresh:
+                del self._open[round]
+            raise
+        return SubmitOutcome(round, True, False, received, commands)
 
     def _validate(self, round: int, rank: int, grads: Mapping[str, F32], samples: int) -> bool:
         """Check keys, shapes, dtypes, samples; returns True for an accepted non-finite one."""
@@ -295,6 +379,8 @@ class RoundAggregator:
 
     def _maybe_complete(self, round: int) -> tuple[bytes, ...]:
         entry = self._open[round]
+        if entry.parts:
+            return self._maybe_complete_tree(round, entry)
         needed = self.config.workers
         if entry.deadline_passed:
             needed -= self.config.backup_workers
@@ -305,6 +391,48 @@ class RoundAggregator:
         self._ready[round] = command
         self._remember(round, frozenset(entry.contributions))
         return self._flush()
+
+    def _maybe_complete_tree(self, round: int, entry: _Round) -> tuple[bytes, ...]:
+        """A micro-batch round completes once its ranges cover 0..M-1 (they are disjoint)."""
+        if sum(stop - start for start, stop in entry.parts) < entry.micro_batches:
+            return ()
+        command = self._encode(self._build_tree(round, entry))  # may raise: nothing changed
+        del self._open[round]
+        self._ready[round] = command
+        self._done_ranges[round] = frozenset(entry.parts)
+        while len(self._done_ranges) > _RECENT_ROUNDS:
+            del self._done_ranges[min(self._done_ranges)]
+        return self._flush()
+
+    def _build_tree(self, round: int, entry: _Round) -> RoundCommand:
+        """A micro-batch round's command: per key, the tree over micro-batch index of the
+        contributions' node sums (``tree_total``); buffers of micro-batch 0's forward."""
+        ranges = sorted(entry.parts)
+        samples = sum(entry.parts[r][1] for r in ranges)
+        ranks = tuple(range(entry.micro_batches))
+        skip = RoundCommand(round=round, kind="sync", samples=int(samples), ranks=ranks,
+                            nonfinite_skip=True)
+        parts = [entry.parts[r][0] for r in ranges]
+        if entry.nonfinite or any(p is None for p in parts):
+            return skip
+        present = [p for p in parts if p is not None]
+        grads: dict[str, F32] = {}
+        for key in sorted(set(self._shapes) - set(self._buffers)):
+            out = self._sums.get(key)
+            if out is None:
+                out = self._sums[key] = np.empty(self._shapes[key], np.float32)
+            nodes = {node: sums[key] for p in present
+                     for node, sums in zip(p.nodes, p.sums, strict=True)}
+            with np.errstate(over="ignore", invalid="ignore"):
+                grads[key] = tree_total(nodes, entry.micro_batches, out=out)
+            if not _all_finite(grads[key]):
+                if self.config.nonfinite == "error":
+                    raise NonFiniteSumError(round, key)
+                return skip
+        first = present[0]  # ranges are sorted: the one holding micro-batch 0
+        buffers = {k: first.buffers[k] for k in sorted(self._buffers)}
+        return RoundCommand(round=round, kind="sync", samples=int(samples), ranks=ranks,
+                            grads=grads, buffers=buffers)
 
     def _build(self, round: int, kind: str, entry: _Round) -> RoundCommand:
         """The round's command. Its ``grads`` are the aggregator's reused sum buffers: encode

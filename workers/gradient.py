@@ -19,6 +19,12 @@ parameters are read zero-copy from the object store (``torch.from_numpy``), buff
 copied before the forward updates them, and the forward's randomness is seeded from (seed,
 round, rank) (``workers.forward_rng``), so re-running a task (``max_retries``) with the same
 inputs, in any process and after any history, returns bit-identical results on CPU.
+
+With micro-batches (``launch_gradient_task(micro=...)``) a task computes a contiguous range
+of the round's micro-batches, one forward and backward each, seeded from (seed, round,
+micro-batch index), and returns ``(samples, TreeContribution)`` per shard: the sums of the
+maximal tree nodes inside its range (``paramserver.microbatch``), the same bits whichever
+task computes them.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ray import ObjectRef
 from torch import nn
 from torch.func import functional_call
 
+from paramserver.microbatch import Node, TreeContribution, aligned_cover, subtree_sum
 from workers.clipping import clip_contribution
 from workers.datasets.cache import TaskDataset, task_dataset
 from workers.datasets.contract import fetch_batch
@@ -45,6 +52,7 @@ from workers.forward_rng import seeded_forward
 from workers.model_state import buffer_dtype, state_buffers
 from workers.models import ModelSpec, build_model
 from workers.objective import Objective
+from workers.schedule import MicroRange
 
 LOG = logging.getLogger(__name__)
 Piece = tuple[str, str, int, int]  # (key, tensor, start_row, stop_row)
@@ -189,6 +197,36 @@ def compute_gradients(
     if len(indices) == 0:
         raise GradientTaskError("a gradient task was given no samples")
     t0 = time.perf_counter()
+    prepared = _prepare(spec, shard_params)
+    xb, yb = _batch(x, y, indices, prepared.device)
+    t1 = time.perf_counter()
+    full, loss, outputs = _forward_backward(spec, prepared, xb, yb, round_index, rank)
+    samples = len(indices)
+    shard_grads = [(samples, pieces) for pieces in split_gradients(spec.layout, full)]
+    metrics: dict[str, float | int | str] = {
+        "samples": samples,
+        "loss_sum": float(loss.detach()),
+        "correct": spec.objective.metric.summed(outputs.detach(), yb),
+        "load_s": t1 - t0,
+        "compute_s": time.perf_counter() - t1,
+        "device": str(prepared.device),
+    }
+    return shard_grads, metrics
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A task's module and published tensors on its device, shared by its forwards."""
+
+    model: nn.Module
+    device: torch.device
+    names: list[str]
+    leaves: dict[str, torch.Tensor]
+    published: dict[str, torch.Tensor]  # the published buffers, never written
+    own_buffers: dict[str, torch.Tensor]
+
+
+def _prepare(spec: TaskSpec, shard_params: Sequence[Mapping[str, np.ndarray]]) -> _Prepared:
     model = cached_model(spec)
     model.train()
     device = _device(spec.use_gpu)
@@ -199,35 +237,105 @@ def compute_gradients(
     if missing:
         raise GradientTaskError(f"shard layout lacks model tensors {missing[:3]}")
     leaves = {n: tensors[n].to(device).requires_grad_(True) for n in names}
-    # private copies in the module's dtypes: the forward updates them in place
-    buffers = {n: tensors[n].to(device=device, dtype=b.dtype, copy=True)
-               for n, b in own_buffers.items()}
     model.to(device)
+    return _Prepared(model, device, names, leaves, {n: tensors[n] for n in own_buffers},
+                     own_buffers)
+
+
+def _batch(x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     xb = torch.from_numpy(np.ascontiguousarray(x[indices])).to(device)
     yb = torch.from_numpy(np.ascontiguousarray(y[indices])).to(device)
-    t1 = time.perf_counter()
-    with seeded_forward(spec.seed, round_index, rank, device):
-        outputs = functional_call(model, {**leaves, **buffers}, (xb,))
+    return xb, yb
+
+
+def _forward_backward(
+    spec: TaskSpec, prepared: _Prepared, xb: torch.Tensor, yb: torch.Tensor, round_index: int,
+    stream: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One forward and backward from the published buffers, its randomness seeded from
+    (seed, round, ``stream``): (summed gradients by tensor plus the buffers as the forward
+    left them, the summed loss, the outputs)."""
+    device = prepared.device
+    # private copies in the module's dtypes: the forward updates them in place
+    buffers = {n: prepared.published[n].to(device=device, dtype=b.dtype, copy=True)
+               for n, b in prepared.own_buffers.items()}
+    leaves = prepared.leaves
+    with seeded_forward(spec.seed, round_index, stream, device):
+        outputs = functional_call(prepared.model, {**leaves, **buffers}, (xb,))
     loss = spec.objective.loss.summed(outputs, yb)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     full = {
         n: (g if g is not None else torch.zeros_like(leaves[n]))
-        for n, g in zip(names, grads, strict=True)
+        for n, g in zip(prepared.names, grads, strict=True)
     }
     if spec.clip_grad_norm is not None:
-        clip_contribution(full, len(indices), spec.clip_grad_norm)
+        clip_contribution(full, len(xb), spec.clip_grad_norm)
     full.update(buffers)  # after clipping: buffers are no gradients
-    samples = len(indices)
-    shard_grads = [(samples, pieces) for pieces in split_gradients(spec.layout, full)]
+    return full, loss, outputs
+
+
+def compute_micro_gradients(
+    spec: TaskSpec, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+    shard_params: Sequence[Mapping[str, np.ndarray]], *, round_index: int, micro: MicroRange,
+) -> tuple[list[tuple[int, TreeContribution]], dict[str, float | int | str]]:
+    """``compute_gradients`` for micro-batches ``[micro.start, micro.stop)`` of
+    ``micro.total``: ``indices`` are theirs, in order, an equal share each.
+
+    Each micro-batch is its own forward and backward from the published buffers, seeded
+    from (seed, round, micro-batch index) and clipped on its own (``clip_grad_norm``), so it
+    is the same whichever task computes it. Per shard the task returns ``(samples,
+    TreeContribution)``: the sums of the maximal tree nodes inside its range
+    (``paramserver.microbatch``) and the buffers as micro-batch ``micro.start``'s forward left
+    them. Metrics as ``compute_gradients``'s, summed over the micro-batches.
+    """
+    count = micro.count
+    if count < 1 or len(indices) == 0 or len(indices) % count:
+        raise GradientTaskError(f"{len(indices)} samples do not split into {count} equal "
+                                "micro-batches")
+    size = len(indices) // count
+    t0 = time.perf_counter()
+    prepared = _prepare(spec, shard_params)
+    t1 = time.perf_counter()
+    fetch_s = 0.0  # inside the loop: moving each micro-batch to the device
+    leaves: list[list[dict[str, np.ndarray]]] = []  # [micro-batch][shard]
+    loss_sum, correct = 0.0, 0.0
+    for j in range(count):
+        t2 = time.perf_counter()
+        xb, yb = _batch(x, y, indices[j * size:(j + 1) * size], prepared.device)
+        fetch_s += time.perf_counter() - t2
+        full, loss, outputs = _forward_backward(spec, prepared, xb, yb, round_index,
+                                                micro.start + j)
+        leaves.append(split_gradients(spec.layout, full))
+        loss_sum += float(loss.detach())
+        correct += spec.objective.metric.summed(outputs.detach(), yb)
+    nodes = aligned_cover(micro.start, micro.stop, micro.total)
+    shard_grads: list[tuple[int, TreeContribution]] = []
+    for shard, pieces in enumerate(spec.layout):
+        buffer_keys = {key for key, tensor, _, _ in pieces if tensor in prepared.own_buffers}
+        grad_keys = [key for key, _, _, _ in pieces if key not in buffer_keys]
+        sums = tuple({key: _node_sum(leaves, shard, key, node, micro) for key in grad_keys}
+                     for node in nodes)
+        buffers = {key: leaves[0][shard][key] for key in sorted(buffer_keys)}
+        shard_grads.append((len(indices), TreeContribution(
+            start=micro.start, stop=micro.stop, total=micro.total, nodes=nodes, sums=sums,
+            buffers=buffers)))
     metrics: dict[str, float | int | str] = {
-        "samples": samples,
-        "loss_sum": float(loss.detach()),
-        "correct": spec.objective.metric.summed(outputs.detach(), yb),
-        "load_s": t1 - t0,
-        "compute_s": time.perf_counter() - t1,
-        "device": str(device),
+        "samples": len(indices), "loss_sum": loss_sum, "correct": correct,
+        "load_s": t1 - t0 + fetch_s, "compute_s": time.perf_counter() - t1 - fetch_s,
+        "device": str(prepared.device),
     }
     return shard_grads, metrics
+
+
+def _node_sum(leaves: list[list[dict[str, np.ndarray]]], shard: int, key: str, node: Node,
+              micro: MicroRange) -> np.ndarray:
+    """One tree node's sum of piece ``key`` from this task's micro-batch gradients."""
+    start, stop = node
+    if stop - start == 1:
+        return leaves[start - micro.start][shard][key]
+    own = {(i, i + 1): leaves[i - micro.start][shard][key] for i in range(start, stop)}
+    return subtree_sum(own, start, stop, micro.total)
 
 
 def task_batch(x: np.ndarray | TaskDataset, y: np.ndarray | None,
@@ -248,11 +356,17 @@ def task_batch(x: np.ndarray | TaskDataset, y: np.ndarray | None,
 def _gradient_task(
     spec: TaskSpec, round_index: int, rank: int, x: np.ndarray | TaskDataset,
     y: np.ndarray | None, indices: np.ndarray, *shard_params: Mapping[str, np.ndarray],
+    micro: MicroRange | None = None,
 ) -> tuple[object, ...]:
     torch.set_num_threads(1)
     xs, ys, rows, fetch_s = task_batch(x, y, indices)
-    shard_grads, info = compute_gradients(spec, xs, ys, rows, shard_params,
-                                          round_index=round_index, rank=rank)
+    shard_grads: Sequence[object]
+    if micro is None:
+        shard_grads, info = compute_gradients(spec, xs, ys, rows, shard_params,
+                                              round_index=round_index, rank=rank)
+    else:
+        shard_grads, info = compute_micro_gradients(spec, xs, ys, rows, shard_params,
+                                                    round_index=round_index, micro=micro)
     metrics = GradientMetrics(
         round=round_index, rank=rank, samples=int(info["samples"]),
         loss_sum=float(info["loss_sum"]), correct=float(info["correct"]),
@@ -270,6 +384,7 @@ def launch_gradient_task(
     spec: TaskSpec, round_index: int, rank: int, x_ref: ObjectRef[Any],
     y_ref: ObjectRef[Any] | None, indices: np.ndarray, param_refs: Sequence[ObjectRef[Any]],
     gpu_fraction: float = 0.0, spec_ref: ObjectRef[Any] | None = None,
+    micro: MicroRange | None = None,
 ) -> tuple[list[ObjectRef[Any]], ObjectRef[Any]]:
     """Submit one task (non-blocking): returns (one gradient ref per shard, the metrics ref).
 
@@ -279,7 +394,8 @@ def launch_gradient_task(
     dataset in its process and reads only its ``indices``.
     ``spec_ref``: ``ray.put(spec)`` made once per job, sent instead of pickling ``spec``
     again for every task. Parameter refs may still be pending (Ray starts the task when
-    they resolve).
+    they resolve). ``micro``: the task computes these micro-batches (``indices`` are
+    theirs) and returns ``TreeContribution`` pieces (``compute_micro_gradients``).
     """
     shards = len(spec.layout)
     if shards != len(param_refs):
@@ -287,7 +403,8 @@ def launch_gradient_task(
     options: dict[str, object] = {"num_returns": shards + 1}
     if gpu_fraction > 0:
         options["num_gpus"] = gpu_fraction
+    extra: dict[str, object] = {} if micro is None else {"micro": micro}
     refs = gradient_task.options(**options).remote(
         spec if spec_ref is None else spec_ref, round_index, rank, x_ref, y_ref, indices,
-        *param_refs)
+        *param_refs, **extra)
     return list(refs[:shards]), refs[shards]

@@ -3,6 +3,11 @@
 Epoch ``e`` uses ``numpy.random.default_rng([seed, e]).permutation(n_train)``; global batch
 ``b`` is positions ``[b*G, (b+1)*G)`` of it (a last partial batch is dropped); worker ``i`` of
 ``N`` gets the ``i``-th of ``N`` contiguous, equal slices. It never depends on ``N`` otherwise.
+
+With M micro-batches the global batch is instead cut into M contiguous, equal micro-batches
+(micro-batch ``j`` is positions ``[j*G/M, (j+1)*G/M)``), and task ``i`` of ``N`` computes
+micro-batches ``[i*M // N, (i+1)*M // N)`` (``micro_range``): the micro-batches never depend
+on ``N``, only which task computes them does.
 """
 
 from __future__ import annotations
@@ -70,6 +75,13 @@ class BatchSchedule:
         size = self.global_batch // workers
         return self.global_batch_indices(epoch, batch)[rank * size:(rank + 1) * size]
 
+    def micro_batch_indices(self, epoch: int, batch: int, micro: MicroRange) -> np.ndarray:
+        """Sample indices of micro-batches ``[micro.start, micro.stop)`` of a global batch,
+        in order (``micro.size`` each); needs ``micro.total`` | G."""
+        check_micro_batches(self.global_batch, micro.total)
+        size = self.global_batch // micro.total
+        return self.global_batch_indices(epoch, batch)[micro.start * size:micro.stop * size]
+
     def round_position(self, round_index: int) -> tuple[int, int]:
         """Map a global round number to ``(epoch, batch)``."""
         if round_index < 0:
@@ -83,4 +95,40 @@ def check_split(global_batch: int, workers: int) -> None:
         raise ScheduleError(
             f"global batch {global_batch} must split into {workers} equal worker slices; "
             "pick a global batch that is a multiple of --workers"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MicroRange:
+    """The contiguous micro-batches ``[start, stop)`` of ``total`` that one task computes."""
+
+    start: int
+    stop: int
+    total: int
+
+    @property
+    def count(self) -> int:
+        """Micro-batches in the range."""
+        return self.stop - self.start
+
+
+def micro_range(rank: int, workers: int, micro_batches: int) -> MicroRange:
+    """Task ``rank`` of ``workers``'s micro-batches ``[rank*M // N, (rank+1)*M // N)``;
+    needs ``1 <= workers <= micro_batches``."""
+    if not 1 <= workers <= micro_batches:
+        raise ScheduleError(
+            f"{workers} workers cannot share {micro_batches} micro-batches (each task computes "
+            "at least one); lower --workers or raise --micro-batches")
+    if not 0 <= rank < workers:
+        raise ScheduleError(f"rank {rank} out of range for {workers} workers")
+    return MicroRange(start=rank * micro_batches // workers,
+                      stop=(rank + 1) * micro_batches // workers, total=micro_batches)
+
+
+def check_micro_batches(global_batch: int, micro_batches: int) -> None:
+    """Raise ``ScheduleError`` unless ``micro_batches`` evenly divides ``global_batch``."""
+    if micro_batches < 1 or global_batch % micro_batches != 0:
+        raise ScheduleError(
+            f"global batch {global_batch} must split into {micro_batches} equal micro-batches; "
+            "pick a --global-batch that is a multiple of --micro-batches"
         )
