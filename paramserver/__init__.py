@@ -7,7 +7,7 @@ imported lazily on first access.
 
 from typing import TYPE_CHECKING, Any
 
-from paramserver.aggregator import RoundAggregator, SubmitOutcome, tree_sum
+from paramserver.aggregator import RoundAggregator, SubmitOutcome
 from paramserver.checkpoint import (
     Checkpoint,
     checkpoint_incarnation,
@@ -42,6 +42,7 @@ from paramserver.schedule import ScheduleConfig, learning_rate
 from paramserver.server_config import ServerConfig
 from paramserver.shard import ShardStateMachine
 from paramserver.shard_state import ApplyResult, ShardState
+from paramserver.tree_sum import tree_sum
 
 if TYPE_CHECKING:
     from paramserver.server import ParameterServer
