@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import mmap
 import sqlite3
-import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,7 +64,16 @@ from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError, check_incarnation
 from consensus.segments import Segments
 from consensus.snapshot_files import SnapshotFiles, StoredSnapshot
-from consensus.types import Entry, EntryKind, HardState, Payload, Snapshot, SnapshotMeta
+from consensus.storage_rows import (
+    entry_crc,
+    hard_state_crc,
+    learners_tuple,
+    snapshot_crc,
+    snapshot_header_crc,
+    voters_text,
+    voters_tuple,
+)
+from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hard_state (
@@ -86,23 +93,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _STATE_TABLES = ("hard_state", "entries", "snapshot")
 
 _NO_VOTE = -1
-
-
-def _hard_state_crc(term: int, vote: int, commit: int) -> int:
-    return zlib.crc32(struct.pack(">qqq", term, vote, commit))
-
-
-def _entry_crc(idx: int, term: int, kind: int, data: Payload) -> int:
-    return zlib.crc32(data, zlib.crc32(struct.pack(">qqq", idx, term, kind)))
-
-
-def _snapshot_header_crc(idx: int, term: int, voters: str) -> int:
-    """The CRC of a snapshot's metadata: the seed its image's CRC is chained from."""
-    return zlib.crc32(struct.pack(">qq", idx, term) + voters.encode())
-
-
-def _snapshot_crc(idx: int, term: int, voters: str, data: bytes) -> int:
-    return zlib.crc32(data, _snapshot_header_crc(idx, term, voters))
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -127,22 +117,6 @@ def _stamp(db: sqlite3.Connection) -> tuple[str | None, bool]:
     has_state = any(db.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
                     for table in _STATE_TABLES if table in tables)
     return found, has_state
-
-
-def _voters_text(voters: tuple[int, ...], learners: tuple[int, ...] = ()) -> str:
-    """``1,2,3``, or with learners ``1,2,3;4`` (the column predates learners)."""
-    text = ",".join(str(v) for v in voters)
-    return f"{text};{','.join(str(v) for v in learners)}" if learners else text
-
-
-def _voters_tuple(text: str) -> tuple[int, ...]:
-    text = text.split(";")[0]
-    return tuple(int(v) for v in text.split(",")) if text else ()
-
-
-def _learners_tuple(text: str) -> tuple[int, ...]:
-    _, _, learners = text.partition(";")
-    return tuple(int(v) for v in learners.split(",")) if learners else ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,7 +232,7 @@ class SqliteStorage:
         if row is None:
             return HardState()
         term, vote, commit, crc = row
-        if _hard_state_crc(term, vote, commit) != crc:
+        if hard_state_crc(term, vote, commit) != crc:
             raise self._corrupt("hard state CRC mismatch")
         return HardState(term=term, vote=None if vote == _NO_VOTE else vote, commit=commit)
 
@@ -272,11 +246,11 @@ class SqliteStorage:
         idx, term, voters, data, crc, file, size = row
         if file is not None:  # the image is in a file: verified chunk by chunk
             stored = StoredSnapshot(name=file, size=size, crc=crc)
-            data = self._snapshots.read(stored, _snapshot_header_crc(idx, term, voters))
-        elif _snapshot_crc(idx, term, voters, bytes(data)) != crc:  # written before files
+            data = self._snapshots.read(stored, snapshot_header_crc(idx, term, voters))
+        elif snapshot_crc(idx, term, voters, bytes(data)) != crc:  # written before files
             raise self._corrupt(f"snapshot at index {idx} CRC mismatch")
-        meta = SnapshotMeta(index=idx, term=term, voters=_voters_tuple(voters),
-                            learners=_learners_tuple(voters))
+        meta = SnapshotMeta(index=idx, term=term, voters=voters_tuple(voters),
+                            learners=learners_tuple(voters))
         return Snapshot(meta=meta, data=bytes(data)), file
 
     def _load_entries(self, snapshot: Snapshot | None) -> list[Entry]:
@@ -292,7 +266,7 @@ class SqliteStorage:
             if payload is None:
                 raise self._corrupt(
                     f"entry {idx} payload missing or truncated in {self._segments.path(seg)}")
-            if _entry_crc(idx, term, kind, payload) != crc:
+            if entry_crc(idx, term, kind, payload) != crc:
                 raise self._corrupt(f"entry {idx} CRC mismatch")
             if expected is not None and idx != expected:
                 raise self._corrupt(f"log gap: expected entry {expected}, found {idx}")
@@ -396,8 +370,8 @@ class SqliteStorage:
         return self._write_image_file(snapshot.meta, (snapshot.data,))
 
     def _write_image_file(self, meta: SnapshotMeta, parts: Sequence[Any]) -> StoredSnapshot:
-        seed = _snapshot_header_crc(meta.index, meta.term,
-                                    _voters_text(meta.voters, meta.learners))
+        seed = snapshot_header_crc(meta.index, meta.term,
+                                    voters_text(meta.voters, meta.learners))
         return self._snapshots.write(meta.index, meta.term, parts, seed)
 
     def _payload_bytes(self, entries: Sequence[Entry]) -> int:
@@ -423,7 +397,7 @@ class SqliteStorage:
             "INSERT INTO entries (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)",
             [
                 (e.index, e.term, int(e.kind), b"" if e.index in refs else e.data,
-                 _entry_crc(e.index, e.term, int(e.kind), e.data))
+                 entry_crc(e.index, e.term, int(e.kind), e.data))
                 for e in entries
             ],
         )
@@ -494,7 +468,7 @@ class SqliteStorage:
     ) -> None:
         """Inside the open transaction: drop the entries the snapshot ``meta`` describes covers
         (§7) and point the snapshot row at ``stored``, the image's durable file."""
-        voters = _voters_text(meta.voters, meta.learners)
+        voters = voters_text(meta.voters, meta.learners)
         if keep_matching_suffix:
             row = self._db.execute("SELECT term FROM entries WHERE idx = ?", (meta.index,))
             found = row.fetchone()
@@ -514,7 +488,7 @@ class SqliteStorage:
         self._db.execute(
             "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index, crc) "
             "VALUES (0, ?, ?, ?, ?)",
-            (hs.term, vote, hs.commit, _hard_state_crc(hs.term, vote, hs.commit)),
+            (hs.term, vote, hs.commit, hard_state_crc(hs.term, vote, hs.commit)),
         )
 
     def close(self) -> None:
