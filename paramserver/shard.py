@@ -31,11 +31,9 @@ Threads. ``apply``/``restore`` may run on a worker thread while any other thread
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,8 +58,9 @@ from paramserver.errors import (
     UnknownLayerError,
     UnknownQueryError,
 )
+from paramserver.layer_step import step_layers
 from paramserver.locks import LayerLocks, VersionGate, remaining
-from paramserver.optim import OptimizerConfig, new_state, optimizer_step
+from paramserver.optim import OptimizerConfig, new_state
 from paramserver.optimizer_state import check_fits
 from paramserver.plan import BUFFER_DTYPES, Piece
 from paramserver.schedule import ScheduleConfig, learning_rate
@@ -75,25 +74,8 @@ WRITE_TIMEOUT_S = 30.0
 """Default deadline for a writer to take the gate and all layer write locks."""
 READ_TIMEOUT_S = 30.0
 """Default deadline for a consistent read."""
-STEP_WORKERS = max(1, min(4, os.cpu_count() or 1))
-"""Threads stepping the layers of one round (torch kernels release the GIL)."""
-POOL_MIN_ELEMENTS = 1 << 16
-"""Layers smaller than this are stepped on the applying thread (a pool task costs more)."""
 LEAN_PREVIEW_BYTES = 256 << 20
 """A shard whose parameters and optimizer state exceed this previews lean (``preview``)."""
-
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def _step_pool() -> ThreadPoolExecutor:
-    """The process-wide pool that steps layers (created on first use; never shut down)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(STEP_WORKERS, thread_name_prefix="shard-step")
-        return _pool
-
 
 def _frozen_view(array: F32) -> F32:
     """A read-only view of a frozen array (its flag cannot be set back to writable)."""
@@ -455,38 +437,17 @@ class ShardStateMachine:
         return learning_rate(self.optimizer.lr, self.schedule, lr_round)
 
     def _step_layers(self, command: RoundCommand, lr: float) -> None:
-        """(inside _mutation) Step every parameter layer with its mean gradient and replace
-        every buffer with the command's (a copy); layers of at least POOL_MIN_ELEMENTS run
-        on the pool, the rest on this thread. Returns once all ran.
+        """(inside _mutation) Step every parameter layer with its mean gradient
+        (``layer_step.step_layers``) and replace every buffer with the command's (a copy).
         Inputs are validated before; an error here (a bug, MemoryError) may leave some layers
         stepped in place, and the shard must then be restored from a snapshot."""
-        scale = np.float32(command.samples)
-
-        def step(key: str) -> tuple[F32, dict[str, npt.NDArray[Any]]]:
-            param = self._params[key]
-            if not param.flags.writeable:  # frozen: handed out, so copy-on-write
-                param = param.copy()
-            state = dict(self._opt[key])
-            # the mean gradient is a temporary of this step's: the optimizer may reuse it
-            optimizer_step(param, np.divide(command.grads[key], scale), state, lr,
-                           self.optimizer, spare_grad=True)
-            return param, state if self._keep_stepped_state else {}
-
-        big = [k for k in self._trained if self._params[k].size >= POOL_MIN_ELEMENTS]
-        if len(big) < 2 or STEP_WORKERS < 2:
-            big = []
-        futures: dict[str, Future[tuple[F32, dict[str, npt.NDArray[Any]]]]] = {}
-        try:
-            for key in sorted(big, key=lambda k: -self._params[k].size):
-                futures[key] = _step_pool().submit(step, key)
-            done = {k: step(k) for k in self._trained if k not in futures}
-        finally:
-            wait(futures.values())  # no pool thread may touch the state after we return
-        done.update((k, f.result()) for k, f in futures.items())
-        self._params = {k: done[k][0] if k in done
+        stepped, opt = step_layers(self._params, self._opt, self._trained, command.grads,
+                                   command.samples, lr, self.optimizer,
+                                   keep_state=self._keep_stepped_state)
+        self._params = {k: stepped[k] if k in stepped
                         else np.array(command.buffers[k], self._buffers[k], copy=True)
                         for k in self._params}
-        self._opt = {k: done[k][1] for k in self._trained}
+        self._opt = opt
         self._layer_versions = {k: v + 1 for k, v in self._layer_versions.items()}
 
     def snapshot(self, timeout: float | None = READ_TIMEOUT_S) -> bytes:

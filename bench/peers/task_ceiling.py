@@ -121,12 +121,12 @@ class AdamShardActor:
     """One shard's parameters and Adam state in memory; each ``step`` applies one round the
     way raftps' shard does: ``paramserver.optim.optimizer_step`` of the mean gradient (sum /
     samples, float32) with per-piece state from ``new_state``. As raftps' shard, pieces of at
-    least ``paramserver.shard.POOL_MIN_ELEMENTS`` are stepped on a pool of
-    ``paramserver.shard.STEP_WORKERS`` threads when there are two or more of them."""
+    least ``paramserver.layer_step.POOL_MIN_ELEMENTS`` are stepped on a pool of
+    ``paramserver.layer_step.STEP_WORKERS`` threads when there are two or more of them."""
 
     def __init__(self, params: Pieces, lr: float) -> None:
+        from paramserver.layer_step import POOL_MIN_ELEMENTS, STEP_WORKERS
         from paramserver.optim import OptimizerConfig, new_state
-        from paramserver.shard import POOL_MIN_ELEMENTS, STEP_WORKERS
 
         self.cfg = OptimizerConfig(kind="adam", lr=lr)
         self.params = {key: np.array(value, np.float32) for key, value in params.items()}

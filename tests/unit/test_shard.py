@@ -29,6 +29,7 @@ from paramserver import (
     UnknownLayerError,
     decode_command,
 )
+from paramserver import layer_step as layer_step_module
 from paramserver import shard as shard_module
 
 SHAPES = {"w": (6, 5), "b": (5,)}
@@ -497,7 +498,7 @@ def test_reads_during_an_apply_wait_for_it_and_never_return_a_torn_state(
     machine, reference = _machine(), _machine()
     reference.apply(_command(0, 0))
     mid, resume = threading.Event(), threading.Event()
-    real_step = shard_module.optimizer_step
+    real_step = layer_step_module.optimizer_step
 
     def paused_step(param: Any, grad: Any, state: Any, lr: float, cfg: Any,
                     **options: Any) -> None:
@@ -506,7 +507,7 @@ def test_reads_during_an_apply_wait_for_it_and_never_return_a_torn_state(
             mid.set()
             assert resume.wait(30)
 
-    monkeypatch.setattr(shard_module, "optimizer_step", paused_step)
+    monkeypatch.setattr(layer_step_module, "optimizer_step", paused_step)
     writer = threading.Thread(target=machine.apply, args=(_command(0, 0),))
     writer.start()
     assert mid.wait(30)
