@@ -15,12 +15,9 @@ from consensus import replica_fresh
 from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.errors import ConfigError
-from consensus.replica import RaftReplica
-from consensus.replica_config import RaftGroupConfig
 from consensus.replica_context import ReplicaContext
 from consensus.types import EntryKind, Role
-
-GROUP = "job/shard-0"
+from tests.unit.lone_replica import lone_leader
 
 
 class Recorder:
@@ -57,23 +54,12 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 def _run(tmp_path: Path, machine: type[Recorder],
          commands: list[bytes]) -> tuple[list[Any], list[Any], list[Any]]:
     async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
-        cfg = RaftGroupConfig(tick_interval_s=0.01, peer_tcp=False)
-        replica = RaftReplica(GROUP, 0, [f"{GROUP}/replica-0"], None, machine, tmp_path, cfg)
-        try:
-            for _turn in range(1000):  # a lone replica elects itself within a few ticks
-                if replica._node.role == Role.LEADER:
-                    break
-                await asyncio.sleep(0.01)
+        async with lone_leader(tmp_path, machine) as replica:
             ctx = ReplicaContext(replica)
             results = [await ctx.propose(c, timeout=10.0) for c in commands]
             log = replica._node.log
             entries = log.entries(log.snapshot_index + 1, log.last_index)
             return results, list(replica.state_machine.seen), entries
-        finally:
-            replica._task.cancel()
-            if replica._ticker is not None:
-                replica._ticker.cancel()
-            replica._storage.close()
 
     return asyncio.run(scenario())
 

@@ -14,11 +14,8 @@ import pytest
 
 from consensus import replica_fresh
 from consensus.errors import ConfigError
-from consensus.replica import RaftReplica
 from consensus.replica_config import RaftGroupConfig
-from consensus.types import Role
-
-GROUP = "job/shard-0"
+from tests.unit.lone_replica import lone_leader
 
 
 class ThreadRecorder:
@@ -43,23 +40,10 @@ class ThreadRecorder:
 
 def _applied_threads(tmp_path: Path, sizes: list[int], **config: Any) -> tuple[list[str], str]:
     async def scenario() -> tuple[list[str], str]:
-        cfg = RaftGroupConfig(tick_interval_s=0.01, peer_tcp=False, **config)
-        replica = RaftReplica(GROUP, 0, [f"{GROUP}/replica-0"], None, ThreadRecorder,
-                              tmp_path, cfg)
-        try:
-            for _turn in range(1000):  # a lone replica elects itself within a few ticks
-                if replica._node.role == Role.LEADER:
-                    break
-                await asyncio.sleep(0.01)
-            assert replica._node.role == Role.LEADER
+        async with lone_leader(tmp_path, ThreadRecorder, **config) as replica:
             for seq, size in enumerate(sizes, start=1):
                 await replica.propose("client", seq, b"c" * size, timeout=10.0)
             return replica.state_machine.threads, threading.current_thread().name
-        finally:
-            replica._task.cancel()
-            if replica._ticker is not None:
-                replica._ticker.cancel()
-            replica._storage.close()
 
     return asyncio.run(scenario())
 

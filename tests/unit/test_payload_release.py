@@ -24,12 +24,11 @@ from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.errors import StorageCorruptError
 from consensus.raft_log import RaftLog
-from consensus.replica import RaftReplica
-from consensus.replica_config import RaftGroupConfig
 from consensus.segments import Segments
 from consensus.session import Envelope, decode_batch, decode_run, encode_batch, encode_run
 from consensus.storage import SqliteStorage, StorageConfig
 from consensus.types import Entry, HardState, Role, SnapshotMeta
+from tests.unit.lone_replica import lone_leader
 
 BIG = 200_000  # above StorageConfig.inline_max_bytes: stored in a segment
 
@@ -172,16 +171,8 @@ def test_a_replica_holds_persisted_large_entries_as_views(tmp_path: Path) -> Non
     """Through a real one-replica group: once persisted, each large entry of the in-memory
     log is a view of its segment, small ones keep their bytes, and the results (applied
     from the views) are unchanged."""
-    group = "job/shard-0"
-
     async def scenario() -> tuple[list[object], list[int]]:
-        cfg = RaftGroupConfig(tick_interval_s=0.01, peer_tcp=False)
-        replica = RaftReplica(group, 0, [f"{group}/replica-0"], None, Sizes, tmp_path, cfg)
-        try:
-            for _turn in range(1000):  # a lone replica elects itself within a few ticks
-                if replica._node.role == Role.LEADER:
-                    break
-                await asyncio.sleep(0.01)
+        async with lone_leader(tmp_path, Sizes) as replica:
             sizes = [10, 2 << 20, 3 << 20]
             for seq, size in enumerate(sizes, start=1):
                 assert await replica.propose("client", seq, b"c" * size, timeout=10.0) == size
@@ -189,11 +180,6 @@ def test_a_replica_holds_persisted_large_entries_as_views(tmp_path: Path) -> Non
             held = [log.entries(i, i)[0].data for i in range(log.snapshot_index + 1,
                                                             log.last_index + 1)]
             return held, replica.state_machine.sizes
-        finally:
-            replica._task.cancel()
-            if replica._ticker is not None:
-                replica._ticker.cancel()
-            replica._storage.close()
 
     held, applied = asyncio.run(scenario())
     assert applied == [10, 2 << 20, 3 << 20]
@@ -214,24 +200,11 @@ class Views(Sizes):
 
 
 def test_a_machine_that_opts_in_gets_views_of_its_commands(tmp_path: Path) -> None:
-    group = "job/shard-0"
-
     async def scenario() -> list[int]:
-        cfg = RaftGroupConfig(tick_interval_s=0.01, peer_tcp=False)
-        replica = RaftReplica(group, 0, [f"{group}/replica-0"], None, Views, tmp_path, cfg)
-        try:
-            for _turn in range(1000):
-                if replica._node.role == Role.LEADER:
-                    break
-                await asyncio.sleep(0.01)
+        async with lone_leader(tmp_path, Views) as replica:
             for seq, size in enumerate([5, 2 << 20], start=1):
                 assert await replica.propose("client", seq, b"v" * size, timeout=10.0) == size
             return list(replica.state_machine.sizes)
-        finally:
-            replica._task.cancel()
-            if replica._ticker is not None:
-                replica._ticker.cancel()
-            replica._storage.close()
 
     assert asyncio.run(scenario()) == [5, 2 << 20]
 
