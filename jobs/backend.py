@@ -106,7 +106,7 @@ class RaftServerBackend:
             job=config.job,
             shards=config.shards,
             replicas=config.replicas,
-            workers=config.workers,
+            workers=config.max_workers,
             mode=config.mode,
             staleness=config.staleness,
             backup_workers=config.backup_workers,

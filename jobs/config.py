@@ -63,8 +63,12 @@ class TrainConfig:
     ``accuracy``, ``none`` or ``package.module:fn`` (per-sample values, shape ``(b,)``).
     None: ``accuracy`` for ``cross_entropy``, ``none`` for any other loss; without a metric
     the test evaluation reports the mean loss."""
-    workers: int = 2
-    """Gradient tasks per round (N), including backup workers."""
+    workers: int | Literal["auto"] = 2
+    """Gradient tasks per round (N), including backup workers; or ``"auto"`` (needs
+    ``micro_batches``): each round gets one task per CPU of the cluster's alive nodes (per
+    ``gpu`` GPUs with ``gpu``), 1..M, so the count follows nodes as they join and leave
+    while the bits stay those of any fixed count (``jobs.elastic``). ``max_workers`` is the
+    most a round runs."""
     shards: int | Literal["auto"] = 2
     """Parameter shards (S), each its own Raft group; >= 1, or ``"auto"``: the driver picks
     about one shard per 256 MiB of shard state (parameters plus optimizer state: x2 with
@@ -192,10 +196,23 @@ class TrainConfig:
     written (resume and curves.png read it), so the value used always holds ``jsonl``
     first; names are kept once each, in order, and a single string is one name."""
 
+    @property
+    def max_workers(self) -> int:
+        """The most gradient tasks one round runs: ``workers``, or M with ``"auto"``."""
+        if self.workers == "auto":
+            assert self.micro_batches is not None  # checked on creation
+            return self.micro_batches
+        return self.workers
+
+    @property
+    def elastic(self) -> bool:
+        """``workers="auto"``: the task count is decided per round (``jobs.elastic``)."""
+        return self.workers == "auto"
+
     def __post_init__(self) -> None:
         self._check_counts()
-        self._check_modes()
         self._check_micro_batches()
+        self._check_modes()
         self._check_optimizer()
         self._check_schedule()
         object.__setattr__(self, "model_kwargs", check_model_kwargs(self.model_kwargs))
@@ -250,10 +267,19 @@ class TrainConfig:
         if self.shards != "auto" and (not isinstance(self.shards, int) or self.shards < 1):
             raise ConfigError(f"shards must be >= 1 or 'auto', got {self.shards!r}; "
                               "e.g. --shards 2 or --shards auto")
+        if self.workers == "auto":
+            if self.micro_batches is None:
+                raise ConfigError("--workers auto needs --micro-batches M (the round's sum "
+                                  "over M micro-batches keeps the bits whatever the task "
+                                  "count); add e.g. --micro-batches 8")
+        elif isinstance(self.workers, bool) or not isinstance(self.workers, int):
+            raise ConfigError(f"workers must be a count >= 1 or 'auto', got {self.workers!r}; "
+                              "e.g. --workers 4 or --workers auto")
         for name in ("workers", "replicas", "epochs", "global_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.micro_batches is None and self.global_batch % self.workers != 0:
+            value = getattr(self, name)
+            if value != "auto" and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.micro_batches is None and self.global_batch % self.max_workers != 0:
             raise ConfigError(
                 f"global batch {self.global_batch} must be a multiple of workers {self.workers} "
                 "(each worker gets an equal slice); change --global-batch or --workers"
@@ -273,7 +299,7 @@ class TrainConfig:
         if self.global_batch % m:
             raise ConfigError(f"--global-batch {self.global_batch} must be a multiple of "
                               f"--micro-batches {m} (equal micro-batches); change one of them")
-        if self.workers > m:
+        if self.max_workers > m:
             raise ConfigError(f"--workers {self.workers} exceeds --micro-batches {m} (each task "
                               "computes at least one micro-batch); lower --workers or raise "
                               "--micro-batches")
@@ -292,7 +318,7 @@ class TrainConfig:
             raise ConfigError("staleness only applies to --mode ssp; add --mode ssp or drop it")
         if self.mode == "ssp" and self.staleness < 1:
             raise ConfigError("--mode ssp needs --staleness >= 1 (0 is plain sync)")
-        if not 0 <= self.backup_workers < self.workers:
+        if not 0 <= self.backup_workers < self.max_workers:
             raise ConfigError(
                 f"backup workers must be in [0, workers); got {self.backup_workers} with "
                 f"{self.workers} workers: lower --backup-workers or raise --workers"

@@ -146,7 +146,7 @@ def _scale_up(config: TrainConfig, gpu: float) -> None:
     request is withdrawn afterwards (the queued tasks' own demand keeps the nodes)."""
     from ray.autoscaler.sdk import request_resources
 
-    request_resources(bundles=[{"CPU": 1, "GPU": gpu}] * config.workers)
+    request_resources(bundles=[{"CPU": 1, "GPU": gpu}] * config.max_workers)
     try:
         have = wait_for_gpus(gpu, max(GPU_WAIT_S, config.timeout_s))
     finally:

@@ -41,7 +41,7 @@ def schedule_rounds(config: TrainConfig, rounds_per_epoch: int) -> int:
     """The rounds a full run has on the schedule's clock: ``epochs`` x ``rounds_per_epoch``,
     times ``workers`` in async (every contribution is a step there)."""
     rounds = config.epochs * rounds_per_epoch
-    return rounds * config.workers if config.mode == "async" else rounds
+    return rounds * config.max_workers if config.mode == "async" else rounds
 
 
 def with_schedule_rounds(config: TrainConfig, rounds_per_epoch: int) -> TrainConfig:

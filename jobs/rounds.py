@@ -22,6 +22,7 @@ import ray
 
 from jobs.backend import ParameterServerLike
 from jobs.config import TrainConfig
+from jobs.elastic import ElasticWorkers
 from jobs.errors import TrainingError
 from jobs.pipeline import PipelinedRounds
 from jobs.pipeline_depth import pipeline_depth
@@ -60,6 +61,7 @@ class _Round:
     metrics: list[GradientMetrics] = field(default_factory=list)
     last_done: float = 0.0
     aggregate_s: float = 0.0
+    tasks: int = 0  # gradient tasks launched for it
 
 
 def _object_store_bytes() -> float | None:
@@ -84,9 +86,18 @@ class RoundEngine:
         self.x_ref = x_ref
         self.y_ref = y_ref
         self.spec_ref = ray.put(spec)  # pickled once, not once per task
-        self.policy = StragglerPolicy(workers=config.workers,
+        self.policy = StragglerPolicy(workers=config.max_workers,
                                       backup_workers=config.backup_workers,
                                       timeout_s=config.straggler_timeout)
+        self.elastic = (ElasticWorkers(gpu=config.gpu, most=config.max_workers)
+                        if config.elastic else None)
+
+    def workers(self, index: int) -> int:
+        """Gradient tasks of round ``index``: ``config.workers``, or with ``workers="auto"``
+        the count decided when the round was first launched (``jobs.elastic``)."""
+        if self.elastic is None:
+            return self.config.max_workers
+        return self.elastic.tasks(index)
 
     def _launch(self, index: int, version: int, ranks: range) -> _Round:
         t0 = time.perf_counter()
@@ -94,7 +105,7 @@ class RoundEngine:
         ray.wait(param_refs, num_returns=len(param_refs), timeout=self.config.timeout_s,
                  fetch_local=False)
         state = _Round(index=index, version=version, launched=time.perf_counter(),
-                       publish_s=time.perf_counter() - t0)
+                       publish_s=time.perf_counter() - t0, tasks=len(ranks))
         for rank, (grads, metrics_ref) in zip(ranks, self._tasks(index, param_refs, ranks),
                                               strict=True):
             state.pending[metrics_ref] = (rank, grads)
@@ -108,7 +119,7 @@ class RoundEngine:
         epoch, batch = self.schedule.round_position(index)
         m = self.config.micro_batches
         if m is not None:
-            ranges = [micro_range(rank, self.config.workers, m) for rank in ranks]
+            ranges = [micro_range(rank, self.workers(index), m) for rank in ranks]
             return [launch_gradient_task(
                         self.spec, index, rank, self.x_ref, self.y_ref,
                         self.schedule.micro_batch_indices(epoch, batch, micro), param_refs,
@@ -116,7 +127,7 @@ class RoundEngine:
                     for rank, micro in zip(ranks, ranges, strict=True)]
         return [launch_gradient_task(
                     self.spec, index, rank, self.x_ref, self.y_ref,
-                    self.schedule.worker_indices(epoch, batch, rank, self.config.workers),
+                    self.schedule.worker_indices(epoch, batch, rank, self.workers(index)),
                     param_refs, gpu_fraction=self.config.gpu, spec_ref=self.spec_ref)
                 for rank in ranks]
 
@@ -184,32 +195,33 @@ class RoundEngine:
               and self.config.pipeline):
             PipelinedRounds(config=self.config, server=self.server, launch=self._launch_all,
                             stop_after=self.stop_after,
-                            depth=pipeline_depth(self.server.parameter_bytes, self.config.workers,
+                            depth=pipeline_depth(self.server.parameter_bytes,
+                                                 self.config.max_workers,
                                                  _object_store_bytes())).run(start, end, on_round)
         else:
             self._run_rounds(start, end, on_round)
 
     def _launch_all(self, index: int, param_refs: Any) -> tuple[list[list[Any]], list[Any]]:
         """Every rank's task of round ``index``: (gradient refs [rank][shard], metrics refs)."""
-        tasks = self._tasks(index, param_refs, range(self.config.workers))
+        tasks = self._tasks(index, param_refs, range(self.workers(index)))
         return [grads for grads, _ in tasks], [metrics for _, metrics in tasks]
 
     def _run_rounds(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         stale = self.config.staleness
-        workers = self.config.workers
         applied, next_round = start, start
         inflight: dict[int, _Round] = {}
         while applied < end:
             while (next_round < end and next_round - stale <= applied
                    and not (next_round > applied and self.stop_after(next_round - 1))):
-                inflight[next_round] = self._launch(next_round, applied, range(workers))
+                inflight[next_round] = self._launch(next_round, applied,
+                                                    range(self.workers(next_round)))
                 next_round += 1
             oldest = inflight[applied]
             elapsed = time.perf_counter() - oldest.launched
             budget = self.policy.wait_budget(elapsed, self.config.timeout_s)
             for st, ref in self._collect(list(inflight.values()), budget):
                 self._submit(st, ref, st.index)
-            contributed = len(oldest.metrics)
+            contributed, workers = len(oldest.metrics), oldest.tasks
             elapsed = time.perf_counter() - oldest.launched
             if contributed < workers and self.policy.should_close(elapsed, contributed):
                 t0 = time.perf_counter()
@@ -225,7 +237,7 @@ class RoundEngine:
 
     def _run_async(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         """Unit u is (round u // N, rank u % N); N units in flight; version counts units."""
-        workers = self.config.workers
+        workers = self.config.max_workers  # async: a fixed count (no micro-batches)
         units, next_unit, applied = end * workers, start * workers, start * workers
         inflight: dict[int, _Round] = {}
         window = _Round(index=start, version=applied, launched=time.perf_counter(), publish_s=0.0)

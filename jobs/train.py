@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn, cast
 
@@ -51,15 +51,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0]}\n")
 
 
-def shard_count(text: str) -> int | str:
-    """``--shards``: a count, or ``auto`` (see ``TrainConfig.shards``)."""
-    if text == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a shard count or 'auto', got {text!r}") from None
+def count_or_auto(what: str) -> Callable[[str], int | str]:
+    """The argparse type of ``--shards`` / ``--workers``: a count, or ``auto``."""
+    def parse(text: str) -> int | str:
+        if text == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {what} count or 'auto', got {text!r}") from None
+    return parse
 
 
 def checkpoint_count(text: str) -> int | None:
@@ -142,7 +144,10 @@ def _job_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="accuracy | none | package.module:fn (per-sample values); default: "
                         "accuracy for cross_entropy, none otherwise (the test evaluation "
                         "then reports the mean loss)")
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--workers", type=count_or_auto("worker"), default=d.workers, metavar="N|auto",
+                   help="gradient tasks per round, or 'auto' (with --micro-batches): one per "
+                        "cluster CPU (GPU slot with --gpu) each round, up to M, as nodes "
+                        "join and leave; the bits stay the same")
     p.add_argument("--mode", choices=MODES, default=d.mode)
     p.add_argument("--staleness", type=int, default=d.staleness, help="ssp bound (ssp only)")
     p.add_argument("--backup-workers", type=int, default=d.backup_workers)
@@ -223,7 +228,7 @@ def _optimizer_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 
 def _server_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    p.add_argument("--shards", type=shard_count, default=d.shards, metavar="N|auto",
+    p.add_argument("--shards", type=count_or_auto("shard"), default=d.shards, metavar="N|auto",
                    help="parameter shards, or 'auto' (from the model size and cluster CPUs)")
     p.add_argument("--replicas", type=int, default=d.replicas)
     p.add_argument("--durability", choices=DURABILITIES, default=d.durability,

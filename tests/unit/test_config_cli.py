@@ -26,7 +26,7 @@ from workers.errors import ModelFactoryError
         (["--lr", "-1"], "learning rate must be a positive"),
         (["--epochs", "0"], "epochs must be >= 1"),
         (["--mode", "bogus"], "invalid choice"),
-        (["--workers", "two"], "invalid int value"),
+        (["--workers", "two"], "expected a worker count or 'auto', got 'two'"),
         (["--straggler-timeout", "0"], "straggler timeout"),
         # flags that name something missing fail here too, before Ray starts
         (["--model", "nope"], "unknown model 'nope'"),

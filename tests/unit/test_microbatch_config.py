@@ -20,6 +20,10 @@ from jobs.train import parse_config
         (["--mode", "async", "--micro-batches", "4"], "use --mode sync or ssp"),
         (["--workers", "3", "--backup-workers", "1", "--micro-batches", "4"],
          "drop --backup-workers or --micro-batches"),
+        (["--workers", "auto"], "--workers auto needs --micro-batches M"),
+        (["--workers", "many"], "expected a worker count or 'auto', got 'many'"),
+        (["--workers", "auto", "--micro-batches", "4", "--mode", "async"],
+         "use --mode sync or ssp"),
     ],
 )
 def test_bad_micro_batches_exit_2_with_one_line(
@@ -41,3 +45,8 @@ def test_micro_batches_free_the_worker_count_from_dividing_the_global_batch() ->
         TrainConfig(workers=4, global_batch=6)
     with pytest.raises(ConfigError, match="multiple of --micro-batches"):
         TrainConfig(workers=2, global_batch=6, micro_batches=4)
+
+
+def test_auto_workers_parse_with_micro_batches() -> None:
+    config = parse_config(["--workers", "auto", "--global-batch", "12", "--micro-batches", "6"])
+    assert (config.workers, config.max_workers, config.elastic) == ("auto", 6, True)
