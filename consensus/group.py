@@ -116,6 +116,12 @@ class StoredFactory:
         return factories[self.which](*args)
 
 
+def replica_bundle(num_cpus: float) -> dict[str, float]:
+    """The placement-group bundle of one replica: its ``num_cpus`` when it asks for CPUs,
+    else one byte of Ray's logical ``memory`` (a bundle may not be empty). Never a sliver
+    of CPU: 0.001 CPU on a node of C CPUs leaves room for only C - 1 one-CPU tasks there."""
+    return {"CPU": float(num_cpus)} if num_cpus > 0 else {"memory": 1.0}
+
 class RaftGroup:
     """Client of one Raft group (see the module docstring). Create it with :meth:`create`."""
 
@@ -165,7 +171,7 @@ class RaftGroup:
             raise ValueError("state_machine is required: a StateMachine class or factory")
         config = config or RaftGroupConfig()
         namespace = namespace or ray.get_runtime_context().namespace
-        pg = placement_group([{"CPU": 0.001}] * replicas, strategy="SPREAD")
+        pg = placement_group([replica_bundle(num_cpus)] * replicas, strategy="SPREAD")
         ray.get(pg.ready(), timeout=ready_timeout)
         names = [replica_name(name, r) for r in range(replicas)]
         storage = str(Path(storage_dir).resolve())

@@ -43,7 +43,8 @@ def test_auto_workers_follow_the_cluster_size_with_the_same_bits(
     fixed = _model_bytes(tmp_path / "fixed", 1, max_rounds=6, epochs=2)
     for pipeline in (True, False):
         reads = iter(sizes)
-        monkeypatch.setattr(elastic, "_cluster_resources", lambda: {"CPU": next(reads)})
+        monkeypatch.setattr(elastic, "_cluster_resources",
+                            lambda reads=reads: {"CPU": next(reads)})
         monkeypatch.setattr(elastic, "REFRESH_S", 0.0)  # read the cluster for every round
         out = tmp_path / f"auto-{pipeline}"
         model = _model_bytes(out, "auto", max_rounds=6, epochs=2, pipeline=pipeline)

@@ -390,3 +390,21 @@ def test_a_replica_with_a_large_factory_restarts_after_a_crash(
         assert log[-5:] == [f"after{i}".encode() for i in range(5)]
     finally:
         group.shutdown()
+
+
+@pytest.mark.parametrize("num_cpus", [0.0, 0.5])
+def test_replica_bundles_reserve_exactly_the_replicas_cpus(
+    ray_session: None, tmp_path: Path, num_cpus: float,
+) -> None:
+    """A group's placement group holds no sliver of CPU (0.001 CPU on a node would leave
+    room for one 1-CPU task fewer there), and replicas that ask for CPUs get them."""
+    from ray.util import placement_group_table
+
+    group = RaftGroup.create(f"it/bundles-{num_cpus}", 3, LogMachine, tmp_path, config=FAST,
+                             num_cpus=num_cpus, ready_timeout=60)
+    try:
+        assert group.propose(b"x", timeout=30) == 1
+        bundles = placement_group_table(group._pg)["bundles"]
+        assert [b.get("CPU", 0.0) for b in bundles.values()] == [num_cpus] * 3
+    finally:
+        group.shutdown()
