@@ -1,5 +1,6 @@
 """CLI: ``python -m jobs.evaluate --model M --data D --weights W``: a trained model's test
-loss and accuracy, computed as the training driver computes them (``jobs.evaluation``).
+loss and metric (accuracy by default), computed as the training driver computes them
+(``jobs.evaluation``). ``--dataset``, ``--loss`` and ``--metric`` are those of training.
 
 ``--weights`` is a ``model.safetensors`` (a torch ``state_dict``, as training or
 ``python -m jobs.export`` writes it), or a checkpoint: a ``checkpoints/round-<r>/``
@@ -13,6 +14,7 @@ does not fit the data), 1 when the user's loader or factory raised; ``--debug`` 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +34,9 @@ from jobs.train import (
     error_line,
     model_arg,
 )
+from workers.data import Dataset
+from workers.datasets import OpenedDataset
+from workers.loss import DEFAULT_LOSS
 
 PROG = "python -m jobs.evaluate"
 
@@ -46,8 +51,16 @@ def build_parser() -> OneLineParser:
     p.add_argument("--model-arg", dest="model_kwargs", type=model_arg, action=ModelArgsAction,
                    default={}, metavar="KEY=VALUE",
                    help="keyword argument of the model factory (repeatable), as in training")
-    p.add_argument("--data", default=d.data,
-                   help="digits | synthetic[:FxC[xTRAIN[xTEST]]] | package.module:loader")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", default=d.data,
+                        help="digits | synthetic[:FxC[xTRAIN[xTEST]]] | package.module:loader")
+    source.add_argument("--dataset", default=None, metavar="npy:DIR|package.module:name",
+                        help="a dataset read by index instead of --data, as in training")
+    p.add_argument("--loss", default=d.loss,
+                   help="cross_entropy | mse | package.module:fn, as in training")
+    p.add_argument("--metric", default=d.metric,
+                   help="accuracy | none | package.module:fn; default: accuracy for "
+                        "cross_entropy, none otherwise")
     p.add_argument("--weights", required=True,
                    help="model.safetensors, a checkpoints/round-<r>/ folder, or a run's --out")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -108,29 +121,47 @@ def check_weights(model: nn.Module, weights: Mapping[str, np.ndarray], *, model_
 
 
 def evaluate_weights(model: str, data: str, weights: Path, seed: int = 0,
-                     model_kwargs: Mapping[str, ModelArg] | None = None) -> Evaluation:
-    """Build ``model(**model_kwargs)`` for ``data`` (checked as ``jobs.train`` checks a job),
-    load ``weights`` and evaluate them on the test split. Raises ``ConfigError`` for a
-    mistake in the flags, the job errors of ``jobs.preflight`` otherwise. Writes nothing."""
-    from jobs.preflight import preflight, spec_name
+                     model_kwargs: Mapping[str, ModelArg] | None = None, *,
+                     dataset: str | None = None, loss: str = DEFAULT_LOSS,
+                     metric: str | None = None) -> Evaluation:
+    """Build ``model(**model_kwargs)`` for ``data`` (or ``dataset``, read by index; a spec
+    other than ``npy:`` connects to Ray or starts one), checked as ``jobs.train`` checks a
+    job with this ``loss`` and ``metric``, load ``weights`` and evaluate them on the test
+    split. Raises ``ConfigError`` for a mistake in the flags, the job errors of
+    ``jobs.preflight`` otherwise. Writes nothing."""
+    from jobs.driver import ensure_ray
+    from jobs.preflight import preflight, preflight_dataset, spec_name
     from workers.data import resolve_data
+    from workers.datasets import resolve_dataset
+    from workers.datasets.source import is_npy
     from workers.errors import WorkersError
     from workers.models import build_model, check_model_spec, resolve_model
+    from workers.objective import resolve_objective
 
     kwargs = dict(model_kwargs or {})
     try:
         check_model_spec(model, kwargs)
-        resolve_data(data)
+        if dataset is None:
+            resolve_data(data)
+        else:
+            resolve_dataset(dataset)
+        objective = resolve_objective(loss, metric)
     except WorkersError as exc:
         raise ConfigError(str(exc)) from exc
     state = load_weights(weights)
-    dataset = preflight(model, data, seed, kwargs).dataset
-    spec = resolve_model(model, in_features=dataset.in_features,
-                         num_classes=dataset.num_classes, model_kwargs=kwargs)
+    source: Dataset | OpenedDataset
+    if dataset is None:
+        source = preflight(model, data, seed, kwargs, loss=loss, metric=metric).dataset
+    else:
+        if not is_npy(dataset):
+            ensure_ray(None)
+        source = preflight_dataset(model, dataset, seed, kwargs, loss=loss, metric=metric)
+    spec = resolve_model(model, in_features=source.in_features,
+                         num_classes=source.num_classes, model_kwargs=kwargs)
     module = build_model(spec, seed)
     check_weights(module, state, model_name=spec_name("model", model),
                   weights_name=f"--weights {weights}")
-    return evaluate_model(module, state, dataset)
+    return evaluate_model(module, state, source, objective)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = debug_requested(args.debug)
     try:
         result = evaluate_weights(args.model, args.data, Path(args.weights), args.seed,
-                                  args.model_kwargs)
+                                  args.model_kwargs, dataset=args.dataset, loss=args.loss,
+                                  metric=args.metric)
     except ConfigError as exc:
         if debug:
             raise
@@ -150,13 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(error_line(exc, prog=PROG), file=sys.stderr)
         return 1
+    source = args.data if args.dataset is None else args.dataset
     if args.json:
-        print(json.dumps({"loss": result.loss, "accuracy": result.accuracy,
+        accuracy = None if math.isnan(result.accuracy) else result.accuracy
+        print(json.dumps({"loss": result.loss, "accuracy": accuracy,
+                          "metric": result.metric_name, "metric_value": result.metric,
                           "samples": result.samples, "weights": args.weights,
-                          "model": args.model, "data": args.data}))
+                          "model": args.model, "data": source, "loss_fn": args.loss}))
     else:
-        print(f"test loss {result.loss:.4f}, accuracy {result.accuracy:.4f} on "
-              f"{result.samples} samples ({args.weights})")
+        score = ("" if result.metric is None
+                 else f", {result.metric_name} {result.metric:.4f}")
+        print(f"test loss {result.loss:.4f}{score} on {result.samples} samples "
+              f"({args.weights})")
     return 0
 
 

@@ -117,3 +117,65 @@ def test_a_mistake_is_one_line_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("python -m jobs.evaluate: error: ")
     assert reason in err
+
+
+def test_the_training_loss_metric_and_dataset_flags(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--loss``, ``--metric`` and ``--dataset`` evaluate as training does: an npy dataset
+    gives the same numbers as the arrays it holds, ``--metric none`` reports the loss only,
+    and ``--loss mse`` with float targets is a regression."""
+    from workers.objective import resolve_objective
+
+    path, state = weights(tmp_path)
+    data = load(DATA)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.save(folder / f"{name}.npy", getattr(data, name))
+    base = ["--model", "mlp", "--weights", str(path), "--json"]
+    assert main([*base, "--data", DATA]) == 0
+    from_arrays = json.loads(capsys.readouterr().out)
+    assert main([*base, "--dataset", f"npy:{folder}"]) == 0
+    from_npy = json.loads(capsys.readouterr().out)
+    assert from_npy["loss"] == from_arrays["loss"] and from_npy["accuracy"] == from_arrays[
+        "accuracy"] and from_npy["data"] == f"npy:{folder}"
+    assert main([*base, "--data", DATA, "--metric", "none"]) == 0
+    no_metric = json.loads(capsys.readouterr().out)
+    assert (no_metric["metric"], no_metric["metric_value"], no_metric["accuracy"]) == (
+        "none", None, None)
+    assert no_metric["loss"] == from_arrays["loss"]
+    assert main(["--model", "mlp", "--weights", str(path), "--data", DATA,
+                 "--metric", "none"]) == 0
+    assert "accuracy" not in capsys.readouterr().out
+    regression = tmp_path / "reg"
+    regression.mkdir()
+    targets = {"y_train": np.eye(3, dtype=np.float32)[data.y_train],
+               "y_test": np.eye(3, dtype=np.float32)[data.y_test]}
+    for name in ("x_train", "x_test"):
+        np.save(regression / f"{name}.npy", getattr(data, name))
+    for name, value in targets.items():
+        np.save(regression / f"{name}.npy", value)
+    assert main([*base, "--dataset", f"npy:{regression}", "--loss", "mse"]) == 0
+    mse = json.loads(capsys.readouterr().out)
+    model = model_for("mlp", seed=4)
+    with torch.no_grad():
+        out = model(torch.from_numpy(data.x_test))
+    expected = resolve_objective("mse").loss.summed(out, torch.from_numpy(targets["y_test"]))
+    assert mse["loss"] == pytest.approx(float(expected) / len(data.y_test), rel=1e-5)
+    assert mse["metric"] == "none"
+
+
+@pytest.mark.parametrize(("flags", "reason"), [
+    (["--loss", "nosuch.module:fn"], "nosuch"),
+    (["--metric", "bogus"], "bogus"),
+    (["--dataset", "npy:/does/not/exist"], "/does/not/exist"),
+])
+def test_a_bad_loss_metric_or_dataset_is_one_line_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
+        reason: str) -> None:
+    path, _ = weights(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "mlp", "--weights", str(path), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and reason in err, err
