@@ -61,6 +61,9 @@ class ParameterServerLike(Protocol):
     def checkpoint(self, out_dir: str | Path, round: int) -> Path:
         """A consistent checkpoint at ``round`` under ``out_dir/checkpoints``."""
 
+    def shard_versions(self) -> list[int]:
+        """Each shard's applied version (``paramserver.ParameterServer.shard_versions``)."""
+
     def restore(self, checkpoint: str | Path) -> int:
         """Load a checkpoint; returns the round to continue from."""
 

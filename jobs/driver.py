@@ -42,7 +42,8 @@ from jobs.metrics import MetricsLog, read_metrics
 from jobs.optimizer_settings import optimizer_config, with_schedule_rounds
 from jobs.plots import plot_curves
 from jobs.progress import EpochProgress
-from jobs.raft_storage import fresh_incarnation, resumed_incarnation
+from jobs.raft_storage import fresh_incarnation, read_incarnation, resumed_incarnation
+from jobs.resume_point import LogsVerdict, round_from_logs
 from jobs.round_result import RoundResult
 from jobs.rounds import RoundEngine
 from jobs.task_spec import job_objective, task_spec
@@ -221,7 +222,7 @@ class Driver:
             end = min(end, cfg.max_rounds)
         self.config = cfg = with_schedule_rounds(cfg, schedule.batches_per_epoch)
         latest = self._prepare_out()
-        self.trackers = open_trackers(cfg, resume=latest is not None)
+        self.trackers = open_trackers(cfg, resume=cfg.resume)
         try:
             result = self._serve(spec, model, data, schedule, latest, end, t_start)
         except BaseException:
@@ -248,7 +249,7 @@ class Driver:
         """START, TRAIN, FINISH and CLEAN UP (see the module doc), from ``latest`` if any."""
         cfg = self.config
         ensure_ray(cfg.address)
-        if latest is None or cfg.durability == "memory":
+        if not cfg.resume or cfg.durability == "memory":
             # A new history (jobs.raft_storage): clear older runs' logs on every node and
             # draw a new incarnation. A resumed memory-durability job starts fresh too: its
             # checkpoint is its durable state (after a power loss every replica would come
@@ -256,14 +257,15 @@ class Driver:
             remove_raft_log(cfg.storage_dir, self.out, cfg.timeout_s)
             fresh_incarnation(cfg.storage_dir)
         else:
-            resumed_incarnation(cfg.storage_dir, _incarnation_of(latest))
+            resumed_incarnation(cfg.storage_dir,
+                                None if latest is None else _incarnation_of(latest))
         initial = model_state(model)  # parameters and buffers
         self.config = cfg = resolve_shards(cfg, initial, latest)
         self.trackers.log_config(cfg.to_dict())
         server = self.backend.create(cfg, initial)
         del initial  # the shards hold version 0 now: a large model's copy is not kept here
         try:
-            start = self._restore(server, latest) if latest is not None else 0
+            start = self._resume_at(server, latest) if cfg.resume else 0
             train_s, samples = self._train_restoring(server, spec, model, data, schedule,
                                                      start, end)
             result = self._finish(server, model, data, end, train_s, samples, t_start)
@@ -291,6 +293,31 @@ class Driver:
                 start = self._restore(server, latest)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _resume_at(self, server: ParameterServerLike, latest: Path | None) -> int:
+        """RESUME: the round to continue at, from the shards' reloaded Raft logs when they
+        agree, else from ``latest`` restored (``jobs.resume_point``); says which in one
+        line on stderr. ``ResumeError`` when neither is there."""
+        cfg = self.config
+        checkpoint_round = None if latest is None else int(latest.name.split("-", 1)[1])
+        if cfg.durability == "disk":
+            verdict = round_from_logs(
+                server.shard_versions(), checkpoint_round=checkpoint_round,
+                versions_per_round=cfg.max_workers if cfg.mode == "async" else 1)
+        else:
+            verdict = LogsVerdict(None, "durability=memory keeps no log across a restart")
+        if verdict.round is not None:
+            line = f"resuming at round {verdict.round} from the Raft logs ({verdict.why})"
+            start = verdict.round
+        elif latest is None:
+            raise ResumeError(f"--resume cannot continue: {verdict.why} and there is no "
+                              f"checkpoint under {self.ckpt_dir}; drop --resume to start fresh")
+        else:
+            start = self._restore(server, latest)
+            line = f"resuming at round {start} from checkpoint round-{start} ({verdict.why})"
+        LOG.info(line)
+        print(line, file=sys.stderr, flush=True)
+        return start
+
     def _restore(self, server: ParameterServerLike, checkpoint: Path) -> int:
         """``server.restore(checkpoint)``, falling back to the next older checkpoint while
         one is corrupt (each fallback is said on stderr and logged, naming the corrupt file
@@ -311,12 +338,20 @@ class Driver:
                 print(message, file=sys.stderr)
                 checkpoint = older
 
+    def _has_raft_log(self) -> bool:
+        """A resumable Raft log is recorded: ``durability="disk"``, an incarnation under
+        the storage dir, and a fixed shard count (no checkpoint records an ``auto`` one)."""
+        return (self.config.durability == "disk" and self.config.shards != "auto"
+                and read_incarnation(self.config.storage_dir) is not None)
+
     def _prepare_out(self) -> Path | None:
         """Resume: find the latest checkpoint. Fresh: refuse an ``out`` holding an earlier
         run's results unless ``overwrite`` (``OutputExistsError``, nothing touched), then
         clear old results, checkpoints and Raft state."""
         if self.config.resume:
             latest = self.backend.latest_checkpoint(self.out)
+            if latest is None and self._has_raft_log():
+                return None  # the shards' logs alone (jobs.resume_point)
             if latest is None:
                 raise ResumeError(f"--resume found no checkpoint under {self.ckpt_dir}; "
                                   "drop --resume to start fresh")

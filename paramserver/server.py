@@ -312,6 +312,12 @@ class ParameterServer:
         """The highest version every shard is known to have applied."""
         return self._version
 
+    def shard_versions(self) -> list[int]:
+        """Each shard's applied version, by a linearizable read of its group (so after a
+        restart every entry its reloaded log commits is applied first)."""
+        return [int(group.read("version", timeout=self.config.rpc_timeout_s))
+                for group in self._groups]
+
     def _min_version(self) -> int:
         return min(int(v) for v in self._call_each("wait_version", 0, self.config.rpc_timeout_s))
 

@@ -35,6 +35,7 @@ class FakeServer:
         self.layout: list[list[tuple[str, str, int, int]]] = [[] for _ in range(2)]
         self.storage_at_shutdown: bool | None = None
         self.restored: list[Path] = []
+        self.versions = [0] * int(config.shards)  # each shard's applied version
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return dict(self.state)
@@ -46,6 +47,9 @@ class FakeServer:
         (path / "manifest.json").write_text(json.dumps({"round": round,
                                                         "plan": {"shards": shards}}))
         return path
+
+    def shard_versions(self) -> list[int]:
+        return list(self.versions)
 
     def restore(self, checkpoint: str | Path) -> int:
         self.restored.append(Path(checkpoint))
@@ -70,8 +74,9 @@ class FakeServer:
 class FakeBackend:
     """Creates ``FakeServer``s and, like the replicas, a log per shard under storage_dir."""
 
-    def __init__(self) -> None:
+    def __init__(self, versions: list[int] | None = None) -> None:
         self.servers: list[FakeServer] = []
+        self.versions = versions  # what the servers' reloaded logs hold, if anything
 
     def create(self, config: TrainConfig, initial: Mapping[str, np.ndarray]) -> FakeServer:
         assert isinstance(config.shards, int), "the driver resolves shards='auto' first"
@@ -80,6 +85,8 @@ class FakeBackend:
             group.mkdir(parents=True, exist_ok=True)
             (group / "replica-0.db").write_bytes(b"log")
         self.servers.append(FakeServer(config, initial))
+        if self.versions is not None:
+            self.servers[-1].versions = list(self.versions)
         return self.servers[-1]
 
     def latest_checkpoint(self, out_dir: Path) -> Path | None:
@@ -205,3 +212,75 @@ def test_resume_starts_memory_durability_groups_fresh(
     Driver(config(tmp_path, resume=True, durability=durability, keep_raft_log=True),
            backend=FakeBackend()).run()
     assert stale.exists() == (durability == "disk")
+
+
+def _starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the round each ``_train`` call starts at."""
+    seen: list[int] = []
+
+    def train(self: Driver, server: Any, spec: Any, model: Any, data: Any, schedule: Any,
+              start: int, end: int) -> tuple[float, int]:
+        seen.append(start)
+        return 1.0, 0
+    monkeypatch.setattr(Driver, "_train", train)
+    return seen
+
+
+def test_resume_continues_from_the_raft_logs_when_every_shard_agrees(
+    tmp_path: Path, no_ray: None, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Killed after 3 rounds with a checkpoint at round 1: the shards' logs hold 3 rounds
+    each, so no round is computed again and the checkpoint is not restored."""
+    FakeServer(config(tmp_path), {}).checkpoint(tmp_path, 1)
+    starts = _starts(monkeypatch)
+    backend = FakeBackend(versions=[3, 3])
+    Driver(config(tmp_path, resume=True), backend=backend).run()
+    assert starts == [3] and backend.servers[0].restored == []
+    assert "resuming at round 3 from the Raft logs (every shard applied 3 rounds)" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("versions", "why"), [
+    ([3, 2], "the shards' logs end at different versions (shard 0 at 3, shard 1 at 2)"),
+    ([0, 0], "the shards' logs end at round 0, before the checkpoint"),
+])
+def test_resume_falls_back_to_the_checkpoint_and_says_why(
+    tmp_path: Path, no_ray: None, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], versions: list[int], why: str,
+) -> None:
+    FakeServer(config(tmp_path), {}).checkpoint(tmp_path, 1)
+    starts = _starts(monkeypatch)
+    backend = FakeBackend(versions=versions)
+    Driver(config(tmp_path, resume=True), backend=backend).run()
+    assert starts == [1]
+    assert backend.servers[0].restored == [tmp_path / "checkpoints" / "round-1"]
+    assert f"resuming at round 1 from checkpoint round-1 ({why})" in capsys.readouterr().err
+
+
+def test_resume_from_the_logs_alone_before_any_checkpoint(
+    tmp_path: Path, no_ray: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed before its first checkpoint: the recorded incarnation says the logs are
+    there, and they are all the job needs. Without the record, --resume has nothing."""
+    from jobs.errors import ResumeError
+    from jobs.raft_storage import fresh_incarnation
+
+    with pytest.raises(ResumeError, match="found no checkpoint"):
+        Driver(config(tmp_path, resume=True), backend=FakeBackend()).run()
+    fresh_incarnation(tmp_path / "raft")
+    starts = _starts(monkeypatch)
+    Driver(config(tmp_path, resume=True), backend=FakeBackend(versions=[2, 2])).run()
+    assert starts == [2]
+
+
+def test_memory_durability_always_resumes_from_its_checkpoint(
+    tmp_path: Path, no_ray: None, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    FakeServer(config(tmp_path), {}).checkpoint(tmp_path, 1)
+    starts = _starts(monkeypatch)
+    Driver(config(tmp_path, resume=True, durability="memory"),
+           backend=FakeBackend(versions=[3, 3])).run()
+    assert starts == [1]
+    assert "(durability=memory keeps no log across a restart)" in capsys.readouterr().err
