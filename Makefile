@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) -m bench.raft --quick
 	$(PY) -m bench.train --quick
 	$(PY) -m bench.scale --quick
+	$(PY) -m bench.goodput --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
