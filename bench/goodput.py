@@ -19,7 +19,8 @@ shard leader and a follower: ``bench.goodput_raftps``), ``raftps_driver_kill`` (
 driver SIGKILLed once, ``T`` s after its first round, then resumed with ``--resume``),
 ``ray_train_k10`` and ``ray_train_k50`` (``TorchTrainer``, gloo DDP, checkpoint every 10 or
 50 steps,
-``FailureConfig(max_failures=-1)``: ``bench.peers.ray_train_goodput``) and ``torchft`` (2
+``FailureConfig(max_failures=-1)``: ``bench.peers.ray_train_goodput``; and
+``ray_train_k50_driver_kill``, resumed from its stored checkpoint) and ``torchft`` (2
 replica groups of 1 worker with a Lighthouse: ``bench.peers.torchft_goodput``). A side that
 cannot run here is reported with the reason.
 """
@@ -54,6 +55,7 @@ SIDES: dict[str, tuple[str, ...]] = {
     "raftps_driver_kill": ("bench.goodput_raftps",),
     "ray_train_k10": ("bench.peers.ray_train_goodput", "--checkpoint-every", "10"),
     "ray_train_k50": ("bench.peers.ray_train_goodput", "--checkpoint-every", "50"),
+    "ray_train_k50_driver_kill": ("bench.peers.ray_train_goodput", "--checkpoint-every", "50"),
     "torchft": ("bench.peers.torchft_goodput",),
 }
 
@@ -76,7 +78,7 @@ def side_command(side: str, cfg: GoodputConfig, out: Path, *, faulted: bool) -> 
     module, *flags = SIDES[side]
     cmd = [sys.executable, "-m", module, *flags, "--steps", str(cfg.steps), "--out", str(out)]
     if faulted and side.endswith("_driver_kill"):
-        cmd += ["--kill-driver-at", str(cfg.kill_every_s)]  # one kill, then --resume
+        cmd += ["--driver-kill-at", str(cfg.kill_every_s)]  # one kill, then --resume
     elif faulted:
         cmd += ["--kill-every", str(cfg.kill_every_s)]
     return cmd

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds after the first step within which faults are scheduled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--kill-driver-at", type=float, default=None, metavar="T",
+    p.add_argument("--driver-kill-at", type=float, default=None, metavar="T",
                    help="the driver-kill scenario: SIGKILL the driver T s after its first "
                         "round, then resume it")
     p.add_argument("--driver", metavar="ADDRESS", default=None, help=argparse.SUPPRESS)
@@ -308,11 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.driver is not None:  # one driver process of the driver-kill scenario
         _driver(workload, args.out, args.job, args.driver, args.resume)
         return
-    if args.kill_driver_at is not None:
+    if args.driver_kill_at is not None:
         out = args.out or Path(tempfile.mkdtemp(prefix="goodput-raftps-dk-"))
         import json
 
-        print(json.dumps(run_driver_kill(workload, args.kill_driver_at, out).to_json()),
+        print(json.dumps(run_driver_kill(workload, args.driver_kill_at, out).to_json()),
               flush=True)
         return
     faulted = args.kill_every is not None

@@ -1,0 +1,655 @@
+"""The Ray Train side of ``bench.goodput``: ``TorchTrainer`` DDP on CPU, killed on a schedule.
+
+One run trains the shared ``Workload`` (``bench.goodput_workload``) with Ray Train's
+``TorchTrainer``: ``workload.workers`` gloo DDP workers on CPU, the benchmark MLP built after
+``torch.manual_seed(workload.seed)``, SGD with ``workload.lr``. Step ``s`` uses the samples
+``[s*G, (s+1)*G)`` of the training set (``G`` the global batch) and rank ``r`` the ``r``-th
+contiguous ``batch_per_worker`` slice of them (``rank_slice``), so a run is deterministic and a
+step recomputed after a restore does the same arithmetic. The driver puts the training set
+into the object store once; the workers read it zero-copy.
+
+Every ``checkpoint_every`` steps (and after the last step) rank 0 reports a checkpoint (model,
+optimizer state and the next step) with ``ray.train.report``; a worker group that starts
+resumes from ``ray.train.get_checkpoint()``. Ray Train registers a reported checkpoint when
+its controller next polls the workers (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by
+default), so a kill within that window after a report restores the checkpoint before it. A
+faulted run uses ``FailureConfig(max_failures=-1)``: Ray Train restarts the whole worker group
+after every kill.
+
+Progress is recorded in an append-only event log (``<run name>.events.jsonl`` in the output
+folder, one JSON object a line, each appended by one ``write``): every worker appends a
+``start`` record (rank, PID, the step it resumes from) when its training loop begins, rank 0 a
+``step`` record with a ``time.time()`` stamp after every completed step (recomputed ones
+included) and a ``done`` record with the final model's digest, and whoever injects a fault a
+``fault`` record (its kind and time). The log outlives every process that writes it, so the
+``SideRun`` is built from it alone (``side_run``); steps a group logs after a fault hit it
+are lost with it and left out of ``step_times_s``.
+
+Worker kills: a driver thread (``FaultInjector``) waits for the first ``step`` record, then at
+each ``FaultPlan.worker_kills_s`` time SIGKILLs one worker of the running group, picked with
+``FaultPlan.victim`` among the PIDs of the group's ``start`` records in rank order. A kill
+that comes due while the group is still recovering (some rank has not started again since the
+previous fault, or no step has completed since it did) is skipped, not stacked: kills landing
+back to back on a restarting group would keep it from ever reaching a checkpoint. Each
+fault's ``lost_steps`` is the highest step the group alive at the fault completed minus the
+step the next group resumed from (``lost_steps``).
+
+Driver kill (``run_with_driver_kill``): this process keeps a local Ray and runs each driver
+(``TorchTrainer.fit``, its data and its worker kills) in a child process connected to it; at
+``FaultPlan.driver_kill_s`` it SIGKILLs the child, whose Ray Train controller and workers
+then die with it, and starts a new driver with the same run name and storage, which Ray Train
+resumes from the latest registered checkpoint.
+
+``python -m bench.peers.ray_train_goodput --steps N --checkpoint-every K [--kill-every T]
+[--driver-kill-at S] --out DIR`` runs one side with its own local Ray (``num_cpus=4``) and
+prints the ``SideRun`` as one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.goodput_workload import FaultPlan, SideRun, Workload, model_digest
+
+SIDE = "ray_train"
+RAY_CPUS = 4  # logical CPUs of the side's local Ray (as in bench.train)
+EVENTS_SUFFIX = ".events.jsonl"  # the event log is <output folder>/<run name> + this
+STORAGE_DIR = "ray_train_storage"  # under the output folder: Ray Train's run storage
+CHECKPOINT_FILE = "state.pt"
+KILL_HORIZON_S = 3600.0  # --kill-every schedules kills up to this; later ones never come due
+POLL_S = 0.02  # how often a fault injector reads the event log
+DRIVER_TIMEOUT_S = 1800.0  # limit on one driver child of run_with_driver_kill
+
+Record = dict[str, Any]
+
+
+class GoodputArgumentError(ValueError):
+    """A setting of the Ray Train goodput side is out of range."""
+
+
+# ---- pure parts: slicing, the event log, what the log says ----
+
+
+def rank_slice(step: int, rank: int, batch_per_worker: int, workers: int) -> tuple[int, int]:
+    """The ``[start, stop)`` sample range rank ``rank`` trains on at step ``step``."""
+    if not 0 <= rank < workers:
+        raise ValueError(f"rank {rank} is outside 0..{workers - 1}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    start = (step * workers + rank) * batch_per_worker
+    return start, start + batch_per_worker
+
+
+def event_line(record: Record) -> bytes:
+    """One record as its log line (compact JSON and a newline)."""
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+
+
+def append_event(path: Path | str, record: Record) -> None:
+    """Append ``record`` to the log at ``path`` with one ``write`` (atomic among appenders)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, event_line(record))
+    finally:
+        os.close(fd)
+
+
+def parse_events(text: str) -> list[Record]:
+    """The records of an event log's text, in order; a last line without its newline (being
+    written) is left out."""
+    lines = text.split("\n")
+    return [json.loads(line) for line in lines[:-1] if line.strip()]
+
+
+def read_events(path: Path) -> list[Record]:
+    """The records of the event log at ``path`` (empty while it does not exist)."""
+    try:
+        return parse_events(path.read_text())
+    except FileNotFoundError:
+        return []
+
+
+def of_kind(records: Sequence[Record], event: str) -> list[Record]:
+    """The records whose ``event`` is ``event``, in order."""
+    return [r for r in records if r["event"] == event]
+
+
+def first_step_time(records: Sequence[Record]) -> float | None:
+    """The stamp of the first completed step, ``None`` before there is one."""
+    steps = of_kind(records, "step")
+    return float(steps[0]["t"]) if steps else None
+
+
+def completion_time(records: Sequence[Record], steps: int) -> float | None:
+    """The stamp at which ``steps`` distinct steps had completed, ``None`` if they never did."""
+    seen: set[int] = set()
+    for record in of_kind(records, "step"):
+        seen.add(int(record["step"]))
+        if len(seen) >= steps:
+            return float(record["t"])
+    return None
+
+
+def last_fault_time(records: Sequence[Record]) -> float:
+    """The stamp of the latest ``fault`` record, ``-inf`` when there is none."""
+    faults = of_kind(records, "fault")
+    return float(faults[-1]["t"]) if faults else float("-inf")
+
+
+def kill_candidates(records: Sequence[Record], workers: int, after_t: float) -> list[int] | None:
+    """The PIDs (rank order) of the running worker group, or ``None`` while it is recovering.
+
+    The group runs when every rank has a ``start`` record stamped after ``after_t`` (the
+    previous fault) and a step has completed after the latest of them.
+    """
+    latest: dict[int, Record] = {}
+    for record in of_kind(records, "start"):
+        latest[int(record["rank"])] = record
+    if set(latest) != set(range(workers)):
+        return None
+    if any(float(r["t"]) <= after_t for r in latest.values()):
+        return None
+    started = max(float(r["t"]) for r in latest.values())
+    if not any(float(r["t"]) > started for r in of_kind(records, "step")):
+        return None
+    return [int(latest[rank]["pid"]) for rank in range(workers)]
+
+
+def lost_steps(records: Sequence[Record], fault_times: Sequence[float]) -> list[int]:
+    """Per fault: steps the group alive at the fault had completed past the step the next
+    group resumed from (``start`` records of rank 0 delimit the groups).
+
+    A fault with no later group start (the run ended) counts 0.
+    """
+    starts = [i for i, r in enumerate(records) if r["event"] == "start" and r["rank"] == 0]
+    out = []
+    for fault_t in fault_times:
+        before = [i for i in starts if float(records[i]["t"]) <= fault_t]
+        after = [i for i in starts if float(records[i]["t"]) > fault_t]
+        if not before or not after:
+            out.append(0)
+            continue
+        begin, end = before[-1], after[0]
+        reached = int(records[begin]["step"])  # steps done when that group started
+        for record in records[begin:end]:
+            if record["event"] == "step":
+                reached = max(reached, int(record["step"]) + 1)
+        out.append(max(0, reached - int(records[end]["step"])))
+    return out
+
+
+def without_doomed_steps(records: Sequence[Record]) -> list[Record]:
+    """``records`` without the steps a group logged after a fault hit it (before the next
+    group's rank 0 started): those are lost with it, and a driver's workers run on for a
+    moment after the driver dies."""
+    out = []
+    doomed = False
+    for record in records:
+        if record["event"] == "fault":
+            doomed = True
+        elif record["event"] == "start" and record["rank"] == 0:
+            doomed = False
+        elif record["event"] == "step" and doomed:
+            continue
+        out.append(record)
+    return out
+
+
+def side_run(records: Sequence[Record], *, t0: float, steps: int, faulted: bool,
+             errors: Sequence[str] = ()) -> SideRun:
+    """The ``SideRun`` an event log says; ``t0`` (a ``time.time()`` stamp) is the side's
+    start, and every time in the result is relative to it.
+
+    Steps logged by a group after a fault hit it count among that fault's ``lost_steps`` and
+    are left out of ``step_times_s`` (``without_doomed_steps``), so the next step after a
+    fault is the first one of the group that recovered.
+    """
+    run = SideRun(side=SIDE, faulted=faulted, errors=list(errors))
+    kept = without_doomed_steps(records)
+    run.step_times_s = [float(r["t"]) - t0 for r in of_kind(kept, "step")]
+    first = first_step_time(kept)
+    run.first_step_s = first - t0 if first is not None else float("nan")
+    done = completion_time(kept, steps)
+    if done is None:
+        run.wall_s = float("nan")
+        distinct = len({r["step"] for r in of_kind(kept, "step")})
+        run.errors.append(f"only {distinct} of {steps} steps completed")
+    else:
+        run.wall_s = done - t0
+    faults = of_kind(records, "fault")
+    run.fault_times_s = [float(r["t"]) - t0 for r in faults]
+    run.fault_kinds = [str(r["kind"]) for r in faults]
+    run.lost_steps = lost_steps(records, [float(r["t"]) for r in faults])
+    digests = [r["sha256"] for r in of_kind(records, "done")]
+    run.model_sha256 = digests[-1] if digests else ""
+    return run
+
+
+# ---- the training loop (runs in every Ray Train worker) ----
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One worker's loop: resume, train steps ``start..steps-1``, checkpoint, log."""
+    import numpy as np
+    import ray
+    import ray.train
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from bench.common import build_mlp
+
+    workload: Workload = config["workload"]
+    every: int = config["checkpoint_every"]
+    events: str = config["events"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if world != workload.workers:
+        raise RuntimeError(f"{world} workers run, the workload needs {workload.workers}")
+    x_all, y_all = ray.get(config["data"])
+    torch.manual_seed(workload.seed)
+    model = build_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=workload.lr)
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    ddp = DistributedDataParallel(model)
+    append_event(events, {"event": "start", "rank": rank, "pid": os.getpid(), "step": start,
+                          "t": time.time()})
+    for step in range(start, workload.steps):
+        lo, hi = rank_slice(step, rank, workload.batch_per_worker, workload.workers)
+        inputs = torch.from_numpy(np.array(x_all[lo:hi]))  # a writable copy of the slice
+        labels = torch.from_numpy(np.array(y_all[lo:hi]))
+        loss = torch.nn.functional.cross_entropy(ddp(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        done = step + 1
+        if rank == 0:
+            append_event(events, {"event": "step", "step": step, "t": time.time()})
+        if done == workload.steps or (every > 0 and done % every == 0):
+            _report(done, float(loss.item()), model, optimizer, rank)
+    if rank == 0:
+        append_event(events, {"event": "done", "sha256": model_digest(model.state_dict()),
+                              "t": time.time()})
+
+
+def _report(done: int, loss: float, model: Any, optimizer: Any, rank: int) -> None:
+    """Report step ``done`` to Ray Train, with rank 0's checkpoint of the training state."""
+    import ray.train
+    import torch
+
+    metrics = {"step": done, "loss": loss}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="ray-train-goodput-") as folder:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": done}, Path(folder) / CHECKPOINT_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+# ---- worker kills (a thread of the driver) ----
+
+
+class FaultInjector(threading.Thread):
+    """SIGKILLs workers at ``plan.worker_kills_s`` after the first step (see the module).
+
+    Kills due before ``not_before`` (a ``time.time()`` stamp, default: when the injector is
+    made), such as a previous driver's, are not made again. Returns once rank 0 has logged
+    ``done`` or ``stop`` is set.
+    """
+
+    def __init__(self, plan: FaultPlan, events: Path, workers: int,
+                 kill: Callable[[int], None] | None = None,
+                 not_before: float | None = None) -> None:
+        super().__init__(name="ray-train-fault-injector", daemon=True)
+        self.plan = plan
+        self.events = events
+        self.workers = workers
+        self.kill = kill or (lambda pid: os.kill(pid, signal.SIGKILL))
+        self.not_before = time.time() if not_before is None else not_before
+        self.stop = threading.Event()
+        self.fault_times: list[float] = []  # time.time() of each kill this thread made
+        self.skipped: list[float] = []  # plan times that came due while recovering
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        first = None
+        while first is None:
+            if self.stop.wait(POLL_S):
+                return
+            first = first_step_time(read_events(self.events))
+        for index, offset in enumerate(self.plan.worker_kills_s):
+            if first + offset < self.not_before:
+                continue
+            if self.stop.wait(max(0.0, first + offset - time.time())):
+                return
+            records = read_events(self.events)
+            if of_kind(records, "done"):
+                return  # training is over: later kills would only hit its shutdown
+            pids = kill_candidates(records, self.workers, last_fault_time(records))
+            if pids is None:
+                self.skipped.append(offset)
+                continue
+            victim = self.plan.victim(index, pids)
+            try:
+                self.kill(victim)
+            except ProcessLookupError:
+                self.errors.append(f"kill {index}: worker {victim} was already gone")
+                continue
+            now = time.time()
+            append_event(self.events, {"event": "fault", "kind": "worker", "t": now})
+            self.fault_times.append(now)
+
+
+# ---- one driver ----
+
+
+def run_name(faulted: bool, driver_kill: bool = False) -> str:
+    """The Ray Train run name (and event-log name) of a side's run."""
+    if driver_kill:
+        return f"{SIDE}_driver"
+    return f"{SIDE}_{'faulted' if faulted else 'clean'}"
+
+
+def events_path(out_dir: Path, name: str) -> Path:
+    return out_dir.resolve() / f"{name}{EVENTS_SUFFIX}"
+
+
+def _check_checkpoint_every(checkpoint_every: int) -> None:
+    if checkpoint_every < 0:
+        raise GoodputArgumentError(f"checkpoint_every must be >= 0 (0: only after the last "
+                                   f"step), got {checkpoint_every}")
+
+
+def _fresh_outputs(out_dir: Path, name: str) -> None:
+    """Remove a previous run's log and storage of ``name``, so a run starts from step 0."""
+    out_dir.resolve().mkdir(parents=True, exist_ok=True)
+    events_path(out_dir, name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir.resolve() / STORAGE_DIR / name, ignore_errors=True)
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to ``address``, or start a local Ray when it is ``None`` and none is
+    initialised; whether this call started one (the caller shuts it down)."""
+    import ray
+
+    if address is not None:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    if ray.is_initialized():
+        return False
+    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def drive(workload: Workload, faults: FaultPlan, checkpoint_every: int, out_dir: Path, *,
+          faulted: bool, name: str, address: str | None = None) -> list[str]:
+    """One driver: ``TorchTrainer.fit`` of run ``name``, worker kills when ``faulted``.
+
+    Appends to the run's event log and resumes the run's storage if they exist. Connects to
+    the Ray at ``address`` (else as ``_init_ray``). Blocks until training ends; returns the
+    errors seen (a failed fit, skipped kills).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    _check_checkpoint_every(checkpoint_every)
+    events = events_path(out_dir, name)
+    started_ray = _init_ray(address)
+    injector = FaultInjector(faults, events, workload.workers)
+    errors: list[str] = []
+    try:
+        data = ray.put(workload.data())
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"workload": workload, "checkpoint_every": checkpoint_every,
+                               "data": data, "events": str(events)},
+            scaling_config=ScalingConfig(num_workers=workload.workers, use_gpu=False),
+            run_config=RunConfig(
+                name=name, storage_path=str(out_dir.resolve() / STORAGE_DIR),
+                failure_config=FailureConfig(max_failures=-1 if faulted else 0),
+                checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        if faulted and faults.worker_kills_s:
+            injector.start()
+        try:
+            trainer.fit()
+        except Exception as exc:  # the log says how far it got; the error goes with it
+            errors.append(f"fit failed: {type(exc).__name__}: {exc}")
+    finally:
+        injector.stop.set()
+        if injector.is_alive():
+            injector.join()
+        if started_ray:
+            ray.shutdown()
+    if injector.skipped:
+        errors.append(f"{len(injector.skipped)} worker kills skipped: they came due while the "
+                      f"worker group was recovering (at {list(injector.skipped)} s)")
+    return errors + injector.errors
+
+
+def run(workload: Workload, faults: FaultPlan, checkpoint_every: int, out_dir: Path, *,
+        faulted: bool, started_at: float | None = None) -> SideRun:
+    """Train ``workload`` once with ``TorchTrainer``; kill workers per ``faults`` when
+    ``faulted`` (``faults.driver_kill_s`` needs ``run_with_driver_kill``).
+
+    ``started_at`` (a ``time.time()`` stamp) is the side's start, default now. Starts a local
+    Ray (``num_cpus=RAY_CPUS``) unless one is initialised, and shuts down only the one it
+    started. Blocks until training ends. A previous run's log and storage of the same kind
+    under ``out_dir`` are removed first, so the run starts from step 0.
+    """
+    t0 = time.time() if started_at is None else started_at
+    _check_checkpoint_every(checkpoint_every)
+    name = run_name(faulted)
+    _fresh_outputs(out_dir, name)
+    errors = drive(workload, faults, checkpoint_every, out_dir, faulted=faulted, name=name)
+    return side_run(read_events(events_path(out_dir, name)), t0=t0, steps=workload.steps,
+                    faulted=faulted, errors=errors)
+
+
+# ---- driver kill: drivers in child processes on this process's Ray ----
+
+
+def driver_command(workload: Workload, faults: FaultPlan, checkpoint_every: int,
+                   out_dir: Path, address: str) -> list[str]:
+    """The command line of one driver child (it prints its errors as one JSON line)."""
+    command = [sys.executable, "-m", "bench.peers.ray_train_goodput", "--driver-child",
+               "--address", address, "--steps", str(workload.steps),
+               "--batch-per-worker", str(workload.batch_per_worker),
+               "--seed", str(workload.seed), "--checkpoint-every", str(checkpoint_every),
+               "--fault-seed", str(faults.seed), "--out", str(out_dir.resolve())]
+    if faults.worker_kills_s:
+        command += ["--kill-times", ",".join(repr(t) for t in faults.worker_kills_s)]
+    return command
+
+
+def run_with_driver_kill(workload: Workload, faults: FaultPlan, checkpoint_every: int,
+                         out_dir: Path, *, started_at: float | None = None,
+                         driver_timeout_s: float = DRIVER_TIMEOUT_S) -> SideRun:
+    """A faulted run whose driver is SIGKILLed at ``faults.driver_kill_s`` after the first
+    step and started again (see the module); worker kills as in ``run``.
+
+    Starts a local Ray in this process (``num_cpus=RAY_CPUS``; one must not be initialised
+    yet) and shuts it down at the end. Blocks until training ends, each driver at most
+    ``driver_timeout_s``.
+    """
+    t0 = time.time() if started_at is None else started_at
+    _check_checkpoint_every(checkpoint_every)
+    if faults.driver_kill_s is None or faults.driver_kill_s < 0:
+        raise GoodputArgumentError(f"run_with_driver_kill needs FaultPlan.driver_kill_s >= 0, "
+                                   f"got {faults.driver_kill_s}")
+    import ray
+
+    from bench.common import child_env
+
+    if ray.is_initialized():
+        raise GoodputArgumentError("run_with_driver_kill starts its own Ray; call it with none "
+                                   "initialised")
+    name = run_name(True, driver_kill=True)
+    _fresh_outputs(out_dir, name)
+    events = events_path(out_dir, name)
+    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    errors: list[str] = []
+    try:
+        command = driver_command(workload, faults, checkpoint_every, out_dir,
+                                 ray.get_runtime_context().gcs_address)
+        env = child_env(os.environ)
+        cwd = Path(__file__).resolve().parents[2]
+        first = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
+        killed = _kill_driver_on_time(first, events, faults.driver_kill_s, driver_timeout_s)
+        errors += _driver_errors(first, driver_timeout_s)
+        if killed:
+            second = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                      text=True)
+            errors += _driver_errors(second, driver_timeout_s)
+    finally:
+        ray.shutdown()
+    return side_run(read_events(events), t0=t0, steps=workload.steps, faulted=True,
+                    errors=errors)
+
+
+def _kill_driver_on_time(child: subprocess.Popen[str], events: Path, kill_s: float,
+                         timeout_s: float) -> bool:
+    """SIGKILL ``child`` ``kill_s`` after the first step unless training ended first; whether
+    it was killed (then logged as a ``driver`` fault)."""
+    deadline = time.time() + timeout_s
+    first = None
+    while first is None and child.poll() is None and time.time() < deadline:
+        time.sleep(POLL_S)
+        first = first_step_time(read_events(events))
+    if first is None:
+        return False
+    while time.time() < first + kill_s and child.poll() is None:
+        time.sleep(min(POLL_S, max(0.0, first + kill_s - time.time())))
+    if child.poll() is not None or of_kind(read_events(events), "done"):
+        return False
+    child.kill()
+    append_event(events, {"event": "fault", "kind": "driver", "t": time.time()})
+    child.wait()
+    return True
+
+
+def _driver_errors(child: subprocess.Popen[str], timeout_s: float) -> list[str]:
+    """Wait for ``child``; the errors it printed, or why it has none."""
+    from bench.common import last_json_object
+
+    try:
+        out, _ = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        return [f"driver {child.pid} ran past {timeout_s} s and was killed"]
+    if child.returncode == -signal.SIGKILL:
+        return []  # the injected driver fault
+    try:
+        return [str(e) for e in last_json_object(out).get("errors", [])]
+    except ValueError:
+        return [f"driver {child.pid} exited {child.returncode} without a result line"]
+
+
+# ---- command line ----
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring); out-of-range values exit with usage."""
+    defaults = Workload()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.peers.ray_train_goodput",
+        description="One Ray Train TorchTrainer run of the goodput workload; prints its "
+                    "SideRun as one JSON line")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
+    parser.add_argument("--checkpoint-every", type=int, default=50,
+                        help="steps between checkpoints (0: only after the last step)")
+    parser.add_argument("--kill-every", type=float, default=None,
+                        help="SIGKILL a worker every this many seconds after the first step "
+                             "(default: no worker kills)")
+    parser.add_argument("--driver-kill-at", type=float, default=None,
+                        help="SIGKILL the driver this many seconds after the first step and "
+                             "start it again (default: no driver kill)")
+    parser.add_argument("--batch-per-worker", type=int, default=defaults.batch_per_worker)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="data and init seed")
+    parser.add_argument("--fault-seed", type=int, default=0, help="seeds the kills' victims")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    # a driver child of run_with_driver_kill
+    parser.add_argument("--driver-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--kill-times", type=_float_list, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_per_worker < 1:
+        parser.error(f"--batch-per-worker must be >= 1, got {args.batch_per_worker}")
+    if args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.kill_every is not None and not args.kill_every > 0:
+        parser.error(f"--kill-every must be > 0 seconds, got {args.kill_every}")
+    if args.driver_kill_at is not None and not args.driver_kill_at >= 0:
+        parser.error(f"--driver-kill-at must be >= 0 seconds, got {args.driver_kill_at}")
+    if args.driver_child and args.address is None:
+        parser.error("--driver-child needs --address")
+    return args
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated seconds, got {text!r}") from None
+
+
+def plan_from_args(args: argparse.Namespace) -> tuple[Workload, FaultPlan]:
+    """The workload and fault plan the parsed command line asks for."""
+    workload = Workload(steps=args.steps, batch_per_worker=args.batch_per_worker,
+                        seed=args.seed)
+    kills: tuple[float, ...] = ()
+    if args.kill_times is not None:
+        kills = args.kill_times
+    elif args.kill_every is not None:
+        kills = FaultPlan.every(args.kill_every, KILL_HORIZON_S).worker_kills_s
+    return workload, FaultPlan(worker_kills_s=kills, driver_kill_s=args.driver_kill_at,
+                               seed=args.fault_seed)
+
+
+def main(argv: Sequence[str] | None = None) -> SideRun | None:
+    """Run one side in this process and print its ``SideRun`` as the last stdout line (a
+    driver child prints only its errors)."""
+    started_at = time.time()
+    args = parse_args(argv)
+    workload, faults = plan_from_args(args)
+    if args.driver_child:
+        errors = drive(workload, faults, args.checkpoint_every, args.out, faulted=True,
+                       name=run_name(True, driver_kill=True), address=args.address)
+        print(json.dumps({"errors": errors}), flush=True)
+        return None
+    if faults.driver_kill_s is not None:
+        result = run_with_driver_kill(workload, faults, args.checkpoint_every, args.out,
+                                      started_at=started_at)
+    else:
+        result = run(workload, faults, args.checkpoint_every, args.out,
+                     faulted=bool(faults.worker_kills_s), started_at=started_at)
+    print(json.dumps(result.to_json()), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
