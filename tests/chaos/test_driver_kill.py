@@ -25,6 +25,7 @@ import ray
 
 from jobs import train
 from jobs.backend import RaftServerBackend
+from tests.chaos.conftest import CleanRun
 from tests.chaos.test_train_kill import config, wait_for_rounds
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -33,8 +34,8 @@ KILL_AFTER = 13  # rounds logged; the last checkpoint before it is round 8's
 
 
 def test_a_killed_driver_resumes_without_losing_a_round(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    clean = train(config(tmp_path / "clean", "dk-clean"), backend=RaftServerBackend())
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_run: CleanRun) -> None:
+    clean = clean_run
     out, job = tmp_path / "killed", "dk-killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     address = ray.get_runtime_context().gcs_address
@@ -61,6 +62,6 @@ def test_a_killed_driver_resumes_without_losing_a_round(
     else:
         assert start == 8 and "different versions" in found.group(3), line
     assert resumed.rounds == clean.rounds
-    assert resumed.model_path.read_bytes() == clean.model_path.read_bytes()
+    assert resumed.model_path.read_bytes() == clean.model
     rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds[-1] == clean.rounds - 1

@@ -16,6 +16,7 @@ import ray
 
 from jobs import TrainConfig, train
 from jobs.backend import RaftServerBackend
+from tests.chaos.conftest import CleanRun
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -50,10 +51,9 @@ def kill_leader_after(out: Path, job: str, rounds: int, killed: list[str]) -> No
 
 @pytest.mark.parametrize("durability", ["disk", "memory"])
 def test_killing_a_shard_leader_mid_training_changes_no_byte(
-    tmp_path: Path, durability: Literal["disk", "memory"]
+    tmp_path: Path, durability: Literal["disk", "memory"], clean_run: CleanRun,
 ) -> None:
     """Either durability: the clean run is disk's, so memory must also give its bits."""
-    clean = train(config(tmp_path / "clean", "chaos-clean"), backend=RaftServerBackend())
     killed: list[str] = []
     job = f"chaos-faulty-{durability}"
     killer = threading.Thread(target=kill_leader_after,
@@ -62,8 +62,8 @@ def test_killing_a_shard_leader_mid_training_changes_no_byte(
     faulty = train(config(tmp_path / "faulty", job, durability), backend=RaftServerBackend())
     killer.join(timeout=130)
     assert killed, "the leader was never killed; the test proved nothing"
-    assert faulty.rounds == clean.rounds == 48
-    assert faulty.model_path.read_bytes() == clean.model_path.read_bytes()
+    assert faulty.rounds == clean_run.rounds == 48
+    assert faulty.model_path.read_bytes() == clean_run.model
 
 
 def lose_a_follower_disk_after(out: Path, job: str, rounds: int, lost: list[str]) -> None:
@@ -84,11 +84,10 @@ def lose_a_follower_disk_after(out: Path, job: str, rounds: int, lost: list[str]
 
 
 def test_losing_a_follower_with_its_disk_mid_training_changes_no_byte(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, clean_run: CleanRun,
 ) -> None:
     """The follower comes back empty (lost_state: it never votes), training goes on, the
     driver replaces it at the next epoch end, and the model is byte-identical."""
-    clean = train(config(tmp_path / "clean", "disk-clean"), backend=RaftServerBackend())
     lost: list[str] = []
     loser = threading.Thread(target=lose_a_follower_disk_after,
                              args=(tmp_path / "faulty", "disk-faulty", 6, lost))
@@ -99,4 +98,4 @@ def test_losing_a_follower_with_its_disk_mid_training_changes_no_byte(
     assert lost, "no follower lost its disk; the test proved nothing"
     assert any("lost its storage" in r.getMessage() and "replaced by" in r.getMessage()
                for r in caplog.records)
-    assert faulty.model_path.read_bytes() == clean.model_path.read_bytes()
+    assert faulty.model_path.read_bytes() == clean_run.model
