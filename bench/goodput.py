@@ -20,9 +20,12 @@ driver SIGKILLed once, ``T`` s after its first round, then resumed with ``--resu
 ``ray_train_k10`` and ``ray_train_k50`` (``TorchTrainer``, gloo DDP, checkpoint every 10 or
 50 steps,
 ``FailureConfig(max_failures=-1)``: ``bench.peers.ray_train_goodput``; and
-``ray_train_k50_driver_kill``, resumed from its stored checkpoint) and ``torchft`` (2
+``ray_train_k50_driver_kill``, resumed from its stored checkpoint), ``torchft`` (2
 replica groups of 1 worker with a Lighthouse: ``bench.peers.torchft_goodput``). A side that
-cannot run here is reported with the reason.
+cannot run here is reported with the reason. ``raftps_node_loss`` and
+``ray_train_k50_node_loss`` lose one worker node of a ``ray.cluster_utils.Cluster`` (1 head
++ 3 nodes) ``T`` s after the first step (``bench.goodput_node_loss``). A one-fault scenario
+is compared with its side's fault-free run (``CLEAN_OF``).
 """
 
 from __future__ import annotations
@@ -57,7 +60,14 @@ SIDES: dict[str, tuple[str, ...]] = {
     "ray_train_k50": ("bench.peers.ray_train_goodput", "--checkpoint-every", "50"),
     "ray_train_k50_driver_kill": ("bench.peers.ray_train_goodput", "--checkpoint-every", "50"),
     "torchft": ("bench.peers.torchft_goodput",),
+    "raftps_node_loss": ("bench.goodput_node_loss", "--side", "raftps"),
+    "ray_train_k50_node_loss": ("bench.goodput_node_loss", "--side", "ray_train",
+                                "--checkpoint-every", "50"),
 }
+CLEAN_OF = {"raftps_driver_kill": "raftps", "raftps_node_loss": "raftps",
+            "ray_train_k50_driver_kill": "ray_train_k50",
+            "ray_train_k50_node_loss": "ray_train_k50"}
+"""A one-fault scenario is compared with its side's fault-free run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,9 +85,11 @@ class GoodputConfig:
 
 def side_command(side: str, cfg: GoodputConfig, out: Path, *, faulted: bool) -> list[str]:
     """The child command line of one run of ``side``."""
-    module, *flags = SIDES[side]
+    module, *flags = SIDES[CLEAN_OF.get(side, side) if not faulted else side]
     cmd = [sys.executable, "-m", module, *flags, "--steps", str(cfg.steps), "--out", str(out)]
-    if faulted and side.endswith("_driver_kill"):
+    if faulted and side.endswith("_node_loss"):
+        cmd += ["--node-loss-at", str(cfg.kill_every_s)]  # one node removed
+    elif faulted and side.endswith("_driver_kill"):
         cmd += ["--driver-kill-at", str(cfg.kill_every_s)]  # one kill, then --resume
     elif faulted:
         cmd += ["--kill-every", str(cfg.kill_every_s)]
@@ -200,6 +212,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--kill-every", type=float, default=None, metavar="T")
     p.add_argument("--sides", nargs="+", choices=sorted(SIDES), default=list(SIDES))
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other sides of an existing goodput.json (a rerun of some)")
     return p.parse_args(argv)
 
 
@@ -213,11 +227,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     workload = Workload(steps=cfg.steps)
     runs: dict[str, tuple[SideRun, SideRun]] = {}
     results: dict[str, dict[str, Any]] = {}
-    cleans: dict[tuple[str, ...], SideRun] = {}  # one fault-free run per side command
+    cleans: dict[str, SideRun] = {}  # one fault-free run per side
     for side in args.sides:
-        if SIDES[side] not in cleans:
-            cleans[SIDES[side]] = run_child(side, cfg, faulted=False)
-        clean = cleans[SIDES[side]]
+        base = CLEAN_OF.get(side, side)
+        if base not in cleans:
+            cleans[base] = run_child(base, cfg, faulted=False)
+        clean = cleans[base]
         faulted = run_child(side, cfg, faulted=True)
         runs[side] = (clean, faulted)
         results[side] = summarize(clean, faulted, workload)
@@ -228,9 +243,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           "workers": workload.workers, "global_batch": workload.global_batch,
                           "model": "bench MLP 784-256-128-10", "optimizer": "sgd",
                           "lr": workload.lr, "quick": args.quick}}
+    path = args.results_dir / "goodput.json"
+    if args.merge and path.exists():
+        old = json.loads(path.read_text())
+        data["sides"] = {**old.get("sides", {}), **results}
+        data["runs"] = {**old.get("runs", {}), **data["runs"]}
+        runs = {side: (side_run(c, side=side, faulted=False),
+                       side_run(f, side=side, faulted=True))
+                for side, (c, f) in data["runs"].items()}
     write_results("goodput", data, args.results_dir)
     plot(runs, args.results_dir / "goodput.png")
-    print(report(results))
+    print(report(data["sides"]))
     return data
 
 
