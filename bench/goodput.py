@@ -237,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         runs[side] = (clean, faulted)
         results[side] = summarize(clean, faulted, workload)
         print(f"{side}: {json.dumps(results[side])}", flush=True)
-    data = {"sides": results, "runs": {s: [c.to_json(), f.to_json()] for s, (c, f) in
-                                       runs.items()},
+    data: dict[str, Any] = {
+            "sides": results,
+            "runs": {s: [c.to_json(), f.to_json()] for s, (c, f) in runs.items()},
             "_settings": {"steps": cfg.steps, "kill_every_s": cfg.kill_every_s,
                           "workers": workload.workers, "global_batch": workload.global_batch,
                           "model": "bench MLP 784-256-128-10", "optimizer": "sgd",
