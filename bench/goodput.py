@@ -79,8 +79,9 @@ class GoodputConfig:
 
     @classmethod
     def quick(cls) -> GoodputConfig:
-        # 400 steps: long enough (about 20 s of raftps training here) for faults 10 s apart
-        return cls(steps=400, kill_every_s=10.0, side_timeout_s=600.0)
+        # 1000 steps: the fastest peers train 400 in under 10 s here, too short for faults
+        # 10 s apart; 1000 give every side a few
+        return cls(steps=1000, kill_every_s=10.0, side_timeout_s=900.0)
 
 
 def side_command(side: str, cfg: GoodputConfig, out: Path, *, faulted: bool) -> list[str]:
@@ -207,7 +208,7 @@ def plot(runs: Mapping[str, tuple[SideRun, SideRun]], path: Path) -> None:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.goodput", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="400 steps, a fault every 10 s")
+    p.add_argument("--quick", action="store_true", help="1000 steps, a fault every 10 s")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--kill-every", type=float, default=None, metavar="T")
     p.add_argument("--sides", nargs="+", choices=sorted(SIDES), default=list(SIDES))
