@@ -54,8 +54,10 @@ def loader(workload: Workload) -> Any:
 def config(workload: Workload, out: Path, job: str) -> Any:
     from jobs.config import TrainConfig
 
+    per_epoch = min(workload.steps, workload.batches)  # the data set's global batches
     return TrainConfig(model="mlp", data="goodput", workers=workload.workers, shards=SHARDS,
-                       replicas=REPLICAS, epochs=1, global_batch=workload.global_batch,
+                       replicas=REPLICAS, epochs=-(-workload.steps // per_epoch),
+                       max_rounds=workload.steps, global_batch=workload.global_batch,
                        optimizer="sgd", lr=workload.lr, seed=workload.seed, out=str(out),
                        job=job, checkpoint_every=50, progress=False, timeout_s=300.0,
                        overwrite=True)

@@ -1,8 +1,9 @@
 """The one workload and fault schedule every side of ``bench.goodput`` runs, and its record.
 
 Every side trains the bench MLP (``bench.common.build_mlp``, 784-256-128-10) with SGD on the
-same synthetic data (``bench.common.synthetic_classification``), sync data-parallel with 2
-workers of ``batch_per_worker`` samples, for ``steps`` steps. A side reports a ``SideRun``:
+same synthetic data (``bench.common.synthetic_classification``, ``batches`` global batches,
+cycled), sync data-parallel with 2 workers of ``batch_per_worker`` samples, for ``steps``
+steps. A side reports a ``SideRun``:
 the wall-clock time (seconds since the side's own start) at which each step completed,
 the faults it injected and when, and the final model's digest.
 
@@ -34,6 +35,9 @@ class Workload:
     seed: int = 0
     lr: float = LR
     workers: int = WORKERS
+    batches: int = 64
+    """Distinct global batches in the data set; step ``s`` trains on batch
+    ``s % batches`` (64 x 2048 samples of 784 floats: 411 MB, whatever ``steps``)."""
 
     @property
     def global_batch(self) -> int:
@@ -41,8 +45,12 @@ class Workload:
 
     @property
     def samples(self) -> int:
-        """Training samples: exactly ``steps`` global batches (one epoch)."""
-        return self.steps * self.global_batch
+        """Training samples: ``min(steps, batches)`` global batches."""
+        return min(self.steps, self.batches) * self.global_batch
+
+    def batch_of(self, step: int) -> int:
+        """The global batch step ``step`` trains on (the data set is cycled)."""
+        return step % min(self.steps, self.batches)
 
     def data(self) -> tuple[np.ndarray, np.ndarray]:
         """The training set, the same arrays on every side."""

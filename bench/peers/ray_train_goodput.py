@@ -273,7 +273,8 @@ def train_loop(config: dict[str, Any]) -> None:
     append_event(events, {"event": "start", "rank": rank, "pid": os.getpid(), "step": start,
                           "t": time.time()})
     for step in range(start, workload.steps):
-        lo, hi = rank_slice(step, rank, workload.batch_per_worker, workload.workers)
+        lo, hi = rank_slice(workload.batch_of(step), rank, workload.batch_per_worker,
+                            workload.workers)
         inputs = torch.from_numpy(np.array(x_all[lo:hi]))  # a writable copy of the slice
         labels = torch.from_numpy(np.array(y_all[lo:hi]))
         loss = torch.nn.functional.cross_entropy(ddp(inputs), labels)

@@ -133,7 +133,9 @@ def train(args: argparse.Namespace) -> None:
             step = manager.current_step()
             if step >= args.steps:
                 break  # healed into a finished run
-            lo, hi = group_samples(step, args.group, args.batch_per_worker, args.groups)
+            batches = len(xs) // (args.groups * args.batch_per_worker)  # the set is cycled
+            lo, hi = group_samples(step % batches, args.group, args.batch_per_worker,
+                                   args.groups)
             x = torch.from_numpy(np.array(xs[lo:hi]))
             y = torch.from_numpy(np.array(ys[lo:hi]))
             loss = functional.cross_entropy(ddp(x), y)
