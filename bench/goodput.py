@@ -185,20 +185,22 @@ def plot(runs: Mapping[str, tuple[SideRun, SideRun]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for side, (clean, faulted) in runs.items():
-        for run, style in ((faulted, "-"), (clean, "--")):
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colors = [plt.get_cmap("tab20")(k) for k in range(20)]
+    for i, (side, (clean, faulted)) in enumerate(runs.items()):
+        pairs = [(faulted, "-")] + ([] if side in CLEAN_OF else [(clean, "--")])
+        for run, style in pairs:  # a one-fault scenario shares its side's fault-free line
             if not run.step_times_s:
                 continue
             t0 = run.step_times_s[0]
             xs = [t - t0 for t in run.step_times_s]
-            line, = ax.plot(xs, range(1, len(xs) + 1), style,
+            line, = ax.plot(xs, range(1, len(xs) + 1), style, color=colors[i % len(colors)],
                             label=f"{side}{'' if run.faulted else ' (no faults)'}")
             if run.faulted and run.fault_times_s:
                 ys = [sum(1 for s in run.step_times_s if s <= t) for t in run.fault_times_s]
                 ax.plot([t - t0 for t in run.fault_times_s], ys, "x", color=line.get_color())
     ax.set_xlabel("seconds since the first completed step")
-    ax.set_ylabel("steps completed")
+    ax.set_ylabel("step completions (a recomputed step counts again)")
     ax.set_title("Training progress under faults (x: a fault)")
     ax.legend(fontsize=7)
     fig.tight_layout()
