@@ -126,7 +126,7 @@ def test_the_training_loss_metric_and_dataset_flags(
     and ``--loss mse`` with float targets is a regression."""
     from workers.objective import resolve_objective
 
-    path, state = weights(tmp_path)
+    path, _ = weights(tmp_path)
     data = load(DATA)
     folder = tmp_path / "npy"
     folder.mkdir()
