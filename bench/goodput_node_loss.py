@@ -311,6 +311,7 @@ def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
     """The Ray Train side of the scenario (see the module docstring). The run's progress is
     its event log (``bench.peers.ray_train_goodput``); the removal is its ``node`` fault."""
     _check(node_loss_s, checkpoint_every)
+    from bench.peers import ray_train_events as rte
     from bench.peers import ray_train_goodput as rtg
 
     t0 = time.time()
@@ -340,11 +341,11 @@ def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no step completed within {FIRST_STEP_TIMEOUT_S} s")
             done.wait(POLL_S)
-            first = rtg.first_step_time(rtg.read_events(events))
+            first = rte.first_step_time(rte.read_events(events))
         if first is None:
             notes.append("training ended before its first step")
-        elif done.wait(max(0.0, first + node_loss_s - time.time())) or rtg.of_kind(
-                rtg.read_events(events), "done"):
+        elif done.wait(max(0.0, first + node_loss_s - time.time())) or rte.of_kind(
+                rte.read_events(events), "done"):
             notes.append("training ended before the node loss came due")
         else:
             try:
@@ -355,7 +356,7 @@ def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
                                  f"removed (workers by node: {_by_node(hosted)})")
                 else:
                     # logged first: steps the group logs while its node goes are lost with it
-                    rtg.append_event(events, {"event": "fault", "kind": "node",
+                    rte.append_event(events, {"event": "fault", "kind": "node",
                                               "t": time.time()})
                     remove_node(cluster, node)
                     notes.append(removal_note(node, hosted[node]))
@@ -367,7 +368,7 @@ def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
     finally:
         _stop_cluster(cluster)
         trainer.join(timeout=60)
-    side = rtg.side_run(rtg.read_events(events), t0=t0, steps=workload.steps, faulted=True,
+    side = rte.side_run(rte.read_events(events), t0=t0, steps=workload.steps, faulted=True,
                         errors=errors)
     side.side = "ray_train_node_loss"
     side.notes += notes

@@ -9,19 +9,22 @@ import pytest
 
 from bench.goodput_workload import FaultPlan, Workload, recovery_s
 from bench.peers import ray_train_goodput as rtg
-from bench.peers.ray_train_goodput import (
-    FaultInjector,
-    GoodputArgumentError,
+from bench.peers.ray_train_events import (
+    SIDE,
     completion_time,
     event_line,
     kill_candidates,
     lost_steps,
-    parse_args,
     parse_events,
-    plan_from_args,
     rank_slice,
     read_events,
     side_run,
+)
+from bench.peers.ray_train_goodput import (
+    FaultInjector,
+    GoodputArgumentError,
+    parse_args,
+    plan_from_args,
 )
 
 
@@ -119,7 +122,7 @@ def test_side_run_is_relative_to_the_side_start() -> None:
                fault("driver", 112.2), start(0, 5, 3, 120.0), start(1, 6, 3, 120.0),
                {"event": "done", "sha256": "ab", "t": 120.5}]
     run = side_run(records, t0=100.0, steps=3, faulted=True)
-    assert run.side == rtg.SIDE and run.faulted
+    assert run.side == SIDE and run.faulted
     assert run.step_times_s == [3.0, 4.0, 11.0, 12.0]
     assert run.first_step_s == 3.0 and run.wall_s == 12.0
     assert run.fault_times_s == pytest.approx([5.0, 12.2])
