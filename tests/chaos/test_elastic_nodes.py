@@ -8,28 +8,17 @@ model bytes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from jobs.pipeline_depth import DEPTH
+from tests.chaos.cluster_job import run_cluster_job
 from tests.chaos.elastic_job import JOIN_AFTER
 
-ROOT = Path(__file__).resolve().parents[2]
 SETTLE = 16  # rounds after the leave was logged that may still have been launched before it
 
 
 def test_nodes_joining_and_leaving_change_the_task_count_but_no_byte(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-m", "tests.chaos.elastic_job", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(lines[-1])
+    result, _ = run_cluster_job("tests.chaos.elastic_job", tmp_path)
     assert [what for what, _ in result["events"]] == ["joined", "left"], result["events"]
     assert result["rounds"] == [192, 192]
     counts = result["contributors"]

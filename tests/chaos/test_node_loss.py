@@ -12,26 +12,15 @@ its checkpoint, as a user would: the bytes must still match.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.chaos.cluster_job import run_cluster_job
 
 
 def test_removing_a_node_with_a_shard_replica_changes_no_byte(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-m", "tests.chaos.node_loss_job", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(lines[-1])
+    result, stderr = run_cluster_job("tests.chaos.node_loss_job", tmp_path)
     assert result["removed"], "no node was removed; the test proved nothing"
     assert result["rounds"] == [48, 48]
     assert result["faulty"] == result["clean"]
     if not result["resumed"]:  # a handled failover leaves no error behind
-        assert "Unhandled error" not in proc.stderr
+        assert "Unhandled error" not in stderr
