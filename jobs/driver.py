@@ -298,10 +298,12 @@ class Driver:
         agree, else from ``latest`` restored (``jobs.resume_point``); says which in one
         line on stderr. ``ResumeError`` when neither is there."""
         cfg = self.config
-        checkpoint_round = None if latest is None else int(latest.name.split("-", 1)[1])
+        from paramserver.checkpoint import checkpoint_round
+
+        ckpt_round = None if latest is None else checkpoint_round(latest)
         if cfg.durability == "disk":
             verdict = round_from_logs(
-                server.shard_versions(), checkpoint_round=checkpoint_round,
+                server.shard_versions(), checkpoint_round=ckpt_round,
                 versions_per_round=cfg.max_workers if cfg.mode == "async" else 1)
         else:
             verdict = LogsVerdict(None, "durability=memory keeps no log across a restart")

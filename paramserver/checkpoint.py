@@ -312,6 +312,12 @@ def _flag(optimizer: OptimizerConfig) -> str:
     return optimizer.kind
 
 
+def checkpoint_round(path: str | os.PathLike[str]) -> int | None:
+    """The round a ``round-<r>`` directory name says, or None for another name."""
+    match = _ROUND_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def checkpoint_dirs(directory: str | os.PathLike[str]) -> list[Path]:
     """The complete round directories (those with a manifest), highest round first."""
     root = Path(directory) / "checkpoints"
@@ -319,9 +325,9 @@ def checkpoint_dirs(directory: str | os.PathLike[str]) -> list[Path]:
         return []
     found = []
     for child in root.iterdir():
-        match = _ROUND_DIR.match(child.name)
-        if match and (child / MANIFEST).is_file():
-            found.append((int(match.group(1)), child))
+        round = checkpoint_round(child)
+        if round is not None and (child / MANIFEST).is_file():
+            found.append((round, child))
     return [path for _, path in sorted(found, reverse=True)]
 
 
@@ -333,11 +339,9 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
 
 def previous_checkpoint(directory: str | os.PathLike[str], than: Path) -> Path | None:
     """The complete round directory of the highest round below ``than``'s, or None."""
-    match = _ROUND_DIR.match(Path(than).name)
-    below = int(match.group(1)) if match else -1
+    below = checkpoint_round(than)
     for path in checkpoint_dirs(directory):
-        found = _ROUND_DIR.match(path.name)
-        if found and int(found.group(1)) < below:
+        if below is not None and int(checkpoint_round(path) or 0) < below:
             return path
     return None
 
