@@ -157,6 +157,7 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
         self._applier = ThreadPoolExecutor(1, thread_name_prefix="raft-apply")
         self._idle = asyncio.Event()  # set while no apply runs (see _apply_off_loop)
+        self._inline_bytes = config.inline_apply_bytes  # -1 once a small apply was slow
         self._idle.set()
         self._ticker: asyncio.Task[None] | None = None
         self._transport = (PeerTransport(peer_token, self._on_batch,
@@ -292,10 +293,20 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         start and the end, ``apply_idle`` blocks: loop-side readers of the state machine
         wait for it, so they never see a half-applied state. Small entries (at most
         ``inline_apply_bytes``, no snapshot) are applied right here instead: nothing else
-        runs on the loop meanwhile, and a thread hand-off would cost more than the apply."""
+        runs on the loop meanwhile, and a thread hand-off would cost more than the apply.
+        A state machine whose small apply took longer than a tick (it would stall ticks and
+        heartbeats, and elections follow) gets every later apply in the thread."""
         if ready.snapshot is None and sum(
-                len(e.data) for e in ready.committed_entries) <= self._config.inline_apply_bytes:
+                len(e.data) for e in ready.committed_entries) <= self._inline_bytes:
+            started = time.perf_counter()
             applied = self._apply_ready(ready)
+            took = time.perf_counter() - started
+            if took > self._config.tick_interval_s:
+                self._inline_bytes = -1
+                log.warning("replica %s of %s: applying %d small entries took %.3f s (more "
+                            "than a tick); applying every entry in the apply thread from "
+                            "now on", self.index, self.group, len(ready.committed_entries),
+                            took)
         else:
             self._idle.clear()
             try:

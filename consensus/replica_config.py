@@ -98,7 +98,9 @@ class RaftGroupConfig:
     """Committed entries of at most this many bytes in all (and no snapshot) are applied on
     the replica's event loop; larger ones in its apply thread, so that a long apply (a large
     model's optimizer step) never holds up ticks. A thread hand-off costs more than applying
-    a small command; 0 sends every apply to the thread."""
+    a small command, so a small command must apply in well under a tick: a replica whose
+    small apply took longer than ``tick_interval_s`` sends every later apply to the thread.
+    0 sends every apply to the thread."""
     max_storage_failures: int = 3
     """A replica whose storage fails this many times in a row with the same cause (a full
     disk, an I/O error; a corrupt or foreign database at once) stops restarting: it stays up

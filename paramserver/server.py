@@ -325,9 +325,19 @@ class ParameterServer:
 
     def state_dict(self) -> dict[str, F32]:
         """The full tensors (row slices joined), by ``state_dict`` key, at the current version."""
-        refs = self.pull(self._version)
-        parts = ray.get(refs, timeout=self.config.rpc_timeout_s)
-        return self.plan.join(parts)
+        deadline = time.monotonic() + self.config.rpc_timeout_s
+        while True:
+            refs = self.pull(self._version)
+            try:
+                parts = ray.get(refs, timeout=max(0.0, deadline - time.monotonic()))
+            except ray.exceptions.ObjectLostError:
+                # a replica published the values and died before they were read (its node
+                # was lost): they are gone with it, so read them again from a live replica
+                if time.monotonic() > deadline:
+                    raise
+                self._leaders = [None] * len(self._groups)
+                continue
+            return self.plan.join(parts)
 
     def round_version(self, round: int) -> int:
         """The shard version after ``round`` driver rounds: one per round, or in ``async``

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,45 @@ def test_initial_parameters_are_the_first_log_entry_and_survive_a_recreate(
             np.testing.assert_array_equal(v, after[k])
     finally:
         again.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class _Publisher:
+    """Owns what it puts, as a replica owns the parameters it publishes."""
+
+    def publish(self, value: object) -> list[object]:
+        return [ray.put(value)]
+
+
+def test_state_dict_reads_again_when_the_replica_that_published_it_died(
+    server: ParameterServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node lost between ``pull`` and the read takes the published values with it
+    (``OwnerDiedError``); ``state_dict`` pulls again from a live replica."""
+    push_round(server, 0)
+    server.wait_version(1, timeout=60)
+    expected = server.state_dict()
+    publisher = _Publisher.remote()  # type: ignore[attr-defined]
+    probe, *dead = [ray.get(publisher.publish.remote({"stale": np.zeros(1 << 18)}))[0]
+                    for _ in range(3)]
+    ray.kill(publisher, no_restart=True)
+    deadline = time.monotonic() + 60
+    while True:  # until this process learned that the owner died (once per owner)
+        try:
+            ray.get(probe, timeout=5)
+        except ray.exceptions.OwnerDiedError:
+            break
+        assert time.monotonic() < deadline, "the killed owner's objects stayed readable"
+        time.sleep(0.05)
+    real_pull, calls = server.pull, []
+
+    def pull_once_from_the_dead(min_version: int) -> list[object]:
+        calls.append(min_version)
+        return dead if len(calls) == 1 else real_pull(min_version)
+
+    monkeypatch.setattr(server, "pull", pull_once_from_the_dead)
+    got = server.state_dict()
+    assert calls == [1, 1]
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value)

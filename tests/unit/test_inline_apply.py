@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,26 @@ def test_zero_sends_every_apply_to_the_thread(tmp_path: Path) -> None:
 def test_a_negative_bound_is_refused() -> None:
     with pytest.raises(ConfigError, match="inline_apply_bytes must be >= 0"):
         RaftGroupConfig(inline_apply_bytes=-1)
+
+
+class SlowOnce(ThreadRecorder):
+    """Its first apply takes five ticks; the rest are instant."""
+
+    def apply(self, command: bytes) -> int:
+        if not self.threads:
+            time.sleep(0.05)
+        return super().apply(command)
+
+
+def test_a_small_apply_slower_than_a_tick_sends_later_applies_to_the_thread(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> tuple[list[str], str]:
+        async with lone_leader(tmp_path, SlowOnce) as replica:  # ticks of 10 ms
+            for seq in (1, 2, 3):
+                await replica.propose("client", seq, b"c" * 10, timeout=10.0)
+            return replica.state_machine.threads, threading.current_thread().name
+
+    threads, loop_thread = asyncio.run(scenario())
+    assert threads[0] == loop_thread
+    assert [name.startswith("raft-apply") for name in threads[1:]] == [True, True]
