@@ -19,7 +19,10 @@ talk to each other over TCP (``consensus.transport``). Failover = ``ray.kill`` o
 leader's actor (no restart), then ``group.propose`` (the client finds the new leader).
 Extras (raftps only): ``ops_per_s_100b_threads`` = ``--inflight`` client threads each
 blocking in ``propose`` (latency-bound: that many in flight), ``ops_per_s_100b_batched`` =
-``propose_batch`` calls of ``batch`` commands, 4 in flight.
+``propose_batch`` calls of ``batch`` commands, 4 in flight; ``failover_s_shard_timing_kill``
+and ``_freeze`` = the failover of a fresh group with the parameter shards' Raft timing (an
+election timeout of 1-2 s), its leader killed (followers see its connections close and
+campaign at once) or frozen with SIGSTOP (a hung leader: only the timeout replaces it).
 
 PySyncObj: see ``bench.peers.pysyncobj_peer`` for the exact ``SyncObjConf`` (timers set to the
 same 200-400 ms election window), proposals issued inside the leader's process (no client
@@ -166,6 +169,44 @@ def _raftps_failover(group: Any) -> float:
     return time.monotonic() - killed
 
 
+def _shard_timing_failover(how: str) -> float:
+    """A fresh 3-replica group with the parameter shards' timing (1-2 s election timeout):
+    seconds from stopping its leader to the next commit. ``kill``: its process is killed,
+    so its connections close and its followers campaign at once (``RaftNode.peer_gone``).
+    ``freeze``: SIGSTOP, a hung leader whose connections stay open: only the election
+    timeout replaces it."""
+    import os
+    import signal
+
+    import ray
+
+    from consensus.group import RaftGroup
+    from paramserver.server_config import default_group_config
+
+    storage = tempfile.mkdtemp(prefix="raftps-bench-failover-")
+    group = RaftGroup.create(f"bench-{uuid.uuid4().hex[:8]}/shard-0", replicas=3,
+                             state_machine=CounterMachine, storage_dir=storage,
+                             config=default_group_config())
+    try:
+        group.propose(b"warm-up", timeout=60.0)
+        leader = group.leader_index(timeout=30.0)
+        pid = next(int(r["pid"]) for r in group.status() if r.get("index") == leader)
+        handle = group.handles()[group.indices().index(leader)]
+        stopped = time.monotonic()
+        if how == "kill":
+            ray.kill(handle, no_restart=True)
+        else:
+            os.kill(pid, signal.SIGSTOP)
+        group.propose(b"after-failover", timeout=60.0)
+        took = time.monotonic() - stopped
+        if how == "freeze":
+            os.kill(pid, signal.SIGCONT)
+        return took
+    finally:
+        group.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)
+
+
 def measure_raftps(cfg: RaftBenchConfig) -> dict[str, Any]:
     """All measurements on one fresh 3-replica group (storage in a temp dir, removed after).
 
@@ -187,6 +228,8 @@ def measure_raftps(cfg: RaftBenchConfig) -> dict[str, Any]:
         out["ops_per_s_100b_threads"] = cfg.throughput_ops // 4 / secs
         out["ops_per_s_100b_batched"] = _batched(group, cfg)
         out["failover_s"] = _raftps_failover(group)
+        out["failover_s_shard_timing_kill"] = _shard_timing_failover("kill")
+        out["failover_s_shard_timing_freeze"] = _shard_timing_failover("freeze")
         out["config"] = {k: v for k, v in asdict(RaftGroupConfig()).items() if k != "seed"}
         out["client"] = {"inflight_threads": cfg.inflight, "inflight_threads_1mb": cfg.inflight_1mb}
         return out
@@ -267,7 +310,8 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     ratios = results.get("raftps", {}).get("ratios", {})
     rows = [[key, *(results[s].get(key, float("nan")) for s in sides),
              ratios.get(key, float("nan"))] for key in KEYS]
-    for extra in ("ops_per_s_100b_threads", "ops_per_s_100b_batched"):
+    for extra in ("ops_per_s_100b_threads", "ops_per_s_100b_batched",
+                  "failover_s_shard_timing_kill", "failover_s_shard_timing_freeze"):
         rows.append([extra, *(results[s].get(extra, float("nan")) for s in sides), float("nan")])
     return markdown_table(["metric (median)", *sides, "raftps / pysyncobj"], rows)
 

@@ -47,6 +47,20 @@ class Election(NodeState):
             pr.recent_active = False
         return active >= self._quorum()
 
+    def peer_gone(self, node_id: int) -> None:
+        """The host saw ``node_id``'s process go (the connection it sent on closed). A
+        follower whose leader that was stops waiting a whole election timeout: it leaves
+        the leader's lease, so it grants pre-votes, and campaigns within a short random
+        delay (1 to ``election_ticks // 5`` ticks, from the injected RNG, so that two
+        followers rarely split the vote). Only timing changes: a wrong hint about a live
+        leader costs at most a pre-vote round, which the leader itself and every follower
+        still in its lease reject, and the next heartbeat restores the leader."""
+        if self.role != Role.FOLLOWER or self.leader != node_id or node_id == self.id:
+            return
+        self.leader = None
+        soon = self._rng.randrange(1, max(2, self.config.election_ticks // 5 + 1))
+        self.election_elapsed = max(self.election_elapsed, self._randomized_timeout - soon)
+
     def _in_lease(self) -> bool:
         """Leader stickiness: we heard from a live leader within the minimum timeout.
 

@@ -160,7 +160,7 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         self._inline_bytes = config.inline_apply_bytes  # -1 once a small apply was slow
         self._idle.set()
         self._ticker: asyncio.Task[None] | None = None
-        self._transport = (PeerTransport(peer_token, self._on_batch,
+        self._transport = (PeerTransport(peer_token, self._on_batch, on_gone=self._on_gone,
                                          max_entry_bytes=config.peer_max_entry_bytes)
                            if peer_token and config.peer_tcp else None)
         self._router = PeerRouter(self._peer_name, namespace, self._transport, peer_token or b"")
@@ -458,6 +458,12 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
             except Exception:
                 log.exception("replica %s: step(%s) failed", self.node_id, type(msg).__name__)
         self._send_early()
+        self._wake.set()
+
+    def _on_gone(self, node_id: int) -> None:
+        """A peer's process closed its connection to us: if it led, campaign soon instead
+        of after a whole election timeout (``RaftNode.peer_gone``)."""
+        self._node.peer_gone(node_id)
         self._wake.set()
 
     async def status(self) -> dict[str, Any]:

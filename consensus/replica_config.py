@@ -16,9 +16,11 @@ from consensus.storage import StorageConfig
 class RaftGroupConfig:
     """Settings shared by every replica of one group (and by its client).
 
-    Failover time is roughly ``election_ticks * tick_interval_s`` to twice that, plus the
-    pre-vote round: with the defaults (20 ms, 10 ticks) a dead leader is replaced in well
-    under a second.
+    A leader that goes silent (a partition, a hung or powered-off machine) is replaced after
+    roughly ``election_ticks * tick_interval_s`` to twice that, plus the pre-vote round:
+    with the defaults (20 ms, 10 ticks), well under a second. A leader whose process exits
+    or is killed is replaced sooner, whatever the timeout: its followers see its
+    connections close and campaign within a fifth of it (``RaftNode.peer_gone``).
     """
 
     tick_interval_s: float = 0.02

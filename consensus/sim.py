@@ -106,6 +106,11 @@ class Simulator:
 
     def _crash(self, host: Host, *, torn: bool) -> None:
         host.node = None
+        if self.cfg.p_peer_gone > 0:
+            for node in self.live():
+                if self.rng.random() < self.cfg.p_peer_gone:
+                    node.peer_gone(host.id)
+                    self.result.gone_hints += 1
         host.torn_next = False
         self.result.crashes += 1
         self.result.torn_writes += int(torn)
@@ -160,6 +165,12 @@ class Simulator:
                     if rng.random() < c.p_disk_loss and self._may_lose_a_disk():
                         host.durable, host.lost = Durable(), True
                         self.result.disk_losses += 1
+        if c.p_peer_gone > 0 and rng.random() < c.p_peer_gone / 10:
+            live = self.live()
+            if live:
+                node = rng.choice(live)
+                node.peer_gone(rng.choice(self.ids))
+                self.result.gone_hints += 1
         if rng.random() < c.p_restart:
             down = [h for h in self.hosts.values() if h.node is None]
             if down:

@@ -59,6 +59,11 @@ class SimConfig:
     what ``RaftNode.early_messages`` allows is sent before the write is durable (the real
     replica does this while its disk or apply thread works); a torn crash then comes
     after those sends. 0 draws nothing, so older seeds replay unchanged."""
+    p_peer_gone: float = 0.0
+    """When a node crashes, each live peer hears ``RaftNode.peer_gone`` about it with this
+    probability (its connection closed); and with a tenth of it per step, a random live
+    node hears it about a random peer that may well be alive (a connection dropped for
+    another reason). 0 draws nothing, so older seeds replay unchanged."""
     p_restart: float = 0.05
     """Restart a crashed node from its durable state."""
     p_compact: float = 0.02
@@ -98,6 +103,7 @@ class SimResult:
     crashes: int = 0
     torn_writes: int = 0
     disk_losses: int = 0
+    gone_hints: int = 0
     snapshots_sent: int = 0
     snapshots_installed: int = 0
     reads: int = 0

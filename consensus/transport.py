@@ -279,6 +279,7 @@ class PeerTransport:
     """
 
     def __init__(self, token: bytes, on_batch: Callable[[list[Message]], None], *,
+                 on_gone: Callable[[int], None] | None = None,
                  max_entry_bytes: int = _MAX_ENTRY_BYTES, handshake_s: float = _HANDSHAKE_S,
                  max_pending: int = _MAX_PENDING, max_peers: int = _MAX_PEERS) -> None:
         if len(token) < 16:
@@ -292,6 +293,7 @@ class PeerTransport:
                               f"and {max_peers}")
         self._token = token
         self._on_batch = on_batch
+        self._on_gone = on_gone
         self._max_entry_bytes = max_entry_bytes
         self._handshake_s = handshake_s
         self._max_pending = max_pending
@@ -302,6 +304,7 @@ class PeerTransport:
         self._lock = threading.Lock()
         self._pending: dict[socket.socket, None] = {}  # in their handshake, oldest first
         self._peers: dict[socket.socket, None] = {}  # authenticated, oldest first
+        self._evicted: set[socket.socket] = set()  # peers closed here to make room
         self.peak_pending = 0  # the most connections ever in their handshake at once
         self._closed = False
         self.address: tuple[str, int] | None = None
@@ -388,12 +391,17 @@ class PeerTransport:
             oldest = next(iter(self._peers)) if len(self._peers) > self._max_peers else None
             if oldest is not None:
                 del self._peers[oldest]
+                self._evicted.add(oldest)
         if oldest is not None:
             _shut(oldest)
         return True
 
     def _serve(self, conn: socket.socket) -> None:
-        """(reader thread) Authenticate the peer, then decode frames until it goes."""
+        """(reader thread) Authenticate the peer, then decode frames until it goes. When an
+        authenticated peer's side closes the connection (its process exited or was
+        killed: the kernel closes its sockets), ``on_gone`` hears the node id its messages
+        came from."""
+        sender: int | None = None
         try:
             server_handshake(conn, self._token, self._handshake_s)
             if not self._admit(conn):
@@ -405,18 +413,34 @@ class PeerTransport:
                 loop = self._loop
                 if loop is None or loop.is_closed():
                     return
+                sender = batch[-1].src if batch else sender
                 loop.call_soon_threadsafe(self._on_batch, batch)
         except HandshakeError as exc:
             _refusals.warn("peer connection refused: %s", exc)
         except wire.WireFormatError as exc:
             _refusals.warn("peer connection closed: %s", exc)
+        except ConnectionError:
+            self._gone(conn, sender)  # closed by the peer (a reset, or the end of stream)
         except (OSError, RuntimeError):
-            pass  # closed, timed out, or the loop is gone
+            pass  # closed here, timed out, or the loop is gone
         finally:
             with self._lock:
                 self._pending.pop(conn, None)
                 self._peers.pop(conn, None)
             conn.close()
+
+    def _gone(self, conn: socket.socket, sender: int | None) -> None:
+        """(reader thread) Report that ``sender``'s connection was closed by its side (not
+        by this transport: closing, or making room for a newer peer connection)."""
+        loop = self._loop
+        with self._lock:
+            ours = conn in self._evicted
+            self._evicted.discard(conn)
+        if (ours or sender is None or self._on_gone is None or self._closed or loop is None
+                or loop.is_closed()):
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._on_gone, sender)
 
     def close(self) -> None:
         """Stop listening and close every connection."""

@@ -47,6 +47,8 @@ PROFILES: dict[str, SimConfig] = {
     "learners": SimConfig(spares=2, p_learner=0.05, p_crash=0.02,
                           p_partition=0.03, p_compact=0.05, p_transfer=0.01,
                           p_step_in_flight=0.2),
+    "peer_gone": SimConfig(p_peer_gone=0.8, p_crash=0.03, p_partition=0.03, p_compact=0.05,
+                           p_transfer=0.01, p_step_in_flight=0.2),
 }
 LEARNER_SEEDS = 120
 
@@ -84,6 +86,17 @@ def test_runs_exercise_the_faults_they_claim() -> None:
             totals[key] += getattr(result, key)
     assert all(v > 0 for v in totals.values()), totals
     assert totals["leaders"] > 8  # leadership changed under faults
+
+
+def test_peer_gone_hints_are_given_for_crashed_and_for_live_peers() -> None:
+    """The ``peer_gone`` profile really hints (about crashed leaders, and wrongly about
+    live ones) while every invariant holds."""
+    hints = leaders = 0
+    for seed in range(8):
+        result = run_seed(seed, STEPS, PROFILES["peer_gone"])
+        hints += result.gone_hints
+        leaders += result.leaders
+    assert hints > 20 and leaders > 8, (hints, leaders)
 
 
 class VotesTwice(RaftNode):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -228,3 +229,59 @@ def test_the_rest_of_a_partial_direct_send_goes_first_and_frames_stay_in_order(
             server.close()
 
     asyncio.run(scenario())
+
+
+def _readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "raft-recv"]
+
+
+async def _readers_done(readers: list[threading.Thread]) -> None:
+    """Wait for ``readers`` (connection reader threads) to end, then for what they
+    scheduled on the loop."""
+    await asyncio.to_thread(lambda: [t.join(10) for t in readers])
+    assert not any(t.is_alive() for t in readers)
+    await asyncio.sleep(0)  # run the callbacks they handed to the loop
+
+
+def _gone_scenario(close: str) -> list[int]:
+    """Node 7 sends node 2 a message; then ``close`` happens: "sender" closes node 7's
+    transport (what the kernel does when its process dies), "receiver" node 2's own, and
+    "evicted" has node 8 connect to a node 2 that keeps one peer connection. Returns the
+    node ids node 2's ``on_gone`` heard of."""
+    async def scenario() -> list[int]:
+        gone: list[int] = []
+        got = asyncio.Event()
+        server = PeerTransport(TOKEN, lambda batch: got.set(), on_gone=gone.append,
+                               max_peers=1)
+        client = PeerTransport(TOKEN, lambda batch: None)
+        newer = PeerTransport(TOKEN, lambda batch: None)
+        await server.start("127.0.0.1")
+        try:
+            await _connect(client, server)
+            assert client.send(2, server.address, [TimeoutNow(7, 2, 1)]) is True
+            await asyncio.wait_for(got.wait(), 10)
+            if close == "sender":
+                client.close()
+            elif close == "receiver":
+                server.close()
+            else:  # node 7's reader ends when node 8's connection takes its place
+                first = _readers()
+                await _connect(newer, server)
+                await _readers_done(first)
+                server.close()
+            await _readers_done(_readers())
+        finally:
+            for transport in (client, newer, server):
+                transport.close()
+        return gone
+
+    return asyncio.run(scenario())
+
+
+def test_a_peer_closing_its_connection_is_reported_with_its_node_id() -> None:
+    assert _gone_scenario("sender") == [7]
+
+
+@pytest.mark.parametrize("close", ["receiver", "evicted"])
+def test_connections_closed_on_our_side_report_no_peer_gone(close: str) -> None:
+    assert _gone_scenario(close) == []
