@@ -106,11 +106,11 @@ def ray_head(tmp_path: Path, home: Path) -> Iterator[str]:
         _wait_dashboard(dash, head, timeout=90)
         yield f"http://127.0.0.1:{dash}"
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 20)):
             if head.poll() is None:
                 os.killpg(head.pid, sig)
                 try:
-                    head.wait(timeout=20)
+                    head.wait(timeout=wait_s)
                 except subprocess.TimeoutExpired:
                     continue
         log.close()
