@@ -1,18 +1,28 @@
 """``RaftReplica``: the asyncio host of one Raft replica (its Ray actor: ``ReplicaActor``).
 
-This is the only consensus module with IO. One background coroutine owns the core: it ticks
-every ``tick_interval_s`` and drives each ``Ready`` in the order the core requires:
+This is the only consensus module with IO. A tick task calls ``RaftNode.tick`` every
+``tick_interval_s`` whatever else runs, and one drive coroutine handles each ``Ready`` in
+the order the core requires:
 
-1. persist hard state / entries / snapshot in ONE sqlite transaction, off the event-loop
-   thread (a single-thread executor), so proposals and messages keep arriving (and batch
-   into the next Ready) while the disk syncs;
-2. send messages, grouped per destination: one fire-and-forget ``deliver`` call per peer;
-3. restore the snapshot, apply committed entries (through the session table: exactly once);
-4. answer ReadIndex requests and resolve proposal waiters; 5. ``advance``.
+1. persist its hard state, entries and snapshot (``SqliteStorage.save``: small writes
+   inline, large ones in the disk thread) and send its messages, grouped per destination;
+   a leader sends before it persists (its own write counts only once durable), everyone
+   else after;
+2. restore its snapshot and apply its committed entries, exactly once through the session
+   table (small ones on the loop, large ones in the apply thread);
+3. answer ReadIndex requests, resolve proposal waiters, then ``advance``.
 
-Peers are looked up lazily by actor name (``<group>/replica-<node id - 1>``) in a helper
-thread; messages to a peer without a handle are dropped (Raft tolerates loss, duplication
-and reordering; the core retries). Nothing here blocks the loop on a peer.
+While steps 1 and 2 await a thread, the loop keeps running: peer messages and proposals
+are stepped into the core and ticks fire between ``ready()`` and ``advance``, and what
+``RaftNode.early_messages`` allows goes out before the write is durable. Correctness
+relies on that interleaving being legal for the core (the simulator's ``in_flight`` profile
+steps nodes while their Ready persists), and the replica's liveness on it: heartbeats and
+their answers never wait behind a large entry's fsync or apply.
+
+Peers are reached through ``consensus.peers`` (handles looked up by actor name in a helper
+thread; messages over the TCP transport, or by Ray actor calls while no connection is up).
+Delivery is best effort (Raft tolerates loss, duplication and reordering; the core
+retries), and nothing here blocks the loop on a peer.
 
 Node ids are replica index + 1 (the core requires positive ids).
 """
@@ -337,8 +347,11 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         """Make ``ready``'s hard state/entries/snapshot durable (returns once they are).
 
         Small writes run inline (an fsync of a few KB costs less than a thread handoff);
-        large ones in the disk thread, so calls keep arriving meanwhile. Storage is only ever
-        used by this coroutine (every executor call is awaited): the threads never overlap."""
+        large ones in the disk thread. While that thread writes, the loop steps arriving
+        messages and ticks into the core, between this Ready's ``ready()`` and ``advance``:
+        the core allows it (module docstring), and it is what keeps heartbeats flowing.
+        Storage is only ever used by this coroutine (every executor call is awaited): the
+        threads never overlap."""
         hs, entries, snap = ready.hard_state, ready.entries, ready.snapshot
         if not self._storage.needs_sync(hs, entries, snap):
             if hs is not None:  # commit index only: no fsync

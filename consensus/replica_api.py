@@ -88,9 +88,11 @@ class ReplicaAPI:
 
     async def propose_entry(self, data: bytes, timeout: float,
                             kind: EntryKind = EntryKind.NORMAL) -> list[Any]:
-        """Like :meth:`propose_envelopes` with a batch already encoded by ``encode_batch``
-        (or, with ``kind=COMMAND``, one bare command: :meth:`propose_command`).
-        Raises StorageFullError once this replica's disk cannot hold its next snapshot."""
+        """Like :meth:`propose_envelopes` with the entry already encoded: a batch of
+        ``session.encode_batch`` or a run of ``session.encode_run`` (what ``RaftGroup``'s
+        coalescer sends), or, with ``kind=COMMAND``, one bare command
+        (:meth:`propose_command`). Raises StorageFullError once this replica's disk cannot
+        hold its next snapshot."""
         self._require_leader()
         if self._snaps.storage_full is not None:
             raise self._snaps.storage_full

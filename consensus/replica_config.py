@@ -29,7 +29,8 @@ class RaftGroupConfig:
     """Minimum election timeout, in ticks (see ``RaftConfig.election_ticks``)."""
     heartbeat_ticks: int = 3
     """Leader heartbeat period, in ticks; must be below ``election_ticks``. Each heartbeat is
-    one actor call per follower (and one back), so this sets an idle group's CPU cost."""
+    one message to each follower and one answer back (over the peer transport), so this
+    sets an idle group's CPU cost."""
     pre_vote: bool = True
     """Pre-vote before campaigning, so a rejoining replica cannot disrupt a live leader."""
     check_quorum: bool = True

@@ -1,14 +1,12 @@
 """What the driver needs from a parameter server, and the default (Raft) implementation.
 
 The driver only talks to ``ParameterServerLike``; tests inject an in-process fake through a
-``ServerBackend``. ``RaftServerBackend`` imports ``paramserver`` lazily, so ``jobs`` can be
-imported (and tested with a fake) without it.
+``ServerBackend``, and ``RaftServerBackend`` builds the real ``paramserver.ParameterServer``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +16,9 @@ import numpy as np
 from jobs.config import TrainConfig
 from jobs.optimizer_settings import optimizer_config, schedule_config
 from jobs.raft_storage import group_storage, read_incarnation
+from paramserver.checkpoint import latest_checkpoint
+from paramserver.server import ParameterServer
+from paramserver.server_config import ServerConfig, default_group_config
 
 Piece = tuple[str, str, int, int]
 
@@ -98,14 +99,13 @@ class RaftServerBackend:
         self, config: TrainConfig, initial: Mapping[str, np.ndarray]
     ) -> ParameterServerLike:
         """Build ``paramserver.ServerConfig`` from ``config`` and create the server (blocks)."""
-        # Looked up dynamically: the facade is built in parallel and typed by the Protocol.
-        paramserver: Any = importlib.import_module("paramserver")
-        defaults: Any = importlib.import_module("paramserver.server_config")
-
+        if not isinstance(config.shards, int):
+            raise TypeError("the driver resolves shards='auto' to a count before it creates "
+                            "the server")
         incarnation = read_incarnation(config.storage_dir)  # recorded by the driver
-        group = dataclasses.replace(defaults.default_group_config(),
+        group = dataclasses.replace(default_group_config(),
                                     durability=config.durability, incarnation=incarnation)
-        server_config = paramserver.ServerConfig(
+        server_config = ServerConfig(
             job=config.job,
             shards=config.shards,
             replicas=config.replicas,
@@ -120,12 +120,9 @@ class RaftServerBackend:
             namespace=config.job,  # the job's Ray namespace (docs/DESIGN.md, Actor names)
             group=group,
         )
-        server: ParameterServerLike = paramserver.ParameterServer.create(server_config, initial)
+        server: ParameterServerLike = ParameterServer.create(server_config, dict(initial))
         return server
 
     def latest_checkpoint(self, out_dir: Path) -> Path | None:
         """Delegates to ``paramserver.checkpoint.latest_checkpoint``."""
-        from paramserver.checkpoint import latest_checkpoint
-
-        found: Path | None = latest_checkpoint(out_dir)
-        return found
+        return latest_checkpoint(out_dir)

@@ -8,7 +8,11 @@ Buffers (pieces with ``buffer=True``: BatchNorm's running statistics, ...) are s
 parameters, published, snapshotted and checkpointed with them, but never optimized: a round
 replaces them with the command's ``buffers``.
 
-Threads. ``apply``/``restore`` may run on a worker thread while any other thread reads:
+Threads. ``apply``/``restore`` may run on a worker thread while any other thread reads.
+In a replica that is what happens: a large round is applied in the replica's apply thread
+(``consensus.replica``) while its event loop reads the same shard for ``pull`` (the
+parameters it publishes), ``export`` and ``info`` (``paramserver.service``); the leader's
+``preview`` runs in the service's compute thread, while no apply runs. The rules:
 
 - Writers run one at a time (a mutex). Every change of the state happens while the writer
   holds the shard's VersionGate and then every layer's write lock (sorted key order,
