@@ -52,11 +52,6 @@ class RaftLog:
     def last_term(self) -> int:
         return self._entries[-1].term if self._entries else self.snapshot_term
 
-    @property
-    def first_index(self) -> int:
-        """The first index still held as an entry (may exceed ``last_index`` if empty)."""
-        return self.snapshot_index + 1
-
     def term(self, index: int) -> int | None:
         """The term of the entry at ``index``, or None if compacted away or beyond the log."""
         if index == self.snapshot_index:
