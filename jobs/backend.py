@@ -19,14 +19,13 @@ from jobs.raft_storage import group_storage, read_incarnation
 from paramserver.checkpoint import latest_checkpoint
 from paramserver.server import ParameterServer
 from paramserver.server_config import ServerConfig, default_group_config
-
-Piece = tuple[str, str, int, int]
+from workers.gradient import PieceRows
 
 
 class ParameterServerLike(Protocol):
     """The facade of ``paramserver.ParameterServer`` the driver relies on (see its docs)."""
 
-    layout: list[list[Piece]]
+    layout: list[list[PieceRows]]
 
     @property
     def parameter_bytes(self) -> int:

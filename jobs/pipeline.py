@@ -60,14 +60,14 @@ class PipelinedRounds:
     """Runs sync rounds ``[start, end)`` pipelined (see the module docstring)."""
 
     def __init__(self, *, config: TrainConfig, server: ParameterServerLike, launch: Launch,
-                 stop_after: Callable[[int], bool], depth: int = DEPTH) -> None:
+                 is_barrier: Callable[[int], bool], depth: int = DEPTH) -> None:
         if depth < 1:
             raise ValueError(f"a pipeline keeps at least one round in flight, got {depth}")
         self.config = config
         self.depth = depth  # rounds in flight (``jobs.pipeline_depth``)
         self.server = server
         self.launch = launch
-        self.stop_after = stop_after  # round r ends at a barrier: launch nothing past it
+        self.is_barrier = is_barrier  # round r ends at a barrier: launch nothing past it
         self.leader_changes: list[int] = []  # per shard, the most any leader reported
         self.failovers = 0
 
@@ -85,7 +85,7 @@ class PipelinedRounds:
         next_round = start
         while inflight or next_round < end:
             while (next_round < end and len(inflight) < self.depth
-                   and not (inflight and self.stop_after(inflight[-1].round))):
+                   and not (inflight and self.is_barrier(inflight[-1].round))):
                 flight = self._submit(next_round, params)
                 inflight.append(flight)
                 params = flight.params

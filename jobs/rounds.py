@@ -2,7 +2,7 @@
 
 A small state machine over rounds. ``sync`` and ``ssp`` share one loop: round ``r`` is
 launched once the applied version is >= ``r - staleness`` (0 for sync) and every barrier
-before it (an epoch end or checkpoint, ``stop_after``) has committed, contributions are
+before it (an epoch end or checkpoint, ``is_barrier``) has committed, contributions are
 submitted in completion order (``ray.wait``), and rounds commit in order. So no round past a
 barrier can apply before the driver evaluates or checkpoints there, and a checkpoint cuts
 exactly its version. ``async`` keeps N tasks in flight and submits each contribution on
@@ -52,7 +52,9 @@ class StragglerPolicy:
 
 
 @dataclass
-class _Round:
+class _LaunchedRound:
+    """A round whose gradient tasks were launched: what its commit reports and waits for."""
+
     index: int
     version: int
     launched: float
@@ -99,12 +101,12 @@ class RoundEngine:
             return self.config.max_workers
         return self.elastic.tasks(index)
 
-    def _launch(self, index: int, version: int, ranks: range) -> _Round:
+    def _launch(self, index: int, version: int, ranks: range) -> _LaunchedRound:
         t0 = time.perf_counter()
         param_refs = self.server.pull(version)
         ray.wait(param_refs, num_returns=len(param_refs), timeout=self.config.timeout_s,
                  fetch_local=False)
-        state = _Round(index=index, version=version, launched=time.perf_counter(),
+        state = _LaunchedRound(index=index, version=version, launched=time.perf_counter(),
                        publish_s=time.perf_counter() - t0, tasks=len(ranks))
         for rank, (grads, metrics_ref) in zip(ranks, self._tasks(index, param_refs, ranks),
                                               strict=True):
@@ -131,7 +133,8 @@ class RoundEngine:
                     param_refs, gpu_fraction=self.config.gpu, spec_ref=self.spec_ref)
                 for rank in ranks]
 
-    def _collect(self, rounds: list[_Round], budget_s: float) -> list[tuple[_Round, Any]]:
+    def _collect(self, rounds: list[_LaunchedRound],
+                 budget_s: float) -> list[tuple[_LaunchedRound, Any]]:
         """Wait (at most ``budget_s``) for any results; fetch the ready metrics in one get."""
         owner = {ref: st for st in rounds for ref in st.pending}
         if not owner:
@@ -153,13 +156,13 @@ class RoundEngine:
             done.append((st, ref))
         return done
 
-    def _submit(self, st: _Round, ref: Any, round_id: int) -> None:
+    def _submit(self, st: _LaunchedRound, ref: Any, round_id: int) -> None:
         rank, grads = st.pending.pop(ref)
         t0 = time.perf_counter()
         self.server.submit(round_id, rank, grads, st.version)
         st.aggregate_s += time.perf_counter() - t0
 
-    def _commit(self, st: _Round, version: int) -> RoundResult:
+    def _await_commit(self, st: _LaunchedRound, version: int) -> RoundResult:
         for ref in st.pending:  # late results of a closed round are discarded
             ray.cancel(ref)
         st.pending.clear()
@@ -180,7 +183,7 @@ class RoundEngine:
             aggregate_s=st.aggregate_s, commit_s=now - t0, wall_s=now - st.launched,
             devices=tuple(sorted({m.device for m in st.metrics})))
 
-    def stop_after(self, round: int) -> bool:
+    def is_barrier(self, round: int) -> bool:
         """Round ``round`` ends at a barrier (epoch end or checkpoint): the driver evaluates
         or cuts a checkpoint there, so no later round may run ahead of it."""
         done = round + 1
@@ -194,7 +197,7 @@ class RoundEngine:
         elif (self.config.mode == "sync" and self.config.backup_workers == 0
               and self.config.pipeline):
             PipelinedRounds(config=self.config, server=self.server, launch=self._launch_all,
-                            stop_after=self.stop_after,
+                            is_barrier=self.is_barrier,
                             depth=pipeline_depth(self.server.parameter_bytes,
                                                  self.config.max_workers,
                                                  _object_store_bytes())).run(start, end, on_round)
@@ -209,10 +212,10 @@ class RoundEngine:
     def _run_rounds(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         stale = self.config.staleness
         applied, next_round = start, start
-        inflight: dict[int, _Round] = {}
+        inflight: dict[int, _LaunchedRound] = {}
         while applied < end:
             while (next_round < end and next_round - stale <= applied
-                   and not (next_round > applied and self.stop_after(next_round - 1))):
+                   and not (next_round > applied and self.is_barrier(next_round - 1))):
                 inflight[next_round] = self._launch(next_round, applied,
                                                     range(self.workers(next_round)))
                 next_round += 1
@@ -232,15 +235,16 @@ class RoundEngine:
                     raise TrainingError(f"round {oldest.index} got {contributed}/{workers} "
                                         f"results in {self.config.timeout_s} s")
                 continue
-            on_round(self._commit(inflight.pop(applied), applied + 1))
+            on_round(self._await_commit(inflight.pop(applied), applied + 1))
             applied += 1
 
     def _run_async(self, start: int, end: int, on_round: Callable[[RoundResult], None]) -> None:
         """Unit u is (round u // N, rank u % N); N units in flight; version counts units."""
         workers = self.config.max_workers  # async: a fixed count (no micro-batches)
         units, next_unit, applied = end * workers, start * workers, start * workers
-        inflight: dict[int, _Round] = {}
-        window = _Round(index=start, version=applied, launched=time.perf_counter(), publish_s=0.0)
+        inflight: dict[int, _LaunchedRound] = {}
+        window = _LaunchedRound(index=start, version=applied, launched=time.perf_counter(),
+                                publish_s=0.0)
         while applied < units:
             while next_unit < units and len(inflight) < workers:
                 r, rank = divmod(next_unit, workers)
@@ -259,6 +263,6 @@ class RoundEngine:
                 window.last_done = st.last_done
                 applied += 1
                 if applied % workers == 0:  # a round's worth of updates: report it
-                    on_round(self._commit(window, applied))
-                    window = _Round(index=applied // workers, version=applied,
+                    on_round(self._await_commit(window, applied))
+                    window = _LaunchedRound(index=applied // workers, version=applied,
                                     launched=time.perf_counter(), publish_s=0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jobs.config import TrainConfig
-from workers.gradient import Piece, TaskSpec
+from workers.gradient import PieceRows, TaskSpec
 from workers.models import ModelSpec
 from workers.objective import Objective, resolve_objective
 
@@ -17,7 +17,7 @@ def job_objective(config: TrainConfig) -> Objective:
 
 
 def task_spec(config: TrainConfig, model: ModelSpec,
-              layout: Sequence[Sequence[Piece]]) -> TaskSpec:
+              layout: Sequence[Sequence[PieceRows]]) -> TaskSpec:
     """The model (its keyword arguments bound), seed, device, contribution clipping, loss
     and metric of ``config``, over the server's shard ``layout`` (per shard: its ``(key,
     tensor, start, stop)`` pieces)."""

@@ -69,7 +69,9 @@ REUSE_SUM_BYTES = 16 << 20
 
 
 @dataclass
-class _Round:
+class _Admitted:
+    """What the aggregator admitted for one open round."""
+
     contributions: dict[int, tuple[Mapping[str, F32] | None, int]] = field(default_factory=dict)
     nonfinite: bool = False
     deadline_passed: bool = False
@@ -108,7 +110,7 @@ class RoundAggregator:
             raise UnknownLayerError(f"buffers {unknown[:3]} are not pieces of this shard")
         self._next = start_round  # lowest round not emitted yet (async: next sequence number)
         self._applied = start_round
-        self._open: dict[int, _Round] = {}
+        self._open: dict[int, _Admitted] = {}
         self._ready: dict[int, bytes] = {}
         self._done_ranks: dict[int, frozenset[int]] = {}
         self._done_ranges: dict[int, frozenset[Node]] = {}  # micro-batch rounds
@@ -170,7 +172,7 @@ class RoundAggregator:
                 f"round {round} holds micro-batch contributions; rank {rank}'s per-rank one "
                 "cannot join it (every task of a job uses --micro-batches, or none)")
         fresh = round not in self._open
-        entry = self._open.setdefault(round, _Round())
+        entry = self._open.setdefault(round, _Admitted())
         was_nonfinite = entry.nonfinite
         entry.contributions[rank] = (None if nonfinite else grads, samples)
         entry.nonfinite = entry.nonfinite or nonfinite
@@ -194,7 +196,7 @@ class RoundAggregator:
         if round < self._next or round in self._ready or self.config.mode == "async":
             return ()
         fresh = round not in self._open
-        entry = self._open.setdefault(round, _Round())
+        entry = self._open.setdefault(round, _Admitted())
         was_passed, entry.deadline_passed = entry.deadline_passed, True
         try:
             return self._maybe_complete(round)
@@ -286,7 +288,7 @@ class RoundAggregator:
             merged: dict[str, Any] = {**sums, **part.buffers}
             nonfinite = self._validate(round, rank, merged, samples) or nonfinite
         fresh = entry is None
-        entry = self._open.setdefault(round, _Round())
+        entry = self._open.setdefault(round, _Admitted())
         was_nonfinite = entry.nonfinite
         entry.micro_batches = part.total
         entry.parts[part.range] = (None if nonfinite else part, samples)
@@ -364,7 +366,7 @@ class RoundAggregator:
         self._remember(round, frozenset(entry.contributions))
         return self._flush()
 
-    def _maybe_complete_tree(self, round: int, entry: _Round) -> tuple[bytes, ...]:
+    def _maybe_complete_tree(self, round: int, entry: _Admitted) -> tuple[bytes, ...]:
         """A micro-batch round completes once its ranges cover 0..M-1 (they are disjoint)."""
         if sum(stop - start for start, stop in entry.parts) < entry.micro_batches:
             return ()
@@ -376,7 +378,7 @@ class RoundAggregator:
             del self._done_ranges[min(self._done_ranges)]
         return self._flush()
 
-    def _build_tree(self, round: int, entry: _Round) -> RoundCommand:
+    def _build_tree(self, round: int, entry: _Admitted) -> RoundCommand:
         """A micro-batch round's command: per key, the tree over micro-batch index of the
         contributions' node sums (``tree_total``); buffers of micro-batch 0's forward."""
         ranges = sorted(entry.parts)
@@ -406,7 +408,7 @@ class RoundAggregator:
         return RoundCommand(round=round, kind="sync", samples=int(samples), ranks=ranks,
                             grads=grads, buffers=buffers)
 
-    def _build(self, round: int, kind: str, entry: _Round) -> RoundCommand:
+    def _build(self, round: int, kind: str, entry: _Admitted) -> RoundCommand:
         """The round's command. Its ``grads`` are the aggregator's reused sum buffers: encode
         it before the next ``_build`` (both callers encode at once).
 
@@ -474,7 +476,7 @@ class RoundAggregator:
                 f"staleness={bound} behind the applied version {self._applied}; recompute it"
             )
         nonfinite = self._validate(round, rank, grads, samples)
-        entry = _Round({rank: (None if nonfinite else grads, samples)}, nonfinite)
+        entry = _Admitted({rank: (None if nonfinite else grads, samples)}, nonfinite)
         command = self._build(round, "async", entry)  # (rank, step) dedups in the shard
         self._steps, self._early = record(self._steps, self._early, rank, round)
         self._next += 1

@@ -126,7 +126,7 @@ class ShardService:
             raise TypeError(f"ShardService needs a ShardStateMachine, got {type(machine).__name__}")
         return machine
 
-    def _fresh_aggregator(self) -> RoundAggregator:
+    def _current_aggregator(self) -> RoundAggregator:
         """The aggregator, rebuilt from the applied version when missing or when the shard
         went back to an older version (a checkpoint restored in place)."""
         machine = self._machine
@@ -158,7 +158,7 @@ class ShardService:
             # replayed rounds arrive together, each needing the one before it applied
             await self.wait_version(round, self._commit_timeout_s)
         try:
-            outcome = self._fresh_aggregator().submit(round, rank, grads, samples,
+            outcome = self._current_aggregator().submit(round, rank, grads, samples,
                                                       param_version)
         except StaleRoundError:
             if not replay:
@@ -171,7 +171,7 @@ class ShardService:
 
     async def close_round(self, round: int) -> int:
         """The straggler deadline of ``round`` passed: complete it with N-b contributions."""
-        await self._commit(self._fresh_aggregator().close_round(round))
+        await self._commit(self._current_aggregator().close_round(round))
         return self._machine.version
 
     async def _commit(self, commands: tuple[bytes, ...]) -> None:
@@ -215,7 +215,7 @@ class ShardService:
             raise StaleRoundError(f"round {round} is already applied here (shard version "
                                   f"{machine.version}); resume from a pull of the version")
         t2 = time.perf_counter()
-        aggregator = self._fresh_aggregator()
+        aggregator = self._current_aggregator()
         try:
             # the sum and the optimizer step of a large shard take long: off the loop, so
             # heartbeats go on; no apply runs meanwhile (this round is not proposed yet and

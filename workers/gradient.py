@@ -55,8 +55,10 @@ from workers.objective import Objective
 from workers.schedule import MicroRange
 
 LOG = logging.getLogger(__name__)
-Piece = tuple[str, str, int, int]  # (key, tensor, start_row, stop_row)
-Layout = Sequence[Sequence[Piece]]
+PieceRows = tuple[str, str, int, int]
+"""One piece of a shard's layout as the tasks see it: ``(key, tensor, start_row, stop_row)``
+(the plain-tuple view of ``paramserver.plan.Piece``)."""
+Layout = Sequence[Sequence[PieceRows]]
 ShardGradient = tuple[int, dict[str, np.ndarray]]
 
 _MODELS: dict[str, nn.Module] = {}
@@ -74,7 +76,7 @@ class TaskSpec:
 
     model: ModelSpec
     seed: int
-    layout: tuple[tuple[Piece, ...], ...]
+    layout: tuple[tuple[PieceRows, ...], ...]
     use_gpu: bool = False
     clip_grad_norm: float | None = None
     """Scale the task's contribution to a mean-gradient global norm of at most this

@@ -136,7 +136,7 @@ def test_a_lost_leader_mid_pipeline_replays_and_every_round_applies_once(
     config = TrainConfig(workers=WORKERS, timeout_s=60.0, progress=False)
     reported: list[RoundResult] = []
     PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
-                    launch=_launch, stop_after=lambda r: r == BARRIER).run(0, 8, reported.append)
+                    launch=_launch, is_barrier=lambda r: r == BARRIER).run(0, 8, reported.append)
     assert server.failed
     assert server.applied() == list(range(8)), "every round applied once, in order"
     assert [r.round for r in reported] == list(range(8)), "reported once each, in order"
@@ -169,5 +169,5 @@ def test_replayed_gradients_lost_with_a_node_stop_with_a_clear_resume_error() ->
     config = TrainConfig(workers=WORKERS, timeout_s=60.0, progress=False)
     with pytest.raises(TrainingError, match="rerun with --resume"):
         PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
-                        launch=_launch, stop_after=lambda r: r == BARRIER).run(0, 8,
+                        launch=_launch, is_barrier=lambda r: r == BARRIER).run(0, 8,
                                                                                lambda r: None)

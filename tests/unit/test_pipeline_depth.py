@@ -36,4 +36,4 @@ def test_an_unknown_store_keeps_the_full_depth() -> None:
 def test_the_pipeline_refuses_a_depth_below_one() -> None:
     with pytest.raises(ValueError, match="at least one round"):
         PipelinedRounds(config=TrainConfig(), server=None,  # type: ignore[arg-type]
-                        launch=lambda r, p: ([], []), stop_after=lambda r: False, depth=0)
+                        launch=lambda r, p: ([], []), is_barrier=lambda r: False, depth=0)
