@@ -99,7 +99,7 @@ class RaftNode(Election, Replication):
         if m.term < self.term:
             if isinstance(m, AppendEntries | InstallSnapshot):
                 # tell a stale leader about the newer term so that it steps down
-                self._send(AppendEntriesResponse(self.id, m.src, self.term, False, 0))
+                self._send(AppendEntriesResponse(self.id, m.src, self.term, False))
             elif isinstance(m, RequestVote) and m.pre_vote:
                 self._send(RequestVoteResponse(self.id, m.src, self.term, False, True))
             return False

@@ -130,7 +130,7 @@ class Replication(NodeState):
             hint = m.hint_index
             if m.hint_term > 0:
                 hint = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
-            if pr.maybe_decr_to(m.match_index, hint):
+            if pr.maybe_decr_to(m.rejected_index, hint):
                 if pr.state == ProgressState.REPLICATE:
                     pr.become_probe()
                 self._send_append(m.src, pr, allow_empty=True)
@@ -170,9 +170,10 @@ class Replication(NodeState):
     # ------------------------------------------------------------ follower
 
     def _handle_append(self, m: AppendEntries) -> None:
-        """§5.3 AppendEntries receiver. A rejection sets ``match_index`` to the rejected
-        ``prev_log_index`` and ``hint_index``/``hint_term`` to our last entry at or below it
-        whose term is <= ``prev_log_term`` (the leader skips whole conflicting terms)."""
+        """§5.3 AppendEntries receiver. A rejection names the rejected ``prev_log_index``
+        (``rejected_index``) and sets ``hint_index``/``hint_term`` to our last entry at or
+        below it whose term is <= ``prev_log_term`` (the leader skips whole conflicting
+        terms)."""
         self.election_elapsed = 0
         self.leader = m.src
         log = self.log
@@ -185,8 +186,8 @@ class Replication(NodeState):
             hint = log.find_conflict_by_term(min(m.prev_log_index, log.last_index),
                                              m.prev_log_term)
             self._send(AppendEntriesResponse(self.id, m.src, self.term, False,
-                                             m.prev_log_index, hint, log.term(hint) or 0,
-                                             m.ctx))
+                                             hint_index=hint, hint_term=log.term(hint) or 0,
+                                             ctx=m.ctx, rejected_index=m.prev_log_index))
             return
         if m.entries:
             self._sync_conf(m.entries)

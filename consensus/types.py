@@ -135,16 +135,23 @@ class AppendEntries:
 
 @dataclass(frozen=True, slots=True)
 class AppendEntriesResponse:
-    """Answer to AppendEntries; on rejection ``hint_index``/``hint_term`` speed backtracking."""
+    """Answer to AppendEntries: an acceptance names the index up to which the follower's log
+    now matches the leader's (``match_index``); a rejection names the ``prev_log_index`` it
+    could not match (``rejected_index``) and, to speed backtracking, its last entry at or
+    below it whose term is at most the leader's ``prev_log_term`` (``hint_index``,
+    ``hint_term``)."""
 
     src: int
     dst: int
     term: int
     success: bool
-    match_index: int
+    match_index: int = 0
+    """Acceptance: the follower's log matches the leader's up to here (0 on a rejection)."""
     hint_index: int = 0
     hint_term: int = 0
     ctx: int = 0
+    rejected_index: int = 0
+    """Rejection: the ``prev_log_index`` the follower could not match (0 on acceptance)."""
 
 
 @dataclass(frozen=True, slots=True)

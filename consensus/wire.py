@@ -57,7 +57,7 @@ _RV = struct.Struct(">BQQQQQBB")  # tag, src, dst, term, last index, last term, 
 _RVR = struct.Struct(">BQQQBB")  # tag, src, dst, term, granted, pre_vote
 _AE = struct.Struct(">BQQQQQQQI")  # tag, src, dst, term, prev idx/term, commit, ctx, entries
 _ENTRY = struct.Struct(">QQBQ")  # term, index, kind, payload bytes
-_AER = struct.Struct(">BQQQBQQQQ")  # tag, src, dst, term, success, match, hints, ctx
+_AER = struct.Struct(">BQQQBQQQQQ")  # tag, src, dst, term, success, match, hints, ctx, rejected
 _IS = struct.Struct(">BQQQQQQQBII")  # tag, src, dst, term, meta idx/term, offset, size,
 #                                     done, voters, learners
 _VOTER = struct.Struct(">Q")  # one voter or learner id
@@ -186,7 +186,8 @@ def _encode_one(msg: Message, head: bytearray, payloads: list[memoryview]) -> No
             payloads.append(view)
     elif isinstance(msg, AppendEntriesResponse):
         head += _AER.pack(_TAG_AER, msg.src, msg.dst, msg.term, _flag(msg.success),
-                          msg.match_index, msg.hint_index, msg.hint_term, msg.ctx)
+                          msg.match_index, msg.hint_index, msg.hint_term, msg.ctx,
+                          msg.rejected_index)
     elif isinstance(msg, RequestVote):
         head += _RV.pack(_TAG_RV, msg.src, msg.dst, msg.term, msg.last_log_index,
                          msg.last_log_term, _flag(msg.pre_vote), _flag(msg.transfer))
@@ -300,10 +301,12 @@ def _parse(view: memoryview) -> tuple[_Plan, int]:
                                        prev_term, commit, ctx)
             plan.append((tag, fields, entries))
         elif tag == _TAG_AER:
-            _, src, dst, term, ok, match, hint, hint_term, ctx = _AER.unpack_from(view, pos)
+            _, src, dst, term, ok, match, hint, hint_term, ctx, rejected = _AER.unpack_from(
+                view, pos)
             pos += _AER.size
             plan.append((tag, (_node(src, "src"), _node(dst, "dst"), term,
-                               _bool(ok, "success"), match, hint, hint_term, ctx), None))
+                               _bool(ok, "success"), match, hint, hint_term, ctx, rejected),
+                         None))
         elif tag == _TAG_RV:
             _, src, dst, term, last, last_term, pre, transfer = _RV.unpack_from(view, pos)
             pos += _RV.size

@@ -122,7 +122,7 @@ def test_claims_of_a_follower_are_classified_by_what_they_promise() -> None:
     assert fits(AppendEntriesResponse(2, 1, 1, True, 4))  # committed: decides nothing
     assert not fits(AppendEntriesResponse(2, 1, 1, True, 5))
     node.advance(ready)
-    assert fits(AppendEntriesResponse(2, 1, 1, False, stable + 5))
+    assert fits(AppendEntriesResponse(2, 1, 1, False, rejected_index=stable + 5))
     assert fits(RequestVoteResponse(2, 1, 1, True, pre_vote=True))
     assert not fits(RequestVoteResponse(2, 1, 1, True))
     assert fits(InstallSnapshotResponse(2, 1, 1, 10, 4096, False))
