@@ -68,24 +68,38 @@ def decode_log(snapshot: bytes) -> list[bytes]:
     return machine.log
 
 
-def wait_converged(group: RaftGroup, timeout: float = 15.0,
-                   members: int | None = None) -> list[dict[str, Any]]:
+def kill(group: RaftGroup, index: int) -> tuple[int, int]:
+    """``ray.kill`` replica ``index`` (Ray restarts it); returns ``(index, its old pid)`` for
+    ``wait_converged(restarted=...)``. The kill lands asynchronously: until then the old
+    process still answers."""
+    pid = next(int(s["pid"]) for s in group.status() if s["index"] == index)
+    ray.kill(group.handles()[group.indices().index(index)], no_restart=False)
+    return index, pid
+
+
+def wait_converged(group: RaftGroup, timeout: float = 15.0, members: int | None = None,
+                   restarted: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Poll (no fixed sleeps) until every live member applied the same index as the leader;
     with ``members``, until that many are live (a restarted replica that does not answer
-    yet must not be left out of the check and then be read)."""
+    yet must not be left out of the check and then be read); with ``restarted`` (from
+    ``kill``), until that replica answers from a new process."""
     deadline = time.monotonic() + timeout
     while True:
         statuses = [s for s in group.status() if s["alive"]]
         applied = {s["applied"] for s in statuses}
         enough = members is None or len(statuses) == members
-        if enough and len(applied) == 1 and any(s["role"] == "LEADER" for s in statuses):
+        fresh = restarted is None or any(
+            s["index"] == restarted[0] and s["pid"] != restarted[1] for s in statuses)
+        if (enough and fresh and len(applied) == 1
+                and any(s["role"] == "LEADER" for s in statuses)):
             return statuses
         assert time.monotonic() < deadline, f"replicas did not converge: {statuses}"
         time.sleep(0.05)
 
 
-def assert_identical(group: RaftGroup, members: int) -> list[bytes]:
-    wait_converged(group, timeout=60.0, members=members)
+def assert_identical(group: RaftGroup, members: int,
+                     restarted: tuple[int, int] | None = None) -> list[bytes]:
+    wait_converged(group, timeout=60.0, members=members, restarted=restarted)
     snaps = group.snapshots()
     assert len(snaps) == members
     assert len(set(snaps.values())) == 1, "replica snapshots differ"
@@ -160,20 +174,20 @@ def test_leader_kill_mid_stream_then_follower_restart(ray_session: None, tmp_pat
         writer.start()
         _wait_for(lambda: len(acked) >= 40, 20, "40 acknowledged proposals")
         killed_at, acked_at_kill = time.monotonic(), len(acked)
-        ray.kill(group.handles()[old_leader], no_restart=False)
+        killed = kill(group, old_leader)
         _wait_for(lambda: len(acked) > acked_at_kill + 1 or errors, 20, "progress after kill")
         failover_s = time.monotonic() - killed_at
         writer.join(timeout=60)
         assert not errors, errors
         assert len(acked) == 150
         print(f"\nfailover (kill -> next acknowledged proposal): {failover_s * 1000:.0f} ms")
-        log = assert_identical(group, 3)  # the killed leader restarted and caught up
+        log = assert_identical(group, 3, killed)  # the killed leader restarted, caught up
         assert sorted(log) == sorted(acked) and len(set(log)) == len(log)  # exactly once
 
         follower = next(s["index"] for s in group.status() if s["role"] == "FOLLOWER")
-        ray.kill(group.handles()[follower], no_restart=False)
+        killed = kill(group, follower)
         group.propose_batch([f"after{i}".encode() for i in range(20)])
-        log = assert_identical(group, 3)  # restarted follower reloaded storage + caught up
+        log = assert_identical(group, 3, killed)  # restarted: reloaded storage, caught up
         assert log[-20:] == [f"after{i}".encode() for i in range(20)]
     finally:
         group.shutdown()
@@ -189,10 +203,10 @@ def test_compaction_restart_and_replace_catch_up_by_snapshot(
             group.propose(f"a{i}".encode())
         leader = group.leader_index()
         follower = next(i for i in group.indices() if i != leader)
-        ray.kill(group.handles()[group.indices().index(follower)], no_restart=False)
+        killed = kill(group, follower)
         for i in range(40):
             group.propose(f"b{i}".encode())
-        assert_identical(group, 3)
+        assert_identical(group, 3, killed)
         statuses = {s["index"]: s for s in group.status()}
         assert statuses[leader]["snapshot_index"] >= 32  # compaction ran
 
@@ -384,9 +398,9 @@ def test_a_replica_with_a_large_factory_restarts_after_a_crash(
     try:
         group.propose_batch([f"before{i}".encode() for i in range(5)])
         follower = next(s["index"] for s in group.status() if s["role"] == "FOLLOWER")
-        ray.kill(group.handles()[follower], no_restart=False)
+        killed = kill(group, follower)
         group.propose_batch([f"after{i}".encode() for i in range(5)])
-        log = assert_identical(group, 3)  # the killed follower came back from storage
+        log = assert_identical(group, 3, killed)  # the killed follower came back from storage
         assert log[-5:] == [f"after{i}".encode() for i in range(5)]
     finally:
         group.shutdown()
