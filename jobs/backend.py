@@ -119,7 +119,9 @@ class RaftServerBackend:
             namespace=config.job,  # the job's Ray namespace (docs/DESIGN.md, Actor names)
             group=group,
         )
-        server: ParameterServerLike = ParameterServer.create(server_config, dict(initial))
+        # as it came: the driver's tensors carry ``buffers`` (which of them are module
+        # buffers), which ParameterServer.create reads; a copy into a dict would drop it
+        server: ParameterServerLike = ParameterServer.create(server_config, initial)
         return server
 
     def latest_checkpoint(self, out_dir: Path) -> Path | None:
