@@ -20,6 +20,7 @@ from paramserver.checkpoint import latest_checkpoint
 from paramserver.server import ParameterServer
 from paramserver.server_config import ServerConfig, default_group_config
 from workers.gradient import PieceRows
+from workers.model_state import ModelState
 
 
 class ParameterServerLike(Protocol):
@@ -119,9 +120,11 @@ class RaftServerBackend:
             namespace=config.job,  # the job's Ray namespace (docs/DESIGN.md, Actor names)
             group=group,
         )
-        # as it came: the driver's tensors carry ``buffers`` (which of them are module
-        # buffers), which ParameterServer.create reads; a copy into a dict would drop it
-        server: ParameterServerLike = ParameterServer.create(server_config, initial)
+        # which tensors are module buffers (replaced each round, never optimized): the
+        # driver's ModelState says so; said explicitly, it survives any copy of the tensors
+        buffers = initial.buffers if isinstance(initial, ModelState) else frozenset()
+        server: ParameterServerLike = ParameterServer.create(server_config, initial,
+                                                             buffers=buffers)
         return server
 
     def latest_checkpoint(self, out_dir: Path) -> Path | None:

@@ -22,6 +22,7 @@ from jobs.backend import RaftServerBackend
 from jobs.config import TrainConfig
 from jobs.driver import Driver, remove_raft_log
 from jobs.errors import TrainingError
+from workers.model_state import ModelState
 
 DATA = "synthetic:8x3x32x16"
 
@@ -183,12 +184,16 @@ def test_the_config_reaches_the_server_config(monkeypatch: pytest.MonkeyPatch) -
     from paramserver.server_config import default_group_config
 
     seen: list[Any] = []
-    monkeypatch.setattr(ParameterServer, "create",
-                        staticmethod(lambda cfg, initial: seen.append(cfg) or "server"))
+    monkeypatch.setattr(ParameterServer, "create", staticmethod(
+        lambda cfg, initial, buffers: seen.append((cfg, dict(initial), buffers)) or "server"))
     cfg = TrainConfig(durability="memory", nesterov=True, momentum=0.8, weight_decay=1e-4,
                       nonfinite_policy="skip-round", out="runs/x")
-    assert RaftServerBackend().create(cfg, {}) == "server"
-    (server_config,) = seen
+    weight, count = np.zeros(2, np.float32), np.zeros((), np.int64)
+    initial = ModelState({"w": weight}, {"bn.num_batches_tracked": count})
+    assert RaftServerBackend().create(cfg, initial) == "server"
+    ((server_config, tensors, buffers),) = seen
+    assert tensors.keys() == {"w", "bn.num_batches_tracked"}
+    assert buffers == {"bn.num_batches_tracked"}  # said explicitly, not left to the mapping
     assert server_config.group.durability == "memory"
     assert replace(server_config.group, durability="disk") == default_group_config()
     opt = server_config.optimizer

@@ -18,7 +18,7 @@ def test_the_backend_puts_the_shard_actors_in_the_jobs_namespace(
 
     seen: list[Any] = []
 
-    def create(cls: type, config: Any, initial: Any) -> str:
+    def create(cls: type, config: Any, initial: Any, buffers: Any) -> str:
         seen.append(config)
         return "server"
 

@@ -83,7 +83,7 @@ def test_the_backend_gives_the_groups_the_id_and_their_own_directory(
 
     seen: list[Any] = []
     monkeypatch.setattr(ParameterServer, "create",
-                        staticmethod(lambda cfg, initial: seen.append(cfg) or "server"))
+                        staticmethod(lambda cfg, initial, buffers: seen.append(cfg) or "server"))
     cfg = TrainConfig(out=str(tmp_path))
     incarnation = fresh_incarnation(cfg.storage_dir)
     RaftServerBackend().create(cfg, {})

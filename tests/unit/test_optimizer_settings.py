@@ -26,7 +26,7 @@ def _server_config(config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     seen: list[Any] = []
     monkeypatch.setattr(ParameterServer, "create",
-                        staticmethod(lambda cfg, initial: seen.append(cfg) or "server"))
+                        staticmethod(lambda cfg, initial, buffers: seen.append(cfg) or "server"))
     assert RaftServerBackend().create(config, {}) == "server"
     return seen[0]
 
