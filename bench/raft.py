@@ -158,28 +158,34 @@ def _async(group: Any, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _raftps_failover(group: Any) -> float:
-    leader = group.leader_index(timeout=30.0)
-    handle = group.handles()[group.indices().index(leader)]
-    import ray
-
-    ray.kill(handle, no_restart=True)
-    killed = time.monotonic()
-    group.propose(b"after-failover", timeout=60.0)
-    return time.monotonic() - killed
-
-
-def _shard_timing_failover(how: str) -> float:
-    """A fresh 3-replica group with the parameter shards' timing (1-2 s election timeout):
-    seconds from stopping its leader to the next commit. ``kill``: its process is killed,
+def _raftps_failover(group: Any, how: str = "kill") -> float:
+    """Seconds from stopping the leader to the next commit. ``kill``: its process is killed,
     so its connections close and its followers campaign at once (``RaftNode.peer_gone``).
     ``freeze``: SIGSTOP, a hung leader whose connections stay open: only the election
-    timeout replaces it."""
+    timeout replaces it (it is resumed afterwards)."""
     import os
     import signal
 
     import ray
 
+    leader = group.leader_index(timeout=30.0)
+    pid = next(int(r["pid"]) for r in group.status() if r.get("index") == leader)
+    stopped = time.monotonic()
+    if how == "kill":
+        ray.kill(group.handles()[group.indices().index(leader)], no_restart=True)
+    else:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        group.propose(b"after-failover", timeout=60.0)
+        return time.monotonic() - stopped
+    finally:
+        if how == "freeze":
+            os.kill(pid, signal.SIGCONT)
+
+
+def _shard_timing_failover(how: str) -> float:
+    """``_raftps_failover`` of a fresh 3-replica group with the parameter shards' timing
+    (1-2 s election timeout)."""
     from consensus.group import RaftGroup
     from paramserver.server_config import default_group_config
 
@@ -189,19 +195,7 @@ def _shard_timing_failover(how: str) -> float:
                              config=default_group_config())
     try:
         group.propose(b"warm-up", timeout=60.0)
-        leader = group.leader_index(timeout=30.0)
-        pid = next(int(r["pid"]) for r in group.status() if r.get("index") == leader)
-        handle = group.handles()[group.indices().index(leader)]
-        stopped = time.monotonic()
-        if how == "kill":
-            ray.kill(handle, no_restart=True)
-        else:
-            os.kill(pid, signal.SIGSTOP)
-        group.propose(b"after-failover", timeout=60.0)
-        took = time.monotonic() - stopped
-        if how == "freeze":
-            os.kill(pid, signal.SIGCONT)
-        return took
+        return _raftps_failover(group, how)
     finally:
         group.shutdown()
         shutil.rmtree(storage, ignore_errors=True)

@@ -55,7 +55,7 @@ class Election(NodeState):
         followers rarely split the vote). Only timing changes: a wrong hint about a live
         leader costs at most a pre-vote round, which the leader itself and every follower
         still in its lease reject, and the next heartbeat restores the leader."""
-        if self.role != Role.FOLLOWER or self.leader != node_id or node_id == self.id:
+        if self.role != Role.FOLLOWER or self.leader != node_id:
             return
         self.leader = None
         soon = self._rng.randrange(1, max(2, self.config.election_ticks // 5 + 1))

@@ -427,6 +427,7 @@ class PeerTransport:
             with self._lock:
                 self._pending.pop(conn, None)
                 self._peers.pop(conn, None)
+                self._evicted.discard(conn)
             conn.close()
 
     def _gone(self, conn: socket.socket, sender: int | None) -> None:
@@ -435,7 +436,6 @@ class PeerTransport:
         loop = self._loop
         with self._lock:
             ours = conn in self._evicted
-            self._evicted.discard(conn)
         if (ours or sender is None or self._on_gone is None or self._closed or loop is None
                 or loop.is_closed()):
             return

@@ -107,7 +107,7 @@ class RoundEngine:
         ray.wait(param_refs, num_returns=len(param_refs), timeout=self.config.timeout_s,
                  fetch_local=False)
         state = _LaunchedRound(index=index, version=version, launched=time.perf_counter(),
-                       publish_s=time.perf_counter() - t0, tasks=len(ranks))
+                               publish_s=time.perf_counter() - t0, tasks=len(ranks))
         for rank, (grads, metrics_ref) in zip(ranks, self._tasks(index, param_refs, ranks),
                                               strict=True):
             state.pending[metrics_ref] = (rank, grads)

@@ -335,7 +335,7 @@ class ParameterServer:
                 # was lost): they are gone with it, so read them again from a live replica
                 if time.monotonic() > deadline:
                     raise
-                self._leaders = [None] * len(self._groups)
+                self.forget_leaders()
                 continue
             return self.plan.join(parts)
 
