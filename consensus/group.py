@@ -41,6 +41,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from consensus.coalescer import ProposalCoalescer, ProposalFuture
 from consensus.errors import ConsensusError, NotLeaderError, ProposalTimeoutError
 from consensus.failures import Failure, classify, root_cause
+from consensus.leader_discovery import LeaderDiscovery
 from consensus.replacement import Replacer, due_for_replacement
 from consensus.replica import CommandError, ReplicaContext, replica_name
 from consensus.replica_actor import ReplicaActor
@@ -56,8 +57,6 @@ _DEFAULT_STORAGE = Path(tempfile.gettempdir()) / "raftps-raft"
 _Call = Callable[[Any, float], Any]
 _INLINE_BYTES = 64 << 10  # smaller proposals are sent inline with the actor call
 _INLINE_FACTORY_BYTES = 64 << 10  # below Ray's 100 KiB limit for inline task arguments
-_HEDGE_S = 0.3  # a call unanswered this long makes the client check for another leader
-_SUSPECT_S = 1.0  # after a replica failed a call as dead, ignore hints naming it this long
 
 
 def _logged_voters(statuses: Sequence[dict[str, Any]]) -> set[int]:
@@ -138,8 +137,7 @@ class RaftGroup:
         self._lock = threading.Lock()
         self._seq = 0
         self._in_flight: set[int] = set()
-        self._leader: int | None = None
-        self._suspect: dict[int, float] = {}  # replica index -> avoid its hints until then
+        self._discovery = LeaderDiscovery(name, handles)
         self._dead_since: dict[int, float] = {}  # replica index -> first status unanswered
         self._replacer = Replacer(_GroupMembers(self), name)
         self._coalescer = ProposalCoalescer(
@@ -305,93 +303,30 @@ class RaftGroup:
         deadline = time.monotonic() + timeout
         per_attempt = self.config.attempt_timeout_s + size / self.config.attempt_bytes_per_s
         while (remaining := deadline - time.monotonic()) > 0:
-            index = self._target(remaining, any_replica)
+            index = self._discovery.target(remaining, any_replica)
             if index is None:
                 time.sleep(min(0.02, remaining))
                 continue
             attempt = min(remaining, per_attempt)
             try:
-                done, value = self._wait_or_switch(call(self._handles[index], attempt), index,
-                                                   attempt + 1.0)
+                done, value = self._discovery.wait_or_switch(call(self._handles[index], attempt),
+                                                              index, attempt + 1.0)
                 if done:
                     return value
             except Exception as exc:  # consensus.failures: RETRY goes on, the rest surfaces
                 err = root_cause(exc)
                 if isinstance(err, NotLeaderError):
-                    hint = err.leader_hint
-                    self._leader = hint - 1 if hint is not None and hint - 1 != index else None
-                    if self._leader is not None and self._leader not in self._handles:
-                        self._leader = None
+                    self._discovery.not_leader(index, err.leader_hint)
                 elif classify(err) is Failure.RETRY:
-                    self._leader = None
-                    if not isinstance(err, ConsensusError):  # dead/restarting: avoid it a while
-                        self._suspect[index] = time.monotonic() + _SUSPECT_S
+                    # not a ConsensusError: dead or restarting, avoid it a while
+                    self._discovery.failed(index, dead=not isinstance(err, ConsensusError))
                 else:
                     raise err from None
         raise ProposalTimeoutError(f"group {self.name}: {what} did not complete in {timeout} s")
 
-    def _wait_or_switch(self, ref: Any, index: int, limit: float) -> tuple[bool, Any]:
-        """Wait for ``ref`` (a call on replica ``index``) up to ``limit`` seconds; every
-        ``_HEDGE_S`` without an answer, ask the others whether one of them now leads (a
-        call queued on a dead or restarting leader can hang). (False, None): switched to
-        that leader; the caller resends with the same seqs (safe: dedup). Raises the call's
-        error, or GetTimeoutError."""
-        until = time.monotonic() + limit
-        while (left := until - time.monotonic()) > 0:
-            ready, _ = ray.wait([ref], timeout=min(_HEDGE_S, left))
-            if ready:
-                return True, ray.get(ref, timeout=0)
-            others = [self._handles[i].status.remote() for i in self._handles if i != index]
-            answered, _ = ray.wait(others, num_returns=len(others), timeout=_HEDGE_S / 2)
-            for status_ref in answered:
-                with contextlib.suppress(Exception):
-                    status = ray.get(status_ref, timeout=0)
-                    if status["role"] == "LEADER":
-                        self._leader = int(status["index"])
-                        return False, None
-        raise ray.exceptions.GetTimeoutError(f"no answer from replica {index} in {limit} s")
-
-    def _target(self, remaining: float, any_replica: bool) -> int | None:
-        if self._leader is not None and self._leader in self._handles:
-            return self._leader
-        # Ask everyone; take the first leader that answers (a dead or restarting replica
-        # must not delay discovery), else the highest-term leader among all answers.
-        # A follower's ``leader`` field is a hint too. Once a majority answered without naming
-        # a leader, an election is under way: give up this round (the caller retries soon).
-        pending = [self._handles[i].status.remote() for i in sorted(self._handles)]
-        majority = len(pending) // 2 + 1
-        deadline = time.monotonic() + min(remaining, 0.5)
-        alive: list[int] = []
-        while pending and (left := deadline - time.monotonic()) > 0:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
-            for ref in ready:
-                try:
-                    status = ray.get(ref, timeout=0)
-                except Exception:
-                    continue
-                alive.append(status["index"])
-                hint = status["index"] if status["role"] == "LEADER" else status["leader"]
-                if hint is not None and hint in self._handles and (
-                        status["role"] == "LEADER" or not self._is_suspect(hint)):
-                    self._leader = int(hint)
-                    return self._leader
-            if len(alive) >= majority:
-                break
-        return alive[0] if any_replica and alive else None
-
-    def _is_suspect(self, index: int) -> bool:
-        return self._suspect.get(index, 0.0) > time.monotonic()
-
     def leader(self, timeout: float = 10.0) -> Any:
         """The current leader's actor handle (discovered; blocks up to ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            self._leader = None
-            index = self._target(remaining, any_replica=False)
-            if index is not None:
-                return self._handles[index]
-            time.sleep(min(0.02, remaining))
-        raise ProposalTimeoutError(f"group {self.name}: no leader within {timeout} s")
+        return self._handles[self._discovery.discover(timeout)]
 
     def leader_index(self, timeout: float = 10.0) -> int:
         """The replica index of the current leader (see :meth:`leader`)."""
@@ -510,8 +445,7 @@ class RaftGroup:
         handle = self._handles.pop(replica, None)
         self._bundle.pop(replica, None)
         self._dead_since.pop(replica, None)
-        if self._leader == replica:
-            self._leader = None
+        self._discovery.forget(replica)
         if handle is not None:
             with contextlib.suppress(Exception):  # already dead is fine
                 ray.kill(handle, no_restart=True)

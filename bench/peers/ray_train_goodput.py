@@ -6,7 +6,8 @@ One run trains the shared ``Workload`` (``bench.goodput_workload``) with Ray Tra
 ``[s*G, (s+1)*G)`` of the training set (``G`` the global batch) and rank ``r`` the ``r``-th
 contiguous ``batch_per_worker`` slice of them (``rank_slice``), so a run is deterministic and a
 step recomputed after a restore does the same arithmetic. The driver puts the training set
-into the object store once; the workers read it zero-copy.
+into the object store once; the workers read it zero-copy. What every worker runs is
+``bench.peers.ray_train_loop``.
 
 Every ``checkpoint_every`` steps (and after the last step) rank 0 reports a checkpoint (model,
 optimizer state and the next step) with ``ray.train.report``; a worker group that starts
@@ -54,14 +55,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from bench.goodput_workload import FaultPlan, SideRun, Workload, model_digest
+from bench.goodput_workload import FaultPlan, SideRun, Workload
 from bench.peers.ray_train_events import (
     SIDE,
     append_event,
@@ -69,92 +68,21 @@ from bench.peers.ray_train_events import (
     kill_candidates,
     last_fault_time,
     of_kind,
-    rank_slice,
     read_events,
     side_run,
 )
+from bench.peers.ray_train_loop import train_loop
 
 RAY_CPUS = 4  # logical CPUs of the side's local Ray (as in bench.train)
 EVENTS_SUFFIX = ".events.jsonl"  # the event log is <output folder>/<run name> + this
 STORAGE_DIR = "ray_train_storage"  # under the output folder: Ray Train's run storage
-CHECKPOINT_FILE = "state.pt"
 KILL_HORIZON_S = 3600.0  # --kill-every schedules kills up to this; later ones never come due
 POLL_S = 0.02  # how often a fault injector reads the event log
 DRIVER_TIMEOUT_S = 1800.0  # limit on one driver child of run_with_driver_kill
 
 
-
 class GoodputArgumentError(ValueError):
     """A setting of the Ray Train goodput side is out of range."""
-
-
-# ---- the training loop (runs in every Ray Train worker) ----
-
-
-def train_loop(config: dict[str, Any]) -> None:
-    """One worker's loop: resume, train steps ``start..steps-1``, checkpoint, log."""
-    import numpy as np
-    import ray
-    import ray.train
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
-    from bench.common import build_mlp
-
-    workload: Workload = config["workload"]
-    every: int = config["checkpoint_every"]
-    events: str = config["events"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    if world != workload.workers:
-        raise RuntimeError(f"{world} workers run, the workload needs {workload.workers}")
-    x_all, y_all = ray.get(config["data"])
-    torch.manual_seed(workload.seed)
-    model = build_mlp()
-    optimizer = torch.optim.SGD(model.parameters(), lr=workload.lr)
-    start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-    ddp = DistributedDataParallel(model)
-    append_event(events, {"event": "start", "rank": rank, "pid": os.getpid(), "step": start,
-                          "t": time.time()})
-    for step in range(start, workload.steps):
-        lo, hi = rank_slice(workload.batch_of(step), rank, workload.batch_per_worker,
-                            workload.workers)
-        inputs = torch.from_numpy(np.array(x_all[lo:hi]))  # a writable copy of the slice
-        labels = torch.from_numpy(np.array(y_all[lo:hi]))
-        loss = torch.nn.functional.cross_entropy(ddp(inputs), labels)
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        done = step + 1
-        if rank == 0:
-            append_event(events, {"event": "step", "step": step, "t": time.time()})
-        if done == workload.steps or (every > 0 and done % every == 0):
-            _report(done, float(loss.item()), model, optimizer, rank)
-    if rank == 0:
-        append_event(events, {"event": "done", "sha256": model_digest(model.state_dict()),
-                              "t": time.time()})
-
-
-def _report(done: int, loss: float, model: Any, optimizer: Any, rank: int) -> None:
-    """Report step ``done`` to Ray Train, with rank 0's checkpoint of the training state."""
-    import ray.train
-    import torch
-
-    metrics = {"step": done, "loss": loss}
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="ray-train-goodput-") as folder:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": done}, Path(folder) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 # ---- worker kills (a thread of the driver) ----
