@@ -9,8 +9,9 @@ Contract of :meth:`SnapshotFiles.write` (blocks on disk IO, GIL released in the 
 1. the free space of the directory's filesystem is checked first (:func:`check_space`);
    too little raises :class:`StorageFullError` before anything is created;
 2. the image goes to ``<name>.tmp`` in ``CHUNK_BYTES`` memoryview slices of the caller's
-   buffer (no second full-size copy), its CRC-32 (``zlib.crc32``, chained chunk by chunk
-   from a caller-given seed) computed on the same slices;
+   buffer (no second full-size copy), its checksum (the owner database's function,
+   ``consensus.checksums``, chained chunk by chunk from a caller-given seed) computed on the
+   same slices;
 3. the file is fsync'ed, renamed to ``<index>-<term>.snap`` (``<index>-<term>.<k>.snap``
    if that name exists: a name is never reused while a row may reference it) and the
    directory fsync'ed, so the name and the bytes are durable when ``write`` returns.
@@ -41,13 +42,13 @@ import errno
 import mmap
 import os
 import shutil
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consensus.checksums import Checksum, crc32c
 from consensus.errors import StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError
 
@@ -84,7 +85,7 @@ def _header_id(header: bytes) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class StoredSnapshot:
-    """Where a durable image lives: its file name in the directory, size and CRC-32."""
+    """Where a durable image lives: its file name in the directory, size and checksum."""
 
     name: str
     size: int
@@ -148,11 +149,11 @@ def _byte_views(parts: Sequence[Any]) -> list[memoryview]:
     return [memoryview(part).cast("B") for part in parts]
 
 
-def _write_synced(path: Path, parts: Sequence[memoryview], crc: int,
+def _write_synced(path: Path, parts: Sequence[memoryview], crc: int, checksum: Checksum,
                   header: bytes = b"") -> int:
     """Write ``header`` then the image, the concatenation of ``parts``, to ``path`` (in
     CHUNK_BYTES slices of each part) and fsync it; the CRC chained from ``crc`` over the
-    image's bytes."""
+    image's bytes (``checksum``)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         rest = memoryview(header)
@@ -161,7 +162,7 @@ def _write_synced(path: Path, parts: Sequence[memoryview], crc: int,
         for view in parts:
             for start in range(0, len(view), CHUNK_BYTES):
                 chunk = view[start:start + CHUNK_BYTES]
-                crc = zlib.crc32(chunk, crc)
+                crc = checksum(chunk, crc)
                 while chunk:
                     chunk = chunk[os.write(fd, chunk):]
         os.fsync(fd)
@@ -176,11 +177,14 @@ class SnapshotFiles:
     Holds no index of its own: the owner's database says which file is live.
     """
 
-    def __init__(self, directory: Path, owner: Path, incarnation: str | None = None) -> None:
+    def __init__(self, directory: Path, owner: Path, incarnation: str | None = None, *,
+                 checksum: Checksum = crc32c) -> None:
         """Use (creating if missing) ``directory``; ``owner`` (the database) names errors;
         ``incarnation``: the group incarnation every file is stamped with and checked
-        against (None: bare images, nothing checked)."""
+        against (None: bare images, nothing checked); ``checksum``: the owner's function
+        (``consensus.checksums``)."""
         self.dir = directory
+        self._checksum = checksum
         self._owner = owner
         self._incarnation = incarnation
         durable_dir(directory)
@@ -215,7 +219,7 @@ class SnapshotFiles:
         try:
             with full_on_enospc(self.dir, size + self.image_offset):
                 header = b"" if self._incarnation is None else _header(self._incarnation)
-                crc = _write_synced(tmp, views, crc_seed, header)
+                crc = _write_synced(tmp, views, crc_seed, self._checksum, header)
                 os.replace(tmp, final)
                 fsync_dir(self.dir)
         except BaseException:
@@ -262,7 +266,7 @@ class SnapshotFiles:
                 f"snapshot file {path} read {len(data)} bytes, expected {stored.size}")
         crc, view = crc_seed, memoryview(data)
         for start in range(0, len(view), CHUNK_BYTES):
-            crc = zlib.crc32(view[start:start + CHUNK_BYTES], crc)
+            crc = self._checksum(view[start:start + CHUNK_BYTES], crc)
         if crc != stored.crc:
             raise self._corrupt(f"snapshot file {path} CRC mismatch")
         return data

@@ -11,7 +11,9 @@ Contract (Raft Figure 2, "persistent state on all servers"):
 - A saved snapshot follows §7: if the log holds the snapshot's last entry with the same term,
   the entries after it are kept; otherwise the whole log is discarded.
 - ``compact`` stores a snapshot the host took itself and deletes the entries it covers.
-- Every entry, snapshot and hard-state row carries a CRC32 (zlib) of its payload. ``load``
+- Every entry, snapshot and hard-state row carries a CRC of its payload: CRC-32C in a
+  database created now, zlib's CRC-32 in one written before the ``checksum`` stamp existed
+  (``consensus.checksums``; one function per database, stamped when it is created). ``load``
   runs ``PRAGMA quick_check``, verifies every CRC and that indices are contiguous from the
   snapshot; any failure raises :class:`StorageCorruptError` naming the file. A torn last write
   (WAL truncated mid-frame by a crash) is not corruption: sqlite ignores the incomplete
@@ -60,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus import snapshot_files
+from consensus.checksums import CRC32, CRC32C, Checksum, checksum
 from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError, check_incarnation
 from consensus.segments import Segments
@@ -119,6 +122,17 @@ def _stamp(db: sqlite3.Connection) -> tuple[str | None, bool]:
     return found, has_state
 
 
+def _checksum_name(db: sqlite3.Connection) -> str:
+    """The checksum a database's rows carry: its ``checksum`` stamp; CRC-32 for one that
+    holds state but no stamp (written before stamps); CRC-32C for a new or empty one."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "meta" in tables:
+        row = db.execute("SELECT value FROM meta WHERE key = 'checksum'").fetchone()
+        if row is not None:
+            return str(row[0])
+    return CRC32 if _stamp(db)[1] else CRC32C
+
+
 @dataclass(frozen=True, kw_only=True)
 class StorageConfig:
     """How one replica lays out payloads on disk. Private to the replica: replicas may differ,
@@ -170,13 +184,17 @@ class SqliteStorage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self.incarnation = self._adopt_incarnation()
+            checksum_name = _checksum_name(self._db)
             self._db.executescript(_SCHEMA)
             _migrate(self._db)
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('checksum', ?)",
+                             (checksum_name,))
+            self._crc: Checksum = checksum(checksum_name)
             if self.incarnation is not None and self.config.incarnation is not None:
                 self._db.execute("INSERT OR IGNORE INTO meta (key, value) "
                                  "VALUES ('incarnation', ?)", (self.incarnation,))
             self._durable_term_vote: tuple[int, int | None] | None = None
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, ValueError) as exc:
             db = getattr(self, "_db", None)
             if db is not None:
                 db.close()
@@ -187,7 +205,8 @@ class SqliteStorage:
             self.path.with_name(self.path.name + ".segments"), self.config.segment_bytes,
             self.config.sync_entries)
         self._snapshots = SnapshotFiles(
-            self.path.with_name(self.path.name + ".snapshots"), self.path, self.incarnation)
+            self.path.with_name(self.path.name + ".snapshots"), self.path, self.incarnation,
+            checksum=self._crc)
 
     def _adopt_incarnation(self) -> str | None:
         """The incarnation this storage runs under: the database's stamp, else (an empty
@@ -232,7 +251,7 @@ class SqliteStorage:
         if row is None:
             return HardState()
         term, vote, commit, crc = row
-        if hard_state_crc(term, vote, commit) != crc:
+        if hard_state_crc(term, vote, commit, checksum=self._crc) != crc:
             raise self._corrupt("hard state CRC mismatch")
         return HardState(term=term, vote=None if vote == _NO_VOTE else vote, commit=commit)
 
@@ -246,8 +265,10 @@ class SqliteStorage:
         idx, term, voters, data, crc, file, size = row
         if file is not None:  # the image is in a file: verified chunk by chunk
             stored = StoredSnapshot(name=file, size=size, crc=crc)
-            data = self._snapshots.read(stored, snapshot_header_crc(idx, term, voters))
-        elif snapshot_crc(idx, term, voters, bytes(data)) != crc:  # written before files
+            data = self._snapshots.read(
+                stored, snapshot_header_crc(idx, term, voters, checksum=self._crc))
+        elif snapshot_crc(idx, term, voters, bytes(data),  # written before files
+                          checksum=self._crc) != crc:
             raise self._corrupt(f"snapshot at index {idx} CRC mismatch")
         meta = SnapshotMeta(index=idx, term=term, voters=voters_tuple(voters),
                             learners=learners_tuple(voters))
@@ -266,7 +287,7 @@ class SqliteStorage:
             if payload is None:
                 raise self._corrupt(
                     f"entry {idx} payload missing or truncated in {self._segments.path(seg)}")
-            if entry_crc(idx, term, kind, payload) != crc:
+            if entry_crc(idx, term, kind, payload, checksum=self._crc) != crc:
                 raise self._corrupt(f"entry {idx} CRC mismatch")
             if expected is not None and idx != expected:
                 raise self._corrupt(f"log gap: expected entry {expected}, found {idx}")
@@ -371,7 +392,7 @@ class SqliteStorage:
 
     def _write_image_file(self, meta: SnapshotMeta, parts: Sequence[Any]) -> StoredSnapshot:
         seed = snapshot_header_crc(meta.index, meta.term,
-                                    voters_text(meta.voters, meta.learners))
+                                   voters_text(meta.voters, meta.learners), checksum=self._crc)
         return self._snapshots.write(meta.index, meta.term, parts, seed)
 
     def _payload_bytes(self, entries: Sequence[Entry]) -> int:
@@ -397,7 +418,7 @@ class SqliteStorage:
             "INSERT INTO entries (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)",
             [
                 (e.index, e.term, int(e.kind), b"" if e.index in refs else e.data,
-                 entry_crc(e.index, e.term, int(e.kind), e.data))
+                 entry_crc(e.index, e.term, int(e.kind), e.data, checksum=self._crc))
                 for e in entries
             ],
         )
@@ -488,7 +509,8 @@ class SqliteStorage:
         self._db.execute(
             "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index, crc) "
             "VALUES (0, ?, ?, ?, ?)",
-            (hs.term, vote, hs.commit, hard_state_crc(hs.term, vote, hs.commit)),
+            (hs.term, vote, hs.commit,
+             hard_state_crc(hs.term, vote, hs.commit, checksum=self._crc)),
         )
 
     def close(self) -> None:

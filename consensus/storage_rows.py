@@ -1,33 +1,34 @@
 """How ``consensus.storage`` checks and encodes the fields of its rows.
 
-Every row carries a CRC32 over its fields (a snapshot's image CRC is chained from its
-metadata's), and the snapshot row's membership column is text: ``1,2,3`` for the voters,
-``1,2,3;4`` with learners (the column predates learners, so older rows still read).
+Every row carries a checksum over its fields (a snapshot's image checksum is chained from
+its metadata's), computed with the database's own function (``consensus.checksums``), and
+the snapshot row's membership column is text: ``1,2,3`` for the voters, ``1,2,3;4`` with
+learners (the column predates learners, so older rows still read).
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 
+from consensus.checksums import Checksum
 from consensus.types import Payload
 
 
-def hard_state_crc(term: int, vote: int, commit: int) -> int:
-    return zlib.crc32(struct.pack(">qqq", term, vote, commit))
+def hard_state_crc(term: int, vote: int, commit: int, *, checksum: Checksum) -> int:
+    return checksum(struct.pack(">qqq", term, vote, commit), 0)
 
 
-def entry_crc(idx: int, term: int, kind: int, data: Payload) -> int:
-    return zlib.crc32(data, zlib.crc32(struct.pack(">qqq", idx, term, kind)))
+def entry_crc(idx: int, term: int, kind: int, data: Payload, *, checksum: Checksum) -> int:
+    return checksum(data, checksum(struct.pack(">qqq", idx, term, kind), 0))
 
 
-def snapshot_header_crc(idx: int, term: int, voters: str) -> int:
-    """The CRC of a snapshot's metadata: the seed its image's CRC is chained from."""
-    return zlib.crc32(struct.pack(">qq", idx, term) + voters.encode())
+def snapshot_header_crc(idx: int, term: int, voters: str, *, checksum: Checksum) -> int:
+    """The checksum of a snapshot's metadata: the seed its image's is chained from."""
+    return checksum(struct.pack(">qq", idx, term) + voters.encode(), 0)
 
 
-def snapshot_crc(idx: int, term: int, voters: str, data: bytes) -> int:
-    return zlib.crc32(data, snapshot_header_crc(idx, term, voters))
+def snapshot_crc(idx: int, term: int, voters: str, data: bytes, *, checksum: Checksum) -> int:
+    return checksum(data, snapshot_header_crc(idx, term, voters, checksum=checksum))
 
 
 def voters_text(voters: tuple[int, ...], learners: tuple[int, ...] = ()) -> str:

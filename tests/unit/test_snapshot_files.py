@@ -10,7 +10,6 @@ import resource
 import shutil
 import sys
 import tempfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +17,7 @@ from typing import NamedTuple
 import pytest
 
 from consensus import snapshot_files
+from consensus.checksums import crc32c
 from consensus.errors import StorageCorruptError, StorageFullError
 from consensus.snapshot_files import (
     SPACE_RESERVE_BYTES,
@@ -64,7 +64,7 @@ def test_write_streams_memoryview_chunks_and_chains_the_crc(
     stored = files.write(7, 3, [data], crc_seed=12345)
     monkeypatch.undo()
     assert stored == StoredSnapshot(name="7-3.snap", size=len(data),
-                                    crc=zlib.crc32(data, 12345))
+                                    crc=crc32c(data, 12345))
     assert writes == [(memoryview, 100)] * 7 + [(memoryview, len(data) - 700)]
     assert files.path("7-3.snap").read_bytes() == data
     assert _names(files) == ["7-3.snap"]  # no temp file left

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from consensus.checksums import crc32, crc32c
 from consensus.errors import ConfigError, StorageCorruptError
 from consensus.snapshot_files import SnapshotFiles
 from consensus.storage import SqliteStorage, StorageConfig
+from consensus.storage_rows import entry_crc, hard_state_crc
 from consensus.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
 
@@ -450,11 +452,72 @@ CREATE TABLE snapshot (
 """
 
 
+def _as_unstamped_crc32(path: Path) -> None:
+    """Rewrite a closed database of inline entries as one written before the checksum
+    stamp existed: every row's CRC zlib's CRC-32, and no ``checksum`` meta row."""
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM payload_refs").fetchone() == (0,)
+        db.execute("DELETE FROM meta WHERE key = 'checksum'")
+        for idx, term, kind, data in db.execute(
+                "SELECT idx, term, kind, data FROM entries").fetchall():
+            db.execute("UPDATE entries SET crc = ? WHERE idx = ?",
+                       (entry_crc(idx, term, kind, data, checksum=crc32), idx))
+        for term, vote, commit in db.execute(
+                "SELECT term, vote, commit_index FROM hard_state").fetchall():
+            db.execute("UPDATE hard_state SET crc = ?",
+                       (hard_state_crc(term, vote, commit, checksum=crc32),))
+
+
+def _checksum_stamp(path: Path) -> list[tuple[str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT value FROM meta WHERE key = 'checksum'").fetchall()
+
+
+def test_a_new_database_is_stamped_and_checksummed_with_crc32c(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(HardState(term=1, vote=0, commit=6), _entries(3, 6, 1), None)
+    st.close()
+    assert _checksum_stamp(path) == [("crc32c",)]
+    with sqlite3.connect(path) as db:
+        idx, term, kind, data, crc = db.execute(
+            "SELECT idx, term, kind, data, crc FROM entries WHERE idx = 3").fetchone()
+    assert crc == entry_crc(idx, term, kind, data, checksum=crc32c)
+    assert crc != entry_crc(idx, term, kind, data, checksum=crc32)
+
+
+def test_an_unstamped_database_keeps_zlib_crc32(tmp_path: Path) -> None:
+    """Databases written before the stamp carry CRC-32 rows: they load, and what is written
+    to them afterwards is CRC-32 too (one function per database)."""
+    path = tmp_path / "r.db"
+    st = SqliteStorage(path)
+    st.save(HardState(term=1, vote=0, commit=6), _entries(3, 6, 1), None)
+    st.close()
+    _as_unstamped_crc32(path)
+    st = SqliteStorage(path)
+    assert st.load() == (HardState(term=1, vote=0, commit=6), None, _entries(3, 6, 1))
+    st.save(None, _entries(7, 8, 1), None)
+    st.compact(_snap(5, 1, b"IMAGE"))
+    st.close()
+    assert _checksum_stamp(path) == [("crc32",)]
+    assert SqliteStorage(path).load()[1:] == (_snap(5, 1, b"IMAGE"), _entries(6, 8, 1))
+
+
+def test_an_unknown_checksum_stamp_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    SqliteStorage(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 'sha3' WHERE key = 'checksum'")
+    with pytest.raises(StorageCorruptError, match="unknown checksum 'sha3'"):
+        SqliteStorage(path)
+
+
 def test_database_with_a_blob_snapshot_still_loads_and_migrates(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     st = SqliteStorage(path)
     st.save(HardState(term=1, vote=0, commit=6), _entries(3, 6, 1), None)
     st.close()
+    _as_unstamped_crc32(path)  # the layout before snapshot files existed had no stamp
     crc = zlib.crc32(b"OLD-BLOB", zlib.crc32(struct.pack(">qq", 2, 1) + b"0,1,2"))
     with sqlite3.connect(path) as db:  # the layout before snapshot files existed
         db.execute("DROP TABLE snapshot")
