@@ -137,7 +137,8 @@ def durable_dir(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    """fsync a directory, making the names created or renamed in it durable."""
+    """fsync a directory, making the names created or renamed in it durable; given a
+    regular file, it makes the file's bytes durable (the same call)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

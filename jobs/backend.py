@@ -36,15 +36,17 @@ class ParameterServerLike(Protocol):
         """One ref per shard, each resolving to ``dict[key, ndarray]`` at version >= min."""
 
     def step_round(self, round: int, grad_refs: Sequence[Sequence[Any]],
-                   param_version: int) -> tuple[list[Any], list[Any]]: ...
+                   param_version: int) -> tuple[list[Any], list[Any]]:
+        """A pipelined sync round, non-blocking: (next parameters, infos), refs by shard."""
 
-    def remember(self, round: int, rank: int, grad_refs: Sequence[Any],
-                 param_version: int) -> None: ...
+    def applied(self, version: int) -> None:
+        """Every shard applied ``version`` rounds: drop what was kept for earlier ones."""
 
-    def forget_leaders(self) -> None: ...
+    def replay(self, through: int) -> None:
+        """Re-send the kept contributions of rounds below ``through`` to fresh leaders."""
 
-    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int,
-               *, replay: bool = False) -> None:
+    def submit(self, round: int, rank: int, grad_refs: Sequence[Any],
+               param_version: int) -> None:
         """Non-blocking contribution of rank's per-shard gradient refs to ``round``."""
 
     def close_round(self, round: int) -> None:

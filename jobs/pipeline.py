@@ -9,13 +9,21 @@ r+1's answers arrive, or, for the last round before a barrier (epoch end, checkp
 training), after ``wait_version``. The driver submits up to ``DEPTH`` rounds ahead and never
 past a barrier, so evaluation and checkpoints see exactly the version they name.
 
-Faults: the driver keeps every in-flight round's gradient refs. When a replica or its
-leadership is lost (or a node, with objects Ray cannot reconstruct), it lets the submitted
-tasks settle, re-submits the longest prefix of
-rounds whose tasks all succeeded (``submit(replay=True)``; a round a shard already applied
-is success), waits until every shard applied them, and restarts the pipeline from there.
+Faults. Two owners, one concern each: the server facade keeps every contribution it was
+handed until every shard applied its round (``ParameterServer.step_round``, ``applied``) and
+is the one that re-sends them (``replay``); this loop knows which rounds' tasks succeeded and
+decides where to restart. When a replica or its leadership is lost (or a node, with objects
+Ray cannot reconstruct), it lets the launched tasks settle, asks the server to replay the
+longest prefix of rounds whose tasks all succeeded (a round a shard already applied is
+success), waits until every shard applied them, and restarts the pipeline from there.
 Aggregation and the optimizer are deterministic, so the model bits are those of a run
-without the fault.
+without the fault. Two facts of the data flow make that prefix well defined and cheap:
+
+* round r + 1's tasks take round r's ``step_round`` answers (the next parameters) as
+  arguments, so once a round's answer is lost every later round's tasks fail too: the rounds
+  whose tasks succeeded are a prefix of those in flight;
+* a task's metrics are small, so Ray returns them inline to this process (the owner): once
+  ``ray.wait`` saw them settle, reading them needs no fetch and cannot be lost with a node.
 """
 
 from __future__ import annotations
@@ -125,11 +133,10 @@ class PipelinedRounds:
         workers, shards = len(oldest.metrics), len(oldest.infos)
         metrics: list[GradientMetrics] = values[:workers]
         infos, later = values[workers:workers + shards], values[workers + shards:]
-        if later:
+        if later:  # round r + 1's answers: every shard applied round r
             commit_s = max(float(i["commit_s"]) for i in later)
-        else:  # a barrier: wait for the commit itself (replaying on a leader failure)
-            for rank, grads in enumerate(oldest.grads):
-                self.server.remember(oldest.round, rank, grads, oldest.round)
+            self.server.applied(oldest.round + 1)
+        else:  # a barrier: wait for the commit itself (the server replays on a leader loss)
             t0 = time.perf_counter()
             self.server.wait_version(oldest.round + 1, timeout)
             commit_s = time.perf_counter() - t0
@@ -165,10 +172,7 @@ class PipelinedRounds:
         LOG.warning("a shard replica or leader was lost during rounds %d..%d; replaying "
                     "rounds %d..%d and resuming at round %d", inflight[0].round,
                     inflight[-1].round, inflight[0].round, restart - 1, restart)
-        self.server.forget_leaders()
-        for flight, _ in good:
-            for rank, grads in enumerate(flight.grads):
-                self.server.submit(flight.round, rank, grads, flight.round, replay=True)
+        self.server.replay(restart)
         t0 = time.perf_counter()
         try:
             self.server.wait_version(restart, timeout)

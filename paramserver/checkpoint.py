@@ -38,6 +38,7 @@ import numpy.typing as npt
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from consensus.snapshot_files import fsync_dir
 from paramserver.errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
@@ -83,14 +84,6 @@ def manifest_digest(fields: Mapping[str, Any]) -> str:
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                            allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _shard_tensors(state: ShardState, buffers: Collection[str]) -> dict[str, npt.NDArray[Any]]:
@@ -140,7 +133,7 @@ def write_checkpoint(
         name = f"shard-{s}.safetensors"
         buffers = {p.key for p in plan.pieces(s) if p.buffer}
         save_file(_shard_tensors(state, buffers), str(tmp / name))
-        _fsync(tmp / name)
+        fsync_dir(tmp / name)
         files[name] = _sha256(tmp / name)
     manifest = {
         "round": round, "version": versions[0], "plan": json.loads(plan.to_json()),
@@ -156,11 +149,11 @@ def write_checkpoint(
         manifest["incarnation"] = incarnation
     manifest[MANIFEST_HASH] = manifest_digest(manifest)
     (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1))
-    _fsync(tmp / MANIFEST)
-    _fsync(tmp)
+    fsync_dir(tmp / MANIFEST)
+    fsync_dir(tmp)
     shutil.rmtree(final, ignore_errors=True)  # a manifest-less leftover is not a checkpoint
     os.rename(tmp, final)
-    _fsync(root)
+    fsync_dir(root)
     return final
 
 
@@ -358,7 +351,7 @@ def export_state_dict(
         target = target / "model.safetensors"
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     save_file({k: np.asarray(v, order="C") for k, v in full_tensors.items()}, str(tmp))
-    _fsync(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, target)
     return target
 
@@ -383,7 +376,7 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep: int, *,
         os.rename(path, trash)
         shutil.rmtree(trash)
     if doomed:
-        _fsync(root)
+        fsync_dir(root)
     return doomed
 
 

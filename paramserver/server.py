@@ -4,9 +4,12 @@ One Raft group per shard, named ``<job>/shard-<s>``, whose replicas (``<job>/sha
 replica-<r>``) apply ``ShardStateMachine`` commands and host a ``ShardService``. The facade
 
 * pulls parameters (one object-store ref per shard, put once per version by a replica);
-* submits a worker's per-shard gradient refs to each shard leader without blocking, and keeps
-  them until the round is applied, so that after a leader change it re-submits them to the
-  new leader (duplicates are idempotent; a round applies exactly once);
+* submits a worker's per-shard gradient refs to each shard leader without blocking (``submit``,
+  or a whole pipelined round, ``step_round``), and keeps them until every shard applied the
+  round. The facade is the one owner of what was handed to the shards: after a leader change
+  it re-submits the kept contributions to the new leader, by itself while it waits for a
+  version, or when the driver asks (``replay``, after a pipelined round failed); duplicates
+  are idempotent and a round applies exactly once;
 * waits for a version on every shard, cuts consistent checkpoints, restores them through Raft.
 
 The facade is used from one driver thread; it is not thread-safe.
@@ -158,27 +161,27 @@ class ParameterServer:
         answers = self._call_each("pull", min_version, self.config.rpc_timeout_s)
         return [ref for _version, ref in answers]
 
-    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int,
-               *, replay: bool = False) -> None:
+    def submit(self, round: int, rank: int, grad_refs: Sequence[Any],
+               param_version: int) -> None:
         """Hand ``rank``'s contribution to ``round`` (one ref per shard, each resolving to
         ``(samples, {key: summed gradient})``) to every shard leader. Never blocks; errors
-        surface in ``wait_version``. The refs are kept until the round is applied.
-        ``replay=True``: a shard may have applied the round already (that is success)."""
-        if len(grad_refs) != len(self._groups):
-            raise ValueError(f"got {len(grad_refs)} gradient refs for {len(self._groups)} "
-                             "shards; the task must return one ref per shard")
-        self.remember(round, rank, grad_refs, param_version)
+        surface in ``wait_version``. The refs are kept until every shard applied the round."""
+        self._check_refs(grad_refs)
+        self._keep(round, rank, grad_refs, param_version)
         for shard in range(len(self._groups)):
-            self._send(shard, round, rank, replay=replay)
+            self._send(shard, round, rank)
 
     def step_round(self, round: int, grad_refs: Sequence[Sequence[Any]],
                    param_version: int) -> tuple[list[Any], list[Any]]:
         """The pipelined sync round: ``grad_refs[rank][shard]`` for every rank, one
         ``ShardService.step_round`` call per shard, never blocking. Returns two lists of refs
         by shard: the parameters of version ``round + 1`` (a dict each, ready to pass to the
-        next round's tasks before they exist) and the call's info dict. The round counts as
-        committed only once the NEXT round's infos (or ``wait_version``) say so; on a
-        failure, ``submit(..., replay=True)`` the kept refs and ``wait_version``."""
+        next round's tasks before they exist) and the call's info dict. The refs are kept
+        like ``submit``'s. The round counts as committed only once the NEXT round's infos say
+        so (then tell ``applied``) or ``wait_version`` returns; after a failure, ``replay``."""
+        for rank, refs in enumerate(grad_refs):
+            self._check_refs(refs)
+            self._keep(round, rank, refs, param_version)
         params, infos = [], []
         for shard in range(len(self._groups)):
             per_rank = [refs[shard] for refs in grad_refs]
@@ -188,10 +191,33 @@ class ParameterServer:
             infos.append(i_ref)
         return params, infos
 
-    def remember(self, round: int, rank: int, grad_refs: Sequence[Any],
-                 param_version: int) -> None:
-        """Keep a contribution already sent through ``step_round`` for replay: if a leader
-        fails during the next ``wait_version``, it is re-submitted to the new one."""
+    def applied(self, version: int) -> None:
+        """The caller learnt that every shard applied ``version`` rounds (from the answers
+        of round ``version``'s ``step_round``): the contributions kept for earlier rounds
+        are dropped (their gradients can be freed)."""
+        self._forget_applied(version)
+        self._version = max(self._version, version)
+
+    def replay(self, through: int) -> None:
+        """After a pipelined round failed (a leader, replica or node lost): look every
+        shard's leader up again and re-submit the kept contributions of the rounds below
+        ``through`` (a shard that applied one already counts that as success); drop the kept
+        contributions of ``through`` and later (the caller computes those rounds again).
+        Never blocks; ``wait_version(through)`` waits for the outcome."""
+        self.forget_leaders()
+        for round in [r for r in self._pending if r >= through]:
+            del self._pending[round]
+        self._closed = {r for r in self._closed if r < through}
+        for shard in range(len(self._groups)):
+            self._send_pending(shard)
+
+    def _check_refs(self, grad_refs: Sequence[Any]) -> None:
+        if len(grad_refs) != len(self._groups):
+            raise ValueError(f"got {len(grad_refs)} gradient refs for {len(self._groups)} "
+                             "shards; the task must return one ref per shard")
+
+    def _keep(self, round: int, rank: int, grad_refs: Sequence[Any],
+              param_version: int) -> None:
         self._pending.setdefault(round, {})[rank] = (list(grad_refs), param_version)
 
     def forget_leaders(self) -> None:
@@ -216,6 +242,11 @@ class ParameterServer:
         self._leaders[shard] = None
         for ref in [r for r, s in self._inflight.items() if s == shard]:
             del self._inflight[ref]
+        self._send_pending(shard)
+
+    def _send_pending(self, shard: int) -> None:
+        """Re-send every kept contribution (and straggler close) to ``shard``'s leader, in
+        round and rank order, as replays: a round the shard applied already is success."""
         for round in sorted(self._pending):
             for rank in sorted(self._pending[round]):
                 self._send(shard, round, rank, replay=True)

@@ -17,6 +17,15 @@ A ``ShardService`` is built on every replica of a shard's Raft group (``service=
 These (and ``close_round``) are the service's public methods (``service_methods``): the
 replica's ``call_service`` refuses any other name.
 
+Two doors lead into the one aggregator, and they differ on a round that is not the next one
+on purpose. ``step_round`` serves only the driver's live pipeline, whose round ids are the
+shard's next versions: a round this shard applied already means the caller is behind, so it
+raises StaleRoundError (the driver then pulls again). Every re-sent contribution (a replay
+after a failover, a nudge, the server facade's own re-submission) goes through ``submit`` with
+``replay=True``, where an applied round is success (``duplicate``) and a round ahead waits
+for the ones before it. Either way the aggregator admits each rank once and a round applies
+exactly once; the rules differ only in what the caller is told.
+
 All methods run on the replica's event loop thread, while applies run in the replica's
 apply thread: they read the state machine only through its thread-safe readers (one
 version, never a mix; see ``ShardStateMachine``). The heavy arithmetic of ``step_round``

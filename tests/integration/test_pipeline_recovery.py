@@ -17,6 +17,7 @@ import ray
 from consensus.errors import NotLeaderError
 from jobs.config import TrainConfig
 from jobs.pipeline import PipelinedRounds
+from jobs.pipeline_depth import DEPTH
 from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics
 
@@ -65,8 +66,10 @@ class ScriptedServer:
         self.failed = False
         self.lose, self.lost_error = LOSSES[loss]
         self.events: list[tuple[str, int, Any]] = []  # ("step", round, answer) | ("replay", ..)
+        self.kept: dict[int, list[Any]] = {}  # round -> grad refs by rank, like the facade
+        self.most_kept = 0
 
-    def applied(self) -> list[int]:
+    def applied_rounds(self) -> list[int]:
         """The rounds applied so far, in order (resolving the answers recorded)."""
         done: list[int] = []
         replayed: dict[int, set[int]] = {}
@@ -86,11 +89,13 @@ class ScriptedServer:
         return done
 
     def pull(self, min_version: int) -> list[Any]:
-        assert len(self.applied()) == min_version
+        assert len(self.applied_rounds()) == min_version
         return [ray.put(("params", min_version))]
 
     def step_round(self, round: int, grad_refs: Sequence[Sequence[Any]],
                    param_version: int) -> tuple[list[Any], list[Any]]:
+        self.kept[round] = [refs[0] for refs in grad_refs]
+        self.most_kept = max(self.most_kept, len(self.kept))
         if round == self.fail_at and not self.failed:
             self.failed = True
             lost = self.lose.remote()
@@ -100,20 +105,20 @@ class ScriptedServer:
         self.events.append(("step", round, info))
         return [params], [info]
 
-    def submit(self, round: int, rank: int, grad_refs: Sequence[Any], param_version: int,
-               *, replay: bool = False) -> None:
-        assert replay and ray.get(grad_refs[0]) == (round, rank)
-        self.events.append(("replay", round, rank))
+    def applied(self, version: int) -> None:
+        assert len(self.applied_rounds()) >= version
+        self.kept = {r: refs for r, refs in self.kept.items() if r >= version}
 
-    def remember(self, round: int, rank: int, grad_refs: Sequence[Any],
-                 param_version: int) -> None:
-        pass
-
-    def forget_leaders(self) -> None:
-        pass
+    def replay(self, through: int) -> None:
+        for round in sorted(r for r in self.kept if r < through):
+            for rank, ref in enumerate(self.kept[round]):
+                assert ray.get(ref) == (round, rank)
+                self.events.append(("replay", round, rank))
+        self.kept = {r: refs for r, refs in self.kept.items() if r < through}
 
     def wait_version(self, version: int, timeout: float) -> None:
-        assert len(self.applied()) >= version, f"applied {self.applied()}, wanted {version}"
+        done = self.applied_rounds()
+        assert len(done) >= version, f"applied {done}, wanted {version}"
 
 
 def _launch(round: int, params: Sequence[Any]) -> tuple[list[list[Any]], list[Any]]:
@@ -138,7 +143,9 @@ def test_a_lost_leader_mid_pipeline_replays_and_every_round_applies_once(
     PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
                     launch=_launch, is_barrier=lambda r: r == BARRIER).run(0, 8, reported.append)
     assert server.failed
-    assert server.applied() == list(range(8)), "every round applied once, in order"
+    assert server.applied_rounds() == list(range(8)), "every round applied once, in order"
+    # the loop tells the server what committed: it never keeps more than the rounds in flight
+    assert server.most_kept <= DEPTH + 1
     assert [r.round for r in reported] == list(range(8)), "reported once each, in order"
     assert all(r.contributors == WORKERS for r in reported)
     # The lost answer also carried the news that the round before it committed, so both
