@@ -27,12 +27,3 @@ def decode_conf_change(data: bytes | memoryview) -> ConfChange:
         raise ConfigError(f"bytes {bytes(data)!r} are not an encoded ConfChange")
     return ConfChange(ConfChangeKind(kind), node)
 
-
-def apply_conf_change(voters: tuple[int, ...], cc: ConfChange) -> tuple[int, ...]:
-    """The voter set after ``cc`` (sorted); adding a member or removing a non-member is a no-op."""
-    members = set(voters)
-    if cc.kind == ConfChangeKind.ADD:
-        members.add(cc.node)
-    else:
-        members.discard(cc.node)
-    return tuple(sorted(members))

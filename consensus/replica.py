@@ -34,7 +34,6 @@ import itertools
 import logging
 import os
 import random
-import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +65,7 @@ from consensus.replica_context import (
 from consensus.replica_failures import ReplicaFailures
 from consensus.replica_fresh import FreshStart
 from consensus.replica_snapshots import ReplicaSnapshots
+from consensus.replica_status import ReplicaStatus
 from consensus.session import (
     SessionTable,
     decode_image,
@@ -83,7 +83,6 @@ from consensus.types import (
     HardState,
     Message,
     Ready,
-    Role,
     Snapshot,
     SnapshotMeta,
 )
@@ -100,7 +99,7 @@ def _fail_stop() -> NoReturn:
     os._exit(1)
 
 
-class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
+class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
     """One replica of a Raft group, hosted by the asyncio Ray actor ``ReplicaActor``
     (consensus.replica_actor: the methods other processes may call)."""
 
@@ -478,35 +477,3 @@ class RaftReplica(ReplicaFailures, FreshStart, ReplicaAPI):
         of after a whole election timeout (``RaftNode.peer_gone``)."""
         self._node.peer_gone(node_id)
         self._wake.set()
-
-    async def status(self) -> dict[str, Any]:
-        """A snapshot of this replica's view (cheap; never blocks). ``storage_failure``: the
-        last recorded storage failure (``StorageFailure.to_dict``), if any; out of service,
-        also ``out_of_service`` (the same) and role ``FAILED``."""
-        if self._out_of_service is not None:
-            return self._failed_status()
-        failure = None if self._failures.last is None else self._failures.last.to_dict()
-        node = self._node
-        return {
-            "name": replica_name(self.group, self.index), "namespace": self._namespace,
-            "index": self.index, "node_id": self.node_id, "role": Role(node.role).name,
-            "term": node.term, "commit": node.commit_index, "applied": self.applied_index,
-            "last_index": node.last_index,
-            "leader": None if node.leader is None else node.leader - 1,
-            "voters": [v - 1 for v in node.voters], "snapshot_index": self._snaps.index,
-            "learners": [v - 1 for v in node.learners],
-            "matches": {v - 1: m for v, m in node.member_matches().items()},
-            "alive": True, "readies": self._readies, "lost_state": self.lost_state,
-            "leader_changes": self.leader_changes,
-            "storage_full": None if self._snaps.storage_full is None else str(
-                self._snaps.storage_full),
-            "disk_bytes": self._storage.disk_bytes(),
-            "peak_log_bytes": self._snaps.peak_log_bytes, "snapshot_bytes": self._snaps.bytes,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_private_bytes": max(self._peak_private, private_bytes() or 0),
-            "confirming_fresh": self._confirming_fresh,
-            "sent_msgs": self._router.sent_msgs, "sent_entries": self._router.sent_entries,
-            "pid": os.getpid(),
-            "cpu_s": time.process_time(),
-            "storage_failure": failure, "out_of_service": None,
-        }

@@ -227,13 +227,3 @@ class Ready:
     leader: int | None = None
     term: int = 0
     send_before_persist: bool = False
-
-    def is_empty(self) -> bool:
-        return not (
-            self.hard_state
-            or self.entries
-            or self.snapshot
-            or self.committed_entries
-            or self.messages
-            or self.read_states
-        )

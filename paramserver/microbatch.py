@@ -71,14 +71,6 @@ def aligned_cover(start: int, stop: int, total: int) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-def task_ranges(tasks: int, total: int) -> tuple[Node, ...]:
-    """The contiguous micro-batch ranges of ``tasks`` tasks over ``total`` micro-batches:
-    task i computes ``[i*total // tasks, (i+1)*total // tasks)``; needs 1 <= tasks <= total."""
-    if not 1 <= tasks <= total:
-        raise ValueError(f"{tasks} tasks cannot each compute some of {total} micro-batches")
-    return tuple((i * total // tasks, (i + 1) * total // tasks) for i in range(tasks))
-
-
 def subtree_sum(nodes: Mapping[Node, F32], start: int, stop: int, total: int,
                 out: F32 | None = None) -> F32:
     """The float32 sum of tree node ``[start, stop)`` from given node sums tiling it.

@@ -396,11 +396,6 @@ class ShardStateMachine:
             clone._apply_decoded(decoded)
         return {k: _frozen_view(a) for k, a in clone._params.items()}
 
-    def discard_preview(self) -> None:
-        """Drop the pending preview (frees its copy of the state)."""
-        with self._mutex:
-            self._pending = None
-
     def _apply_async(self, command: RoundCommand) -> ApplyResult:
         """One contribution of one rank, identified by (rank, step): a step this shard
         applied already is a duplicate (re-proposed by a new leader) and a no-op. Any other

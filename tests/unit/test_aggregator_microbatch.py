@@ -21,8 +21,8 @@ from paramserver.microbatch import (
     TreeContribution,
     aligned_cover,
     subtree_sum,
-    task_ranges,
 )
+from workers.schedule import micro_range
 
 SHAPES = {"w": (4, 3), "b": (3,), "stat": (3,)}
 BUFFERS = {"stat": np.dtype(np.float32)}
@@ -50,7 +50,7 @@ def _agg(workers: int = 4, **kw: Any) -> RoundAggregator:
 
 def _run(total: int, tasks: int, order: list[int] | None = None) -> bytes:
     agg = _agg(workers=tasks)
-    ranges = task_ranges(tasks, total)
+    ranges = [(r.start, r.stop) for r in (micro_range(k, tasks, total) for k in range(tasks))]
     outs = [agg.submit(0, rank, _part(*ranges[rank], total), 5 * (ranges[rank][1]
                                                                    - ranges[rank][0]), 0)
             for rank in (order or range(tasks))]

@@ -17,9 +17,9 @@ from paramserver.microbatch import (
     children,
     is_node,
     subtree_sum,
-    task_ranges,
     tree_total,
 )
+from workers.schedule import ScheduleError, micro_range
 
 
 def _leaves(total: int, seed: int, size: int = 7) -> list[F32]:
@@ -93,12 +93,6 @@ def test_the_tree_is_tree_sums_shape_for_six_leaves() -> None:
     assert not is_node(1, 3, 6) and is_node(4, 6, 6) and is_node(4, 5, 5)
 
 
-def test_task_ranges_are_contiguous_and_refuse_more_tasks_than_micro_batches() -> None:
-    assert task_ranges(4, 6) == ((0, 1), (1, 3), (3, 4), (4, 6))
-    assert task_ranges(1, 3) == ((0, 3),)
-    with pytest.raises(ValueError, match="cannot each compute"):
-        task_ranges(5, 4)
-
 
 def test_gaps_and_overlaps_are_refused() -> None:
     leaves = _leaves(4, 0)
@@ -111,3 +105,11 @@ def test_gaps_and_overlaps_are_refused() -> None:
         subtree_sum(nodes, 1, 3, 4)
     with pytest.raises(ValueError, match="not inside"):
         aligned_cover(2, 2, 4)
+
+
+def test_micro_ranges_are_contiguous_and_refuse_more_tasks_than_micro_batches() -> None:
+    ranges = [micro_range(rank, 4, 6) for rank in range(4)]
+    assert [(r.start, r.stop) for r in ranges] == [(0, 1), (1, 3), (3, 4), (4, 6)]
+    assert (micro_range(0, 1, 3).start, micro_range(0, 1, 3).stop) == (0, 3)
+    with pytest.raises(ScheduleError, match="cannot share"):
+        micro_range(0, 5, 4)
