@@ -92,6 +92,7 @@ from bench.scale_config import (
     BenchConfigError,
     ScaleBenchConfig,
 )
+from bench.scale_cpu import median_split, side_split
 from bench.scale_probe import POLL_S, ceiling_match, peak_poller, ps_match, raft_replica_match
 from bench.scale_report import error_lines, report
 
@@ -214,6 +215,7 @@ def side_entry(values: Sequence[float], runs: Sequence[Mapping[str, Any]], ray_r
             "snapshot_mb_per_replica": peak_mb(ok, "snapshot_bytes"),
             "log_peak_over_state": median([float(r["log_peak_over_state"]) for r in ok
                                            if r.get("log_peak_over_state") is not None]),
+            "cpu_cores_by_role": median_split(ok),
             "failovers": [r.get("failovers") for r in ok],
             "leader_changes": [r.get("leader_changes") for r in ok],
             "errors": [str(r["error"]) for r in runs if "error" in r],
@@ -295,6 +297,7 @@ def measure_raftps(size: str, side: str, cfg: ScaleBenchConfig) -> dict[str, Any
         records = read_metrics(out / "metrics.jsonl")
         return {"samples_per_s": steady_state_rate(records, cfg.warmup),
                 "summary_samples_per_s": float(summary["samples_per_s"]),
+                "cpu_cores_by_role": side_split(peaks, summary),
                 "timed_rounds": len(records) - cfg.warmup,
                 "round_breakdown_s": round_breakdown(records, cfg.warmup),
                 "leader_changes": leader_changes(summary, records),
@@ -314,7 +317,8 @@ def measure_ray_ps(size: str, cfg: ScaleBenchConfig) -> dict[str, Any]:
     with peak_poller(None, ps_match) as peaks:
         rate = ray_ps_example.run(ps_cfg)
     return {"samples_per_s": rate, "timed_rounds": cfg.rounds,
-            "round_breakdown_s": {"round_s": GLOBAL_BATCH / rate}, **peaks}
+            "round_breakdown_s": {"round_s": GLOBAL_BATCH / rate},
+            "cpu_cores_by_role": side_split(peaks), **peaks}
 
 
 def ceiling_config(size: str, cfg: ScaleBenchConfig, actor_prefix: str | None = None) -> Any:
@@ -340,7 +344,8 @@ def measure_ceiling(size: str, cfg: ScaleBenchConfig) -> dict[str, Any]:
     with peak_poller(None, ceiling_match(prefix)) as peaks:
         rate = task_ceiling.run(ceiling_cfg)
     return {"samples_per_s": rate, "timed_rounds": cfg.rounds, "depth": ceiling_cfg.depth,
-            "round_breakdown_s": {"round_s": GLOBAL_BATCH / rate}, **peaks}
+            "round_breakdown_s": {"round_s": GLOBAL_BATCH / rate},
+            "cpu_cores_by_role": side_split(peaks), **peaks}
 
 
 def measure_torch(size: str, cfg: ScaleBenchConfig) -> dict[str, Any]:

@@ -13,6 +13,12 @@ While a side trains, a thread of the measuring child (``peak_poller``) samples e
   (``ray._private.state``; ``ray.util.state.list_actors`` needs the dashboard, which the sides
   do not start). It counts the object-store pages a process touched (shared memory).
 
+- CPU: each keyed actor's user + system seconds (``cpu_seconds_by_key``) and the machine's
+  busy seconds (all cores, ``psutil.cpu_times``: everything but idle and iowait), kept at
+  their first and last sample; ``cpu_cores`` and ``machine_busy_cores`` are the mean cores
+  each used between those samples (start-up included: the actors' first sample comes after
+  they started).
+
 Only the peaks are kept (``update_peaks``). Ray and psutil are imported only when actors are
 sampled, so the disk part runs (and is unit-tested) without them.
 """
@@ -22,11 +28,13 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 POLL_S = 0.5
+_MACHINE = "<machine>"  # the key of the machine's busy seconds among the CPU samples
 _REPLICA_FILE = re.compile(r"^(replica-\d+)\.db")
 ActorMatch = Callable[[str, str], str | None]  # (class name, actor name) -> key or None
 
@@ -118,12 +126,22 @@ def peak_poller(raft_dir: Path | None, match: ActorMatch | None,
         peaks["peak_log_bytes"] = {}
     stop = threading.Event()
 
+    first: dict[str, tuple[float, float]] = {}  # key -> (monotonic s, cpu s) of the first
+    last: dict[str, tuple[float, float]] = {}  # and of the last sample
+
     def poll(actors: bool) -> None:
         try:
             if raft_dir is not None:
                 update_peaks(peaks["peak_log_bytes"], replica_log_bytes(raft_dir))
             if actors and match is not None:
-                update_peaks(peaks["peak_rss_bytes"], rss_by_key(actor_pids(match)))
+                pids = actor_pids(match)
+                update_peaks(peaks["peak_rss_bytes"], rss_by_key(pids))
+                now = time.monotonic()
+                cpu = cpu_seconds_by_key(pids) | {_MACHINE: machine_busy_seconds()}
+                for key, seconds in cpu.items():
+                    first.setdefault(key, (now, seconds))
+                    last[key] = (now, seconds)
+                peaks.update(cpu_rates(first, last))
             peaks["polls"] += 1
         except Exception as exc:  # keep measuring; report what sampling hit
             peaks["poll_errors"] = [*peaks["poll_errors"], f"{type(exc).__name__}: {exc}"][-5:]
@@ -163,3 +181,34 @@ def rss_by_key(pids: Mapping[str, int]) -> dict[str, int]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             out[key] = int(psutil.Process(pid).memory_info().rss)
     return out
+
+
+def cpu_seconds_by_key(pids: Mapping[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each live pid (processes gone meanwhile are skipped)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for key, pid in pids.items():
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = psutil.Process(pid).cpu_times()
+            out[key] = float(times.user + times.system)
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of this machine spent busy since boot (not idle, not iowait)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return float(sum(times) - idle)
+
+
+def cpu_rates(first: Mapping[str, tuple[float, float]],
+              last: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    """``{"cpu_cores": {key: mean cores}, "machine_busy_cores": cores | None}`` between each
+    key's first and last (monotonic s, CPU s) sample; keys sampled once are left out."""
+    cores = {key: (last[key][1] - t0_cpu) / (last[key][0] - t0)
+             for key, (t0, t0_cpu) in first.items() if last[key][0] > t0}
+    return {"cpu_cores": {k: v for k, v in cores.items() if k != _MACHINE},
+            "machine_busy_cores": cores.get(_MACHINE)}

@@ -5,7 +5,9 @@ One row per (size, side): samples/s, its ratios to the same size's ``ray_ps_adam
 Raft: how much of that upper bound a raftps side reaches), the median round breakdown in
 milliseconds, the largest per-replica peak log and RSS (MB, as the harness polled them), the
 largest ratio of a replica's peak log to its shard state (``summary.json``'s
-``peak_log_bytes / snapshot_bytes``), leader changes per run and how many runs succeeded.
+``peak_log_bytes / snapshot_bytes``), the mean CPU cores of the leaders and followers (a
+peer: its server actors) and of the whole machine (``bench.scale_cpu``), leader changes per
+run and how many runs succeeded.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any
 from bench.common import markdown_table
 from bench.models import HIDDEN, parameter_count
 from bench.scale_config import BREAKDOWN_FIELDS, RAFTPS_SIDES
+from bench.scale_cpu import cpu_cell
 
 TABLE_HEADERS = ["size", "side", "samples/s", "× Ray PS", "× torch", "× ceiling",
                  "round ms: publish/compute/aggregate/commit (wall)",
                  "peak log MB/replica (max)", "peak RSS MB/replica (max)",
                  "peak private MB/replica (max)", "log peak / state",
+                 "CPU cores: leaders/followers or actors (machine)",
                  "leader changes", "ok runs"]
 
 
@@ -72,6 +76,7 @@ def report(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
                          max_cell(r["peak_rss_mb_per_replica"]),
                          max_cell(r.get("summary_peak_private_mb_per_replica")),
                          float(r.get("log_peak_over_state", float("nan"))),
+                         cpu_cell(r.get("cpu_cores_by_role"), side in RAFTPS_SIDES),
                          leader_cell(r["leader_changes"]), f"{runs - len(r['errors'])}/{runs}"])
     return markdown_table(TABLE_HEADERS, rows)
 

@@ -448,11 +448,12 @@ class ParameterServer:
                 for group in self._groups]
 
     def replica_stats(self) -> list[list[dict[str, Any]]]:
-        """Per shard, per live replica: its index, leader changes seen, the most bytes its
-        log held on disk (``peak_log_bytes``), its last snapshot's bytes (about the shard's
-        state), its peak RSS and what its storage holds now. Cheap: one status call each."""
-        keys = ("index", "leader_changes", "peak_log_bytes", "snapshot_bytes",
-                "peak_rss_bytes", "peak_private_bytes", "disk_bytes")
+        """Per shard, per live replica: its index, role, leader changes seen, the most bytes
+        its log held on disk (``peak_log_bytes``), its last snapshot's bytes (about the
+        shard's state), its peak RSS, what its storage holds now and the CPU seconds its
+        process used (``cpu_s``). Cheap: one status call each."""
+        keys = ("index", "role", "leader_changes", "peak_log_bytes", "snapshot_bytes",
+                "peak_rss_bytes", "peak_private_bytes", "disk_bytes", "cpu_s")
         return [[{k: r[k] for k in keys if k in r} for r in group.status() if r.get("alive")]
                 for group in self._groups]
 

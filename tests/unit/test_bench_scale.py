@@ -170,14 +170,17 @@ def test_report_table_and_cells() -> None:
         {"samples_per_s": 500.0, "peak_rss_bytes": {"shard-0/replica-0": 3e8,
                                                     "shard-0/replica-1": 4e8},
          "round_breakdown_s": {"publish_s": 0.01, "compute_s": 0.3, "aggregate_s": 0.02,
-                               "commit_s": 0.1, "round_s": 0.5}, "leader_changes": [0, 2]},
+                               "commit_s": 0.1, "round_s": 0.5}, "leader_changes": [0, 2],
+         "cpu_cores_by_role": {"leaders": 0.5, "followers": 0.75, "actors": 0.0,
+                               "machine": 1.95}},
         {"error": "RuntimeError: boom"}]}
     results = summarize({"20m:raftps_r3_memory": [500.0], "20m:torch_single": [1000.0]},
                         details, cfg)
     lines = report(results).splitlines()
     assert lines[0].startswith("| size | side | samples/s | × Ray PS | × torch | × ceiling |")
     assert lines[2] == ("| 20m (20.0M) | raftps_r3_memory | 500 | - | 0.50 | - | "
-                        "10/300/20/100 (500) | - | 400 | - | - | 0,2 | 1/2 |")
+                        "10/300/20/100 (500) | - | 400 | - | - | 0.50/0.75 (1.95) | 0,2 | "
+                        "1/2 |")
     assert lines[3].startswith("| 20m (20.0M) | torch_single | 1,000 | - | 1.00 | - | - |")
     assert error_lines(results) == ["20m raftps_r3_memory: RuntimeError: boom"]
     assert breakdown_cell({"round_s": 0.25}) == "-/-/-/- (250)"
@@ -305,3 +308,31 @@ def test_ceiling_config_matches_the_raftps_job_and_the_child_measures_it() -> No
     child = config_from_args(scale._parse(command[3:]))
     assert child.sides == ("ceiling",) and child.sizes == ("20m",)
     assert "ceiling_run" in scale.settings(cfg, quick=False)
+
+
+def test_cpu_rates_are_mean_cores_between_first_and_last_samples() -> None:
+    from bench.scale_probe import cpu_rates
+
+    first = {"shard-0/replica-0": (10.0, 1.0), "<machine>": (10.0, 100.0), "once": (12.0, 5.0)}
+    last = {"shard-0/replica-0": (14.0, 3.0), "<machine>": (14.0, 107.6), "once": (12.0, 5.0)}
+    rates = cpu_rates(first, last)
+    assert rates["cpu_cores"] == {"shard-0/replica-0": 0.5}  # sampled once: left out
+    assert rates["machine_busy_cores"] == pytest.approx(1.9)
+
+
+def test_cpu_split_by_the_roles_the_summary_names() -> None:
+    from bench.scale_cpu import cpu_cell, median_split, side_split
+
+    summary = {"replicas": [[{"index": 0, "role": "LEADER"}, {"index": 1, "role": "FOLLOWER"},
+                             {"index": 2, "role": "FOLLOWER"}]]}
+    peaks = {"cpu_cores": {"shard-0/replica-0": 0.6, "shard-0/replica-1": 0.3,
+                           "shard-0/replica-2": 0.25},
+             "machine_busy_cores": 1.98}
+    split = side_split(peaks, summary)
+    assert split == {"leaders": 0.6, "followers": 0.55, "actors": 0.0, "machine": 1.98}
+    assert cpu_cell(split, replicas=True) == "0.60/0.55 (1.98)"
+    peer = side_split({"cpu_cores": {"ps": 0.8}, "machine_busy_cores": None})
+    assert cpu_cell(peer, replicas=False) == "0.80"
+    assert median_split([{"cpu_cores_by_role": split}, {"cpu_cores_by_role": {
+        **split, "followers": 0.65}}, {"error": "x"}])["followers"] == pytest.approx(0.6)
+    assert cpu_cell(None, replicas=True) == "-"
