@@ -64,6 +64,11 @@ SIDES: dict[str, tuple[str, ...]] = {
     "ray_train_k50_node_loss": ("bench.goodput_node_loss", "--side", "ray_train",
                                 "--checkpoint-every", "50"),
 }
+QUICK_SIDES = ("raftps", "raftps_driver_kill", "ray_train_k50", "torchft")
+"""What ``--quick`` runs unless ``--sides`` says otherwise (about 10 minutes on 2 cores): raftps
+under every fault one run can hold, and a killed driver, against Ray Train checkpointing every
+50 steps and torchft. ``ray_train_k10`` alone takes about 12 minutes here, and the node-loss
+sides start a 4-node cluster each; the full table is ``--quick --sides`` with every side."""
 CLEAN_OF = {"raftps_driver_kill": "raftps", "raftps_node_loss": "raftps",
             "ray_train_k50_driver_kill": "ray_train_k50",
             "ray_train_k50_node_loss": "ray_train_k50"}
@@ -208,12 +213,20 @@ def plot(runs: Mapping[str, tuple[SideRun, SideRun]], path: Path) -> None:
     plt.close(fig)
 
 
+def chosen_sides(sides: Sequence[str] | None, *, quick: bool) -> list[str]:
+    """The sides to run: those named, else ``QUICK_SIDES`` with ``--quick``, else all."""
+    return list(sides) if sides else list(QUICK_SIDES if quick else SIDES)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.goodput", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="1000 steps, a fault every 10 s")
+    p.add_argument("--quick", action="store_true",
+                   help=f"1000 steps, a fault every 10 s; sides {', '.join(QUICK_SIDES)} "
+                        "unless --sides names others")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--kill-every", type=float, default=None, metavar="T")
-    p.add_argument("--sides", nargs="+", choices=sorted(SIDES), default=list(SIDES))
+    p.add_argument("--sides", nargs="+", choices=sorted(SIDES), default=None,
+                   help="sides to run, in order (default: all; with --quick, QUICK_SIDES)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--merge", action="store_true",
                    help="keep the other sides of an existing goodput.json (a rerun of some)")
@@ -231,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runs: dict[str, tuple[SideRun, SideRun]] = {}
     results: dict[str, dict[str, Any]] = {}
     cleans: dict[str, SideRun] = {}  # one fault-free run per side
-    for side in args.sides:
+    for side in chosen_sides(args.sides, quick=args.quick):
         base = CLEAN_OF.get(side, side)
         if base not in cleans:
             cleans[base] = run_child(base, cfg, faulted=False)
