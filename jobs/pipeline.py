@@ -150,8 +150,10 @@ class PipelinedRounds:
         """After a lost replica/leader: replay the rounds whose tasks all succeeded, wait
         until every shard applied them, and return them (to report) and the next round."""
         timeout = self.config.timeout_s
+        t_start = time.perf_counter()
         refs = [ref for f in inflight for ref in f.metrics]
         ray.wait(refs, num_returns=len(refs), timeout=timeout)  # let launched tasks settle
+        t_settled = time.perf_counter()
         good: list[tuple[_Flight, list[GradientMetrics]]] = []
         for flight in inflight:
             try:
@@ -167,6 +169,7 @@ class PipelinedRounds:
         for flight in list(inflight)[len(good):]:
             unused += [*flight.metrics, *(ref for refs in flight.grads for ref in refs)]
         _discard(unused, min(timeout, 10.0))
+        t_read = time.perf_counter()
         restart = good[-1][0].round + 1 if good else inflight[0].round
         self.failovers += 1
         LOG.warning("a shard replica or leader was lost during rounds %d..%d; replaying "
@@ -188,6 +191,10 @@ class PipelinedRounds:
                 "last checkpoint gives the same model bits (rerun with --resume if this "
                 "stopped the job)") from None
         info = {"aggregate_s": 0.0, "commit_s": time.perf_counter() - t0}
+        LOG.info("recovered in %.2f s: launched tasks settled in %.2f s, their unused answers "
+                 "read in %.2f s, every shard applied round %d in %.2f s",
+                 time.perf_counter() - t_start, t_settled - t_start, t_read - t_settled,
+                 restart - 1, info["commit_s"])
         inflight.clear()
         return [(flight, metrics, info) for flight, metrics in good], restart
 

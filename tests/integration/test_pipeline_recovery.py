@@ -133,15 +133,19 @@ def _launch(round: int, params: Sequence[Any]) -> tuple[list[list[Any]], list[An
 @pytest.mark.parametrize("loss", ["leader", "node"])
 @pytest.mark.parametrize("fail_at", [0, 3, BARRIER])
 def test_a_lost_leader_mid_pipeline_replays_and_every_round_applies_once(
-    fail_at: int, loss: str,
+    fail_at: int, loss: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``loss="node"``: the answer is an object Ray cannot reconstruct (its node died), not
     a consensus error; recovery must treat it the same way, not as the user's error."""
     server = ScriptedServer(fail_at, loss)
     config = TrainConfig(workers=WORKERS, timeout_s=60.0, progress=False)
     reported: list[RoundResult] = []
-    PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
-                    launch=_launch, is_barrier=lambda r: r == BARRIER).run(0, 8, reported.append)
+    with caplog.at_level("INFO", logger="jobs.pipeline"):
+        PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
+                        launch=_launch, is_barrier=lambda r: r == BARRIER).run(
+                            0, 8, reported.append)
+    recovered = [r.getMessage() for r in caplog.records if "recovered in" in r.getMessage()]
+    assert len(recovered) == 1 and "launched tasks settled in" in recovered[0]
     assert server.failed
     assert server.applied_rounds() == list(range(8)), "every round applied once, in order"
     # the loop tells the server what committed: it never keeps more than the rounds in flight
