@@ -3,6 +3,10 @@
 # sweep of sync training over 2/4/8 workers. Writes summaries under $OUT (default /tmp/out).
 # Usage there (after the install line of ../shared/hooks/device-wheels.sh):
 #   bash bench/device_check.sh
+# That machine lacks the runtime dependency crc32c (the Raft storage checksum); add its wheel
+# to .whl/ here before carrying it:
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl crc32c
 set -uo pipefail
 # The repacked Ray wheel loses the executable bit of its binaries (gcs_server, raylet).
 find "$(python3 -c "import ray, os; print(os.path.dirname(ray.__file__))")/core/src" -type f -exec chmod +x {} + 2>/dev/null
