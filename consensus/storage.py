@@ -62,11 +62,12 @@ from pathlib import Path
 from typing import Any
 
 from consensus import snapshot_files
-from consensus.checksums import CRC32, CRC32C, Checksum, checksum
+from consensus.checksums import Checksum, checksum
 from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError, check_incarnation
 from consensus.segments import Segments
 from consensus.snapshot_files import SnapshotFiles, StoredSnapshot
+from consensus.storage_meta import checksum_name, migrate, stamp
 from consensus.storage_rows import (
     entry_crc,
     hard_state_crc,
@@ -93,44 +94,7 @@ CREATE TABLE IF NOT EXISTS payload_refs (
     idx INTEGER PRIMARY KEY, seg INTEGER NOT NULL, off INTEGER NOT NULL, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_STATE_TABLES = ("hard_state", "entries", "snapshot")
-
 _NO_VOTE = -1
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Add the file-backed snapshot columns to a database created before they existed."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(snapshot)")}
-    if "file" in columns:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("ALTER TABLE snapshot ADD COLUMN file TEXT")
-    db.execute("ALTER TABLE snapshot ADD COLUMN size INTEGER")
-    db.execute("COMMIT")
-
-
-def _stamp(db: sqlite3.Connection) -> tuple[str | None, bool]:
-    """The incarnation a database is stamped with (None: none) and whether it holds any
-    Raft state; reads only (an empty or new file has neither)."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    found = None
-    if "meta" in tables:
-        row = db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()
-        found = None if row is None else str(row[0])
-    has_state = any(db.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
-                    for table in _STATE_TABLES if table in tables)
-    return found, has_state
-
-
-def _checksum_name(db: sqlite3.Connection) -> str:
-    """The checksum a database's rows carry: its ``checksum`` stamp; CRC-32 for one that
-    holds state but no stamp (written before stamps); CRC-32C for a new or empty one."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "meta" in tables:
-        row = db.execute("SELECT value FROM meta WHERE key = 'checksum'").fetchone()
-        if row is not None:
-            return str(row[0])
-    return CRC32 if _stamp(db)[1] else CRC32C
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,12 +148,12 @@ class SqliteStorage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self.incarnation = self._adopt_incarnation()
-            checksum_name = _checksum_name(self._db)
+            stamped = checksum_name(self._db)
             self._db.executescript(_SCHEMA)
-            _migrate(self._db)
+            migrate(self._db)
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('checksum', ?)",
-                             (checksum_name,))
-            self._crc: Checksum = checksum(checksum_name)
+                             (stamped,))
+            self._crc: Checksum = checksum(stamped)
             if self.incarnation is not None and self.config.incarnation is not None:
                 self._db.execute("INSERT OR IGNORE INTO meta (key, value) "
                                  "VALUES ('incarnation', ?)", (self.incarnation,))
@@ -213,7 +177,7 @@ class SqliteStorage:
         database) ``config.incarnation``. Raises IncarnationMismatchError, closing the
         database, if the stamp differs from the configured one or state has no stamp."""
         expected = self.config.incarnation
-        found, has_state = _stamp(self._db)
+        found, has_state = stamp(self._db)
         if expected is not None and found != expected and (found is not None or has_state):
             self._db.close()
             raise IncarnationMismatchError(str(self.path), expected, found)
