@@ -18,17 +18,15 @@ from bench.models import FACTORIES, HIDDEN, factory_spec, parameter_count
 from bench.scale import (
     BenchSideError,
     config_from_args,
-    leader_changes,
-    log_peak_over_state,
     peak_mb,
     raftps_args,
     round_breakdown,
     summarize,
-    summary_replica_stats,
 )
 from bench.scale_config import BenchConfigError, ScaleBenchConfig
 from bench.scale_probe import raft_replica_match, replica_log_bytes, update_peaks
 from bench.scale_report import breakdown_cell, error_lines, leader_cell, report
+from bench.scale_summary import leader_changes, log_peak_over_state, summary_replica_stats
 
 
 def test_model_sizes_are_near_their_names() -> None:
