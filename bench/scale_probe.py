@@ -137,7 +137,10 @@ def peak_poller(raft_dir: Path | None, match: ActorMatch | None,
                 pids = actor_pids(match)
                 update_peaks(peaks["peak_rss_bytes"], rss_by_key(pids))
                 now = time.monotonic()
-                cpu = cpu_seconds_by_key(pids) | {_MACHINE: machine_busy_seconds()}
+                # keyed by process too: a restarted replica's new process counts from zero
+                cpu = {f"{key}@{pids[key]}": seconds
+                       for key, seconds in cpu_seconds_by_key(pids).items()}
+                cpu[_MACHINE] = machine_busy_seconds()
                 for key, seconds in cpu.items():
                     first.setdefault(key, (now, seconds))
                     last[key] = (now, seconds)
@@ -206,9 +209,18 @@ def machine_busy_seconds() -> float:
 
 def cpu_rates(first: Mapping[str, tuple[float, float]],
               last: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
-    """``{"cpu_cores": {key: mean cores}, "machine_busy_cores": cores | None}`` between each
-    key's first and last (monotonic s, CPU s) sample; keys sampled once are left out."""
-    cores = {key: (last[key][1] - t0_cpu) / (last[key][0] - t0)
-             for key, (t0, t0_cpu) in first.items() if last[key][0] > t0}
+    """``{"cpu_cores": {key: mean cores}, "machine_busy_cores": cores | None}``. Samples are
+    keyed ``<key>@<pid>`` (the machine's ``_MACHINE``): a key's CPU seconds are summed over
+    its processes (first to last sample of each) and divided by the span from its first
+    sample to its last; a key whose samples span no time is left out."""
+    used: dict[str, float] = {}
+    span: dict[str, tuple[float, float]] = {}
+    for sample, (t0, cpu0) in first.items():
+        key = sample.rpartition("@")[0] or sample
+        t1, cpu1 = last[sample]
+        used[key] = used.get(key, 0.0) + cpu1 - cpu0
+        lo, hi = span.get(key, (t0, t1))
+        span[key] = (min(lo, t0), max(hi, t1))
+    cores = {key: used[key] / (hi - lo) for key, (lo, hi) in span.items() if hi > lo}
     return {"cpu_cores": {k: v for k, v in cores.items() if k != _MACHINE},
             "machine_busy_cores": cores.get(_MACHINE)}

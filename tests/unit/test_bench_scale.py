@@ -311,11 +311,15 @@ def test_ceiling_config_matches_the_raftps_job_and_the_child_measures_it() -> No
 def test_cpu_rates_are_mean_cores_between_first_and_last_samples() -> None:
     from bench.scale_probe import cpu_rates
 
-    first = {"shard-0/replica-0": (10.0, 1.0), "<machine>": (10.0, 100.0), "once": (12.0, 5.0)}
-    last = {"shard-0/replica-0": (14.0, 3.0), "<machine>": (14.0, 107.6), "once": (12.0, 5.0)}
+    first = {"shard-0/replica-0@7": (10.0, 1.0), "<machine>": (10.0, 100.0),
+             "once@9": (12.0, 5.0)}
+    last = {"shard-0/replica-0@7": (14.0, 3.0), "<machine>": (14.0, 107.6), "once@9": (12.0, 5.0)}
     rates = cpu_rates(first, last)
     assert rates["cpu_cores"] == {"shard-0/replica-0": 0.5}  # sampled once: left out
     assert rates["machine_busy_cores"] == pytest.approx(1.9)
+    # a replica restarted as pid 8: its new process counts from zero, its seconds add up
+    first["shard-0/replica-0@8"], last["shard-0/replica-0@8"] = (15.0, 0.5), (18.0, 2.5)
+    assert cpu_rates(first, last)["cpu_cores"]["shard-0/replica-0"] == pytest.approx(0.5)
 
 
 def test_cpu_split_by_the_roles_the_summary_names() -> None:
