@@ -30,11 +30,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from consensus.types import Payload
+
 __all__ = ["ProposalCoalescer", "ProposalFuture", "SendBatch"]
 
 log = logging.getLogger(__name__)
 
-SendBatch = Callable[[Sequence[bytes], float], list[Any]]
+SendBatch = Callable[[Sequence[Payload], float], list[Any]]
 """``send(commands, timeout) -> results``: apply ``commands`` as one entry (blocking)."""
 
 
@@ -44,7 +46,7 @@ class _Batch:
     __slots__ = ("callbacks", "commands", "deadline", "done", "error", "results", "size")
 
     def __init__(self) -> None:
-        self.commands: list[bytes] = []
+        self.commands: list[Payload] = []
         self.size = 0
         self.deadline = 0.0
         self.done = threading.Event()
@@ -123,7 +125,7 @@ class ProposalCoalescer:
         self.batches_sent = 0
         """Number of ``send`` calls so far (for tests and benchmarks)."""
 
-    def submit(self, command: bytes, timeout: float) -> ProposalFuture:
+    def submit(self, command: Payload, timeout: float) -> ProposalFuture:
         """Queue ``command``; its batch is sent with at least ``timeout`` seconds to run.
 
         Raises RuntimeError after ``close``."""

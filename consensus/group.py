@@ -49,7 +49,7 @@ from consensus.replica_config import RaftGroupConfig
 from consensus.replica_env import replica_env_vars
 from consensus.session import encode_run
 from consensus.state_machine import StateMachine
-from consensus.types import ConfChangeKind
+from consensus.types import ConfChangeKind, Payload
 
 __all__ = ["CommandError", "RaftGroup", "RaftGroupConfig"]
 
@@ -241,7 +241,7 @@ class RaftGroup:
 
     # ------------------------------------------------------------------ client API
 
-    def propose(self, command: bytes, timeout: float = 10.0) -> Any:
+    def propose(self, command: Payload, timeout: float = 10.0) -> Any:
         """Apply ``command`` exactly once and return the state machine's result.
 
         Concurrent calls (from many threads) are coalesced into shared log entries (client
@@ -253,14 +253,14 @@ class RaftGroup:
             raise ProposalTimeoutError(
                 f"group {self.name}: propose did not complete in {timeout} s") from None
 
-    def propose_async(self, command: bytes, timeout: float = 10.0) -> ProposalFuture:
+    def propose_async(self, command: Payload, timeout: float = 10.0) -> ProposalFuture:
         """Queue ``command`` (exactly once, coalesced with other queued commands) and return
         a ``ProposalFuture`` of its result (``result``/``exception``/``done``/
         ``add_done_callback``, like ``concurrent.futures.Future`` but not cancellable);
         never blocks. It fails like :meth:`propose` raises."""
         return self._coalescer.submit(command, timeout)
 
-    def propose_batch(self, commands: Sequence[bytes], timeout: float = 10.0) -> list[Any]:
+    def propose_batch(self, commands: Sequence[Payload], timeout: float = 10.0) -> list[Any]:
         """Apply ``commands`` in order, as ONE log entry, exactly once; return their results.
 
         A command the state machine raised on returns a :class:`CommandError`.

@@ -8,7 +8,9 @@ page cache has the bytes, the apply and a lagging follower's catch-up read them 
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
+from typing import Any
 
 from consensus.core import RaftNode
 from consensus.storage import SqliteStorage
@@ -23,10 +25,17 @@ def release_persisted(node: RaftNode, storage: SqliteStorage, persisted: Sequenc
     acknowledged with ``RaftNode.advance``) for views of where ``storage`` keeps them;
     returns how many were swapped."""
     large = [e.index for e in persisted
-             if len(e.data) >= RELEASE_MIN_BYTES and not isinstance(e.data, memoryview)]
+             if len(e.data) >= RELEASE_MIN_BYTES and not is_file_view(e.data)]
     if not large:
         return 0
     return node.release_payloads(storage.payload_views(large[0], large[-1]))
+
+
+def is_file_view(data: Any) -> bool:
+    """Whether ``data`` is already a view of a mapped file (``Segments.view``). Other
+    buffers hold their own memory: ``bytes``, and views of a received frame (``wire``) or of
+    a proposer's gathered command (``consensus.buffers.gather``)."""
+    return isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap)
 
 
 def private_bytes() -> int | None:

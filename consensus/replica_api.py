@@ -22,7 +22,7 @@ from consensus.errors import NotLeaderError, ProposalDroppedError, ProposalTimeo
 from consensus.replica_snapshots import ReplicaSnapshots
 from consensus.session import Envelope, encode_batch
 from consensus.state_machine import StateMachine
-from consensus.types import ConfChange, ConfChangeKind, EntryKind, Role
+from consensus.types import ConfChange, ConfChangeKind, EntryKind, Payload, Role
 
 __all__ = ["ReplicaAPI", "Waiter"]
 
@@ -86,7 +86,7 @@ class ReplicaAPI:
         """
         return await self.propose_entry(encode_batch(envelopes), timeout)
 
-    async def propose_entry(self, data: bytes, timeout: float,
+    async def propose_entry(self, data: Payload, timeout: float,
                             kind: EntryKind = EntryKind.NORMAL) -> list[Any]:
         """Like :meth:`propose_envelopes` with the entry already encoded: a batch of
         ``session.encode_batch`` or a run of ``session.encode_run`` (what ``RaftGroup``'s
@@ -102,7 +102,7 @@ class ReplicaAPI:
         raw: list[bytes] = await self._await(fut, timeout, f"proposal at index {index}")
         return [pickle.loads(r) for r in raw]
 
-    async def propose_command(self, command: bytes, timeout: float) -> Any:
+    async def propose_command(self, command: Payload, timeout: float) -> Any:
         """Propose one command without a client session (no dedup) as its own entry: the
         entry's bytes ARE the command, never copied into an envelope (a large model's round
         is hundreds of MB). Returns its result; raises like :meth:`propose_envelopes`."""
@@ -178,7 +178,8 @@ class ReplicaAPI:
     async def snapshot_bytes(self) -> bytes:
         """The user state machine's ``snapshot()`` (taken between applies)."""
         await self.apply_idle()
-        return self.state_machine.snapshot()
+        data = self.state_machine.snapshot()
+        return data if isinstance(data, bytes) else bytes(data)
 
     async def ping(self) -> int:
         return self.node_id

@@ -40,7 +40,7 @@ class RaftGroupConfig:
     snapshot_log_bytes: int | None = None
     """Also take one once the entries applied since the last snapshot hold this many bytes.
     None: once they hold about twice the last snapshot's bytes less the entries a pipeline
-    keeps in flight (see ``RaftReplica._compact_bytes``), so the log on disk stays below
+    keeps in flight (see ``consensus.compaction``), so the log on disk stays below
     about twice the state's size plus one entry, whatever the model size."""
     durability: Literal["disk", "memory"] = "disk"
     """``disk``: every entry is fsynced before a replica acknowledges it (any crash, even

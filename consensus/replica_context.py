@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consensus.state_machine import StateMachine
+from consensus.types import Payload
 
 if TYPE_CHECKING:
     from consensus.replica import RaftReplica
@@ -43,7 +44,7 @@ class ReplicaContext:
         """True while this replica believes it leads (it may be deposed without knowing)."""
         return self._replica.is_leader()
 
-    async def propose(self, command: bytes, timeout: float = 10.0) -> Any:
+    async def propose(self, command: Payload, timeout: float = 10.0) -> Any:
         """Propose ``command`` (no client dedup) here, as its own entry (never copied into
         an envelope); NotLeaderError if not the leader."""
         return await self._replica.propose_command(command, timeout)

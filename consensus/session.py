@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.errors import ConsensusError
+from consensus.types import Payload
 
 _MAGIC = b"RPB1"
 _RUN_MAGIC = b"RPR1"
@@ -102,7 +103,7 @@ class CommandRun:
     ack: int = 0
 
 
-def encode_run(client_id: str, first_seq: int, commands: Sequence[bytes], ack: int) -> bytes:
+def encode_run(client_id: str, first_seq: int, commands: Sequence[Payload], ack: int) -> bytes:
     """Encode a run (see the module docstring); ``first_seq`` >= 1."""
     cid = client_id.encode()
     lengths = struct.pack(f">{len(commands)}I", *map(len, commands))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from consensus.types import Payload
+
 
 @runtime_checkable
 class StateMachine(Protocol):
@@ -22,7 +24,7 @@ class StateMachine(Protocol):
         large command is then never copied on its way in); it may keep the view, which
         keeps the entry's buffer alive, but must not assume it is ``bytes``."""
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> Payload:
         """Serialize the whole state. Called between applies, never concurrently."""
 
     def restore(self, data: bytes) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from paramserver.async_steps import record, taken
-from paramserver.commands import RoundCommand
+from paramserver.commands import Frame, RoundCommand
 from paramserver.config import AggregatorConfig
 from paramserver.errors import (
     FutureRoundError,
@@ -61,7 +61,7 @@ class SubmitOutcome:
     accepted: bool
     duplicate: bool
     received: int
-    commands: tuple[bytes, ...] = ()
+    commands: tuple[Frame, ...] = ()
 
 
 REUSE_SUM_BYTES = 16 << 20
@@ -111,7 +111,7 @@ class RoundAggregator:
         self._next = start_round  # lowest round not emitted yet (async: next sequence number)
         self._applied = start_round
         self._open: dict[int, _Admitted] = {}
-        self._ready: dict[int, bytes] = {}
+        self._ready: dict[int, Frame] = {}
         self._done_ranks: dict[int, frozenset[int]] = {}
         self._done_ranges: dict[int, frozenset[Node]] = {}  # micro-batch rounds
         self._steps: dict[int, int] = {}  # async: per rank, the watermark of admitted steps
@@ -187,7 +187,7 @@ class RoundAggregator:
             raise
         return SubmitOutcome(round, True, False, received, commands)
 
-    def close_round(self, round: int) -> tuple[bytes, ...]:
+    def close_round(self, round: int) -> tuple[Frame, ...]:
         """Signal that ``round``'s straggler deadline passed (sync with backup workers).
 
         The round then completes as soon as it holds N-b contributions (now, if it does).
@@ -351,7 +351,7 @@ class RoundAggregator:
             raise GradientShapeError(f"buffer {key!r} from rank {rank} has shape "
                                      f"{value.shape}, expected {self._shapes[key]}")
 
-    def _maybe_complete(self, round: int) -> tuple[bytes, ...]:
+    def _maybe_complete(self, round: int) -> tuple[Frame, ...]:
         entry = self._open[round]
         if entry.parts:
             return self._maybe_complete_tree(round, entry)
@@ -366,7 +366,7 @@ class RoundAggregator:
         self._remember(round, frozenset(entry.contributions))
         return self._flush()
 
-    def _maybe_complete_tree(self, round: int, entry: _Admitted) -> tuple[bytes, ...]:
+    def _maybe_complete_tree(self, round: int, entry: _Admitted) -> tuple[Frame, ...]:
         """A micro-batch round completes once its ranges cover 0..M-1 (they are disjoint)."""
         if sum(stop - start for start, stop in entry.parts) < entry.micro_batches:
             return ()
@@ -438,7 +438,7 @@ class RoundAggregator:
         return RoundCommand(round=round, kind=command_kind, samples=int(samples), ranks=ranks,
                             grads=grads, buffers={k: first[k] for k in sorted(self._buffers)})
 
-    def _encode(self, command: RoundCommand) -> bytes:
+    def _encode(self, command: RoundCommand) -> Frame:
         """``command``'s bytes; then the sum buffers it used are dropped if they are large
         (kept for the next round otherwise): between rounds a large shard would hold a copy
         of its round's sum for nothing, next to the command itself."""
@@ -447,7 +447,7 @@ class RoundAggregator:
             self._sums = {}
         return data
 
-    def _flush(self) -> tuple[bytes, ...]:
+    def _flush(self) -> tuple[Frame, ...]:
         out = []
         while self._next in self._ready:
             out.append(self._ready.pop(self._next))

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from consensus.buffers import gather
 from paramserver.errors import CommandDecodeError
 
 MAGIC = b"RPS1"
@@ -26,6 +27,14 @@ CommandKind = Literal["sync", "async"]
 
 
 _ALIGN = 8  # the header is space-padded so the first array starts 8-byte aligned
+
+GATHER_BYTES = 1 << 20
+"""Frames at least this large are assembled by numpy (``consensus.buffers.gather``), which
+copies with the GIL released: ``bytes.join`` of a large model's round (hundreds of MB) holds
+the GIL for the whole copy, and the replica's ticks and heartbeats wait behind it."""
+
+Frame = bytes | memoryview
+"""An encoded frame: ``bytes`` when small, a buffer of its own (a memoryview) when large."""
 
 
 def frame_parts(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
@@ -51,12 +60,16 @@ def frame_parts(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]
     return [MAGIC, struct.pack("<I", len(raw)), raw, *body]
 
 
-def encode_frame(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
-    """Encode a JSON-able header and named float32/int64 arrays (sorted by name) to bytes.
+def encode_frame(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> Frame:
+    """Encode a JSON-able header and named float32/int64 arrays (sorted by name).
 
-    One copy of the array data: the buffers are joined straight from the arrays' memory.
+    One copy of the array data, straight from the arrays' memory: joined into ``bytes`` below
+    :data:`GATHER_BYTES`, gathered into a new buffer without the GIL at or above it.
     """
-    return b"".join(frame_parts(header, arrays))
+    parts = frame_parts(header, arrays)
+    if sum(len(p) for p in parts) < GATHER_BYTES:  # the parts are byte-format buffers
+        return b"".join(parts)
+    return gather(parts)
 
 
 def decode_frame(data: bytes | memoryview) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
@@ -117,7 +130,7 @@ class RoundCommand:
     nonfinite_skip: bool = False
     buffers: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
-    def encode(self) -> bytes:
+    def encode(self) -> Frame:
         """Deterministic bytes for the Raft log. ValueError when a key is both a gradient
         and a buffer."""
         header: dict[str, Any] = {"type": "round", "round": self.round, "kind": self.kind,
@@ -136,9 +149,9 @@ class RoundCommand:
 class RestoreCommand:
     """Replace the shard's whole state with ``snapshot`` (e.g. loading a checkpoint via Raft)."""
 
-    snapshot: bytes
+    snapshot: bytes | memoryview
 
-    def encode(self) -> bytes:
+    def encode(self) -> Frame:
         """Deterministic bytes for the Raft log."""
         blob = np.frombuffer(self.snapshot, dtype=np.uint8)
         padded = np.zeros(math.ceil(len(blob) / 8) * 8, np.uint8)

@@ -35,15 +35,17 @@ version, never a mix; see ``ShardStateMachine``). The heavy arithmetic of ``step
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from paramserver.aggregator import RoundAggregator
+from paramserver.commands import Frame
 from paramserver.config import AggregatorConfig
 from paramserver.errors import ApplyFailedError, PlanError, StaleRoundError
 from paramserver.shard import ShardStateMachine
@@ -57,7 +59,7 @@ class ShardContext(Protocol):
 
     def is_leader(self) -> bool: ...
 
-    async def propose(self, command: bytes, timeout: float = 10.0) -> Any: ...
+    async def propose(self, command: Frame, timeout: float = 10.0) -> Any: ...
 
     @property
     def state_machine(self) -> Any: ...
@@ -77,6 +79,13 @@ class Publisher(Protocol):
     def __call__(self, value: Any) -> Any: ...
 
 
+_T = TypeVar("_T")
+
+OFF_LOOP_BYTES = 1 << 20
+"""A shard with at least this many bytes of parameters admits contributions on its compute
+thread (``ShardService._on_compute``)."""
+
+
 def _seconds(proposal: asyncio.Future[float] | None) -> float:
     """A finished background proposal's commit seconds; 0.0 if none, running or failed."""
     if proposal is None or not proposal.done() or proposal.cancelled():
@@ -87,10 +96,10 @@ def _seconds(proposal: asyncio.Future[float] | None) -> float:
 def _aggregate_and_preview(
     aggregator: RoundAggregator, machine: ShardStateMachine, round: int,
     values: Sequence[tuple[int, Mapping[str, F32]]], param_version: int,
-) -> tuple[tuple[bytes, ...], dict[str, F32]]:
+) -> tuple[tuple[Frame, ...], dict[str, F32]]:
     """(compute thread) Admit every rank's contribution; the round's ONE command and the
     parameters its apply will produce."""
-    commands: tuple[bytes, ...] = ()
+    commands: tuple[Frame, ...] = ()
     for rank, (samples, grads) in enumerate(values):
         commands += aggregator.submit(round, rank, grads, samples, param_version).commands
     if len(commands) != 1:
@@ -127,6 +136,7 @@ class ShardService:
         self._published: tuple[int, Any] | None = None
         self._proposals: dict[int, asyncio.Future[float]] = {}  # step_round: round -> commit_s
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="shard-compute")
+        self._large: bool | None = None  # the shard's size sends admissions off the loop
 
     @property
     def _machine(self) -> ShardStateMachine:
@@ -167,8 +177,9 @@ class ShardService:
             # replayed rounds arrive together, each needing the one before it applied
             await self.wait_version(round, self._commit_timeout_s)
         try:
-            outcome = self._current_aggregator().submit(round, rank, grads, samples,
-                                                      param_version)
+            outcome = await self._on_compute(
+                lambda: self._current_aggregator().submit(round, rank, grads, samples,
+                                                          param_version))
         except StaleRoundError:
             if not replay:
                 raise
@@ -180,10 +191,24 @@ class ShardService:
 
     async def close_round(self, round: int) -> int:
         """The straggler deadline of ``round`` passed: complete it with N-b contributions."""
-        await self._commit(self._current_aggregator().close_round(round))
+        await self._commit(await self._on_compute(
+            lambda: self._current_aggregator().close_round(round)))
         return self._machine.version
 
-    async def _commit(self, commands: tuple[bytes, ...]) -> None:
+    async def _on_compute(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` on the compute thread when this shard is large, inline when it is
+        small (a thread hand-off would cost more): an aggregator call that may complete a
+        round (its sum, checks and encoding), or a copy of the state. Each takes long for
+        a large shard, and on the loop the ticks and heartbeats would wait behind it. The
+        choice is the shard's, so its aggregator calls never run on two threads at once."""
+        if self._large is None:
+            self._large = sum(4 * math.prod(shape)
+                              for shape in self._machine.shapes.values()) >= OFF_LOOP_BYTES
+        if not self._large:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self._compute, work)
+
+    async def _commit(self, commands: tuple[Frame, ...]) -> None:
         try:
             for command in commands:
                 result = await self._ctx.propose(command, self._commit_timeout_s)
@@ -247,7 +272,7 @@ class ShardService:
                 "term": self._ctx.term, "leader_changes": self._ctx.leader_changes}
         return params, info
 
-    async def _timed_commit(self, commands: tuple[bytes, ...]) -> float:
+    async def _timed_commit(self, commands: tuple[Frame, ...]) -> float:
         t0 = time.perf_counter()
         await self._commit(commands)
         return time.perf_counter() - t0
@@ -285,16 +310,19 @@ class ShardService:
         a list so Ray passes it through). Puts them in the object store once per version."""
         await self.wait_version(min_version, timeout)
         if self._published is None or self._published[0] != self._machine.version:
-            # a consistent read of one version even while an apply runs in its thread
-            # (per-layer seqlocks validated by the machine's version gate)
-            version, params = self._machine.read_params(copy=False)
-            self._published = (version, self._publish(params))
+            self._published = await self._on_compute(self._read_and_publish)
         return [self._published[0], self._published[1]]
 
-    def export(self, version: int) -> ShardState:
+    def _read_and_publish(self) -> tuple[int, Any]:
+        # a consistent read of one version even while an apply runs in its thread
+        # (per-layer seqlocks validated by the machine's version gate); the put copies
+        version, params = self._machine.read_params(copy=False)
+        return version, self._publish(params)
+
+    async def export(self, version: int) -> ShardState:
         """A deep copy of the shard at exactly ``version`` (for a consistent checkpoint cut;
         consistent even while an apply runs)."""
-        state = self._machine.export_state()
+        state = await self._on_compute(self._machine.export_state)
         if state.version != version:
             raise PlanError(f"shard is at version {state.version}, not {version}; "
                             "checkpoints are cut only after every shard applied the round")

@@ -48,6 +48,7 @@ from consensus.buffers import same_bytes
 from paramserver.async_steps import record, taken
 from paramserver.commands import (
     Command,
+    Frame,
     RestoreCommand,
     RoundCommand,
     decode_command,
@@ -343,7 +344,7 @@ class ShardStateMachine:
             self._version += 1
         return result
 
-    def preview(self, command: bytes) -> dict[str, F32]:
+    def preview(self, command: bytes | memoryview) -> dict[str, F32]:
         """The parameters ``apply(command)`` would leave, as frozen read-only arrays,
         computed on a copy of one version of the state; any thread, never blocks an apply.
 
@@ -374,7 +375,7 @@ class ShardStateMachine:
         if result is not None and result.stepped and self._mutex.acquire(blocking=False):
             try:  # the mutex is free: no apply runs, so the base stays valid while we store
                 if self._generation == base:
-                    self._pending = Preview(bytes(command), base, after, result)
+                    self._pending = Preview(command, base, after, result)
             finally:
                 self._mutex.release()
         return {k: _frozen_view(a) for k, a in after.params.items()}
@@ -449,7 +450,7 @@ class ShardStateMachine:
         self._opt = opt
         self._layer_versions = {k: v + 1 for k, v in self._layer_versions.items()}
 
-    def snapshot(self, timeout: float | None = READ_TIMEOUT_S) -> bytes:
+    def snapshot(self, timeout: float | None = READ_TIMEOUT_S) -> Frame:
         """Deterministic bytes of the whole state at one version (equal on replicas that
         applied the same log); any thread."""
         return self._gate.read(lambda _d, _l: encode_frame(*self._snapshot_frame()), timeout)
@@ -473,7 +474,7 @@ class ShardStateMachine:
             self._pending = None
             self._restore(data)
 
-    def _restore(self, data: bytes) -> None:
+    def _restore(self, data: bytes | memoryview) -> None:
         self._load(read_image(data, self._dtype))
 
     def digest(self, timeout: float | None = READ_TIMEOUT_S) -> str:

@@ -37,7 +37,7 @@ def image_frame(
     return header, arrays
 
 
-def read_image(data: bytes, dtype_of: Callable[[str], np.dtype[Any]]) -> ShardState:
+def read_image(data: bytes | memoryview, dtype_of: Callable[[str], np.dtype[Any]]) -> ShardState:
     """The state an image holds; parameters cast to ``dtype_of(key)``."""
     header, arrays = decode_frame(data)
     params: dict[str, npt.NDArray[Any]] = {}

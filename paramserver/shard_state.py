@@ -45,7 +45,8 @@ class ShardState:
 class Preview:
     """A command's outcome computed ahead by ``preview``, adopted by a matching ``apply``."""
 
-    command: bytes
+    command: bytes | memoryview
+    """The previewed command, by reference (the proposer's own buffer, which no one writes)."""
     base: int
     """The generation of the state it was computed from; valid only while it is current."""
     state: ShardState

@@ -117,3 +117,21 @@ def test_check_secret_accepts_only_the_same_bytes() -> None:
     for wrong in (bytearray(SECRET), memoryview(SECRET), SECRET + b"\0"):
         with pytest.raises(GroupSecretError):
             check_secret(SECRET, wrong, "x")
+
+
+def test_the_actor_freezes_what_it_built_out_of_the_cyclic_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's GC thread runs gc.collect() with the GIL held; frozen start-up objects are not
+    walked, so a collection no longer stalls the replica's loop."""
+    import gc
+
+    monkeypatch.setattr(replica_actor, "RaftReplica", _FakeReplica)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        ReplicaActor("job/shard-0", 0, ["a"], "job", object, "/nowhere",
+                     object(), peer_token=SECRET)  # type: ignore[arg-type]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -65,3 +65,25 @@ def test_truncated_and_trailing_bytes_are_rejected() -> None:
         decode_frame(data[:-1])
     with pytest.raises(CommandDecodeError, match="trailing"):
         decode_frame(data + b"\0")
+
+
+def test_a_large_frame_is_gathered_into_its_own_buffer_with_the_same_bytes() -> None:
+    """From GATHER_BYTES up, numpy assembles the frame (it copies without the GIL, so a big
+    round does not stall the replica's loop the way bytes.join does); same bytes, own memory."""
+    from paramserver.commands import GATHER_BYTES
+
+    big = {"w": np.arange(GATHER_BYTES // 4, dtype=np.float32), "n": np.asarray(3, np.int64)}
+    small = {"w": np.arange(16, dtype=np.float32)}
+    data = encode_frame({"k": 1}, big)
+    assert isinstance(data, memoryview)
+    assert data == b"".join(frame_parts({"k": 1}, big))
+    assert not np.shares_memory(np.frombuffer(data, np.uint8), big["w"])
+    header, arrays = decode_frame(data)
+    assert header == {"k": 1} and np.array_equal(arrays["w"], big["w"])
+    assert isinstance(encode_frame({"k": 1}, small), bytes)
+    command = RoundCommand(round=2, kind="sync", samples=4, ranks=(0, 1), grads=big)
+    encoded = command.encode()
+    assert isinstance(encoded, memoryview)
+    decoded = decode_command(encoded)
+    assert isinstance(decoded, RoundCommand) and decoded.ranks == (0, 1)
+    assert np.array_equal(decoded.grads["w"], big["w"])

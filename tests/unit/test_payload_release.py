@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from consensus import replica_fresh
-from consensus.buffers import same_bytes
+from consensus.buffers import gather, same_bytes
 from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.errors import StorageCorruptError
+from consensus.payload_release import is_file_view
 from consensus.raft_log import RaftLog
 from consensus.segments import Segments
 from consensus.session import Envelope, decode_batch, decode_run, encode_batch, encode_run
@@ -186,6 +187,25 @@ def test_a_replica_holds_persisted_large_entries_as_views(tmp_path: Path) -> Non
     big = [d for d in held if len(d) >= 2 << 20]
     assert len(big) == 2 and all(isinstance(d, memoryview) for d in big)
     assert all(isinstance(d, bytes) for d in held if len(d) < 1 << 20)
+
+
+def test_entries_held_in_buffers_of_their_own_are_released_too(tmp_path: Path) -> None:
+    """A leader's gathered command and a follower's received entry are memoryviews of
+    memory the process owns, not of a file: once persisted they too become file views, or
+    a replica would hold every large round since its last snapshot in memory."""
+    async def scenario() -> list[Any]:
+        async with lone_leader(tmp_path, Sizes) as replica:
+            for size in (2 << 20, 3 << 20):
+                command = gather([b"g" * size])
+                assert isinstance(command, memoryview) and not is_file_view(command)
+                assert await replica.propose_command(command, timeout=10.0) == size
+            log = replica._node.log
+            return [log.entries(i, i)[0].data
+                    for i in range(log.snapshot_index + 1, log.last_index + 1)]
+
+    held = [d for d in asyncio.run(scenario()) if len(d) >= 2 << 20]
+    assert len(held) == 2 and all(is_file_view(d) for d in held)
+    assert not is_file_view(b"g" * 10) and not is_file_view(memoryview(b"g"))
 
 
 class Views(Sizes):

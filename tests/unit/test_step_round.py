@@ -265,3 +265,56 @@ def test_a_pulled_version_is_let_go_once_the_shard_moves_past_it() -> None:
         assert again == 1
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("large", [True, False])
+def test_a_large_shard_admits_contributions_off_the_loop(
+    large: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replayed or unpipelined round of a large shard sums, checks and encodes hundreds of
+    MB in ``submit``, and ``pull`` and ``export`` copy the state: on the loop that stalls
+    ticks and heartbeats (and elections follow), so a shard of at least OFF_LOOP_BYTES does
+    them on its compute thread; a small one inline."""
+    import threading
+
+    from paramserver import service as service_module
+    from paramserver.aggregator import RoundAggregator
+
+    monkeypatch.setattr(service_module, "OFF_LOOP_BYTES", 1 if large else 1 << 40)
+    threads: list[str] = []
+    real_submit, real_close = RoundAggregator.submit, RoundAggregator.close_round
+
+    def submit(self: RoundAggregator, *args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_submit(self, *args, **kwargs)
+
+    def close_round(self: RoundAggregator, *args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_close(self, *args, **kwargs)
+
+    monkeypatch.setattr(RoundAggregator, "submit", submit)
+    monkeypatch.setattr(RoundAggregator, "close_round", close_round)
+
+    async def scenario() -> None:
+        service, ctx = _service()
+        first = asyncio.ensure_future(service.submit(0, 0, (3, _params(0)), 0))
+        second = asyncio.ensure_future(service.submit(0, 1, (4, _params(1)), 0))
+        while not ctx.queue:  # the round's command is proposed once both are admitted
+            await asyncio.sleep(0)
+        ctx.commit_next()
+        assert (await first)["accepted"] is True and (await second)["version"] == 1
+        await service.close_round(1)  # nothing admitted for round 1: no command
+        service._publish = lambda params: threads.append(threading.current_thread().name)
+        await service.pull(1)  # copies into the object store
+        real_export = ctx.machine.export_state
+        ctx.machine.export_state = lambda: (  # type: ignore[method-assign]
+            threads.append(threading.current_thread().name), real_export())[1]
+        assert (await service.export(1)).version == 1  # copies the whole state
+
+    asyncio.run(scenario())
+    loop_thread = threading.current_thread().name
+    assert len(threads) == 5
+    if large:
+        assert all(name.startswith("shard-compute") for name in threads)
+    else:
+        assert threads == [loop_thread] * 5
