@@ -9,6 +9,7 @@ Nothing here blocks, sleeps, reads a clock or draws randomness except from the i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from consensus.codec import encode_conf_change
 from consensus.election import Election
@@ -318,16 +319,20 @@ class RaftNode(Election, Replication):
         many were replaced."""
         return self.log.swap_payloads(payloads)
 
-    def compact(self, snapshot: Snapshot) -> None:
+    def compact(self, snapshot: Snapshot) -> list[Any]:
         """Discard the log prefix up to ``snapshot.meta.index`` (which the host applied and
         captured in ``snapshot``); lagging followers then get this snapshot instead.
         ``meta.term``, ``meta.voters`` and ``meta.learners`` must equal ``term_at``/
         ``voters_at``/``learners_at`` of that index; a node that does not know its membership
-        (started with ``voters=()``, no snapshot received) raises ConfigError."""
+        (started with ``voters=()``, no snapshot received) raises ConfigError.
+
+        Returns what the node let go of (the previous snapshot and the discarded entries):
+        the last references to payloads and images of hundreds of MB, whose deallocation
+        (an unmap, a free) a host may want to happen off its loop."""
         meta = snapshot.meta
         log = self.log
         if meta.index <= log.snapshot_index:
-            return
+            return []
         if meta.index > log.applied:
             raise ConfigError(f"snapshot index {meta.index} is beyond applied {log.applied}")
         if log.term(meta.index) != meta.term:
@@ -347,11 +352,12 @@ class RaftNode(Election, Replication):
         if tuple(sorted(meta.learners)) != learners:
             raise ConfigError(f"snapshot learners {meta.learners} != learners_at({meta.index})"
                               f" = {learners}; build the meta with RaftNode.learners_at")
-        log.compact(meta.index)
+        released: list[Any] = [self._snapshot, log.compact(meta.index)]
         self._snapshot = snapshot
         self._conf_base = voters
         self._learner_base = learners
         self._conf_log = [c for c in self._conf_log if c[0] > meta.index]
+        return released
 
     # ------------------------------------------------------------ queries
 

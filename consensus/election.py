@@ -61,6 +61,19 @@ class Election(NodeState):
         soon = self._rng.randrange(1, max(2, self.config.election_ticks // 5 + 1))
         self.election_elapsed = max(self.election_elapsed, self._randomized_timeout - soon)
 
+    def peer_active(self, node_id: int) -> None:
+        """The host saw bytes of a frame move between this node and ``node_id`` just now (a
+        large entry being received from it, or taken by it while sent): that node is alive
+        and connected, though the frame's messages are not complete yet. A follower whose
+        leader that is keeps its lease as a heartbeat would (its election timer restarts);
+        a leader counts that follower active for check-quorum. Only timing changes, like
+        ``peer_gone``: a large entry that takes longer than an election timeout to cross
+        would otherwise depose a healthy leader, since the heartbeats queue behind it."""
+        if self.role == Role.FOLLOWER and self.leader == node_id:
+            self.election_elapsed = 0
+        elif self.role == Role.LEADER and node_id in self._prs and node_id != self.id:
+            self._prs[node_id].recent_active = True
+
     def _in_lease(self) -> bool:
         """Leader stickiness: we heard from a live leader within the minimum timeout.
 

@@ -194,16 +194,19 @@ class RaftLog:
         if index > self.stable and self.term(index) == term:
             self.stable = index
 
-    def compact(self, index: int) -> None:
-        """Discard entries up to ``index`` (which must be held); it becomes the snapshot point."""
+    def compact(self, index: int) -> list[Entry]:
+        """Discard entries up to ``index`` (which must be held); it becomes the snapshot point.
+        Returns the discarded entries (a host may let go of large payloads elsewhere)."""
         term = self.term(index)
         if term is None or index <= self.snapshot_index:
             raise ValueError(f"cannot compact to {index}")
         pos = index - self.snapshot_index
+        discarded = self._entries[:pos]
         del self._entries[:pos]
         del self._cum[:pos]
         self.snapshot_index = index
         self.snapshot_term = term
+        return discarded
 
     def restore(self, index: int, term: int) -> None:
         """Reset to an empty log after a snapshot at ``(index, term)`` received from a leader."""

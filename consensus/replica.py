@@ -47,6 +47,7 @@ from consensus.errors import (
     ProposalDroppedError,
     StorageFullError,
 )
+from consensus.loop_watchdog import LoopWatchdog
 from consensus.lost_state import (
     discard_storage,
     stamp_unsynced,
@@ -165,11 +166,13 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
         self._applier = ThreadPoolExecutor(1, thread_name_prefix="raft-apply")
+        self._releaser = ThreadPoolExecutor(1, thread_name_prefix="raft-release")
         self._idle = asyncio.Event()  # set while no apply runs (see _apply_off_loop)
         self._inline_bytes = config.inline_apply_bytes  # -1 once a small apply was slow
         self._idle.set()
         self._ticker: asyncio.Task[None] | None = None
         self._transport = (PeerTransport(peer_token, self._on_batch, on_gone=self._on_gone,
+                                         on_active=self._node_active,
                                          max_entry_bytes=config.peer_max_entry_bytes)
                            if peer_token and config.peer_tcp else None)
         self._router = PeerRouter(self._peer_name, namespace, self._transport, peer_token or b"")
@@ -241,17 +244,23 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
         tick = self._config.tick_interval_s
         next_tick = loop.time() + tick
         stall_s = tick * self._config.election_ticks / 2
-        while True:
-            await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            late = loop.time() - next_tick
-            if late > stall_s:  # something blocked the loop: elections may follow
-                log.warning("replica %s of %s: event loop stalled for %.2f s (election "
-                            "timeout %.2f s)", self.index, self.group, late,
-                            tick * self._config.election_ticks)
-            self._node.tick()
-            next_tick = max(next_tick + tick, loop.time())
-            self._send_early()
-            self._wake.set()
+        watchdog = LoopWatchdog(f"replica {self.index} of {self.group}", stall_s + tick)
+        watchdog.start()  # names what blocks the loop while it blocks (loop_watchdog)
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, next_tick - loop.time()))
+                watchdog.beat()
+                late = loop.time() - next_tick
+                if late > stall_s:  # something blocked the loop: elections may follow
+                    log.warning("replica %s of %s: event loop stalled for %.2f s (election "
+                                "timeout %.2f s)", self.index, self.group, late,
+                                tick * self._config.election_ticks)
+                self._node.tick()
+                next_tick = max(next_tick + tick, loop.time())
+                self._send_early()
+                self._wake.set()
+        finally:
+            watchdog.stop()
 
     def _send_early(self) -> None:
         """While a Ready is in flight, send what the core allows before it is durable."""
@@ -428,8 +437,13 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
         except StorageFullError as exc:
             self._snaps.disk_full(exc)  # nothing changed; the log keeps growing meanwhile
             return
-        self._node.compact(snapshot)
+        released = self._node.compact(snapshot)
         self._snaps.compacted(snapshot)
+        # the old image's mapping and the compacted rounds, of files already replaced: the
+        # last unmap of a deleted file evicts its pages from the page cache, tenths of a
+        # second for hundreds of MB under load, so their last references go in a thread
+        self._releaser.submit(released.clear)
+        del released
 
     def _voters_at_applied(self) -> tuple[int, ...]:
         return tuple(self._node.voters_at(self.applied_index))
@@ -471,6 +485,11 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
                 log.exception("replica %s: step(%s) failed", self.node_id, type(msg).__name__)
         self._send_early()
         self._wake.set()
+
+    def _node_active(self, node_id: int) -> None:
+        """Bytes of a large frame moved between a peer and us: it is alive and connected
+        (``RaftNode.peer_active``: a follower keeps its leader's lease meanwhile)."""
+        self._node.peer_active(node_id)
 
     def _on_gone(self, node_id: int) -> None:
         """A peer's process closed its connection to us: if it led, campaign soon instead

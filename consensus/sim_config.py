@@ -64,6 +64,10 @@ class SimConfig:
     probability (its connection closed); and with a tenth of it per step, a random live
     node hears it about a random peer that may well be alive (a connection dropped for
     another reason). 0 draws nothing, so older seeds replay unchanged."""
+    p_peer_active: float = 0.0
+    """Per step, a random live node hears ``RaftNode.peer_active`` about a random live peer
+    it is connected to both ways (bytes of a large frame moved between them). 0 draws
+    nothing, so older seeds replay unchanged."""
     p_restart: float = 0.05
     """Restart a crashed node from its durable state."""
     p_compact: float = 0.02
@@ -104,6 +108,7 @@ class SimResult:
     torn_writes: int = 0
     disk_losses: int = 0
     gone_hints: int = 0
+    active_hints: int = 0
     snapshots_sent: int = 0
     snapshots_installed: int = 0
     reads: int = 0

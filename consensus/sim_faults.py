@@ -1,8 +1,9 @@
 """Fault injection of the Raft simulator (``consensus.sim``): per step, with the
 ``SimConfig`` probabilities, partitions (symmetric, asymmetric, isolating the leader),
-crashes (torn writes too) and disk loss, wrong and right ``peer_gone`` hints, restarts,
-compaction, single-server membership changes, learner steps (with steps already in force,
-which must be refused), and leadership transfers, which must go only to a voter.
+crashes (torn writes too) and disk loss, wrong and right ``peer_gone`` hints,
+``peer_active`` hints, restarts, compaction, single-server membership changes, learner
+steps (with steps already in force, which must be refused), and leadership transfers,
+which must go only to a voter.
 
 Every draw comes from the simulator's one ``random.Random``, in a fixed order, so a seed
 replays exactly.
@@ -64,6 +65,8 @@ class FaultInjection:
                 node = rng.choice(live)
                 node.peer_gone(rng.choice(self.ids))
                 self.result.gone_hints += 1
+        if c.p_peer_active > 0 and rng.random() < c.p_peer_active:
+            self._hint_active()
         if rng.random() < c.p_restart:
             down = [h for h in self.hosts.values() if h.node is None]
             if down:
@@ -83,6 +86,18 @@ class FaultInjection:
 
     def _may_lose_a_disk(self) -> bool:
         return sum(h.lost for h in self.hosts.values()) < (self.cfg.nodes - 1) // 2
+
+    def _hint_active(self) -> None:
+        """A live node hears that bytes moved between it and a live, connected peer."""
+        live = self.live()
+        if len(live) < 2:
+            return
+        node = self.rng.choice(live)
+        peers = [n.id for n in live if n.id != node.id and (n.id, node.id) not in self.blocked
+                 and (node.id, n.id) not in self.blocked]
+        if peers:
+            node.peer_active(self.rng.choice(peers))
+            self.result.active_hints += 1
 
     def _repartition(self) -> None:
         rng, ids = self.rng, self.ids

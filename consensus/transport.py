@@ -36,6 +36,10 @@ broken connection is dropped (its queued batches are lost) and reopened on a lat
 peer whose queue holds more than ``_MAX_QUEUED`` payload bytes gets new batches dropped (Raft
 resends). A batch larger than one frame goes as several frames (one ``on_batch`` each); a
 message that does not fit in a frame at all is left to the caller's fallback.
+
+Every message after a large frame on a connection waits behind it, heartbeats too; while
+such a frame crosses, both ends report its progress (``on_active``, every
+``socket_io.PROGRESS_BYTES`` moved), which ``RaftNode.peer_active`` counts as a heartbeat.
 """
 
 from __future__ import annotations
@@ -47,11 +51,10 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from functools import partial
 
-from consensus import wire
-from consensus.buffers import empty_buffer
+from consensus import socket_io, wire
 from consensus.errors import ConfigError
 from consensus.handshake import ACCEPTED, HandshakeError, client_handshake, server_handshake
 from consensus.types import Message
@@ -66,64 +69,8 @@ _CONNECT_S = 2.0
 _MAX_PENDING = 16  # connections in their handshake at once
 _MAX_PEERS = 64  # authenticated incoming connections kept open
 _MAX_ENTRY_BYTES = 1 << 30
-_IOV_MAX = 512  # buffers per sendmsg call (the OS allows 1024)
 _DIRECT_BYTES = 64 << 10  # a batch up to this payload goes out from the caller's thread
 _REPORT_S = 10.0  # refused connections are logged at most this often
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> memoryview:
-    """``size`` bytes from ``sock`` into one buffer; ConnectionError if it closes first."""
-    buf = empty_buffer(size)
-    view = buf
-    while view:
-        got = sock.recv_into(view)
-        if got == 0:
-            raise ConnectionError("peer closed the connection")
-        view = view[got:]
-    return buf
-
-
-def _views(buffers: Sequence[Any]) -> list[memoryview]:
-    return [v for v in (memoryview(b).cast("B") for b in buffers) if v.nbytes]
-
-
-def _advance(views: list[memoryview], sent: int) -> list[memoryview]:
-    """What is left of ``views`` once their first ``sent`` bytes went out."""
-    i = 0
-    while sent:
-        n = views[i].nbytes
-        if sent >= n:
-            sent -= n
-            i += 1
-        else:
-            views[i] = views[i][sent:]
-            sent = 0
-    return views[i:]
-
-
-def _send_buffers(sock: socket.socket, buffers: Sequence[Any]) -> None:
-    """Send ``buffers`` in order with vectored sends, without joining them."""
-    views = _views(buffers)
-    while views:
-        views = _advance(views, sock.sendmsg(views[:_IOV_MAX]))
-
-
-def _send_some(sock: socket.socket, buffers: Sequence[Any]) -> list[memoryview]:
-    """Send what ``buffers`` the socket takes without blocking; the rest, in order."""
-    views = _views(buffers)
-    while views:
-        try:
-            sent = sock.sendmsg(views[:_IOV_MAX], [], socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            break
-        views = _advance(views, sent)
-    return views
-
-
-def _shut(sock: socket.socket) -> None:
-    """Wake and end whatever thread blocks on ``sock`` (that thread closes it)."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Throttled:
@@ -159,8 +106,10 @@ class _Outbound:
     ``_send_lock`` is held by whoever writes the socket, and the sender thread takes an item
     off the queue only while holding it, so frames never interleave or reorder."""
 
-    def __init__(self, address: tuple[str, int], token: bytes, handshake_s: float) -> None:
+    def __init__(self, address: tuple[str, int], token: bytes, handshake_s: float,
+                 progress: Callable[[], None] | None = None) -> None:
         self.address = address
+        self._progress = progress
         self._token = token
         self._handshake_s = handshake_s
         self._cond = threading.Condition()
@@ -203,7 +152,7 @@ class _Outbound:
             log.error("batch to %s not sent: %s", self.address, exc)
             return
         try:
-            rest = _send_some(sock, buffers)
+            rest = socket_io.send_some(sock, buffers)
         except OSError as exc:
             log.debug("connection to %s failed: %s", self.address, exc)
             self.close()
@@ -219,7 +168,7 @@ class _Outbound:
             self._cond.notify()
         sock = self._sock
         if sock is not None:
-            _shut(sock)
+            socket_io.shut(sock)
 
     def _take(self) -> tuple[list[Message] | list[memoryview], bool] | None:
         """(sender thread) Wait for an item; return it with ``_send_lock`` held (the caller
@@ -251,7 +200,7 @@ class _Outbound:
                 item, raw = taken
                 try:
                     buffers = item if raw else wire.encode(item)  # type: ignore[arg-type]
-                    _send_buffers(sock, buffers)
+                    socket_io.send_buffers(sock, buffers, self._progress)
                 except wire.WireFormatError as exc:
                     log.error("batch to %s not sent: %s", self.address, exc)
                 finally:
@@ -280,6 +229,7 @@ class PeerTransport:
 
     def __init__(self, token: bytes, on_batch: Callable[[list[Message]], None], *,
                  on_gone: Callable[[int], None] | None = None,
+                 on_active: Callable[[int], None] | None = None,
                  max_entry_bytes: int = _MAX_ENTRY_BYTES, handshake_s: float = _HANDSHAKE_S,
                  max_pending: int = _MAX_PENDING, max_peers: int = _MAX_PEERS) -> None:
         if len(token) < 16:
@@ -294,6 +244,7 @@ class PeerTransport:
         self._token = token
         self._on_batch = on_batch
         self._on_gone = on_gone
+        self._on_active = on_active
         self._max_entry_bytes = max_entry_bytes
         self._handshake_s = handshake_s
         self._max_pending = max_pending
@@ -330,7 +281,8 @@ class PeerTransport:
             del self._out[node_id]
         if out is None:
             if address is not None and not self._closed:
-                self._out[node_id] = _Outbound(address, self._token, self._handshake_s)
+                self._out[node_id] = _Outbound(address, self._token, self._handshake_s,
+                                               partial(self._active, node_id))
             return False
         if not out.up:
             return False
@@ -376,7 +328,7 @@ class PeerTransport:
                     del self._pending[oldest]
                 self.peak_pending = max(self.peak_pending, len(self._pending))
             if oldest is not None:
-                _shut(oldest)
+                socket_io.shut(oldest)
             threading.Thread(target=self._serve, args=(conn,), name="raft-recv",
                              daemon=True).start()
 
@@ -393,7 +345,7 @@ class PeerTransport:
                 del self._peers[oldest]
                 self._evicted.add(oldest)
         if oldest is not None:
-            _shut(oldest)
+            socket_io.shut(oldest)
         return True
 
     def _serve(self, conn: socket.socket) -> None:
@@ -409,7 +361,9 @@ class PeerTransport:
             conn.sendall(ACCEPTED)
             conn.settimeout(None)
             while not self._closed:
-                batch = wire.read_batch(lambda n: _recv_exactly(conn, n), self._max_entry_bytes)
+                progress = None if sender is None else partial(self._active, sender)
+                batch = wire.read_batch(partial(socket_io.recv_exactly, conn, progress=progress),
+                                        self._max_entry_bytes)
                 loop = self._loop
                 if loop is None or loop.is_closed():
                     return
@@ -429,6 +383,14 @@ class PeerTransport:
                 self._peers.pop(conn, None)
                 self._evicted.discard(conn)
             conn.close()
+
+    def _active(self, node_id: int) -> None:
+        """(a sender or reader thread) Bytes of a frame to or from ``node_id`` moved."""
+        loop = self._loop
+        if self._on_active is None or self._closed or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._on_active, node_id)
 
     def _gone(self, conn: socket.socket, sender: int | None) -> None:
         """(reader thread) Report that ``sender``'s connection was closed by its side (not
@@ -455,4 +417,4 @@ class PeerTransport:
         with self._lock:
             inbound = [*self._pending, *self._peers]
         for conn in inbound:
-            _shut(conn)
+            socket_io.shut(conn)

@@ -48,7 +48,7 @@ PROFILES: dict[str, SimConfig] = {
                           p_partition=0.03, p_compact=0.05, p_transfer=0.01,
                           p_step_in_flight=0.2),
     "peer_gone": SimConfig(p_peer_gone=0.8, p_crash=0.03, p_partition=0.03, p_compact=0.05,
-                           p_transfer=0.01, p_step_in_flight=0.2),
+                           p_transfer=0.01, p_step_in_flight=0.2, p_peer_active=0.3),
 }
 LEARNER_SEEDS = 120
 
@@ -90,13 +90,14 @@ def test_runs_exercise_the_faults_they_claim() -> None:
 
 def test_peer_gone_hints_are_given_for_crashed_and_for_live_peers() -> None:
     """The ``peer_gone`` profile really hints (about crashed leaders, and wrongly about
-    live ones) while every invariant holds."""
-    hints = leaders = 0
+    live ones; and ``peer_active`` about connected live ones) while every invariant holds."""
+    hints = active = leaders = 0
     for seed in range(8):
         result = run_seed(seed, STEPS, PROFILES["peer_gone"])
         hints += result.gone_hints
+        active += result.active_hints
         leaders += result.leaders
-    assert hints > 20 and leaders > 8, (hints, leaders)
+    assert hints > 20 and active > 200 and leaders > 8, (hints, active, leaders)
 
 
 class VotesTwice(RaftNode):

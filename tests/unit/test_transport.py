@@ -152,16 +152,16 @@ def test_small_batches_go_out_from_the_callers_thread_and_large_ones_from_the_se
 ) -> None:
     """The commit path's small messages skip the hand-off to the sender thread; a large
     entry still goes through it (never written by the event loop)."""
-    import consensus.transport as transport
+    import consensus.socket_io as socket_io
 
     by_sender: list[int] = []
-    real = transport._send_buffers
+    real = socket_io.send_buffers
 
-    def recording(sock: Any, buffers: Any) -> None:
+    def recording(sock: Any, buffers: Any, progress: Any = None) -> None:
         by_sender.append(sum(memoryview(b).nbytes for b in buffers))
-        real(sock, buffers)
+        real(sock, buffers, progress)
 
-    monkeypatch.setattr(transport, "_send_buffers", recording)
+    monkeypatch.setattr(socket_io, "send_buffers", recording)
 
     async def scenario() -> None:
         received: list[list[Any]] = []
@@ -194,21 +194,21 @@ def test_the_rest_of_a_partial_direct_send_goes_first_and_frames_stay_in_order(
 ) -> None:
     """A socket that takes only part of a small frame: the sender thread finishes that frame
     before anything queued after it, so the peer decodes every frame, in order."""
-    import consensus.transport as transport
+    import consensus.socket_io as socket_io
 
     partial = [True]
 
     def takes_ten_bytes(sock: Any, buffers: Any) -> list[memoryview]:
-        views = transport._views(buffers)
+        views = socket_io.views_of(buffers)
         if not partial[0]:
             return real_some(sock, buffers)
         partial[0] = False
         head = bytes(views[0][:10])
         sock.sendall(head)
-        return transport._advance(views, len(head))
+        return socket_io.advance(views, len(head))
 
-    real_some = transport._send_some
-    monkeypatch.setattr(transport, "_send_some", takes_ten_bytes)
+    real_some = socket_io.send_some
+    monkeypatch.setattr(socket_io, "send_some", takes_ten_bytes)
 
     async def scenario() -> None:
         received: list[list[Any]] = []
@@ -285,3 +285,46 @@ def test_a_peer_closing_its_connection_is_reported_with_its_node_id() -> None:
 @pytest.mark.parametrize("close", ["receiver", "evicted"])
 def test_connections_closed_on_our_side_report_no_peer_gone(close: str) -> None:
     assert _gone_scenario(close) == []
+
+
+def test_a_large_frame_reports_its_progress_on_both_sides() -> None:
+    """While a 64 MiB entry crosses, the sender hears ``on_active`` about the receiver each
+    ``PROGRESS_BYTES`` the socket took, and the receiver about the sender (known from an
+    earlier frame on that connection) each ``PROGRESS_BYTES`` that arrived: heartbeats
+    queue behind such a frame, and these reports stand in for them. Small frames report
+    nothing."""
+    from consensus.socket_io import PROGRESS_BYTES
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        heard_by_server: list[int] = []
+        heard_by_client: list[int] = []
+        got: list[list[Any]] = []
+        arrived = asyncio.Event()
+
+        def on_batch(batch: list[Any]) -> None:
+            got.append(batch)
+            arrived.set()
+
+        server = PeerTransport(TOKEN, on_batch, on_active=heard_by_server.append)
+        client = PeerTransport(TOKEN, lambda batch: None, on_active=heard_by_client.append)
+        await server.start("127.0.0.1")
+        await client.start("127.0.0.1")  # its loop hears its sender thread's reports
+        try:
+            await _connect(client, server)
+            assert client.send(2, server.address, [TimeoutNow(7, 2, 1)]) is True
+            await asyncio.wait_for(arrived.wait(), 10)  # node 2 now knows the sender: 7
+            assert heard_by_server == [] and heard_by_client == []  # a small frame
+            arrived.clear()
+            big = [AppendEntries(7, 2, 3, 9, 2, (Entry(3, 10, data=os.urandom(64 << 20)),), 9)]
+            assert client.send(2, server.address, big) is True
+            await asyncio.wait_for(arrived.wait(), 30)
+            await asyncio.sleep(0)  # the callbacks the threads scheduled before the batch
+            return heard_by_server, heard_by_client
+        finally:
+            client.close()
+            server.close()
+
+    by_server, by_client = asyncio.run(scenario())
+    expected = (64 << 20) // PROGRESS_BYTES
+    assert by_server and set(by_server) == {7} and len(by_server) >= expected - 1
+    assert by_client and set(by_client) == {2} and len(by_client) >= expected - 1

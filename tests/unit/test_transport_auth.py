@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from consensus import handshake, transport, wire
+from consensus import handshake, socket_io, transport, wire
 from consensus.handshake import HELLO, HandshakeError, client_handshake, proof
 from consensus.transport import PeerTransport
 from consensus.types import AppendEntries, Entry, TimeoutNow
@@ -208,7 +208,7 @@ def test_a_giant_pre_auth_length_prefix_is_dropped_without_being_buffered(
     before authentication a connection is read the fixed hello only."""
     reads: list[int] = []
     buffers: list[int] = []
-    real_recv, real_buffer = handshake.recv_within, transport.empty_buffer
+    real_recv, real_buffer = handshake.recv_within, socket_io.empty_buffer
 
     def recording_recv(sock: socket.socket, size: int, deadline: float) -> bytes:
         reads.append(size)
@@ -219,7 +219,7 @@ def test_a_giant_pre_auth_length_prefix_is_dropped_without_being_buffered(
         return real_buffer(size)
 
     monkeypatch.setattr(handshake, "recv_within", recording_recv)
-    monkeypatch.setattr(transport, "empty_buffer", recording_buffer)
+    monkeypatch.setattr(socket_io, "empty_buffer", recording_buffer)
 
     async def scenario() -> None:
         async with serving(handshake_s=30.0) as server:
@@ -313,13 +313,13 @@ def su(text: str) -> bytes:
 def test_after_authentication_a_bad_frame_drops_the_connection_and_runs_nothing(
         attack: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     buffers: list[int] = []
-    real_buffer = transport.empty_buffer
+    real_buffer = socket_io.empty_buffer
 
     def recording_buffer(size: int) -> memoryview:
         buffers.append(size)
         return real_buffer(size)
 
-    monkeypatch.setattr(transport, "empty_buffer", recording_buffer)
+    monkeypatch.setattr(socket_io, "empty_buffer", recording_buffer)
     marker = tmp_path / "ran"
     code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
     evil = (b"\x80\x04" + su("consensus.types") + su("enum.bltns.eval") + b"\x93" + su(code)
