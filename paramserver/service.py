@@ -82,8 +82,8 @@ class Publisher(Protocol):
 _T = TypeVar("_T")
 
 OFF_LOOP_BYTES = 1 << 20
-"""A shard with at least this many bytes of parameters admits contributions on its compute
-thread (``ShardService._on_compute``)."""
+"""A shard with at least this many bytes of parameters admits contributions and copies its
+state (``pull``, ``export``) on its compute thread (``ShardService._on_compute``)."""
 
 
 def _seconds(proposal: asyncio.Future[float] | None) -> float:
