@@ -70,6 +70,7 @@ from paramserver.optimizer_state import check_fits
 from paramserver.plan import BUFFER_DTYPES, Piece
 from paramserver.schedule import ScheduleConfig, learning_rate
 from paramserver.shard_image import image_digest, image_frame, read_image, tensors_digest
+from paramserver.shard_preview import frozen_view, full_preview, lean_preview
 from paramserver.shard_state import ApplyResult, Preview, ShardState
 
 LOG = logging.getLogger(__name__)
@@ -81,13 +82,6 @@ READ_TIMEOUT_S = 30.0
 """Default deadline for a consistent read."""
 LEAN_PREVIEW_BYTES = 256 << 20
 """A shard whose parameters and optimizer state exceed this previews lean (``preview``)."""
-
-def _frozen_view(array: F32) -> F32:
-    """A read-only view of a frozen array (its flag cannot be set back to writable)."""
-    view = array.view()
-    view.flags.writeable = False
-    return view
-
 
 class ShardStateMachine:
     """Parameters and buffers of ``pieces`` plus the parameters' optimizer state; applies
@@ -124,7 +118,7 @@ class ShardStateMachine:
         self._mutex = threading.Lock()
         self._pending: Preview | None = None
         self._generation = 0  # +1 per _mutation whose body ran (the state may have changed)
-        self._keep_stepped_state = True  # False on a lean preview's clone (_lean_preview)
+        self._keep_stepped_state = True  # False on a lean preview's clone (shard_preview)
         trained_bytes = sum(self._pieces[k].nbytes for k in self._trained)
         self._state_bytes = trained_bytes * (1 + len(optimizer.state_names()))
 
@@ -268,7 +262,7 @@ class ShardStateMachine:
             with self._gate.read_lock(timeout):
                 for array in self._params.values():
                     array.flags.writeable = False
-                return self._version, {k: _frozen_view(a) for k, a in self._params.items()}
+                return self._version, {k: frozen_view(a) for k, a in self._params.items()}
         return self._gate.read(
             lambda deadline, locked: (self._version, self._copy_params(deadline, locked)),
             timeout)
@@ -355,47 +349,12 @@ class ShardStateMachine:
 
         A shard larger than ``LEAN_PREVIEW_BYTES`` previews lean instead: it keeps one copy
         of its parameters, not of its whole state (Adam's triples it), and the apply steps
-        again (``_lean_preview``).
+        again (``paramserver.shard_preview``).
         """
         decoded = decode_command(command)
         if self._state_bytes > LEAN_PREVIEW_BYTES:
-            return self._lean_preview(decoded)
-        base, state = self._gate.read(
-            lambda deadline, locked: (self._generation, self._copy_state(deadline, locked)),
-            READ_TIMEOUT_S)
-        clone = ShardStateMachine.__new__(ShardStateMachine)
-        clone._setup(self._pieces.values(), self.optimizer, self.schedule,
-                     self.write_timeout_s)
-        clone._set(state)
-        result = clone._apply_decoded(decoded)
-        after = ShardState(clone._version, clone._params, clone._opt, clone._layer_versions,
-                           clone._async_steps, clone._async_early)
-        for array in after.params.values():
-            array.flags.writeable = False
-        if result is not None and result.stepped and self._mutex.acquire(blocking=False):
-            try:  # the mutex is free: no apply runs, so the base stays valid while we store
-                if self._generation == base:
-                    self._pending = Preview(command, base, after, result)
-            finally:
-                self._mutex.release()
-        return {k: _frozen_view(a) for k, a in after.params.items()}
-
-    def _lean_preview(self, decoded: Command) -> dict[str, F32]:
-        """``preview`` of a large shard: a clone whose arrays are frozen views of the live
-        state steps under the state's read gate (an apply waits for it meanwhile); each
-        layer's new parameters are copies (copy-on-write of the frozen views), and its new
-        optimizer state is dropped as soon as the layer stepped. Nothing is kept to adopt."""
-        with self._gate.read_lock(READ_TIMEOUT_S):
-            clone = ShardStateMachine.__new__(ShardStateMachine)
-            clone._setup(self._pieces.values(), self.optimizer, self.schedule,
-                         self.write_timeout_s)
-            clone._keep_stepped_state = False
-            clone._set(ShardState(
-                self._version, {k: _frozen_view(a) for k, a in self._params.items()},
-                {k: {n: _frozen_view(a) for n, a in s.items()} for k, s in self._opt.items()},
-                dict(self._layer_versions), dict(self._async_steps), dict(self._async_early)))
-            clone._apply_decoded(decoded)
-        return {k: _frozen_view(a) for k, a in clone._params.items()}
+            return lean_preview(self, decoded, READ_TIMEOUT_S)
+        return full_preview(self, decoded, command, READ_TIMEOUT_S)
 
     def _apply_async(self, command: RoundCommand) -> ApplyResult:
         """One contribution of one rank, identified by (rank, step): a step this shard
