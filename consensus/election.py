@@ -71,7 +71,7 @@ class Election(NodeState):
         would otherwise depose a healthy leader, since the heartbeats queue behind it."""
         if self.role == Role.FOLLOWER and self.leader == node_id:
             self.election_elapsed = 0
-        elif self.role == Role.LEADER and node_id in self._prs and node_id != self.id:
+        elif self.role == Role.LEADER and node_id in self._prs:  # peers only, never self
             self._prs[node_id].recent_active = True
 
     def _in_lease(self) -> bool:

@@ -443,7 +443,6 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
         # last unmap of a deleted file evicts its pages from the page cache, tenths of a
         # second for hundreds of MB under load, so their last references go in a thread
         self._releaser.submit(released.clear)
-        del released
 
     def _voters_at_applied(self) -> tuple[int, ...]:
         return tuple(self._node.voters_at(self.applied_index))

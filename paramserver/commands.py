@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consensus.buffers import gather
+from consensus.types import Payload
 from paramserver.errors import CommandDecodeError
 
 MAGIC = b"RPS1"
@@ -33,8 +34,9 @@ GATHER_BYTES = 1 << 20
 copies with the GIL released: ``bytes.join`` of a large model's round (hundreds of MB) holds
 the GIL for the whole copy, and the replica's ticks and heartbeats wait behind it."""
 
-Frame = bytes | memoryview
-"""An encoded frame: ``bytes`` when small, a buffer of its own (a memoryview) when large."""
+Frame = Payload
+"""An encoded frame, proposed as a Raft entry's payload as it is: ``bytes`` when small, a
+buffer of its own (a memoryview) when large."""
 
 
 def frame_parts(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
