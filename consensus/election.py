@@ -50,15 +50,22 @@ class Election(NodeState):
     def peer_gone(self, node_id: int) -> None:
         """The host saw ``node_id``'s process go (the connection it sent on closed). A
         follower whose leader that was stops waiting a whole election timeout: it leaves
-        the leader's lease, so it grants pre-votes, and campaigns within a short random
-        delay (1 to ``election_ticks // 5`` ticks, from the injected RNG, so that two
-        followers rarely split the vote). Only timing changes: a wrong hint about a live
-        leader costs at most a pre-vote round, which the leader itself and every follower
-        still in its lease reject, and the next heartbeat restores the leader."""
+        the leader's lease, so it grants pre-votes, and campaigns after a short delay set
+        by its rank among the other voters (by node id): 1 tick for the first, 2 more for
+        each next one. Followers that all got the hint thus campaign one after the other,
+        never together: two that campaign within one round trip grant each other's
+        pre-votes, split the real vote and wait out a whole randomized timeout (a random
+        delay of 1 or 2 ticks did that half the time). The first campaign's pre-vote and
+        vote take two round trips, well within the 2 ticks before the next; a vote granted
+        restarts the granter's timer. Only timing changes: a wrong hint about a live leader
+        costs at most a pre-vote round, which the leader itself and every follower still
+        in its lease reject, and the next heartbeat restores the leader."""
         if self.role != Role.FOLLOWER or self.leader != node_id:
             return
         self.leader = None
-        soon = self._rng.randrange(1, max(2, self.config.election_ticks // 5 + 1))
+        others = sorted(v for v in self.voters if v != node_id)
+        rank = others.index(self.id) if self.id in others else len(others)
+        soon = 1 + 2 * rank
         self.election_elapsed = max(self.election_elapsed, self._randomized_timeout - soon)
 
     def peer_active(self, node_id: int) -> None:

@@ -25,6 +25,7 @@ from consensus.types import AppendEntries, Message
 __all__ = ["PeerRouter"]
 
 _PEER_STALE_S = 2.0  # re-resolve a peer handle we have not heard from for this long
+_RELOOK_S = 0.2  # after a failed connection, re-resolve the peer's address at most this often
 
 
 class PeerRouter:
@@ -63,9 +64,11 @@ class PeerRouter:
             self.sent_entries += sum(
                 len(m.entries) for m in batch if isinstance(m, AppendEntries))
             handle = self._handle(dst)
-            if self.transport is not None and self.transport.send(
-                    dst, self._addresses.get(dst), batch):
-                continue
+            if self.transport is not None:
+                if self.transport.failed(dst):
+                    self._relook(dst)  # it may have restarted elsewhere: ask its address
+                if self.transport.send(dst, self._addresses.get(dst), batch):
+                    continue
             if handle is None:
                 continue
             try:
@@ -77,6 +80,13 @@ class PeerRouter:
         """The peer's actor handle, or None while it is being looked up (never blocks)."""
         return self._handle(node_id)
 
+    def _relook(self, node_id: int) -> None:
+        """The connection to ``node_id`` failed: look its address up again (throttled). A
+        restarted peer listens on a new port, and while its messages arrive (by Ray
+        calls meanwhile) it never looks stale."""
+        if time.monotonic() - self._since.get(node_id, 0.0) > _RELOOK_S:
+            self._lookup_soon(node_id)
+
     def _handle(self, node_id: int) -> Any:
         now = time.monotonic()
         handle = self._handles.get(node_id)
@@ -84,13 +94,17 @@ class PeerRouter:
         # Silent for long: maybe re-created under the same name. Look it up again in the
         # background, and keep using the old handle meanwhile (dropping would starve a
         # campaign whose election timeout exceeds _PEER_STALE_S).
-        refresh = handle is None or stale > _PEER_STALE_S
-        if refresh and node_id not in self._looking_up:
+        if handle is None or stale > _PEER_STALE_S:
+            self._lookup_soon(node_id)
+        return handle
+
+    def _lookup_soon(self, node_id: int) -> None:
+        """Look ``node_id``'s handle and address up on a helper thread, unless one is."""
+        if node_id not in self._looking_up:
             self._looking_up.add(node_id)
             loop = asyncio.get_running_loop()
             fut = loop.run_in_executor(self._lookups, self._lookup, node_id)
             fut.add_done_callback(functools.partial(self._looked_up, node_id))
-        return handle
 
     def _lookup(self, node_id: int) -> tuple[Any, tuple[str, int] | None]:
         import ray

@@ -20,7 +20,8 @@ class RaftGroupConfig:
     roughly ``election_ticks * tick_interval_s`` to twice that, plus the pre-vote round:
     with the defaults (20 ms, 10 ticks), well under a second. A leader whose process exits
     or is killed is replaced sooner, whatever the timeout: its followers see its
-    connections close and campaign within a fifth of it (``RaftNode.peer_gone``).
+    connections close and campaign one after the other, a tick or a few after
+    (``RaftNode.peer_gone``).
     """
 
     tick_interval_s: float = 0.02

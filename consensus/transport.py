@@ -32,7 +32,12 @@ against an attacker on the path who can rewrite TCP streams (like Ray's own unen
 gRPC by default).
 
 Delivery is best effort, as Raft assumes: it tolerates loss, duplication and reordering. A
-broken connection is dropped (its queued batches are lost) and reopened on a later send; a
+broken connection is dropped (its queued batches are lost) and reopened on a later send.
+An outgoing connection is also watched for its peer closing it (a process that exited or
+was killed: the kernel closes its sockets), so a batch for a peer that went is not written
+into a dead socket, where the first write still succeeds and the batch is silently lost
+(a vote for a replica that restarted would wait a whole election timeout for the next
+try); the caller's fallback takes it instead, and learns the peer's new address. A
 peer whose queue holds more than ``_MAX_QUEUED`` payload bytes gets new batches dropped (Raft
 resends). A batch larger than one frame goes as several frames (one ``on_batch`` each); a
 message that does not fit in a frame at all is left to the caller's fallback.
@@ -120,6 +125,7 @@ class _Outbound:
         self.up = False  # authenticated: batches now go out
         self.settled = threading.Event()  # up, or failed before it got there
         self.dead = False  # the connection failed or was closed: make a new one
+        self.gone = threading.Event()  # set once dead (for tests and diagnostics)
         self._sock: socket.socket | None = None
         threading.Thread(target=self._run, name=f"raft-send-{address[1]}", daemon=True).start()
 
@@ -166,9 +172,18 @@ class _Outbound:
         with self._cond:
             self.dead = True
             self._cond.notify()
+        self.gone.set()
         sock = self._sock
         if sock is not None:
             socket_io.shut(sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        """(watcher thread) The peer never writes on this connection after the handshake:
+        the read returns when its side closed (or reset) it, or when this side shut it."""
+        with contextlib.suppress(OSError):
+            while sock.recv(4096):
+                pass  # nothing is expected; whatever comes is ignored
+        self.close()
 
     def _take(self) -> tuple[list[Message] | list[memoryview], bool] | None:
         """(sender thread) Wait for an item; return it with ``_send_lock`` held (the caller
@@ -194,6 +209,8 @@ class _Outbound:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client_handshake(sock, self._token, self._handshake_s)
             sock.settimeout(None)
+            threading.Thread(target=self._watch, args=(sock,),
+                             name=f"raft-watch-{self.address[1]}", daemon=True).start()
             self.up = True
             self.settled.set()
             while (taken := self._take()) is not None:
@@ -212,7 +229,9 @@ class _Outbound:
         finally:
             self.dead = True
             self.settled.set()
+            self.gone.set()
             if self._sock is not None:
+                socket_io.shut(self._sock)  # ends the watcher's read
                 self._sock.close()
 
 
@@ -296,6 +315,12 @@ class PeerTransport:
             out.put(frame, sum(wire.payload_bytes(m) for m in frame))
         return True
 
+    def failed(self, node_id: int) -> bool:
+        """Whether the last connection made to ``node_id`` failed or was closed by the peer
+        (its address may be stale: a peer that restarted listens elsewhere)."""
+        out = self._out.get(node_id)
+        return out is not None and out.dead
+
     def connected(self, node_id: int) -> bool:
         """Whether batches to ``node_id`` go out over TCP now."""
         out = self._out.get(node_id)
@@ -306,6 +331,12 @@ class PeerTransport:
         failed, or ``timeout`` passed; whether it is up. For tests and diagnostics."""
         out = self._out.get(node_id)
         return out is not None and out.settled.wait(timeout) and out.up and not out.dead
+
+    def wait_closed(self, node_id: int, timeout: float) -> bool:
+        """Block (a thread, not the loop) until the connection to ``node_id`` is closed or
+        failed, or ``timeout`` passed; whether it is. For tests and diagnostics."""
+        out = self._out.get(node_id)
+        return out is not None and out.gone.wait(timeout)
 
     def forget(self, node_id: int) -> None:
         """Close the connection to ``node_id`` (its address changed or it was removed)."""

@@ -17,7 +17,7 @@ from jobs.config import TrainConfig
 from jobs.optimizer_settings import optimizer_config, schedule_config
 from jobs.raft_storage import group_storage, read_incarnation
 from paramserver.checkpoint import latest_checkpoint
-from paramserver.server import ParameterServer
+from paramserver.server import LeaderProbe, ParameterServer
 from paramserver.server_config import ServerConfig, default_group_config
 from workers.gradient import PieceRows
 from workers.model_state import ModelState
@@ -45,6 +45,9 @@ class ParameterServerLike(Protocol):
     def replay(self, through: int) -> None:
         """Re-send the kept contributions of rounds below ``through`` to fresh leaders."""
 
+    def terms(self, wait_s: float) -> list[int]:
+        """Per shard, the highest Raft term a replica reports within ``wait_s`` (-1: none)."""
+
     def submit(self, round: int, rank: int, grad_refs: Sequence[Any],
                param_version: int) -> None:
         """Non-blocking contribution of rank's per-shard gradient refs to ``round``."""
@@ -55,8 +58,10 @@ class ParameterServerLike(Protocol):
     def heal(self) -> list[tuple[int, int, int]]:
         """Replace replicas that came back without their storage: (shard, old, new) each."""
 
-    def wait_version(self, version: int, timeout: float) -> None:
-        """Block until every shard applied >= version; raises server errors or TimeoutError."""
+    def wait_version(self, version: int, timeout: float,
+                     watch: LeaderProbe | None = None) -> None:
+        """Block until every shard applied >= version; raises server errors or TimeoutError.
+        ``watch``: re-submit to a shard as soon as it names it (a replaced leader)."""
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Full tensors by state_dict key."""

@@ -13,9 +13,12 @@ Faults. Two owners, one concern each: the server facade keeps every contribution
 handed until every shard applied its round (``ParameterServer.step_round``, ``applied``) and
 is the one that re-sends them (``replay``); this loop knows which rounds' tasks succeeded and
 decides where to restart. When a replica or its leadership is lost (or a node, with objects
-Ray cannot reconstruct), it lets the launched tasks settle, asks the server to replay the
-longest prefix of rounds whose tasks all succeeded (a round a shard already applied is
-success), waits until every shard applied them, and restarts the pipeline from there.
+Ray cannot reconstruct), it lets the launched tasks that can run settle, asks the server to
+replay the longest prefix of rounds whose tasks all succeeded (a round a shard already
+applied is success), waits until every shard applied them, and restarts the pipeline from
+there. A lost leader is learnt of from its shard's term rising (``jobs.leader_watch``) once
+a round is late, or from Ray failing its calls, whichever comes first; the answers it left
+unread are read once Ray settles them (``consensus.discarded_refs``).
 Aggregation and the optimizer are deterministic, so the model bits are those of a run
 without the fault. Two facts of the data flow make that prefix well defined and cheap:
 
@@ -28,7 +31,6 @@ without the fault. Two facts of the data flow make that prefix well defined and 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -39,10 +41,12 @@ from typing import Any
 
 import ray
 
+from consensus.discarded_refs import DiscardedRefs
 from consensus.failures import Failure, classify, root_cause
 from jobs.backend import ParameterServerLike
 from jobs.config import TrainConfig
 from jobs.errors import RoundsLostError, TrainingError
+from jobs.leader_watch import LeaderWatch
 from jobs.pipeline_depth import DEPTH
 from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics
@@ -78,6 +82,8 @@ class PipelinedRounds:
         self.is_barrier = is_barrier  # round r ends at a barrier: launch nothing past it
         self.leader_changes: list[int] = []  # per shard, the most any leader reported
         self.failovers = 0
+        self.watch = LeaderWatch(server)  # a lost leader, learnt of before Ray says so
+        self._discarded = DiscardedRefs()  # answers a recovery left unread
 
     def _submit(self, round: int, params: Sequence[Any]) -> _Flight:
         launched = time.perf_counter()
@@ -109,9 +115,12 @@ class PipelinedRounds:
                 now = time.perf_counter()
                 self._count(info)
                 result = _result(flight, metrics, info, now - max(last, flight.launched))
+                if "terms" in info:
+                    self.watch.answered(info["terms"], result.wall_s)
                 on_round(dataclasses.replace(result, leader_changes=tuple(self.leader_changes),
                                              failovers=self.failovers))
                 last = now
+        self._discarded.drain(min(self.config.timeout_s, 10.0))
 
     def _count(self, info: dict[str, Any]) -> None:
         """Fold the shard leaders' leader-change counts of one round into the totals."""
@@ -128,8 +137,9 @@ class PipelinedRounds:
         timeout = self.config.timeout_s
         oldest = inflight[0]
         later_refs = inflight[1].infos if len(inflight) > 1 else []
+        self._discarded.poll()
         # One get for all (task errors first in the list, so they surface first).
-        values = ray.get([*oldest.metrics, *oldest.infos, *later_refs], timeout=timeout)
+        values = self.watch.get([*oldest.metrics, *oldest.infos, *later_refs], timeout)
         workers, shards = len(oldest.metrics), len(oldest.infos)
         metrics: list[GradientMetrics] = values[:workers]
         infos, later = values[workers:workers + shards], values[workers + shards:]
@@ -138,11 +148,12 @@ class PipelinedRounds:
             self.server.applied(oldest.round + 1)
         else:  # a barrier: wait for the commit itself (the server replays on a leader loss)
             t0 = time.perf_counter()
-            self.server.wait_version(oldest.round + 1, timeout)
+            self.server.wait_version(oldest.round + 1, timeout, watch=self.watch)
             commit_s = time.perf_counter() - t0
         inflight.popleft()
         info = {"aggregate_s": max(float(i["aggregate_s"]) for i in infos), "commit_s": commit_s,
-                "leader_changes": [int(i.get("leader_changes", 0)) for i in infos]}
+                "leader_changes": [int(i.get("leader_changes", 0)) for i in infos],
+                "terms": [int(i.get("term", -1)) for i in infos]}
         return oldest, metrics, info
 
     def _recover(self, inflight: deque[_Flight]) -> tuple[
@@ -151,24 +162,14 @@ class PipelinedRounds:
         until every shard applied them, and return them (to report) and the next round."""
         timeout = self.config.timeout_s
         t_start = time.perf_counter()
-        refs = [ref for f in inflight for ref in f.metrics]
-        ray.wait(refs, num_returns=len(refs), timeout=timeout)  # let launched tasks settle
+        good = self._settled_prefix(inflight, timeout)
         t_settled = time.perf_counter()
-        good: list[tuple[_Flight, list[GradientMetrics]]] = []
-        for flight in inflight:
-            try:
-                metrics = ray.get(flight.metrics, timeout=0)
-            except Exception as exc:
-                if not _recoverable(exc):
-                    raise _user_error(exc) from None
-                break  # this round's parameters were lost with the leader/node: recompute it
-            good.append((flight, metrics))
-        # Answers are not used any more, nor the outputs of rounds to recompute: read their
-        # errors, or Ray logs each one as an "unhandled error".
+        # Answers are not used any more, nor the outputs of rounds to recompute: their
+        # errors are read once they settle, or Ray logs each one as an "unhandled error".
         unused = [ref for f in inflight for ref in (*f.infos, *f.params)]
         for flight in list(inflight)[len(good):]:
             unused += [*flight.metrics, *(ref for refs in flight.grads for ref in refs)]
-        _discard(unused, min(timeout, 10.0))
+        self._discarded.add(unused)
         t_read = time.perf_counter()
         restart = good[-1][0].round + 1 if good else inflight[0].round
         self.failovers += 1
@@ -178,7 +179,7 @@ class PipelinedRounds:
         self.server.replay(restart)
         t0 = time.perf_counter()
         try:
-            self.server.wait_version(restart, timeout)
+            self.server.wait_version(restart, timeout, watch=self.watch)
         except Exception as exc:
             if classify(exc) is not Failure.LOST:
                 raise
@@ -191,6 +192,7 @@ class PipelinedRounds:
                 "last checkpoint gives the same model bits (rerun with --resume if this "
                 "stopped the job)") from None
         info = {"aggregate_s": 0.0, "commit_s": time.perf_counter() - t0}
+        self.watch.refresh()
         LOG.info("recovered in %.2f s: launched tasks settled in %.2f s, their unused answers "
                  "read in %.2f s, every shard applied round %d in %.2f s",
                  time.perf_counter() - t_start, t_settled - t_start, t_read - t_settled,
@@ -198,22 +200,38 @@ class PipelinedRounds:
         inflight.clear()
         return [(flight, metrics, info) for flight, metrics in good], restart
 
+    @staticmethod
+    def _settled_prefix(inflight: deque[_Flight], timeout: float) -> list[
+            tuple[_Flight, list[GradientMetrics]]]:
+        """The rounds in flight, oldest first, up to the first whose tasks did not succeed,
+        with their metrics. A round's tasks can run only once the round before it answered
+        (they take its parameters): those of a round whose inputs are not there are never
+        waited for, since the leader that owed them may be gone with Ray not knowing it yet;
+        those whose inputs are there are waited for, as they are running or about to."""
+        good: list[tuple[_Flight, list[GradientMetrics]]] = []
+        for i, flight in enumerate(inflight):
+            if i > 0:
+                inputs = inflight[i - 1].params
+                ready, _ = ray.wait(inputs, num_returns=len(inputs), timeout=0,
+                                    fetch_local=False)
+                if len(ready) < len(inputs):
+                    break
+            ray.wait(flight.metrics, num_returns=len(flight.metrics), timeout=timeout)
+            try:
+                metrics = ray.get(flight.metrics, timeout=0)
+            except Exception as exc:
+                if not _recoverable(exc):
+                    raise _user_error(exc) from None
+                break  # this round's parameters were lost with the leader/node: recompute it
+            good.append((flight, metrics))
+        return good
+
 
 def _recoverable(exc: BaseException) -> bool:
     """True when the pipeline recovers from ``exc`` by replaying (``consensus.failures``):
     a replica or leader gone (``RETRY``) or a value lost with a node (``LOST``). A round
     that ran past ``timeout_s`` is not: the job stops and says so."""
     return not isinstance(exc, TimeoutError) and classify(exc) is not Failure.FATAL
-
-
-def _discard(refs: list[Any], timeout: float) -> None:
-    """Read refs whose values are not needed (they fail soon: their inputs failed), so that
-    the errors they hold count as handled: Ray logs every error object dropped unread."""
-    unique = list(dict.fromkeys(refs))
-    ready, _ = ray.wait(unique, num_returns=len(unique), timeout=timeout, fetch_local=False)
-    for ref in ready:
-        with contextlib.suppress(Exception):  # the failure is handled by recovering
-            ray.get(ref, timeout=0)
 
 
 def _user_error(exc: BaseException) -> BaseException:

@@ -22,13 +22,14 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import ray
 
 from consensus import ConsensusError, RaftGroup
+from consensus.discarded_refs import DiscardedRefs
 from consensus.failures import is_failover, root_cause
 from consensus.storage_failure import failures_note, raise_if_out_of_service
 from paramserver.checkpoint import check_restorable, read_checkpoint, write_checkpoint
@@ -43,7 +44,18 @@ LOG = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 _NUDGE_S = 10.0  # wait_version re-sends pending contributions after this long in silence
-__all__ = ["ParameterServer", "is_failover", "root_cause"]  # the last two: consensus.failures
+__all__ = ["LeaderProbe", "ParameterServer", "is_failover", "root_cause"]
+
+
+class LeaderProbe(Protocol):
+    """What ``wait_version`` asks while no shard answers (``jobs.leader_watch.LeaderWatch``)."""
+
+    @property
+    def every_s(self) -> float:
+        """Seconds of silence before each probe."""
+
+    def moved(self) -> list[int]:
+        """The shards whose leader was replaced since the last probe."""
 
 
 class ParameterServer:
@@ -59,6 +71,7 @@ class ParameterServer:
         self._pending: dict[int, dict[int, tuple[list[Any], int]]] = {}
         self._closed: set[int] = set()
         self._inflight: dict[Any, int] = {}  # submit/close call ref -> shard
+        self._discarded = DiscardedRefs()  # calls a failover superseded: read when they settle
         self._version = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -211,6 +224,28 @@ class ParameterServer:
         for shard in range(len(self._groups)):
             self._send_pending(shard)
 
+    def terms(self, wait_s: float) -> list[int]:
+        """Per shard, the highest Raft term its replicas report within ``wait_s`` seconds
+        (-1 where none answers). Never longer: a replica that is down is not waited for.
+        A term above the one a shard's leader answered under means that leader was
+        replaced; the pipelined loop asks this when a round is late, to learn of a lost
+        leader sooner than Ray reports the calls it left unanswered."""
+        asks = [(shard, handle.status.remote())
+                for shard, group in enumerate(self._groups) for handle in group.handles()]
+        refs = [ref for _, ref in asks]
+        ready, late = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+        self._discarded.add(late)
+        answered = set(ready)
+        terms = [-1] * len(self._groups)
+        for shard, ref in asks:
+            if ref in answered:
+                try:
+                    status: dict[str, Any] = ray.get(ref, timeout=0)
+                except Exception:  # a replica that died meanwhile: it says nothing
+                    continue
+                terms[shard] = max(terms[shard], int(status.get("term", -1)))
+        return terms
+
     def _check_refs(self, grad_refs: Sequence[Any]) -> None:
         if len(grad_refs) != len(self._groups):
             raise ValueError(f"got {len(grad_refs)} gradient refs for {len(self._groups)} "
@@ -240,8 +275,10 @@ class ParameterServer:
     def _resubmit(self, shard: int) -> None:
         """After a failure on ``shard``: find its leader again and replay what it may lack."""
         self._leaders[shard] = None
-        for ref in [r for r, s in self._inflight.items() if s == shard]:
+        dropped = [r for r, s in self._inflight.items() if s == shard]
+        for ref in dropped:
             del self._inflight[ref]
+        self._discarded.add(dropped)
         self._send_pending(shard)
 
     def _send_pending(self, shard: int) -> None:
@@ -266,15 +303,20 @@ class ParameterServer:
             for rank in sorted(self._pending[round]):
                 self._send(shard, round, rank, replay=True)
 
-    def wait_version(self, version: int, timeout: float) -> None:
+    def wait_version(self, version: int, timeout: float,
+                     watch: LeaderProbe | None = None) -> None:
         """Block until every shard applied ``version`` rounds (version v = after round v-1).
 
-        Re-submits a shard's pending contributions when its leader fails. Raises the first
-        paramserver error a submission hit (e.g. ``NonFiniteGradientError``) or TimeoutError.
+        Re-submits a shard's pending contributions when its leader fails: when a call to it
+        fails, or, with ``watch``, as soon as ``watch.moved()`` names it (asked after each
+        ``watch.every_s`` without an answer; Ray reports a dead leader's calls later).
+        Raises the first paramserver error a submission hit (e.g.
+        ``NonFiniteGradientError``) or TimeoutError.
         """
-        self._await_shards("wait_version", version, timeout)
+        self._await_shards("wait_version", version, timeout, watch)
 
-    def _await_shards(self, method: str, version: int, timeout: float) -> list[Any]:
+    def _await_shards(self, method: str, version: int, timeout: float,
+                      watch: LeaderProbe | None = None) -> list[Any]:
         """Call ``method(version, timeout)`` on every shard and wait for all answers while
         watching in-flight submissions; after a leader failure, replay the shard's pending
         contributions to its new leader and ask again."""
@@ -286,20 +328,33 @@ class ParameterServer:
 
         waits = {ask(s): s for s in range(len(self._groups))}
         results: dict[int, Any] = {}
+        quiet_s = _NUDGE_S if watch is None else min(_NUDGE_S, watch.every_s)
+        silent_since = time.monotonic()
         while len(results) < len(self._groups):
             pending = list(self._inflight) + list(waits)
             left = max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(pending, num_returns=1, timeout=min(left, _NUDGE_S))
-            if not ready and left > _NUDGE_S:
-                raise_if_out_of_service(g for s, g in enumerate(self._groups) if s not in results)
-                for shard in range(len(self._groups)):
-                    if shard not in results:
-                        self._nudge(shard)
+            ready, _ = ray.wait(pending, num_returns=1, timeout=min(left, quiet_s))
+            now = time.monotonic()
+            if not ready and now < deadline:
+                moved = [] if watch is None else [s for s in watch.moved() if s not in results]
+                for shard in moved:  # its leader was replaced: re-submit, ask the new one
+                    self._resubmit(shard)
+                    self._discarded.add(r for r, s in waits.items() if s == shard)
+                    waits = {r: s for r, s in waits.items() if s != shard}
+                    waits[ask(shard)] = shard
+                if not moved and now - silent_since >= _NUDGE_S:
+                    raise_if_out_of_service(g for s, g in enumerate(self._groups)
+                                            if s not in results)
+                    for shard in range(len(self._groups)):
+                        if shard not in results:
+                            self._nudge(shard)
+                    silent_since = now
                 continue
             if not ready:
                 raise TimeoutError(f"shards did not reach version {version} in {timeout} s "
                                    f"(done: {sorted(results)}); check `ParameterServer.status()`"
                                    + failures_note(self._groups))
+            silent_since = now
             ref = ready[0]
             is_wait = ref in waits
             shard = waits.pop(ref) if is_wait else self._inflight.pop(ref)
@@ -336,7 +391,10 @@ class ParameterServer:
                 del self._pending[round]
         self._closed = {r for r in self._closed if r >= version}
         if not self._pending:
+            self._discarded.add(self._inflight)
             self._inflight.clear()
+        else:
+            self._discarded.poll()
 
     @property
     def version(self) -> int:
@@ -403,6 +461,7 @@ class ParameterServer:
             if isinstance(error, str):
                 refused.append(f"shard {s}: {error}")
         self._pending.clear()
+        self._discarded.add(self._inflight)
         self._inflight.clear()
         if refused:
             raise ApplyFailedError(f"restoring {loaded.path} was refused by "

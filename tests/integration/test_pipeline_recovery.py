@@ -8,6 +8,7 @@ every run (no kills, no sleeps).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,8 @@ def _task(params: tuple[str, int], round: int, rank: int) -> tuple[Any, Gradient
 def _answer(round: int, *grads: tuple[int, int]) -> tuple[tuple[str, int], dict[str, Any]]:
     """A leader's step_round answer: needs every rank's gradient (fails if one failed)."""
     assert list(grads) == [(round, rank) for rank in range(WORKERS)]
-    return ("params", round + 1), {"round": round, "aggregate_s": 0.0, "commit_s": 0.0}
+    return ("params", round + 1), {"round": round, "aggregate_s": 0.0, "commit_s": 0.0,
+                                   "term": 0}
 
 
 class ScriptedServer:
@@ -69,11 +71,14 @@ class ScriptedServer:
         self.kept: dict[int, list[Any]] = {}  # round -> grad refs by rank, like the facade
         self.most_kept = 0
 
-    def applied_rounds(self) -> list[int]:
-        """The rounds applied so far, in order (resolving the answers recorded)."""
+    def applied_rounds(self, upto: int | None = None) -> list[int]:
+        """The rounds applied so far, in order (resolving the answers recorded), or the
+        first ``upto`` of them (answers recorded after those are not resolved)."""
         done: list[int] = []
         replayed: dict[int, set[int]] = {}
         for kind, round, what in self.events:
+            if upto is not None and len(done) >= upto:
+                break
             if round != len(done):
                 continue  # already applied (a replay of it is a no-op) or not next
             if kind == "replay":
@@ -106,7 +111,7 @@ class ScriptedServer:
         return [params], [info]
 
     def applied(self, version: int) -> None:
-        assert len(self.applied_rounds()) >= version
+        assert len(self.applied_rounds(version)) >= version
         self.kept = {r: refs for r, refs in self.kept.items() if r >= version}
 
     def replay(self, through: int) -> None:
@@ -116,8 +121,11 @@ class ScriptedServer:
                 self.events.append(("replay", round, rank))
         self.kept = {r: refs for r, refs in self.kept.items() if r < through}
 
-    def wait_version(self, version: int, timeout: float) -> None:
-        done = self.applied_rounds()
+    def terms(self, wait_s: float) -> list[int]:
+        return [1 if self.failed else 0]
+
+    def wait_version(self, version: int, timeout: float, watch: Any = None) -> None:
+        done = self.applied_rounds(version)
         assert len(done) >= version, f"applied {done}, wanted {version}"
 
 
@@ -163,11 +171,78 @@ def test_a_lost_leader_mid_pipeline_replays_and_every_round_applies_once(
     assert steps.count(fail_at + 1) == (1 if after_barrier else 2)
 
 
+@ray.remote
+class _Gate:
+    """Holds back a silent leader's answers until Ray "notices" its death (the replay)."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self._open.wait()
+
+    async def open(self) -> None:
+        self._open.set()
+
+
+@ray.remote(num_returns=2)
+def _silent(_gate: None) -> None:
+    raise NotLeaderError("scripted: the leader is gone", leader_hint=None)
+
+
+class SilentLeaderServer(ScriptedServer):
+    """The leader dies at ``fail_at`` and Ray does not say so: its answers stay pending
+    (until the replay, which opens the gate) while its followers elect a new leader, which
+    raises the shard's term."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__(fail_at)
+        self.gate = _Gate.remote()  # type: ignore[attr-defined]
+
+    def step_round(self, round: int, grad_refs: Sequence[Sequence[Any]],
+                   param_version: int) -> tuple[list[Any], list[Any]]:
+        if round != self.fail_at or self.failed:
+            return super().step_round(round, grad_refs, param_version)
+        self.kept[round] = [refs[0] for refs in grad_refs]
+        self.failed = True
+        params, info = _silent.remote(self.gate.wait.remote())
+        self.events.append(("step", round, info))
+        return [params], [info]
+
+    def replay(self, through: int) -> None:
+        ray.get(self.gate.open.remote())
+        super().replay(through)
+
+
+def test_a_leader_lost_without_ray_noticing_is_found_by_its_shard_term_and_replayed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without the term probe the loop would wait for the dead leader's answers until the
+    round's timeout and stop with a TrainingError."""
+    server = SilentLeaderServer(3)
+    config = TrainConfig(workers=WORKERS, timeout_s=30.0, progress=False)
+    rounds = PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
+                             launch=_launch, is_barrier=lambda r: r == BARRIER)
+    reported: list[RoundResult] = []
+    with caplog.at_level("WARNING", logger="jobs.pipeline"):
+        rounds.run(0, 8, reported.append)
+    assert rounds.watch.probes >= 1 and rounds.failovers == 1
+    assert any("resuming at round 4" in r.getMessage() for r in caplog.records)
+    assert server.applied_rounds() == list(range(8))
+    assert [r.round for r in reported] == list(range(8))
+    # round 3's tasks ran (their inputs were there): it is replayed, not recomputed, with
+    # round 2 (whose commit only round 3's answer would have told); round 4's tasks waited
+    # on the silent answer: recomputed, without waiting for them to fail
+    assert sorted({r for kind, r, _ in server.events if kind == "replay"}) == [2, 3]
+    steps = [r for kind, r, _ in server.events if kind == "step"]
+    assert steps.count(3) == 1 and steps.count(4) == 2
+
+
 class GradientsLostServer(ScriptedServer):
     """After the leader loss, the replayed rounds' gradients are gone too (they lived on the
     node that died, after another shard applied them): waiting for the replay fails."""
 
-    def wait_version(self, version: int, timeout: float) -> None:
+    def wait_version(self, version: int, timeout: float, watch: Any = None) -> None:
         if self.failed:
             raise ray.exceptions.ObjectReconstructionFailedError("00" * 28, "", "")
         super().wait_version(version, timeout)

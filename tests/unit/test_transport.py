@@ -287,6 +287,31 @@ def test_connections_closed_on_our_side_report_no_peer_gone(close: str) -> None:
     assert _gone_scenario(close) == []
 
 
+def test_a_peer_that_goes_is_noticed_on_the_outgoing_side_before_anything_is_sent() -> None:
+    """The kernel closes a dead process's sockets; the first write into such a connection
+    still succeeds, so a batch sent then would be lost silently (a vote for a restarted
+    replica waited a whole election timeout). The connection is watched instead: it is
+    seen closed without a send, and the next batch goes to the caller's fallback."""
+    async def scenario() -> None:
+        received: list[list[Any]] = []
+        got = asyncio.Event()
+        server, client = await _pair(received, got)
+        try:
+            await _connect(client, server)
+            assert client.send(2, server.address, [TimeoutNow(7, 2, 1)]) is True
+            await asyncio.wait_for(got.wait(), 10)
+            assert not client.failed(2)
+            server.close()  # node 2's process goes
+            assert await asyncio.to_thread(client.wait_closed, 2, 10)
+            assert client.failed(2) and not client.connected(2)
+            assert client.send(2, server.address, [TimeoutNow(7, 2, 1)]) is False
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_large_frame_reports_its_progress_on_both_sides() -> None:
     """While a 64 MiB entry crosses, the sender hears ``on_active`` about the receiver each
     ``PROGRESS_BYTES`` the socket took, and the receiver about the sender (known from an
