@@ -51,12 +51,24 @@ from consensus.session import encode_run
 from consensus.state_machine import StateMachine
 from consensus.types import ConfChangeKind, Payload
 
-__all__ = ["CommandError", "RaftGroup", "RaftGroupConfig"]
+__all__ = ["CommandError", "RaftGroup", "RaftGroupConfig", "statuses_of"]
 
 _DEFAULT_STORAGE = Path(tempfile.gettempdir()) / "raftps-raft"
 _Call = Callable[[Any, float], Any]
 _INLINE_BYTES = 64 << 10  # smaller proposals are sent inline with the actor call
 _INLINE_FACTORY_BYTES = 64 << 10  # below Ray's 100 KiB limit for inline task arguments
+
+
+def statuses_of(groups: Sequence[RaftGroup], timeout: float) -> list[list[dict[str, Any]]]:
+    """``RaftGroup.status`` of every group in ``groups``, asked at once: one wait of at most
+    ``timeout`` for all (a replica that is down, or restarting, never answers in time),
+    not one per group."""
+    asked = [group._ask_status() for group in groups]
+    refs = [ref for _, group_refs in asked for ref in group_refs]
+    ready = ray.wait(refs, num_returns=len(refs), timeout=timeout)[0] if refs else []
+    done = set(ready)
+    return [group._read_status(indices, group_refs, done)
+            for group, (indices, group_refs) in zip(groups, asked, strict=True)]
 
 
 def _logged_voters(statuses: Sequence[dict[str, Any]]) -> set[int]:
@@ -365,10 +377,14 @@ class RaftGroup:
 
     def status(self, timeout: float = 2.0) -> list[dict[str, Any]]:
         """Each member's view; replicas that do not answer within ``timeout`` get alive=False."""
+        return statuses_of([self], timeout)[0]
+
+    def _ask_status(self) -> tuple[list[int], list[Any]]:
         indices = sorted(self._handles)
-        refs = [self._handles[i].status.remote() for i in indices]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        done = set(ready)
+        return indices, [self._handles[i].status.remote() for i in indices]
+
+    def _read_status(self, indices: list[int], refs: list[Any],
+                     done: set[Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for index, ref in zip(indices, refs, strict=True):
             entry = {"name": replica_name(self.name, index), "namespace": self.namespace,
@@ -400,7 +416,8 @@ class RaftGroup:
 
     # ------------------------------------------------------------------ membership
 
-    def heal(self, timeout: float = 60.0) -> dict[int, int]:
+    def heal(self, timeout: float = 60.0,
+             statuses: list[dict[str, Any]] | None = None) -> dict[int, int]:
         """Replace every voter that reports ``lost_state`` (Ray restarted it without its
         storage: see ``RaftConfig.lost_state``), then every voter that answered no status
         call for longer than ``config.replace_dead_after_s``; returns {old index: new
@@ -408,9 +425,11 @@ class RaftGroup:
         once caught up) and removes last (see ``consensus.replacement``), resuming one an
         earlier call left unfinished; a step that would leave no quorum of live, caught-up
         voters raises QuorumUnsafeError and changes nothing. Actors the membership no
-        longer names are stopped. Blocks for one status round, plus up to ``timeout`` per
+        longer names are stopped. Blocks for one status round (none when ``statuses`` are
+        given: ``statuses_of`` asks several groups at once), plus up to ``timeout`` per
         replacement."""
-        statuses = self.status()
+        if statuses is None:
+            statuses = self.status()
         members = _logged_members(statuses)
         if members:  # known from the newest log: an actor it does not name was removed
             joining = set(self._replacer.pending.values())

@@ -31,6 +31,7 @@ import ray
 from consensus import ConsensusError, RaftGroup
 from consensus.discarded_refs import DiscardedRefs
 from consensus.failures import is_failover, root_cause
+from consensus.group import statuses_of
 from consensus.storage_failure import failures_note, raise_if_out_of_service
 from paramserver.checkpoint import check_restorable, read_checkpoint, write_checkpoint
 from paramserver.commands import RestoreCommand
@@ -44,6 +45,7 @@ LOG = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 _NUDGE_S = 10.0  # wait_version re-sends pending contributions after this long in silence
+_HEAL_STATUS_S = 0.25  # heal's status round: a live replica answers in milliseconds
 __all__ = ["LeaderProbe", "ParameterServer", "is_failover", "root_cause"]
 
 
@@ -477,9 +479,13 @@ class ParameterServer:
         does, at epoch ends). A shard whose replacement fails or is refused
         (``QuorumUnsafeError``) is logged with the reason and tried again next time."""
         healed = []
+        # one status round for every shard at once, bounded: a replica Ray is restarting
+        # answers nothing, and the training waits at this barrier meanwhile
+        statuses = statuses_of(self._groups, _HEAL_STATUS_S)
         for shard, group in enumerate(self._groups):
             try:
-                replaced = group.heal(timeout=self.config.rpc_timeout_s)
+                replaced = group.heal(timeout=self.config.rpc_timeout_s,
+                                      statuses=statuses[shard])
             except (ConsensusError, ValueError, TimeoutError, ray.exceptions.RayError) as exc:
                 # a flagged replica never votes and a dead one is just one voter short, so
                 # the shard is safe; training goes on and the next epoch end tries again

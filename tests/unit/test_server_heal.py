@@ -15,12 +15,25 @@ from paramserver.server_config import ServerConfig
 
 
 class FakeGroup:
-    def __init__(self, result: dict[int, int] | Exception) -> None:
+    def __init__(self, result: dict[int, int] | Exception, replicas: int = 0) -> None:
         self.result = result
         self.calls = 0
+        self.replicas = replicas
 
-    def heal(self, timeout: float = 60.0) -> dict[int, int]:
+        self.statuses: list[Any] | None = None
+
+    def _ask_status(self) -> tuple[list[int], list[Any]]:
+        # refs that never settle: replicas that are down or restarting
+        return list(range(self.replicas)), [object() for _ in range(self.replicas)]
+
+    def _read_status(self, indices: list[int], refs: list[Any],
+                     done: set[Any]) -> list[dict[str, Any]]:
+        return [{"index": i, "alive": ref in done} for i, ref in zip(indices, refs, strict=True)]
+
+    def heal(self, timeout: float = 60.0,
+             statuses: list[dict[str, Any]] | None = None) -> dict[int, int]:
         self.calls += 1
+        self.statuses = statuses
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
@@ -55,6 +68,28 @@ def test_a_refused_replacement_is_logged_with_its_reason(
     with caplog.at_level("WARNING", logger="paramserver.server"):
         assert _server([refused]).heal() == []
     assert any("bring back [1]" in r.getMessage() for r in caplog.records)
+
+
+def test_heal_asks_every_shard_at_once_and_waits_briefly_for_silent_replicas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica Ray is restarting answers no status call, and the training waits at the
+    epoch barrier while heal runs: one bounded wait for all shards, not 2 s per shard."""
+    import consensus.group
+    from paramserver.server import _HEAL_STATUS_S
+
+    waits: list[tuple[int, float]] = []
+
+    def wait(refs: list[Any], *, num_returns: int, timeout: float) -> tuple[list[Any],
+                                                                         list[Any]]:
+        waits.append((len(refs), timeout))
+        return [], list(refs)
+
+    monkeypatch.setattr(consensus.group.ray, "wait", wait)
+    groups = [FakeGroup({}, replicas=3), FakeGroup({}, replicas=3)]
+    assert _server(groups).heal() == []
+    assert waits == [(6, _HEAL_STATUS_S)] and _HEAL_STATUS_S <= 0.5
+    assert all(g.statuses == [{"index": i, "alive": False} for i in range(3)] for g in groups)
 
 
 def test_heal_with_nothing_lost_does_nothing() -> None:
