@@ -80,8 +80,10 @@ class StepClock:
         seen = 0
         while not self._stop.is_set():
             if self.path.exists():
-                lines = self.path.read_text().splitlines()
+                text = self.path.read_text()
                 now = time.monotonic() - self.start
+                # only whole lines: the writer may be half way through the last one
+                lines = text[:text.rfind("\n") + 1].splitlines()
                 if len(lines) < seen:  # a resume rewrote it, keeping earlier rounds
                     seen = len(lines)
                 for line in lines[seen:]:

@@ -151,6 +151,7 @@ class RaftGroup:
         self._in_flight: set[int] = set()
         self._discovery = LeaderDiscovery(name, handles)
         self._dead_since: dict[int, float] = {}  # replica index -> first status unanswered
+        self._unanswered: dict[int, Any] = {}  # replica index -> its status call still out
         self._replacer = Replacer(_GroupMembers(self), name)
         self._coalescer = ProposalCoalescer(
             self.propose_batch, max_inflight=config.client_max_inflight_batches,
@@ -380,8 +381,15 @@ class RaftGroup:
         return statuses_of([self], timeout)[0]
 
     def _ask_status(self) -> tuple[list[int], list[Any]]:
+        """A status call per member; a member that left the last one unanswered (down, or
+        restarting) keeps that call, so its answer, once it is back, is there at once."""
         indices = sorted(self._handles)
-        return indices, [self._handles[i].status.remote() for i in indices]
+        for gone in set(self._unanswered) - set(indices):
+            del self._unanswered[gone]
+        for index in indices:
+            if index not in self._unanswered:
+                self._unanswered[index] = self._handles[index].status.remote()
+        return indices, [self._unanswered[i] for i in indices]
 
     def _read_status(self, indices: list[int], refs: list[Any],
                      done: set[Any]) -> list[dict[str, Any]]:
@@ -390,6 +398,8 @@ class RaftGroup:
             entry = {"name": replica_name(self.name, index), "namespace": self.namespace,
                      "index": index, "alive": False}
             if ref in done:
+                if self._unanswered.get(index) is ref:
+                    del self._unanswered[index]
                 with contextlib.suppress(Exception):
                     entry = ray.get(ref, timeout=0)
             if entry.get("alive"):
