@@ -23,9 +23,11 @@ stays on the driver's (head) node, so at least one of the 2 workers lands on a w
 the node removed is one that hosts a ``RayTrainWorker`` actor. Ray Train then restarts the
 whole worker group from the latest registered checkpoint on the 3 CPUs left.
 
-``python -m bench.goodput_node_loss --side raftps|ray_train --steps N --node-loss-at T
+``python -m bench.goodput_node_loss --side raftps|ray_train --steps N [--node-loss-at T]
 [--checkpoint-every K] [--out DIR]`` runs one side and prints its ``SideRun`` as one JSON
-line last.
+line last. Without ``--node-loss-at`` it is the side's fault-free run on the same cluster:
+a multi-node Ray moves parameters and gradients between the nodes' object stores, so a
+single-node run would not be its baseline.
 """
 
 from __future__ import annotations
@@ -110,8 +112,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "node mid-training; prints its SideRun as one JSON line")
     parser.add_argument("--side", choices=SIDES, required=True)
     parser.add_argument("--steps", type=int, default=Workload().steps, help="training steps")
-    parser.add_argument("--node-loss-at", type=float, required=True, metavar="T",
-                        help="remove a worker node T seconds after the first completed step")
+    parser.add_argument("--node-loss-at", type=float, default=None, metavar="T",
+                        help="remove a worker node T seconds after the first completed step "
+                             "(omitted: the fault-free run on the same cluster)")
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                         help="Ray Train: steps between checkpoints (default 50; 0: only "
                              "after the last step)")
@@ -121,7 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
-    if not args.node_loss_at >= 0:
+    if args.node_loss_at is not None and not args.node_loss_at >= 0:
         parser.error(f"--node-loss-at must be >= 0 seconds, got {args.node_loss_at}")
     if args.checkpoint_every is not None and args.side != "ray_train":
         parser.error("--checkpoint-every applies to --side ray_train only (raftps "
@@ -225,9 +228,11 @@ def _wait_until(deadline_s: float, start: float, done: threading.Event) -> bool:
 # ---- raftps ----
 
 
-def run_raftps(workload: Workload, node_loss_s: float, out: Path) -> SideRun:
-    """The raftps side of the scenario (see the module docstring)."""
-    _check(node_loss_s)
+def run_raftps(workload: Workload, node_loss_s: float | None, out: Path) -> SideRun:
+    """The raftps side of the scenario (see the module docstring); ``node_loss_s`` None:
+    its fault-free run on the same cluster."""
+    if node_loss_s is not None:
+        _check(node_loss_s)
     from safetensors.numpy import load_file
 
     from bench.goodput_raftps import REPLICAS, SHARDS, StepClock, config, loader, lost_steps
@@ -239,7 +244,7 @@ def run_raftps(workload: Workload, node_loss_s: float, out: Path) -> SideRun:
     out.mkdir(parents=True, exist_ok=True)
     # an earlier run's rounds would read as this one's (the job overwrites its outputs anyway)
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    side = SideRun(side="raftps_node_loss", faulted=True)
+    side = SideRun(side="raftps_node_loss", faulted=node_loss_s is not None)
     job = f"goodput-nl-{time.time_ns() % 10**8:08d}"
     cluster = _start_cluster(RAFTPS_HEAD_CPUS)
     clock = StepClock(out / "metrics.jsonl", start)
@@ -269,7 +274,9 @@ def run_raftps(workload: Workload, node_loss_s: float, out: Path) -> SideRun:
     try:
         trainer.start()
         first = clock.wait_first(FIRST_STEP_TIMEOUT_S)
-        if _wait_until(first + node_loss_s, start, done):
+        if node_loss_s is None:
+            pass  # the fault-free run
+        elif _wait_until(first + node_loss_s, start, done):
             side.notes.append("training ended before the node loss came due")
         else:
             try:
@@ -306,11 +313,13 @@ def run_raftps(workload: Workload, node_loss_s: float, out: Path) -> SideRun:
 # ---- Ray Train ----
 
 
-def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
+def run_ray_train(workload: Workload, node_loss_s: float | None, checkpoint_every: int,
                   out: Path) -> SideRun:
     """The Ray Train side of the scenario (see the module docstring). The run's progress is
-    its event log (``bench.peers.ray_train_goodput``); the removal is its ``node`` fault."""
-    _check(node_loss_s, checkpoint_every)
+    its event log (``bench.peers.ray_train_goodput``); the removal is its ``node`` fault.
+    ``node_loss_s`` None: its fault-free run on the same cluster."""
+    _check(0.0 if node_loss_s is None else node_loss_s, checkpoint_every)
+    faulted = node_loss_s is not None
     from bench.peers import ray_train_events as rte
     from bench.peers import ray_train_goodput as rtg
 
@@ -325,8 +334,8 @@ def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
 
     def fit_thread() -> None:
         try:
-            errors.extend(rtg.drive(workload, FaultPlan(), checkpoint_every, out, faulted=True,
-                                    name=RAY_TRAIN_RUN))
+            errors.extend(rtg.drive(workload, FaultPlan(), checkpoint_every, out,
+                                    faulted=faulted, name=RAY_TRAIN_RUN))
         except BaseException as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
         finally:
@@ -344,6 +353,8 @@ def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
             first = rte.first_step_time(rte.read_events(events))
         if first is None:
             notes.append("training ended before its first step")
+        elif node_loss_s is None:
+            pass  # the fault-free run
         elif done.wait(max(0.0, first + node_loss_s - time.time())) or rte.of_kind(
                 rte.read_events(events), "done"):
             notes.append("training ended before the node loss came due")
@@ -368,8 +379,8 @@ def run_ray_train(workload: Workload, node_loss_s: float, checkpoint_every: int,
     finally:
         _stop_cluster(cluster)
         trainer.join(timeout=60)
-    side = rte.side_run(rte.read_events(events), t0=t0, steps=workload.steps, faulted=True,
-                        errors=errors)
+    side = rte.side_run(rte.read_events(events), t0=t0, steps=workload.steps,
+                        faulted=faulted, errors=errors)
     side.side = "ray_train_node_loss"
     side.notes += notes
     return side

@@ -64,11 +64,28 @@ def test_arguments_of_each_side(tmp_path: Path) -> None:
     assert (args.checkpoint_every, args.steps, args.out) == (50, Workload().steps, None)
     args = parse_args(["--side", "ray_train", "--node-loss-at", "0", "--checkpoint-every", "0"])
     assert args.checkpoint_every == 0
+    args = parse_args(["--side", "raftps"])  # the fault-free run on the same cluster
+    assert args.node_loss_at is None
+
+
+def test_a_node_loss_side_is_compared_with_a_fault_free_run_on_its_own_cluster(
+    tmp_path: Path,
+) -> None:
+    """A multi-node Ray moves objects between the nodes' stores: the single-node raftps
+    run would be a faster baseline for reasons that are not the fault."""
+    from bench.goodput import CLEAN_OF, GoodputConfig, side_command
+
+    cfg = GoodputConfig.quick()
+    for side in ("raftps_node_loss", "ray_train_k50_node_loss"):
+        assert side not in CLEAN_OF
+        clean = side_command(side, cfg, tmp_path, faulted=False)
+        faulted = side_command(side, cfg, tmp_path, faulted=True)
+        assert "bench.goodput_node_loss" in clean and "--node-loss-at" not in clean
+        assert faulted[:len(clean)] == clean and "--node-loss-at" in faulted
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--side", "torch", "--node-loss-at", "1"], "invalid choice"),
-    (["--side", "raftps"], "--node-loss-at"),
     (["--side", "raftps", "--node-loss-at", "-1"], "--node-loss-at must be >= 0"),
     (["--side", "raftps", "--node-loss-at", "nan"], "--node-loss-at must be >= 0"),
     (["--side", "raftps", "--node-loss-at", "1", "--steps", "0"], "--steps must be >= 1"),
