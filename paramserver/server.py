@@ -31,8 +31,8 @@ import ray
 from consensus import ConsensusError, RaftGroup
 from consensus.discarded_refs import DiscardedRefs
 from consensus.failures import is_failover, root_cause
-from consensus.group import statuses_of
 from consensus.storage_failure import failures_note, raise_if_out_of_service
+from paramserver import server_health
 from paramserver.checkpoint import check_restorable, read_checkpoint, write_checkpoint
 from paramserver.commands import RestoreCommand
 from paramserver.errors import ApplyFailedError
@@ -45,7 +45,6 @@ LOG = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 _NUDGE_S = 10.0  # wait_version re-sends pending contributions after this long in silence
-_HEAL_STATUS_S = 0.25  # heal's status round: a live replica answers in milliseconds
 __all__ = ["LeaderProbe", "ParameterServer", "is_failover", "root_cause"]
 
 
@@ -228,25 +227,10 @@ class ParameterServer:
 
     def terms(self, wait_s: float) -> list[int]:
         """Per shard, the highest Raft term its replicas report within ``wait_s`` seconds
-        (-1 where none answers). Never longer: a replica that is down is not waited for.
-        A term above the one a shard's leader answered under means that leader was
-        replaced; the pipelined loop asks this when a round is late, to learn of a lost
-        leader sooner than Ray reports the calls it left unanswered."""
-        asks = [(shard, handle.status.remote())
-                for shard, group in enumerate(self._groups) for handle in group.handles()]
-        refs = [ref for _, ref in asks]
-        ready, late = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
-        self._discarded.add(late)
-        answered = set(ready)
-        terms = [-1] * len(self._groups)
-        for shard, ref in asks:
-            if ref in answered:
-                try:
-                    status: dict[str, Any] = ray.get(ref, timeout=0)
-                except Exception:  # a replica that died meanwhile: it says nothing
-                    continue
-                terms[shard] = max(terms[shard], int(status.get("term", -1)))
-        return terms
+        (-1 where none answers; ``server_health.terms``). The pipelined loop asks this when
+        a round is late, to learn of a lost leader sooner than Ray reports the calls it
+        left unanswered."""
+        return server_health.terms(self._groups, wait_s)
 
     def _check_refs(self, grad_refs: Sequence[Any]) -> None:
         if len(grad_refs) != len(self._groups):
@@ -478,24 +462,7 @@ class ParameterServer:
         Blocks while a replacement catches up (seconds); call it between rounds (the driver
         does, at epoch ends). A shard whose replacement fails or is refused
         (``QuorumUnsafeError``) is logged with the reason and tried again next time."""
-        healed = []
-        # one status round for every shard at once, bounded: a replica Ray is restarting
-        # answers nothing, and the training waits at this barrier meanwhile
-        statuses = statuses_of(self._groups, _HEAL_STATUS_S)
-        for shard, group in enumerate(self._groups):
-            try:
-                replaced = group.heal(timeout=self.config.rpc_timeout_s,
-                                      statuses=statuses[shard])
-            except (ConsensusError, ValueError, TimeoutError, ray.exceptions.RayError) as exc:
-                # a flagged replica never votes and a dead one is just one voter short, so
-                # the shard is safe; training goes on and the next epoch end tries again
-                LOG.warning("shard %d: could not replace a lost replica (%s); will retry at "
-                            "the next epoch end", shard, exc)
-                continue
-            for old, new in replaced.items():
-                LOG.warning("shard %d: replica %d lost its storage or stayed unreachable; "
-                            "replaced by replica %d", shard, old, new)
-                healed.append((shard, old, new))
+        healed = server_health.heal(self._groups, self.config.rpc_timeout_s)
         if healed:
             self.forget_leaders()
         return healed
@@ -509,42 +476,18 @@ class ParameterServer:
     def leader_changes(self) -> list[int]:
         """Per shard: the most leader changes any live replica saw since it started (a
         healthy run has none). Cheap: one status call per replica."""
-        return [max((int(r.get("leader_changes", 0)) for r in group.status()), default=0)
-                for group in self._groups]
+        return server_health.leader_changes(self._groups)
 
     def replica_stats(self) -> list[list[dict[str, Any]]]:
         """Per shard, per live replica: its index, role, leader changes seen, the most bytes
         its log held on disk (``peak_log_bytes``), its last snapshot's bytes (about the
         shard's state), its peak RSS, what its storage holds now and the CPU seconds its
         process used (``cpu_s``). Cheap: one status call each."""
-        keys = ("index", "role", "leader_changes", "peak_log_bytes", "snapshot_bytes",
-                "peak_rss_bytes", "peak_private_bytes", "disk_bytes", "cpu_s")
-        return [[{k: r[k] for k in keys if k in r} for r in group.status() if r.get("alive")]
-                for group in self._groups]
+        return server_health.replica_stats(self._groups)
 
     def status(self) -> list[dict[str, Any]]:
         """Per shard: name, leader replica, version, and per replica its role, applied index,
         version and digest of the shard's bytes (equal digests = byte-identical replicas).
         A replica that does not answer within 5 s is listed with alive=False and no version
         or digest: status is what an operator reads when things break."""
-        statuses = [group.status() for group in self._groups]
-        calls = {h.call_service.remote("info", leader_only=False): (s, i)
-                 for s, group in enumerate(self._groups)
-                 for i, h in enumerate(group.handles())}
-        ready, _ = ray.wait(list(calls), num_returns=len(calls),
-                            timeout=min(5.0, self.config.rpc_timeout_s))
-        for ref in ready:
-            s, i = calls[ref]
-            try:
-                info = ray.get(ref, timeout=0)
-            except ray.exceptions.RayError:
-                statuses[s][i]["alive"] = False
-                continue
-            statuses[s][i].update(version=info["version"], digest=info["digest"])
-        out = []
-        for s, (group, replicas) in enumerate(zip(self._groups, statuses, strict=True)):
-            leader = next((r["index"] for r in replicas if r.get("role") == "LEADER"), None)
-            versions = [int(r["version"]) for r in replicas if "version" in r]
-            out.append({"shard": s, "group": group.name, "leader": leader,
-                        "version": max(versions, default=None), "replicas": replicas})
-        return out
+        return server_health.shard_status(self._groups, min(5.0, self.config.rpc_timeout_s))

@@ -94,7 +94,7 @@ def test_losing_a_follower_with_its_disk_mid_training_changes_no_byte(
     loser = threading.Thread(target=lose_a_follower_disk_after,
                              args=(tmp_path / "faulty", "disk-faulty", 6, lost))
     loser.start()
-    with caplog.at_level("WARNING", logger="paramserver.server"):
+    with caplog.at_level("WARNING", logger="paramserver.server_health"):
         faulty = train(config(tmp_path / "faulty", "disk-faulty"), backend=RaftServerBackend())
     loser.join(timeout=130)
     assert lost, "no follower lost its disk; the test proved nothing"

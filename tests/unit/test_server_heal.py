@@ -50,7 +50,7 @@ def test_heal_reports_each_replacement_and_skips_a_failing_shard(
     failing = FakeGroup(ConsensusError("no leader"))
     healthy = FakeGroup({1: 3})
     server = _server([failing, healthy])
-    with caplog.at_level("WARNING", logger="paramserver.server"):
+    with caplog.at_level("WARNING", logger="paramserver.server_health"):
         assert server.heal() == [(1, 1, 3)]
     assert failing.calls == healthy.calls == 1
     messages = [r.getMessage() for r in caplog.records]
@@ -65,7 +65,7 @@ def test_a_refused_replacement_is_logged_with_its_reason(
     from consensus.errors import QuorumUnsafeError
 
     refused = FakeGroup(QuorumUnsafeError("refusing to remove replica 0: bring back [1]"))
-    with caplog.at_level("WARNING", logger="paramserver.server"):
+    with caplog.at_level("WARNING", logger="paramserver.server_health"):
         assert _server([refused]).heal() == []
     assert any("bring back [1]" in r.getMessage() for r in caplog.records)
 
@@ -76,7 +76,7 @@ def test_heal_asks_every_shard_at_once_and_waits_briefly_for_silent_replicas(
     """A replica Ray is restarting answers no status call, and the training waits at the
     epoch barrier while heal runs: one bounded wait for all shards, not 2 s per shard."""
     import consensus.group
-    from paramserver.server import _HEAL_STATUS_S
+    from paramserver.server_health import HEAL_STATUS_S
 
     waits: list[tuple[int, float]] = []
 
@@ -88,7 +88,7 @@ def test_heal_asks_every_shard_at_once_and_waits_briefly_for_silent_replicas(
     monkeypatch.setattr(consensus.group.ray, "wait", wait)
     groups = [FakeGroup({}, replicas=3), FakeGroup({}, replicas=3)]
     assert _server(groups).heal() == []
-    assert waits == [(6, _HEAL_STATUS_S)] and _HEAL_STATUS_S <= 0.5
+    assert waits == [(6, HEAL_STATUS_S)] and HEAL_STATUS_S <= 0.5
     assert all(g.statuses == [{"index": i, "alive": False} for i in range(3)] for g in groups)
 
 
