@@ -146,7 +146,8 @@ def test_the_error_survives_pickling_with_its_fields() -> None:
 
 
 def test_the_shard_service_declares_exactly_what_the_parameter_server_calls() -> None:
-    source = (REPO / "paramserver" / "server.py").read_text()
+    source = "".join((REPO / "paramserver" / name).read_text()
+                     for name in ("server.py", "server_health.py"))  # the facade's modules
     called = set(re.findall(r'call_service(?:\.options\([^)]*\))?\.remote\(\s*"(\w+)"', source))
     called |= set(re.findall(r'_(?:call_each|await_shards)\(\s*"(\w+)"', source))
     assert called, "the pattern found no call: it no longer matches server.py"
