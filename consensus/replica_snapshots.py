@@ -88,4 +88,4 @@ class ReplicaSnapshots:
 
     def note_disk(self) -> None:
         """Track the most bytes the log (sqlite and segments) held on disk."""
-        self.peak_log_bytes = max(self.peak_log_bytes, self._storage.disk_bytes()["log_bytes"])
+        self.peak_log_bytes = max(self.peak_log_bytes, self._storage.log_bytes())

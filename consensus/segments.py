@@ -38,6 +38,10 @@ class Segments:
         self.current = max(ids) if ids else 1
         self._fd = self._open(self.current)
         self._maps: dict[int, mmap.mmap] = {}  # segment -> its newest read-only mapping
+        # segment -> its bytes on disk: stat'ed once here, then kept by append and collect
+        # (``total_bytes`` runs after every write; a directory scan each time costs more)
+        self._sizes = {seg: self.path(seg).stat().st_size for seg in ids}
+        self._sizes.setdefault(self.current, 0)
 
     def ids(self) -> list[int]:
         """Ids of the segment files present on disk."""
@@ -62,6 +66,7 @@ class Segments:
         """
         refs: list[tuple[int, int]] = []
         offset = os.fstat(self._fd).st_size  # after a failed append: past its orphan bytes
+        self._sizes[self.current] = offset
         for data in payloads:
             if offset >= self._limit:
                 if self._sync:
@@ -69,12 +74,13 @@ class Segments:
                 os.close(self._fd)
                 self.current += 1
                 self._fd = self._open(self.current)
-                offset = 0
+                self._sizes[self.current] = offset = 0
             refs.append((self.current, offset))
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
             offset += len(data)
+            self._sizes[self.current] = offset
         if self._sync:
             os.fdatasync(self._fd)
         return refs
@@ -110,14 +116,16 @@ class Segments:
         return memoryview(mapped)[offset:offset + size]
 
     def total_bytes(self) -> int:
-        """Bytes of the segment files on disk (stat calls only)."""
-        return sum(self.path(seg).stat().st_size for seg in self.ids())
+        """Bytes of the segment files on disk, as this object wrote and deleted them (the
+        bytes of an append that failed half-way count from the next append on)."""
+        return sum(self._sizes.values())
 
     def collect(self, live: set[int]) -> None:
         """Delete every segment but the current one that is not in ``live``."""
         for seg in self.ids():
             if seg != self.current and seg not in live:
                 self.path(seg).unlink(missing_ok=True)
+                self._sizes.pop(seg, None)
                 self._maps.pop(seg, None)  # unmapped once no view of it is left
 
     def close(self) -> None:

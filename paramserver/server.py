@@ -200,7 +200,7 @@ class ParameterServer:
         for shard in range(len(self._groups)):
             per_rank = [refs[shard] for refs in grad_refs]
             p_ref, i_ref = self._leader(shard).call_service.options(num_returns=2).remote(
-                "step_round", round, per_rank, param_version, leader_only=True)
+                "step_round", round, param_version, *per_rank, leader_only=True)
             params.append(p_ref)
             infos.append(i_ref)
         return params, infos

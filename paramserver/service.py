@@ -35,6 +35,7 @@ version, never a mix; see ``ShardStateMachine``). The heavy arithmetic of ``step
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -223,11 +224,12 @@ class ShardService:
             self._aggregator.advance(self._machine.version)
 
     async def step_round(
-        self, round: int, contributions: Sequence[Awaitable[tuple[int, Mapping[str, F32]]]],
-        param_version: int,
+        self, round: int, param_version: int,
+        *contributions: tuple[int, Mapping[str, F32]] | Awaitable[tuple[int, Mapping[str, F32]]],
     ) -> tuple[dict[str, F32], dict[str, Any]]:
         """One pipelined sync round on the leader: rank ``i``'s contribution is
-        ``contributions[i]`` (an object ref, awaited here as its task finishes).
+        ``contributions[i]``, a value (the driver passes each task's ref as a top-level
+        argument, so Ray resolves it before the call runs) or an awaitable.
 
         Once all N are in AND round ``round - 1`` is applied here (if that round's background
         proposal failed, its error is raised), aggregates them into the round's ONE command,
@@ -242,7 +244,7 @@ class ShardService:
         Raises StaleRoundError when the shard already applied ``round``, and the
         aggregator's typed errors.
         """
-        values = await asyncio.gather(*contributions)
+        values = [await c if inspect.isawaitable(c) else c for c in contributions]
         commit_s = await self._previous_round_applied(round)
         machine = self._machine
         if machine.version != round:

@@ -104,7 +104,7 @@ async def _settle() -> None:
 def test_answer_comes_before_the_commit_and_equals_the_applied_bits() -> None:
     async def scenario() -> None:
         service, ctx = _service()
-        params, info = await service.step_round(0, _contributions(0), 0)
+        params, info = await service.step_round(0, 0, *_contributions(0))
         assert ctx.machine.version == 0, "the answer must not wait for the commit"
         assert info["round"] == 0 and info["applied"] == 0
         await _settle()
@@ -120,8 +120,8 @@ def test_answer_comes_before_the_commit_and_equals_the_applied_bits() -> None:
 def test_next_round_waits_for_the_previous_commit() -> None:
     async def scenario() -> None:
         service, ctx = _service()
-        await service.step_round(0, _contributions(0), 0)
-        nxt = asyncio.ensure_future(service.step_round(1, _contributions(1), 1))
+        await service.step_round(0, 0, *_contributions(0))
+        nxt = asyncio.ensure_future(service.step_round(1, 1, *_contributions(1)))
         await _settle()
         assert not nxt.done(), "round 1 must not be answered before round 0 is applied"
         ctx.commit_next()
@@ -138,15 +138,15 @@ def test_next_round_waits_for_the_previous_commit() -> None:
 def test_a_failed_background_proposal_fails_the_next_round() -> None:
     async def scenario() -> None:
         service, ctx = _service()
-        await service.step_round(0, _contributions(0), 0)
-        nxt = asyncio.ensure_future(service.step_round(1, _contributions(1), 1))
+        await service.step_round(0, 0, *_contributions(0))
+        nxt = asyncio.ensure_future(service.step_round(1, 1, *_contributions(1)))
         await _settle()
         ctx.fail_next()
         with pytest.raises(LostLeadership):
             await nxt
         assert ctx.machine.version == 0, "nothing applied"
         # The driver then re-submits round 0; the aggregator was rebuilt from version 0.
-        again = asyncio.ensure_future(service.step_round(0, _contributions(0), 0))
+        again = asyncio.ensure_future(service.step_round(0, 0, *_contributions(0)))
         await again
         await _settle()
         ctx.commit_next()
@@ -158,11 +158,11 @@ def test_a_failed_background_proposal_fails_the_next_round() -> None:
 def test_a_round_already_applied_is_stale() -> None:
     async def scenario() -> None:
         service, ctx = _service()
-        await service.step_round(0, _contributions(0), 0)
+        await service.step_round(0, 0, *_contributions(0))
         await _settle()
         ctx.commit_next()
         with pytest.raises(StaleRoundError):
-            await service.step_round(0, _contributions(0), 0)
+            await service.step_round(0, 0, *_contributions(0))
 
     asyncio.run(scenario())
 
@@ -174,7 +174,7 @@ def test_a_replayed_contribution_to_an_applied_round_is_an_answer_not_an_error()
     replay the same call still raises StaleRoundError."""
     async def scenario() -> None:
         service, ctx = _service()
-        await service.step_round(0, _contributions(0), 0)
+        await service.step_round(0, 0, *_contributions(0))
         await _settle()
         ctx.commit_next()
         # a new leader (fresh aggregator) over the same applied state, as after a failover
@@ -221,7 +221,7 @@ def test_a_bad_contribution_raises_its_typed_error_and_proposes_nothing() -> Non
         bad = _params(7)
         bad["w"][0, 0] = np.nan
         with pytest.raises(NonFiniteGradientError):
-            await service.step_round(0, [_ready((3, _params(1))), _ready((3, bad))], 0)
+            await service.step_round(0, 0, *[_ready((3, _params(1))), _ready((3, bad))])
         await _settle()
         assert ctx.queue == [] and ctx.machine.version == 0
 
@@ -254,12 +254,12 @@ def test_a_pulled_version_is_let_go_once_the_shard_moves_past_it() -> None:
         service, ctx = _service()
         version, _ref = await service.pull(0)
         assert version == 0 and service._published is not None
-        await service.step_round(0, _contributions(0), 0)
+        await service.step_round(0, 0, *_contributions(0))
         assert service._published is not None  # round 0 starts from the pulled version
         await _settle()
         ctx.commit_next()
         await _settle()
-        await service.step_round(1, _contributions(1), 1)
+        await service.step_round(1, 1, *_contributions(1))
         assert service._published is None
         again, _ = await service.pull(1)  # a later pull puts the current version
         assert again == 1
