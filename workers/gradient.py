@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,8 @@ Layout = Sequence[Sequence[PieceRows]]
 ShardGradient = tuple[int, dict[str, np.ndarray]]
 
 _MODELS: dict[str, nn.Module] = {}
+_PLACED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+"""The device each cached module was last moved to."""
 _WARNED_NO_GPU = False
 
 
@@ -239,7 +242,9 @@ def _prepare(spec: TaskSpec, shard_params: Sequence[Mapping[str, np.ndarray]]) -
     if missing:
         raise GradientTaskError(f"shard layout lacks model tensors {missing[:3]}")
     leaves = {n: tensors[n].to(device).requires_grad_(True) for n in names}
-    model.to(device)
+    if _PLACED.get(model) != str(device):  # a walk of every module: once per process
+        model.to(device)
+        _PLACED[model] = str(device)
     return _Prepared(model, device, names, leaves, {n: tensors[n] for n in own_buffers},
                      own_buffers)
 
