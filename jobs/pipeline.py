@@ -52,6 +52,11 @@ from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics
 
 LOG = logging.getLogger(__name__)
+SETTLE_MIN_S = 2.0
+SETTLE_PROBES = 4
+"""A recovery waits for a launched round's tasks at most ``SETTLE_PROBES`` leader-watch
+periods (a few typical rounds each), and never less than ``SETTLE_MIN_S``; a round that took
+longer is recomputed (``Pipeline._settled_prefix``)."""
 
 
 Launch = Callable[[int, Sequence[Any]], tuple[list[list[Any]], list[Any]]]
@@ -162,7 +167,8 @@ class PipelinedRounds:
         until every shard applied them, and return them (to report) and the next round."""
         timeout = self.config.timeout_s
         t_start = time.perf_counter()
-        good = self._settled_prefix(inflight, timeout)
+        good = self._settled_prefix(
+            inflight, min(timeout, max(SETTLE_MIN_S, SETTLE_PROBES * self.watch.every_s)))
         t_settled = time.perf_counter()
         # Answers are not used any more, nor the outputs of rounds to recompute: their
         # errors are read once they settle, or Ray logs each one as an "unhandled error".
@@ -201,13 +207,17 @@ class PipelinedRounds:
         return [(flight, metrics, info) for flight, metrics in good], restart
 
     @staticmethod
-    def _settled_prefix(inflight: deque[_Flight], timeout: float) -> list[
+    def _settled_prefix(inflight: deque[_Flight], settle_s: float) -> list[
             tuple[_Flight, list[GradientMetrics]]]:
         """The rounds in flight, oldest first, up to the first whose tasks did not succeed,
         with their metrics. A round's tasks can run only once the round before it answered
         (they take its parameters): those of a round whose inputs are not there are never
         waited for, since the leader that owed them may be gone with Ray not knowing it yet;
-        those whose inputs are there are waited for, as they are running or about to."""
+        those whose inputs are there are waited for, as they are running or about to, but
+        for at most ``settle_s`` each. A task Ray re-runs after its node went may need an
+        input that lived in that node's object store (a lost leader's answer), and Ray can
+        take many seconds to give up on it; recomputing the round from the shards' pulled
+        parameters gives the same bits sooner."""
         good: list[tuple[_Flight, list[GradientMetrics]]] = []
         for i, flight in enumerate(inflight):
             if i > 0:
@@ -216,7 +226,10 @@ class PipelinedRounds:
                                     fetch_local=False)
                 if len(ready) < len(inputs):
                     break
-            ray.wait(flight.metrics, num_returns=len(flight.metrics), timeout=timeout)
+            ready, _ = ray.wait(flight.metrics, num_returns=len(flight.metrics),
+                                timeout=settle_s)
+            if len(ready) < len(flight.metrics):
+                break  # not settled in time: recompute it
             try:
                 metrics = ray.get(flight.metrics, timeout=0)
             except Exception as exc:

@@ -23,6 +23,16 @@ from jobs.round_result import RoundResult
 from workers.gradient import GradientMetrics
 
 pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(autouse=True)
+def _settle_waits_for_running_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These scripts' tasks always finish: a recovery waits for them (a fresh Ray's first
+    tasks take seconds), so which rounds are replayed and which recomputed is fixed. The
+    held-tasks test lowers the bound again."""
+    import jobs.pipeline
+
+    monkeypatch.setattr(jobs.pipeline, "SETTLE_MIN_S", 120.0)
 WORKERS = 2
 BARRIER = 5  # round 5 ends at a barrier (an epoch end or a checkpoint)
 
@@ -257,3 +267,61 @@ def test_replayed_gradients_lost_with_a_node_stop_with_a_clear_resume_error() ->
         PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
                         launch=_launch, is_barrier=lambda r: r == BARRIER).run(0, 8,
                                                                                lambda r: None)
+
+
+@ray.remote(num_returns=2)
+def _held_task(params: tuple[str, int], _gate: None, round: int,
+               rank: int) -> tuple[Any, GradientMetrics]:
+    metrics = GradientMetrics(round=round, rank=rank, samples=1, loss_sum=0.0, correct=0,
+                              load_s=0.0, compute_s=0.0, device="cpu")
+    return (round, rank), metrics
+
+
+class HeldTasksServer(ScriptedServer):
+    """The leader is lost at ``fail_at``, whose tasks (inputs there) do not finish until the
+    replay: like a task Ray re-runs after its node went, waiting on an input that lived in
+    that node's object store."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__(fail_at)
+        self.gate = _Gate.remote()  # type: ignore[attr-defined]
+        self.held = 0
+
+    def launch(self, round: int, params: Sequence[Any]) -> tuple[list[list[Any]], list[Any]]:
+        if round != self.fail_at or self.held:
+            return _launch(round, params)
+        self.held += 1
+        gate = self.gate.wait.remote()
+        grads, metrics = [], []
+        for rank in range(WORKERS):
+            g, m = _held_task.remote(params[0], gate, round, rank)
+            grads.append([g])
+            metrics.append(m)
+        return grads, metrics
+
+    def replay(self, through: int) -> None:
+        ray.get(self.gate.open.remote())
+        super().replay(through)
+
+
+def test_a_launched_round_whose_tasks_hang_is_recomputed_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without the bound on the settle wait, recovery waits for the held tasks until the
+    round's timeout and stops with a TrainingError."""
+    import jobs.pipeline
+
+    monkeypatch.setattr(jobs.pipeline, "SETTLE_MIN_S", 0.3)
+    server = HeldTasksServer(3)
+    config = TrainConfig(workers=WORKERS, timeout_s=20.0, progress=False)
+    rounds = PipelinedRounds(config=config, server=server,  # type: ignore[arg-type]
+                             launch=server.launch, is_barrier=lambda r: r == BARRIER)
+    reported: list[RoundResult] = []
+    with caplog.at_level("WARNING", logger="jobs.pipeline"):
+        rounds.run(0, 8, reported.append)
+    assert server.held == 1 and rounds.failovers == 1
+    assert any("resuming at round 3" in r.getMessage() for r in caplog.records)
+    assert server.applied_rounds() == list(range(8))
+    assert [r.round for r in reported] == list(range(8))
+    steps = [r for kind, r, _ in server.events if kind == "step"]
+    assert steps.count(3) == 2, "the held round is computed again, from the pulled params"

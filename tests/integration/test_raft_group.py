@@ -134,14 +134,15 @@ def test_commit_read_and_same_seq_retry(ray_session: None, tmp_path: Path) -> No
         statuses = group.status()
         assert sorted(s["role"] for s in statuses) == ["FOLLOWER", "FOLLOWER", "LEADER"]
         assert {s["name"] for s in statuses} == {f"it/commit/replica-{r}" for r in range(3)}
-        before = group.snapshots()
+        before = assert_identical(group, 3)
     finally:
         group.shutdown()
-    # Whole-group restart: fresh actors reload term, vote, log and replay the commands.
+    # Whole-group restart: fresh actors reload term, vote, log and replay the commands (a
+    # follower may answer before it has replayed: wait until all three converged)
     again = RaftGroup.create("it/commit", 3, LogMachine, tmp_path, config=FAST)
     try:
         assert again.read("len") == 16
-        assert set(again.snapshots().values()) == set(before.values())
+        assert assert_identical(again, 3) == before
     finally:
         again.shutdown()
 
