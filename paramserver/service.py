@@ -35,10 +35,9 @@ version, never a mix; see ``ShardStateMachine``). The heavy arithmetic of ``step
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -224,12 +223,11 @@ class ShardService:
             self._aggregator.advance(self._machine.version)
 
     async def step_round(
-        self, round: int, param_version: int,
-        *contributions: tuple[int, Mapping[str, F32]] | Awaitable[tuple[int, Mapping[str, F32]]],
+        self, round: int, param_version: int, *contributions: tuple[int, Mapping[str, F32]],
     ) -> tuple[dict[str, F32], dict[str, Any]]:
         """One pipelined sync round on the leader: rank ``i``'s contribution is
-        ``contributions[i]``, a value (the driver passes each task's ref as a top-level
-        argument, so Ray resolves it before the call runs) or an awaitable.
+        ``contributions[i]`` (the driver passes each task's ref as a top-level argument, so
+        Ray resolves it before the call runs).
 
         Once all N are in AND round ``round - 1`` is applied here (if that round's background
         proposal failed, its error is raised), aggregates them into the round's ONE command,
@@ -244,7 +242,6 @@ class ShardService:
         Raises StaleRoundError when the shard already applied ``round``, and the
         aggregator's typed errors.
         """
-        values = [await c if inspect.isawaitable(c) else c for c in contributions]
         commit_s = await self._previous_round_applied(round)
         machine = self._machine
         if machine.version != round:
@@ -258,7 +255,7 @@ class ShardService:
             # round - 1 is applied)
             commands, params = await asyncio.get_running_loop().run_in_executor(
                 self._compute, _aggregate_and_preview, aggregator, machine, round,
-                values, param_version)
+                contributions, param_version)
         except BaseException:
             self._aggregator = None
             raise

@@ -54,6 +54,11 @@ LOSSES = {"leader": (_lost_leader, NotLeaderError),
 
 @ray.remote(num_returns=2)
 def _task(params: tuple[str, int], round: int, rank: int) -> tuple[Any, GradientMetrics]:
+    return _computed(params, round, rank)
+
+
+def _computed(params: tuple[str, int], round: int,
+              rank: int) -> tuple[Any, GradientMetrics]:
     assert params == ("params", round), f"round {round} computed on {params}"
     metrics = GradientMetrics(round=round, rank=rank, samples=1, loss_sum=0.0, correct=0,
                               load_s=0.0, compute_s=0.0, device="cpu")
@@ -272,9 +277,7 @@ def test_replayed_gradients_lost_with_a_node_stop_with_a_clear_resume_error() ->
 @ray.remote(num_returns=2)
 def _held_task(params: tuple[str, int], _gate: None, round: int,
                rank: int) -> tuple[Any, GradientMetrics]:
-    metrics = GradientMetrics(round=round, rank=rank, samples=1, loss_sum=0.0, correct=0,
-                              load_s=0.0, compute_s=0.0, device="cpu")
-    return (round, rank), metrics
+    return _computed(params, round, rank)
 
 
 class HeldTasksServer(ScriptedServer):

@@ -7,7 +7,7 @@ interleaving below is explicit and deterministic: no Ray, no sleeps.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -88,12 +88,8 @@ def _service(workers: int = 2) -> tuple[ShardService, FakeContext]:
     return ShardService(ctx, config, commit_timeout_s=5.0, publish=lambda v: v), ctx
 
 
-async def _ready(value: Any) -> Any:
-    return value
-
-
-def _contributions(round: int, workers: int = 2) -> list[Awaitable[Any]]:
-    return [_ready((3 + rank, _params(100 * round + rank))) for rank in range(workers)]
+def _contributions(round: int, workers: int = 2) -> list[Any]:
+    return [(3 + rank, _params(100 * round + rank)) for rank in range(workers)]
 
 
 async def _settle() -> None:
@@ -221,7 +217,7 @@ def test_a_bad_contribution_raises_its_typed_error_and_proposes_nothing() -> Non
         bad = _params(7)
         bad["w"][0, 0] = np.nan
         with pytest.raises(NonFiniteGradientError):
-            await service.step_round(0, 0, *[_ready((3, _params(1))), _ready((3, bad))])
+            await service.step_round(0, 0, (3, _params(1)), (3, bad))
         await _settle()
         assert ctx.queue == [] and ctx.machine.version == 0
 
