@@ -53,7 +53,7 @@ from consensus.lost_state import (
     stamp_unsynced,
     unsynced_since_boot,
 )
-from consensus.payload_release import private_bytes, release_persisted
+from consensus.payload_release import PayloadRelease, private_bytes
 from consensus.peers import PeerRouter
 from consensus.replica_api import ReplicaAPI, Waiter
 from consensus.replica_config import RaftGroupConfig
@@ -182,7 +182,8 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
         self.apply_callbacks: list[Callable[[int], None]] = []
         self._read_ids = itertools.count(1)
         self._readies = 0
-        self._peak_private = 0  # the most private memory seen after a large Ready (status)
+        self._peak_private = 0  # the most private memory seen before a release (status)
+        self._release = PayloadRelease()
         self._busy = False  # a Ready is being handled (see _run)
         self.leader_changes = 0
         self._leader_seen: tuple[int, int] | None = None
@@ -285,8 +286,10 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
         self._node.advance(ready)
-        if release_persisted(self._node, self._storage, ready.entries):  # payload_release
+        self._release.persisted(ready.entries)  # payload_release
+        if self._release.due(self.applied_index):  # measured while they are still held
             self._peak_private = max(self._peak_private, private_bytes() or 0)
+            self._release.release(self._node, self._storage, self.applied_index)
         if ready.committed_entries or ready.snapshot is not None:
             self._after_apply()
             await self._maybe_compact()

@@ -9,6 +9,13 @@ its in-memory log instead of its own copies once entries are applied (the page c
 the bytes, and only a lagging follower's catch-up reads them back). Segments are only ever
 appended to or unlinked, never truncated or rewritten, so a view stays valid for as long as
 it is referenced; an unlinked segment's disk space returns once its last view is dropped.
+
+With ``sync`` (``durability="disk"``), a payload of ``DIRECT_MIN_BYTES`` or more is written
+past the page cache (``consensus.direct_io``) at the next block-aligned offset, so a few
+bytes of a hole may precede it. The replica keeps such an entry's own bytes until it is
+applied (``consensus.payload_release``): only a lagging follower's catch-up reads it back,
+from disk. Without ``sync`` every write is buffered: an entry is acknowledged once the OS
+has it, and a direct write would wait for the device.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from consensus import snapshot_files
+from consensus.direct_io import ALIGN, STAGE_BYTES, SequentialWriter
 
-__all__ = ["Segments"]
+__all__ = ["DIRECT_MIN_BYTES", "Segments"]
+
+DIRECT_MIN_BYTES = 1 << 20
+"""Payloads at least this large are written past the page cache when syncing."""
 
 
 class Segments:
@@ -32,6 +43,8 @@ class Segments:
     def __init__(self, directory: Path, segment_bytes: int, sync: bool = True) -> None:
         self.dir = directory
         self._sync = sync
+        self._direct = sync  # large payloads past the page cache, until the fs refuses it
+        self._stage: mmap.mmap | None = None  # the direct writes' staging buffer (lazy)
         self._limit = segment_bytes
         snapshot_files.durable_dir(directory)
         ids = self.ids()
@@ -75,15 +88,35 @@ class Segments:
                 self.current += 1
                 self._fd = self._open(self.current)
                 self._sizes[self.current] = offset = 0
-            refs.append((self.current, offset))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-            offset += len(data)
+            view = memoryview(data).cast("B")
+            if self._direct and len(view) >= DIRECT_MIN_BYTES:
+                offset = -(-offset // ALIGN) * ALIGN
+                refs.append((self.current, offset))
+                offset = self._write_direct(view, offset)
+            else:
+                refs.append((self.current, offset))
+                offset += len(view)
+                while view:
+                    view = view[os.write(self._fd, view):]
             self._sizes[self.current] = offset
         if self._sync:
             os.fdatasync(self._fd)
         return refs
+
+    def _write_direct(self, view: memoryview, offset: int) -> int:
+        """Write ``view`` into the current segment at ``offset`` (aligned) past the page
+        cache; returns the file's end after it. A filesystem that refuses direct IO gets
+        buffered writes, here and from now on."""
+        if self._stage is None:
+            self._stage = mmap.mmap(-1, STAGE_BYTES)
+        writer = SequentialWriter(self.path(self.current), offset=offset, stage=self._stage)
+        try:
+            writer.write(view)
+            end = writer.finish(sync=False)  # the batch's fdatasync covers it
+        finally:
+            writer.close()
+        self._direct = writer.direct
+        return end
 
     def read(self, seg: int, offset: int, size: int) -> bytes | None:
         """The ``size`` bytes at ``offset`` of segment ``seg``; None if absent or short."""

@@ -9,7 +9,9 @@ Contract of :meth:`SnapshotFiles.write` (blocks on disk IO, GIL released in the 
 1. the free space of the directory's filesystem is checked first (:func:`check_space`);
    too little raises :class:`StorageFullError` before anything is created;
 2. the image goes to ``<name>.tmp`` in ``CHUNK_BYTES`` memoryview slices of the caller's
-   buffer (no second full-size copy), its checksum (the owner database's function,
+   buffer (no second full-size copy; past the page cache where the filesystem allows it,
+   ``consensus.direct_io``: the file is read back only on a restart or for a follower that
+   needs a snapshot), its checksum (the owner database's function,
    ``consensus.checksums``, chained chunk by chunk from a caller-given seed) computed on the
    same slices;
 3. the file is fsync'ed, renamed to ``<index>-<term>.snap`` (``<index>-<term>.<k>.snap``
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.checksums import Checksum, crc32c
+from consensus.direct_io import SequentialWriter
 from consensus.errors import StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError
 
@@ -153,22 +156,18 @@ def _byte_views(parts: Sequence[Any]) -> list[memoryview]:
 def _write_synced(path: Path, parts: Sequence[memoryview], crc: int, checksum: Checksum,
                   header: bytes = b"") -> int:
     """Write ``header`` then the image, the concatenation of ``parts``, to ``path`` (in
-    CHUNK_BYTES slices of each part) and fsync it; the CRC chained from ``crc`` over the
-    image's bytes (``checksum``)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        rest = memoryview(header)
-        while rest:
-            rest = rest[os.write(fd, rest):]
+    CHUNK_BYTES slices of each part, past the page cache where the filesystem allows:
+    ``consensus.direct_io``) and fsync it; the CRC chained from ``crc`` over the image's
+    bytes (``checksum``)."""
+    with SequentialWriter(path) as writer:
+        if header:
+            writer.write(header)
         for view in parts:
             for start in range(0, len(view), CHUNK_BYTES):
                 chunk = view[start:start + CHUNK_BYTES]
                 crc = checksum(chunk, crc)
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                writer.write(chunk)
+        writer.finish(sync=True)
     return crc
 
 

@@ -23,7 +23,7 @@ from consensus.buffers import gather, same_bytes
 from consensus.config import RaftConfig
 from consensus.core import RaftNode
 from consensus.errors import StorageCorruptError
-from consensus.payload_release import is_file_view
+from consensus.payload_release import PayloadRelease, is_file_view
 from consensus.raft_log import RaftLog
 from consensus.segments import Segments
 from consensus.session import Envelope, decode_batch, decode_run, encode_batch, encode_run
@@ -279,3 +279,73 @@ def test_compaction_lets_go_of_the_old_image_and_rounds_in_another_thread(
     assert first[0] is None or first[0].meta.index == 0  # no earlier snapshot
     assert all(isinstance(e, Entry) for e in first[1]) and first[1]
     assert second[0] is not None and second[0].meta.index == first[1][-1].index
+
+
+class Origins(Sizes):
+    """A machine that records whether each command it got is a view of a mapped file."""
+
+    command_views = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_file: list[bool] = []
+
+    def apply(self, command: bytes) -> int:
+        self.from_file.append(is_file_view(command))
+        self.sizes.append(len(command))
+        return len(command)
+
+
+def test_the_apply_reads_a_large_entry_from_its_own_bytes_then_the_log_holds_a_view(
+    tmp_path: Path,
+) -> None:
+    """With ``durability="disk"`` a large payload goes past the page cache: a view of it
+    would read the disk back. So an entry keeps its bytes until applied, and only then does
+    the log hold a view of its segment."""
+    async def scenario() -> tuple[list[bool], list[Any]]:
+        async with lone_leader(tmp_path, Origins) as replica:
+            for seq, size in enumerate([2 << 20, 3 << 20], start=1):
+                assert await replica.propose("client", seq, b"o" * size, timeout=10.0) == size
+            log = replica._node.log
+            held = [log.entries(i, i)[0].data
+                    for i in range(log.snapshot_index + 1, log.last_index + 1)]
+            return replica.state_machine.from_file, held
+
+    from_file, held = asyncio.run(scenario())
+    assert from_file == [False, False]
+    assert [is_file_view(d) for d in held if len(d) >= 2 << 20] == [True, True]
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.swapped: list[int] = []
+
+    def release_payloads(self, payloads: dict[int, tuple[int, memoryview]]) -> int:
+        self.swapped += sorted(payloads)
+        return len(payloads)
+
+
+class _Storage:
+    def payload_views(self, lo: int, hi: int) -> dict[int, tuple[int, memoryview]]:
+        return {i: (1, memoryview(b"")) for i in range(lo, hi + 1)}
+
+
+def test_release_waits_for_the_apply_and_holds_at_most_the_bound() -> None:
+    release = PayloadRelease(hold=2)
+    node, storage = _Node(), _Storage()
+    big = 1 << 20
+    release.persisted(_entries(1, [big, 10, big]))  # entry 2 is small: never held
+    assert not release.due(applied=0)
+    assert release.release(node, storage, 0) == 0  # type: ignore[arg-type]
+    release.persisted(_entries(4, [big]))  # 3 held, 2 allowed: the oldest goes anyway
+    assert release.due(applied=0)
+    release.release(node, storage, 0)  # type: ignore[arg-type]
+    assert node.swapped == [1]
+    release.release(node, storage, 3)  # type: ignore[arg-type]
+    assert node.swapped == [1, 3]
+    release.persisted(_entries(4, [big, big], term=2))  # a new leader rewrote 4 and on
+    release.release(node, storage, 4)  # type: ignore[arg-type]
+    assert node.swapped == [1, 3, 4]
+    assert not release.due(applied=4)
+    release.release(node, storage, 9)  # type: ignore[arg-type]
+    assert node.swapped == [1, 3, 4, 5]

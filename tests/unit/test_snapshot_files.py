@@ -18,6 +18,7 @@ import pytest
 
 from consensus import snapshot_files
 from consensus.checksums import crc32c
+from consensus.direct_io import SequentialWriter
 from consensus.errors import StorageCorruptError, StorageFullError
 from consensus.snapshot_files import (
     SPACE_RESERVE_BYTES,
@@ -53,14 +54,14 @@ def test_write_streams_memoryview_chunks_and_chains_the_crc(
     files = _files(tmp_path)
     data = bytes(range(256)) * 3 + b"tail"
     writes: list[tuple[type, int]] = []
-    real_write = os.write
+    real_write = SequentialWriter.write
 
-    def spy(fd: int, chunk: memoryview) -> int:
+    def spy(self: SequentialWriter, chunk: memoryview) -> None:
         writes.append((type(chunk), len(chunk)))
-        return real_write(fd, chunk)
+        real_write(self, chunk)
 
     monkeypatch.setattr(snapshot_files, "CHUNK_BYTES", 100)
-    monkeypatch.setattr(os, "write", spy)
+    monkeypatch.setattr(SequentialWriter, "write", spy)
     stored = files.write(7, 3, [data], crc_seed=12345)
     monkeypatch.undo()
     assert stored == StoredSnapshot(name="7-3.snap", size=len(data),
@@ -224,21 +225,32 @@ def test_too_little_disk_space_raises_before_anything_changes(
 
 
 def _enospc_after(monkeypatch: pytest.MonkeyPatch, name: str, allowed: int) -> None:
-    """Make ``os.write`` write ``allowed`` bytes, then fail with ENOSPC (``os.fsync``: fail)."""
-    real_write = os.write
+    """Make ``os.write`` and ``os.pwrite`` write ``allowed`` bytes between them, then fail
+    with ENOSPC (``os.fsync``: fail)."""
+    real_write, real_pwrite = os.write, os.pwrite
     budget = [allowed]
 
-    def write(fd: int, data: bytes | memoryview) -> int:
+    def part(data: bytes | memoryview) -> memoryview:
         if budget[0] <= 0:
             raise OSError(errno.ENOSPC, "No space left on device")
-        part = memoryview(data)[:budget[0]]
-        budget[0] -= len(part)
-        return real_write(fd, part)
+        cut = memoryview(data)[:budget[0]]
+        budget[0] -= len(cut)
+        return cut
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        return real_write(fd, part(data))
+
+    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        return real_pwrite(fd, part(data), offset)
 
     def fsync(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, name, write if name == "write" else fsync)
+    if name == "write":
+        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    else:
+        monkeypatch.setattr(os, name, fsync)
 
 
 @pytest.mark.parametrize("call", ["write", "fsync"])
