@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) -m bench.raft --quick
 	$(PY) -m bench.train --quick
 	$(PY) -m bench.scale --quick
+	$(PY) -m bench.direct_io --trials 3
 	$(PY) -m bench.goodput --quick
 
 clean:
