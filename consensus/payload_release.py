@@ -4,7 +4,7 @@ A replica of a large model would otherwise keep in memory every round since its 
 snapshot (hundreds of MB each). Once an entry is on disk and applied, the core holds a
 read-only view of its segment file instead (``Segments.view``): only a lagging follower's
 catch-up reads it there. Until it is applied the entry keeps its own bytes, which the apply
-reads: with ``durability="disk"`` a large payload is written past the page cache
+reads: a large payload is written past the page cache
 (``consensus.segments``), and a view would read it back from the disk. At most
 ``HOLD_UNAPPLIED`` persisted entries wait so (the rounds a pipelined driver keeps in
 flight); beyond that the oldest become views anyway, so a follower whose apply lags far

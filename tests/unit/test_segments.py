@@ -50,13 +50,13 @@ def _payload(size: int, seed: int) -> bytes:
     return bytes((seed + i) % 251 for i in range(251)) * (size // 251) + bytes(size % 251)
 
 
-def test_syncing_writes_large_payloads_at_aligned_offsets_and_reads_them_back(
-    tmp_path: Path,
-) -> None:
-    """With ``sync`` a payload of DIRECT_MIN_BYTES or more goes past the page cache, at the
-    next aligned offset; small ones stay buffered. Every payload reads back, through
-    ``read`` and ``view``, and the count still equals the files' sizes (holes included)."""
-    segments = Segments(tmp_path / "seg", segment_bytes=64 * MB, sync=True)
+@pytest.mark.parametrize("sync", [True, False])
+def test_large_payloads_go_at_aligned_offsets_and_read_back(tmp_path: Path, sync: bool) -> None:
+    """A payload of DIRECT_MIN_BYTES or more goes past the page cache, at the next aligned
+    offset (with or without fdatasync); small ones stay buffered. Every payload reads back,
+    through ``read`` and ``view``, and the count still equals the files' sizes (holes
+    included)."""
+    segments = Segments(tmp_path / "seg", segment_bytes=64 * MB, sync=sync)
     payloads = [_payload(10, 1), _payload(DIRECT_MIN_BYTES + 5, 2), _payload(3, 3),
                 _payload(2 * MB + 1, 4), _payload(DIRECT_MIN_BYTES, 5)]
     refs = segments.append(payloads[:2]) + segments.append(payloads[2:])
@@ -69,14 +69,6 @@ def test_syncing_writes_large_payloads_at_aligned_offsets_and_reads_them_back(
         assert view is not None and bytes(view) == data
     assert segments.total_bytes() == _on_disk(tmp_path / "seg")
     assert segments.total_bytes() == refs[-1][1] + len(payloads[-1])
-    segments.close()
-
-
-def test_without_sync_every_payload_is_buffered_back_to_back(tmp_path: Path) -> None:
-    segments = Segments(tmp_path / "seg", segment_bytes=64 * MB, sync=False)
-    sizes = [10, DIRECT_MIN_BYTES + 5, 2 * MB + 1]
-    refs = segments.append([_payload(n, n) for n in sizes])
-    assert [off for _seg, off in refs] == [0, 10, 10 + DIRECT_MIN_BYTES + 5]
     segments.close()
 
 
