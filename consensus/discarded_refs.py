@@ -6,7 +6,9 @@ supersedes, a status asked of a replica that is down. Waiting for them on the sp
 make the failover as slow as Ray is to notice the death (about a second or more), so a
 ``DiscardedRefs`` keeps them and reads each one later, when it is ready anyway: every
 ``add`` and ``poll`` reads the ready ones without blocking, and ``drain`` waits a bounded
-time for the rest (at the end of a run).
+time for the rest (at the end of a run), then cancels those still pending and reads them
+too: a task Ray re-runs after its node went can wait longer than any run's end for an input
+that died with the node, and its error, freed unread at exit, would be logged after all.
 """
 
 from __future__ import annotations
@@ -39,9 +41,16 @@ class DiscardedRefs:
         """Read the refs that are ready now; returns how many are still pending."""
         return self._read(0.0)
 
-    def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for the rest; returns how many never settled."""
-        return self._read(timeout)
+    def drain(self, timeout: float, cancel_wait: float = 2.0) -> int:
+        """Wait up to ``timeout`` seconds for the rest, then cancel what is still pending
+        and wait up to ``cancel_wait`` seconds for the cancellations; returns how many never
+        settled."""
+        if not self._read(timeout):
+            return 0
+        for ref in self._refs:
+            with contextlib.suppress(Exception):  # finished meanwhile, or not cancellable
+                ray.cancel(ref)
+        return self._read(cancel_wait)
 
     def _read(self, timeout: float) -> int:
         if not self._refs:
