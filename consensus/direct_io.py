@@ -102,7 +102,7 @@ class SequentialWriter:
                 size = self._offset + self._filled
                 padded = -(-self._filled // ALIGN) * ALIGN
                 np.frombuffer(self._stage, np.uint8)[self._filled:padded] = 0
-                self._flush_stage(padded)  # the zero padding is cut off again:
+                self._flush_stage(padded)  # then the zero padding is cut off again
                 os.ftruncate(self._fd, size)
                 self._offset = size
             if sync:

@@ -7,8 +7,9 @@ the rest of a Ready, after the bytes are appended (and, with ``sync``, fdatasync
 ``view`` hands out read-only, file-backed views of stored payloads: a replica keeps those in
 its in-memory log instead of its own copies once entries are applied (the page cache holds
 the bytes, and only a lagging follower's catch-up reads them back). Segments are only ever
-appended to or unlinked, never truncated or rewritten, so a view stays valid for as long as
-it is referenced; an unlinked segment's disk space returns once its last view is dropped.
+appended to or unlinked (a direct write cuts back only the padding of its own last block),
+never rewritten, so a view stays valid for as long as it is referenced; an unlinked
+segment's disk space returns once its last view is dropped.
 
 A payload of ``DIRECT_MIN_BYTES`` or more is written past the page cache
 (``consensus.direct_io``) at the next block-aligned offset, so a few bytes of a hole may
@@ -34,7 +35,7 @@ from consensus.direct_io import ALIGN, STAGE_BYTES, SequentialWriter
 __all__ = ["DIRECT_MIN_BYTES", "Segments"]
 
 DIRECT_MIN_BYTES = 1 << 20
-"""Payloads at least this large are written past the page cache when syncing."""
+"""Payloads at least this large are written past the page cache."""
 
 
 class Segments:
@@ -112,12 +113,10 @@ class Segments:
         buffered writes, here and from now on."""
         if self._stage is None:
             self._stage = mmap.mmap(-1, STAGE_BYTES)
-        writer = SequentialWriter(self.path(self.current), offset=offset, stage=self._stage)
-        try:
+        with SequentialWriter(self.path(self.current), offset=offset,
+                              stage=self._stage) as writer:
             writer.write(view)
             end = writer.finish(sync=False)  # the batch's fdatasync covers it
-        finally:
-            writer.close()
         self._direct = writer.direct
         return end
 
