@@ -9,6 +9,7 @@ on, so all sides do the same arithmetic per sample.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -21,9 +22,27 @@ import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+DRIVER_LOG = "driver.log"
+PRODUCT_LOGGERS = ("jobs", "paramserver", "consensus", "workers")
+
 IN_FEATURES = 784
 HIDDEN = (256, 128)
 CLASSES = 10
+
+
+def log_driver_to(folder: Path) -> Path:
+    """Append this process's INFO log records of the product (recoveries, failovers,
+    replays) to ``<folder>/driver.log``, to read after a benchmark run; returns the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / DRIVER_LOG
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in PRODUCT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    return path
 
 
 def median(values: Sequence[float]) -> float:

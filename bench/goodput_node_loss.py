@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import log_driver_to
 from bench.goodput_workload import FaultPlan, SideRun, Workload
 
 WORKER_NODES = 3
@@ -392,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> SideRun:
     workload = dataclasses.replace(Workload(), steps=args.steps, seed=args.seed)
     out = args.out or Path(tempfile.mkdtemp(prefix=f"goodput-node-loss-{args.side}-"))
     if args.side == "raftps":
+        log = log_driver_to(out)
         side = run_raftps(workload, args.node_loss_at, out)
+        side.notes.append(f"driver log: {log}")
     else:
         side = run_ray_train(workload, args.node_loss_at, args.checkpoint_every, out)
     print(json.dumps(side.to_json()), flush=True)

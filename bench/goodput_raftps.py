@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import DRIVER_LOG, log_driver_to
 from bench.goodput_workload import FaultPlan, SideRun, Workload, model_digest
 
 RAY_CPUS = 4
@@ -310,21 +311,23 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     workload = dataclasses.replace(Workload(), steps=args.steps, seed=args.seed)
     if args.driver is not None:  # one driver process of the driver-kill scenario
+        log_driver_to(args.out)
         _driver(workload, args.out, args.job, args.driver, args.resume)
         return
+    import json
+
     if args.driver_kill_at is not None:
         out = args.out or Path(tempfile.mkdtemp(prefix="goodput-raftps-dk-"))
-        import json
-
-        print(json.dumps(run_driver_kill(workload, args.driver_kill_at, out).to_json()),
-              flush=True)
+        side = run_driver_kill(workload, args.driver_kill_at, out)
+        side.notes.append(f"driver log: {out / DRIVER_LOG}")
+        print(json.dumps(side.to_json()), flush=True)
         return
     faulted = args.kill_every is not None
     plan = FaultPlan.every(args.kill_every, args.horizon, args.seed) if faulted else FaultPlan()
     out = args.out or Path(tempfile.mkdtemp(prefix="goodput-raftps-"))
+    log = log_driver_to(out)
     side = run(workload, plan, out, faulted=faulted)
-    import json
-
+    side.notes.append(f"driver log: {log}")
     print(json.dumps(side.to_json()), flush=True)
     sys.exit(0 if not side.errors or side.model_sha256 else 1)
 

@@ -113,6 +113,11 @@ class SideRun:
     notes: list[str] = field(default_factory=list)
     """What the run said of itself that is no error (where a resume continued from, a
     scheduled fault that found nothing to kill)."""
+    capped: bool = False
+    """The run was stopped at its wall-time cap before ``steps`` distinct steps were done
+    (its walls are then lower bounds)."""
+    steps_done: int = 0
+    """Distinct steps a capped run completed."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -66,6 +66,13 @@ def first_step_time(records: Sequence[Record]) -> float | None:
     return float(steps[0]["t"]) if steps else None
 
 
+def cap_deadline(records: Sequence[Record], max_wall_s: float) -> float | None:
+    """The ``time.time()`` stamp at which a run capped at ``max_wall_s`` seconds after its
+    first completed step stops; ``None`` before the first step."""
+    first = first_step_time(records)
+    return None if first is None else first + max_wall_s
+
+
 def completion_time(records: Sequence[Record], steps: int) -> float | None:
     """The stamp at which ``steps`` distinct steps had completed, ``None`` if they never did."""
     seen: set[int] = set()
@@ -156,10 +163,16 @@ def side_run(records: Sequence[Record], *, t0: float, steps: int, faulted: bool,
     first = first_step_time(kept)
     run.first_step_s = first - t0 if first is not None else float("nan")
     done = completion_time(kept, steps)
+    capped = of_kind(records, "capped")
     if done is None:
         run.wall_s = float("nan")
         distinct = len({r["step"] for r in of_kind(kept, "step")})
-        run.errors.append(f"only {distinct} of {steps} steps completed")
+        if capped:
+            run.capped, run.steps_done = True, distinct
+            run.notes.append(f"stopped at the wall-time cap with {distinct} of {steps} "
+                             f"steps completed")
+        else:
+            run.errors.append(f"only {distinct} of {steps} steps completed")
     else:
         run.wall_s = done - t0
     faults = of_kind(records, "fault")

@@ -42,8 +42,10 @@ then die with it, and starts a new driver with the same run name and storage, wh
 resumes from the latest registered checkpoint.
 
 ``python -m bench.peers.ray_train_goodput --steps N --checkpoint-every K [--kill-every T]
-[--driver-kill-at S] --out DIR`` runs one side with its own local Ray (``num_cpus=4``) and
-prints the ``SideRun`` as one JSON line last.
+[--driver-kill-at S] [--max-wall S] --out DIR`` runs one side with its own local Ray
+(``num_cpus=4``) and prints the ``SideRun`` as one JSON line last. ``--max-wall`` caps a
+run at that many seconds after its first step (``bench.goodput`` caps Ray Train's faulted
+runs, whose restarts can outlast the fault period for minutes).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class FaultInjector(threading.Thread):
             if self.stop.wait(max(0.0, first + offset - time.time())):
                 return
             records = read_events(self.events)
-            if of_kind(records, "done"):
+            if of_kind(records, "done") or of_kind(records, "capped"):
                 return  # training is over: later kills would only hit its shutdown
             pids = kill_candidates(records, self.workers, last_fault_time(records))
             if pids is None:
@@ -181,12 +183,14 @@ def _init_ray(address: str | None) -> bool:
 
 
 def drive(workload: Workload, faults: FaultPlan, checkpoint_every: int, out_dir: Path, *,
-          faulted: bool, name: str, address: str | None = None) -> list[str]:
+          faulted: bool, name: str, address: str | None = None,
+          max_wall_s: float | None = None) -> list[str]:
     """One driver: ``TorchTrainer.fit`` of run ``name``, worker kills when ``faulted``.
 
     Appends to the run's event log and resumes the run's storage if they exist. Connects to
-    the Ray at ``address`` (else as ``_init_ray``). Blocks until training ends; returns the
-    errors seen (a failed fit, skipped kills).
+    the Ray at ``address`` (else as ``_init_ray``). Training stops ``max_wall_s`` after its
+    first step if it has not ended by then (``bench.peers.ray_train_loop``). Blocks until
+    training ends; returns the errors seen (a failed fit, skipped kills).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -202,7 +206,8 @@ def drive(workload: Workload, faults: FaultPlan, checkpoint_every: int, out_dir:
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"workload": workload, "checkpoint_every": checkpoint_every,
-                               "data": data, "events": str(events)},
+                               "data": data, "events": str(events),
+                               "max_wall_s": max_wall_s},
             scaling_config=ScalingConfig(num_workers=workload.workers, use_gpu=False),
             run_config=RunConfig(
                 name=name, storage_path=str(out_dir.resolve() / STORAGE_DIR),
@@ -228,9 +233,11 @@ def drive(workload: Workload, faults: FaultPlan, checkpoint_every: int, out_dir:
 
 
 def run(workload: Workload, faults: FaultPlan, checkpoint_every: int, out_dir: Path, *,
-        faulted: bool, started_at: float | None = None) -> SideRun:
+        faulted: bool, started_at: float | None = None,
+        max_wall_s: float | None = None) -> SideRun:
     """Train ``workload`` once with ``TorchTrainer``; kill workers per ``faults`` when
-    ``faulted`` (``faults.driver_kill_s`` needs ``run_with_driver_kill``).
+    ``faulted`` (``faults.driver_kill_s`` needs ``run_with_driver_kill``); stop
+    ``max_wall_s`` after the first step if training has not ended by then.
 
     ``started_at`` (a ``time.time()`` stamp) is the side's start, default now. Starts a local
     Ray (``num_cpus=RAY_CPUS``) unless one is initialised, and shuts down only the one it
@@ -241,7 +248,8 @@ def run(workload: Workload, faults: FaultPlan, checkpoint_every: int, out_dir: P
     _check_checkpoint_every(checkpoint_every)
     name = run_name(faulted)
     _fresh_outputs(out_dir, name)
-    errors = drive(workload, faults, checkpoint_every, out_dir, faulted=faulted, name=name)
+    errors = drive(workload, faults, checkpoint_every, out_dir, faulted=faulted, name=name,
+                   max_wall_s=max_wall_s)
     return side_run(read_events(events_path(out_dir, name)), t0=t0, steps=workload.steps,
                     faulted=faulted, errors=errors)
 
@@ -365,6 +373,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--driver-kill-at", type=float, default=None,
                         help="SIGKILL the driver this many seconds after the first step and "
                              "start it again (default: no driver kill)")
+    parser.add_argument("--max-wall", type=float, default=None, metavar="S",
+                        help="stop training this many seconds after the first step if it "
+                             "has not ended by then; the run is reported as capped (default: "
+                             "no cap; not with --driver-kill-at)")
     parser.add_argument("--batch-per-worker", type=int, default=defaults.batch_per_worker)
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data and init seed")
     parser.add_argument("--fault-seed", type=int, default=0, help="seeds the kills' victims")
@@ -384,6 +396,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--kill-every must be > 0 seconds, got {args.kill_every}")
     if args.driver_kill_at is not None and not args.driver_kill_at >= 0:
         parser.error(f"--driver-kill-at must be >= 0 seconds, got {args.driver_kill_at}")
+    if args.max_wall is not None and not args.max_wall > 0:
+        parser.error(f"--max-wall must be > 0 seconds, got {args.max_wall}")
+    if args.max_wall is not None and args.driver_kill_at is not None:
+        parser.error("--max-wall cannot be combined with --driver-kill-at")
     if args.driver_child and args.address is None:
         parser.error("--driver-child needs --address")
     return args
@@ -426,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> SideRun | None:
                                       started_at=started_at)
     else:
         result = run(workload, faults, args.checkpoint_every, args.out,
-                     faulted=bool(faults.worker_kills_s), started_at=started_at)
+                     faulted=bool(faults.worker_kills_s), started_at=started_at,
+                     max_wall_s=args.max_wall)
     print(json.dumps(result.to_json()), flush=True)
     return result
 

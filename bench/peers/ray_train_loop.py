@@ -10,6 +10,12 @@ optimizer state and the next step) with ``ray.train.report``; a worker group tha
 resumes from ``ray.train.get_checkpoint()``. Progress goes to the run's event log
 (``bench.peers.ray_train_events``): a ``start`` record per worker, then rank 0's ``step``
 records and its ``done`` record with the final model's digest.
+
+With ``max_wall_s`` set, the run stops once that many seconds have passed since the run's
+first completed step (read from the event log, so a restarted group keeps the same
+deadline): every ``CAP_CHECK_EVERY`` steps the ranks agree, with one all-reduce of a flag,
+whether the deadline has passed, and if it has they leave the loop at the same step. Rank 0
+then logs a ``capped`` record instead of ``done``, and no final checkpoint is reported.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.goodput_workload import Workload, model_digest
-from bench.peers.ray_train_events import append_event, rank_slice
+from bench.peers.ray_train_events import append_event, cap_deadline, rank_slice, read_events
 
-__all__ = ["CHECKPOINT_FILE", "train_loop"]
+__all__ = ["CAP_CHECK_EVERY", "CHECKPOINT_FILE", "train_loop"]
 
 CHECKPOINT_FILE = "state.pt"
+CAP_CHECK_EVERY = 10  # steps between the ranks' checks of the wall-time cap
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -41,6 +48,7 @@ def train_loop(config: dict[str, Any]) -> None:
     workload: Workload = config["workload"]
     every: int = config["checkpoint_every"]
     events: str = config["events"]
+    max_wall_s: float | None = config.get("max_wall_s")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if world != workload.workers:
@@ -60,7 +68,15 @@ def train_loop(config: dict[str, Any]) -> None:
     ddp = DistributedDataParallel(model)
     append_event(events, {"event": "start", "rank": rank, "pid": os.getpid(), "step": start,
                           "t": time.time()})
+    deadline: float | None = None
     for step in range(start, workload.steps):
+        if max_wall_s is not None and step % CAP_CHECK_EVERY == 0:
+            if deadline is None:
+                deadline = cap_deadline(read_events(Path(events)), max_wall_s)
+            if _all_past(deadline):
+                if rank == 0:
+                    append_event(events, {"event": "capped", "step": step, "t": time.time()})
+                return
         lo, hi = rank_slice(workload.batch_of(step), rank, workload.batch_per_worker,
                             workload.workers)
         inputs = torch.from_numpy(np.array(x_all[lo:hi]))  # a writable copy of the slice
@@ -77,6 +93,17 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         append_event(events, {"event": "done", "sha256": model_digest(model.state_dict()),
                               "t": time.time()})
+
+
+def _all_past(deadline: float | None) -> bool:
+    """Whether any rank sees ``deadline`` passed: one all-reduce, so every rank of the group
+    gets the same answer at the same step."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([deadline is not None and time.time() >= deadline], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _report(done: int, loss: float, model: Any, optimizer: Any, rank: int) -> None:

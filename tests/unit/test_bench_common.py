@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
 
 from bench.common import (
+    PRODUCT_LOGGERS,
     child_env,
     format_number,
     interleave,
     interleaved_order,
     last_json_object,
+    log_driver_to,
     markdown_table,
     median,
     percentile,
@@ -118,3 +121,23 @@ def test_write_results_adds_machine_record(tmp_path: Path) -> None:
     assert path == tmp_path / "demo.json"
     assert data["side"] == {"samples_per_s": 1.0}
     assert {"python", "cpu_count", "measured_at"} <= set(data["_machine"])
+
+
+def test_the_driver_log_gets_the_products_info_records(tmp_path: Path) -> None:
+    loggers = [logging.getLogger(n) for n in PRODUCT_LOGGERS]
+    saved = [(lg.level, list(lg.handlers)) for lg in loggers]
+    try:
+        path = log_driver_to(tmp_path / "run")
+        logging.getLogger("jobs.pipeline").info("recovered in %.2f s", 0.13)
+        logging.getLogger("consensus.node").debug("not at INFO")
+        logging.getLogger("elsewhere").warning("not the product's")
+        text = path.read_text()
+        assert path == tmp_path / "run" / "driver.log"
+        assert "INFO jobs.pipeline: recovered in 0.13 s" in text
+        assert "not at INFO" not in text and "not the product's" not in text
+    finally:
+        for lg, (level, handlers) in zip(loggers, saved, strict=True):
+            for handler in set(lg.handlers) - set(handlers):
+                lg.removeHandler(handler)
+                handler.close()
+            lg.setLevel(level)
