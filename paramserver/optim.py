@@ -92,6 +92,13 @@ class OptimizerConfig:
         return ("exp_avg", "exp_avg_sq")
 
 
+def single_threaded_kernels() -> None:
+    """Make torch's kernels run on the calling thread alone, without intra-op threads: for a
+    pool thread that steps chunks, where the pool is the parallelism. The setting is per
+    thread (torch's OpenMP backend), so the rest of the process keeps its own."""
+    torch.set_num_threads(1)
+
+
 def _tensor(array: npt.NDArray[Any]) -> torch.Tensor:
     """A zero-copy tensor over ``array``'s memory (read-only arrays are only ever read).
 

@@ -24,7 +24,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -119,48 +118,26 @@ class ShardActor:
 
 class AdamShardActor:
     """One shard's parameters and Adam state in memory; each ``step`` applies one round the
-    way raftps' shard does: ``paramserver.optim.optimizer_step`` of the mean gradient (sum /
-    samples, float32) with per-piece state from ``new_state``. As raftps' shard, pieces of at
-    least ``paramserver.layer_step.POOL_MIN_ELEMENTS`` are stepped on a pool of
-    ``paramserver.layer_step.STEP_WORKERS`` threads when there are two or more of them."""
+    way raftps' shard does: the contributions summed in rank order, then
+    ``paramserver.layer_step.step_layers`` (the mean gradient, sum / samples in float32,
+    stepped with per-piece state from ``new_state``, big pieces in chunks on its pool)."""
 
     def __init__(self, params: Pieces, lr: float) -> None:
-        from paramserver.layer_step import POOL_MIN_ELEMENTS, STEP_WORKERS
         from paramserver.optim import OptimizerConfig, new_state
 
         self.cfg = OptimizerConfig(kind="adam", lr=lr)
         self.params = {key: np.array(value, np.float32) for key, value in params.items()}
         self.state = {key: new_state(self.cfg) for key in self.params}
-        big = sorted((k for k, a in self.params.items() if a.size >= POOL_MIN_ELEMENTS),
-                     key=lambda k: -self.params[k].size)
-        self._pooled = big if len(big) >= 2 and STEP_WORKERS >= 2 else []
-        self._pool = (ThreadPoolExecutor(STEP_WORKERS, thread_name_prefix="ceiling-step")
-                      if self._pooled else None)
-
-    def _step_piece(self, key: str, contributions: Sequence[tuple[int, Pieces]],
-                    scale: np.float32) -> None:
-        from paramserver.optim import optimizer_step
-
-        mean = np.divide(_rank_sum(contributions, key), scale)
-        optimizer_step(self.params[key], mean, self.state[key], self.cfg.lr, self.cfg)
 
     def step(self, *contributions: tuple[int, Pieces]) -> tuple[Pieces, int]:
         """Sum the (samples, pieces) contributions in rank order, take one Adam step on the
         mean, return the new parameters and the sample count."""
+        from paramserver.layer_step import step_layers
+
         samples = sum(count for count, _ in contributions)
-        scale = np.float32(samples)
-        futures: list[Future[None]] = []
-        if self._pool is not None:
-            futures = [self._pool.submit(self._step_piece, k, contributions, scale)
-                       for k in self._pooled]
-        try:
-            for key in self.params:
-                if key not in self._pooled:
-                    self._step_piece(key, contributions, scale)
-        finally:
-            wait(futures)  # no pool thread may touch a piece once the round is answered
-        for future in futures:
-            future.result()
+        sums = {key: _rank_sum(contributions, key) for key in self.params}
+        self.params, self.state = step_layers(self.params, self.state, list(self.params), sums,
+                                              samples, self.cfg.lr, self.cfg)
         return self.params, samples
 
 
