@@ -40,9 +40,9 @@ class RaftGroupConfig:
     """Take a snapshot and compact the log once this many entries applied since the last one."""
     snapshot_log_bytes: int | None = None
     """Also take one once the entries applied since the last snapshot hold this many bytes.
-    None: once they hold about twice the last snapshot's bytes less the entries a pipeline
-    keeps in flight (see ``consensus.compaction``), so the log on disk stays below
-    about twice the state's size plus one entry, whatever the model size."""
+    None: once they hold twice the last snapshot's bytes plus one entry, less the entries a
+    pipeline keeps in flight (see ``consensus.compaction``), so the log on disk stays below
+    twice the state's size plus one entry, whatever the model size."""
     durability: Literal["disk", "memory"] = "disk"
     """``disk``: every entry is fsynced before a replica acknowledges it (any crash, even
     of the whole machine, loses nothing acknowledged). ``memory``: an entry counts once a
