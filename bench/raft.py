@@ -37,7 +37,6 @@ and ``ratios`` gives raftps / PySyncObj per key. Writes ``bench/results/raft.jso
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 import uuid
@@ -56,6 +55,7 @@ from bench.common import (
     write_results,
 )
 from bench.peers.pysyncobj_peer import CONF_OVERRIDES, PySyncObjCluster
+from consensus.memory_log import remove_storage_tree
 
 SMALL = 100
 LARGE = 1 << 20
@@ -198,7 +198,7 @@ def _shard_timing_failover(how: str) -> float:
         return _raftps_failover(group, how)
     finally:
         group.shutdown()
-        shutil.rmtree(storage, ignore_errors=True)
+        remove_storage_tree(str(storage))
 
 
 def measure_raftps(cfg: RaftBenchConfig) -> dict[str, Any]:
@@ -229,7 +229,7 @@ def measure_raftps(cfg: RaftBenchConfig) -> dict[str, Any]:
         return out
     finally:
         group.shutdown()
-        shutil.rmtree(storage, ignore_errors=True)
+        remove_storage_tree(str(storage))
 
 
 # ---------------------------------------------------------------------------- PySyncObj

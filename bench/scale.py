@@ -53,7 +53,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +95,7 @@ from bench.scale_cpu import median_split, side_split
 from bench.scale_probe import POLL_S, ceiling_match, peak_poller, ps_match, raft_replica_match
 from bench.scale_report import error_lines, report
 from bench.scale_summary import leader_changes, summary_replica_stats
+from consensus.memory_log import remove_storage_tree
 
 
 class BenchSideError(RuntimeError):
@@ -263,7 +263,7 @@ def measure_raftps(size: str, side: str, cfg: ScaleBenchConfig) -> dict[str, Any
                 "leader_changes": leader_changes(summary, records),
                 **summary_replica_stats(summary), "train_args": argv, **peaks}
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_storage_tree(str(out))
 
 
 def measure_ray_ps(size: str, cfg: ScaleBenchConfig) -> dict[str, Any]:

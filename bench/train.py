@@ -50,7 +50,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from bench.common import (
     steady_state_rate,
     write_results,
 )
+from consensus.memory_log import remove_storage_tree
 
 WORKERS = 2
 GLOBAL_BATCH = 2048
@@ -142,7 +142,7 @@ def measure_raftps(replicas: int, cfg: TrainBenchConfig, shards: int = 2) -> dic
                 "summary_samples_per_s": float(summary["samples_per_s"]),
                 "timed_rounds": len(records) - cfg.warmup}
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_storage_tree(str(out))
 
 
 def measure_ray_example(cfg: TrainBenchConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from consensus.atomic_file import write_atomic
+from consensus.memory_log import remove_segments
 from consensus.snapshot_files import fsync_dir
 
 MARKER_SUFFIX = ".lost-state"
@@ -137,7 +138,7 @@ def discard_storage(db_path: Path) -> None:
     durable (directory fsync) before it returns."""
     for suffix in ("", "-wal", "-shm", UNSYNCED_SUFFIX):
         db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
-    for suffix in (".segments", ".snapshots"):
-        shutil.rmtree(db_path.with_name(db_path.name + suffix), ignore_errors=True)
+    remove_segments(db_path.with_name(db_path.name + ".segments"))  # a link: its folder too
+    shutil.rmtree(db_path.with_name(db_path.name + ".snapshots"), ignore_errors=True)
     if db_path.parent.is_dir():
         fsync_dir(db_path.parent)

@@ -9,6 +9,7 @@ from typing import Literal
 from consensus.config import RaftConfig
 from consensus.errors import ConfigError
 from consensus.incarnation import check_incarnation
+from consensus.memory_log import memory_log_root
 from consensus.storage import StorageConfig
 
 
@@ -152,10 +153,15 @@ class RaftGroupConfig:
         self.raft_config(1, (1,))  # validates the Raft fields with RaftConfig's own messages
 
     def storage_config(self) -> StorageConfig:
-        """The storage layout with ``durability`` (memory: entries not fsynced) and the
-        group's ``incarnation`` applied."""
-        return dataclasses.replace(self.storage, sync_entries=self.durability == "disk",
-                                   incarnation=self.incarnation or self.storage.incarnation)
+        """The storage layout with ``durability`` (memory: entries not fsynced, payload
+        segments in shared memory where this machine has it: ``consensus.memory_log``) and
+        the group's ``incarnation`` applied. Reads the environment: call it where the
+        replica runs."""
+        memory = self.durability == "memory"
+        return dataclasses.replace(
+            self.storage, sync_entries=not memory,
+            memory_segments=memory_log_root() if memory else None,
+            incarnation=self.incarnation or self.storage.incarnation)
 
     def raft_config(self, node_id: int, voters: tuple[int, ...],
                     lost_state: bool = False) -> RaftConfig:

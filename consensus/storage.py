@@ -66,6 +66,7 @@ from consensus import snapshot_files
 from consensus.checksums import Checksum, checksum
 from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError, check_incarnation
+from consensus.memory_log import link_segments
 from consensus.segments import Segments
 from consensus.snapshot_files import SnapshotFiles, StoredSnapshot
 from consensus.storage_meta import checksum_name, migrate, stamp
@@ -112,6 +113,11 @@ class StorageConfig:
     loses nothing) but not fsynced; hard state changes (term, vote) and snapshots are still
     fsynced before ``save``/``compact`` return. A power loss or OS crash may then drop the
     unsynced tail (``consensus.lost_state.unsynced_since_boot`` detects it)."""
+    memory_segments: Path | None = None
+    """A tmpfs folder to keep the payload segments under (``consensus.memory_log``: the
+    ``<db>.segments`` folder becomes a link there); None: next to the database. Set for
+    ``durability="memory"``, whose entries need to survive a killed process, not a power
+    loss."""
     incarnation: str | None = None
     """The group incarnation this storage belongs to (``consensus.incarnation``): stamped
     into a new database and every snapshot file, checked against existing ones. None:
@@ -167,9 +173,10 @@ class SqliteStorage:
             raise StorageCorruptError(str(self.path), f"cannot open: {exc}") from exc
         if created:
             snapshot_files.fsync_dir(self.path.parent)
-        self._segments = Segments(
-            self.path.with_name(self.path.name + ".segments"), self.config.segment_bytes,
-            self.config.sync_entries)
+        segments = self.path.with_name(self.path.name + ".segments")
+        if self.config.memory_segments is not None:
+            link_segments(segments, self.path, self.config.memory_segments, fresh=created)
+        self._segments = Segments(segments, self.config.segment_bytes, self.config.sync_entries)
         self._snapshots = SnapshotFiles(
             self.path.with_name(self.path.name + ".snapshots"), self.path, self.incarnation,
             checksum=self._crc)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from consensus.atomic_file import write_atomic, write_with
+from consensus.memory_log import remove_storage_tree
 from jobs.backend import ParameterServerLike, RaftServerBackend, ServerBackend
 from jobs.config import TrainConfig
 from jobs.errors import ResumeError, RoundsLostError
@@ -140,8 +140,9 @@ def resolve_shards(config: TrainConfig, initial: Mapping[str, np.ndarray],
     return replace(config, shards=count)
 
 
-# shutil.rmtree itself, so a node runs it without importing this module (torch, matplotlib).
-_remove_tree: Any = ray.remote(num_cpus=0)(shutil.rmtree)  # typeshed: a Protocol
+# a stdlib-only function, so a node runs it without importing this module (torch, matplotlib);
+# it deletes the shared-memory segment folders of memory-durability replicas too
+_remove_tree: Any = ray.remote(num_cpus=0)(remove_storage_tree)
 
 
 def remove_raft_log(storage: Path, out: Path, timeout_s: float) -> None:
@@ -152,7 +153,7 @@ def remove_raft_log(storage: Path, out: Path, timeout_s: float) -> None:
     if not storage.resolve().is_relative_to(out.resolve()):
         LOG.warning("not deleting Raft storage %s: it is outside %s", storage, out)
         return
-    shutil.rmtree(storage, ignore_errors=True)
+    remove_storage_tree(str(storage))
     if not ray.is_initialized():
         return
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -366,7 +367,7 @@ class Driver:
         for stale in (self.ckpt_dir, self.config.storage_dir):
             if stale.exists():
                 LOG.warning("fresh run: removing %s from an earlier run", stale)
-                shutil.rmtree(stale)
+                remove_storage_tree(str(stale), ignore_errors=False)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         return None
 
