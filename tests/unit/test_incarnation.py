@@ -12,6 +12,7 @@ import pytest
 
 from consensus.errors import ConfigError
 from consensus.incarnation import IncarnationMismatchError, new_incarnation
+from consensus.memory_log import memory_log_root
 from consensus.replica_config import RaftGroupConfig
 from consensus.snapshot_files import HEADER_BYTES, MAGIC, SnapshotFiles
 from consensus.storage import SqliteStorage, StorageConfig
@@ -141,7 +142,8 @@ def test_bad_ids_are_config_errors(bad: str) -> None:
 
 def test_the_group_config_carries_the_id_to_its_replicas_storage() -> None:
     config = RaftGroupConfig(incarnation=OLD, durability="memory")
-    assert config.storage_config() == StorageConfig(incarnation=OLD, sync_entries=False)
+    assert config.storage_config() == StorageConfig(incarnation=OLD, sync_entries=False,
+                                                    memory_segments=memory_log_root())
     with pytest.raises(ConfigError, match="differs from incarnation"):
         RaftGroupConfig(incarnation=OLD, storage=StorageConfig(incarnation=NEW))
     with pytest.raises(ConfigError, match="max_storage_failures must be >= 1"):
