@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.goodput import GoodputConfig, report, side_command, summarize
-from bench.goodput_workload import FaultPlan, SideRun, Workload
-from bench.peers.ray_train_events import cap_deadline, event_line, read_events, side_run
-from bench.peers.ray_train_goodput import FaultInjector, parse_args
+from bench.goodput_workload import SideRun, Workload
+from bench.peers.ray_train_events import cap_deadline, side_run
+from bench.peers.ray_train_goodput import parse_args
 
 
 def _start(rank: int, pid: int, step: int, t: float) -> dict[str, object]:
@@ -81,21 +81,6 @@ def test_summary_and_table_show_a_capped_run_as_bounds() -> None:
     whole = summarize(clean, clean, workload)
     assert not whole["capped"] and whole["steps_done"] == 10
     assert "≥" not in report({"x": whole})
-
-
-def test_the_fault_injector_stops_once_the_run_is_capped(tmp_path: Path) -> None:
-    log = tmp_path / "events.jsonl"
-    log.write_bytes(b"".join(event_line(r) for r in
-                             [_start(0, 10, 0, 1.0), _start(1, 11, 0, 1.0), _step(0, 2.0),
-                              {"event": "capped", "step": 1, "t": 2.1}]))
-    killed: list[int] = []
-    injector = FaultInjector(FaultPlan(worker_kills_s=(0.0,)), log, 2, kill=killed.append,
-                             not_before=0.0)
-    injector.start()
-    injector.join(timeout=30)
-    assert not injector.is_alive()
-    assert killed == [] and injector.fault_times == []
-    assert [r["event"] for r in read_events(log)].count("fault") == 0
 
 
 def _agree(rank: int, port: int, deadlines: list[float | None], out: str) -> None:

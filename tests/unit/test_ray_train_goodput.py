@@ -262,11 +262,14 @@ def test_run_with_driver_kill_needs_a_driver_kill_time(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_fault_injector_kills_nothing_once_training_is_done(tmp_path: Path) -> None:
+@pytest.mark.parametrize("end", [{"event": "done", "sha256": "ab", "t": 2.1},
+                                 {"event": "capped", "step": 1, "t": 2.1}],
+                         ids=["done", "capped at its wall-time limit"])
+def test_fault_injector_kills_nothing_once_training_is_done(tmp_path: Path,
+                                                            end: dict[str, object]) -> None:
     log = tmp_path / "events.jsonl"
     log.write_bytes(b"".join(event_line(r) for r in
-                             [start(0, 10, 0, 1.0), start(1, 11, 0, 1.0), step(0, 2.0),
-                              {"event": "done", "sha256": "ab", "t": 2.1}]))
+                             [start(0, 10, 0, 1.0), start(1, 11, 0, 1.0), step(0, 2.0), end]))
     killed: list[int] = []
     injector = FaultInjector(FaultPlan(worker_kills_s=(0.0,)), log, 2, kill=killed.append,
                              not_before=0.0)
