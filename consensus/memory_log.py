@@ -49,7 +49,7 @@ def memory_log_root() -> Path | None:
     value = os.environ.get(ROOT_ENV)
     if value == "":
         return None
-    root = DEFAULT_ROOT if value is None else Path(value)
+    root = DEFAULT_ROOT if value is None else Path(value).absolute()  # links name it whole
     try:
         if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
             return None

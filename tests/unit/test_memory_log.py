@@ -52,6 +52,9 @@ def test_the_root_is_the_variable_or_dev_shm_and_only_when_usable(
     assert memory_log_root() is None
     monkeypatch.setenv(ROOT_ENV, str(tmp_path))
     assert memory_log_root() == tmp_path
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setenv(ROOT_ENV, tmp_path.name)  # relative: made absolute for the links
+    assert memory_log_root() == tmp_path
     monkeypatch.setattr(memory_log, "MIN_FREE_BYTES", 1 << 62)
     assert memory_log_root() is None  # too little free memory
     monkeypatch.delenv(ROOT_ENV)
