@@ -27,12 +27,13 @@ imported here: a Ray node runs ``remove_storage_tree`` without the rest of the p
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
 
 __all__ = ["MIN_FREE_BYTES", "ROOT_ENV", "link_segments", "memory_log_root",
-           "remove_segments", "remove_storage_tree", "segments_target"]
+           "remove_segments", "remove_storage_tree", "segments_target", "unusable"]
 
 ROOT_ENV = "RAFTPS_MEMORY_LOG_DIR"
 DEFAULT_ROOT = Path("/dev/shm")
@@ -40,22 +41,44 @@ SUBDIR = "raftps-log"
 MIN_FREE_BYTES = 1 << 30
 """A root with less free space than this is not used (the segments stay on disk)."""
 SEGMENTS_SUFFIX = ".segments"
+LOG = logging.getLogger(__name__)
+_WARNED: set[Path] = set()  # roots already warned about in this process
 
 
 def memory_log_root() -> Path | None:
     """The folder memory-durability segments go under: ``$RAFTPS_MEMORY_LOG_DIR``, else
     ``/dev/shm``; None (segments on disk) when the variable is empty, or the folder is
-    missing, not writable, or has less than ``MIN_FREE_BYTES`` free."""
+    missing, not writable, or has less than ``MIN_FREE_BYTES`` free. The last three are
+    logged as a warning, once per folder and process, with what to change."""
     value = os.environ.get(ROOT_ENV)
     if value == "":
         return None
     root = DEFAULT_ROOT if value is None else Path(value).absolute()  # links name it whole
+    reason = unusable(root)
+    if reason is None:
+        return root
+    if root not in _WARNED:
+        _WARNED.add(root)
+        LOG.warning("durability=memory: %s %s, so the log's segments stay on disk; set %s "
+                    "to a tmpfs folder with at least %d MiB free (or to an empty value to "
+                    "keep them on disk without this warning)", root, reason, ROOT_ENV,
+                    MIN_FREE_BYTES >> 20)
+    return None
+
+
+def unusable(root: Path) -> str | None:
+    """Why ``root`` cannot hold memory-durability segments (None if it can)."""
     try:
-        if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
-            return None
-        return root if shutil.disk_usage(root).free >= MIN_FREE_BYTES else None
-    except OSError:
-        return None
+        if not root.is_dir():
+            return "is not a folder"
+        if not os.access(root, os.W_OK | os.X_OK):
+            return "is not writable"
+        free = shutil.disk_usage(root).free
+    except OSError as exc:
+        return f"cannot be used ({exc.strerror or exc})"
+    if free < MIN_FREE_BYTES:
+        return f"has {free >> 20} MiB free, less than {MIN_FREE_BYTES >> 20} MiB"
+    return None
 
 
 def segments_target(db_path: Path, root: Path) -> Path:

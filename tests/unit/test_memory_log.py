@@ -63,6 +63,32 @@ def test_the_root_is_the_variable_or_dev_shm_and_only_when_usable(
     assert memory_log_root() == expected
 
 
+def test_an_unusable_root_is_named_in_one_warning_with_what_to_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A container's 64 MB /dev/shm must not quietly put a memory-mode log on disk."""
+    monkeypatch.setattr(memory_log, "_WARNED", set())
+    monkeypatch.setattr(memory_log, "MIN_FREE_BYTES", 1 << 62)
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    with caplog.at_level("WARNING", logger="consensus.memory_log"):
+        assert memory_log_root() is None
+        assert memory_log_root() is None  # once per folder and process
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert str(tmp_path) in message and "MiB free" in message and ROOT_ENV in message
+    assert "stay on disk" in message
+    caplog.clear()
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "missing"))
+    with caplog.at_level("WARNING", logger="consensus.memory_log"):
+        assert memory_log_root() is None
+    assert "is not a folder" in caplog.records[0].getMessage()
+    caplog.clear()
+    monkeypatch.setenv(ROOT_ENV, "")  # asked for: no warning
+    with caplog.at_level("WARNING", logger="consensus.memory_log"):
+        assert memory_log_root() is None
+    assert not caplog.records
+
+
 def test_only_memory_durability_puts_segments_in_memory(root: Path) -> None:
     assert RaftGroupConfig(durability="memory").storage_config().memory_segments == root
     assert RaftGroupConfig().storage_config().memory_segments is None
