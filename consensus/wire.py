@@ -18,7 +18,8 @@ the connection.
 
 Large payloads are not concatenated to send: :func:`encode` returns the header and views
 of the payloads (small ones gathered into one buffer) for one vectored send, and a reader
-receives the payload into one buffer and copies each entry's data out of it once.
+receives the payload into one buffer: a large entry's data is a read-only view of it, a
+small one's is copied out.
 """
 
 from __future__ import annotations
