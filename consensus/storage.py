@@ -176,7 +176,10 @@ class SqliteStorage:
         segments = self.path.with_name(self.path.name + ".segments")
         if self.config.memory_segments is not None:
             link_segments(segments, self.path, self.config.memory_segments, fresh=created)
-        self._segments = Segments(segments, self.config.segment_bytes, self.config.sync_entries)
+        # in memory (a link to the tmpfs folder) a direct write is a second copy, through the
+        # staging buffer, of what a buffered write copies once into the file's own pages
+        self._segments = Segments(segments, self.config.segment_bytes, self.config.sync_entries,
+                                  direct=not segments.is_symlink())
         self._snapshots = SnapshotFiles(
             self.path.with_name(self.path.name + ".snapshots"), self.path, self.incarnation,
             checksum=self._crc)

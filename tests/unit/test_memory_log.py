@@ -138,6 +138,31 @@ def test_storage_made_on_disk_keeps_its_segments_there(tmp_path: Path, root: Pat
     assert not (root / memory_log.SUBDIR).exists()
 
 
+def test_segments_in_memory_are_written_once_not_through_the_direct_stage(
+        tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a tmpfs a direct write copies twice (into the stage, then into the file's pages);
+    a buffered one once. Storage made on disk still writes large payloads direct."""
+    from consensus import segments
+
+    direct: list[Path] = []
+    real = segments.SequentialWriter
+
+    def counted(path: Path, **kwargs: object) -> object:
+        direct.append(path)
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(segments, "SequentialWriter", counted)
+    in_memory = SqliteStorage(tmp_path / "m" / "replica-0.db", _config(root))
+    in_memory.save(HardState(1, 1, 0), [_big(1), _big(2)], None)
+    assert [bytes(e.data) for e in in_memory.load()[2]] == [bytes(_big(i).data) for i in (1, 2)]
+    in_memory.close()
+    assert direct == []
+    on_disk = SqliteStorage(tmp_path / "d" / "replica-0.db", StorageConfig(sync_entries=False))
+    on_disk.save(HardState(1, 1, 0), [_big(1)], None)
+    on_disk.close()
+    assert len(direct) == 1
+
+
 def test_a_link_whose_folder_was_cleared_gets_an_empty_one(tmp_path: Path, root: Path) -> None:
     db = tmp_path / "disk" / "replica-0.db"
     SqliteStorage(db, _config(root)).close()
