@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
-from consensus.compaction import CompactionPolicy
+from consensus.compaction import CompactionPolicy, stagger
 from consensus.core import RaftNode
 from consensus.entry_commands import execute
 from consensus.errors import (
@@ -150,7 +150,8 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
         self._snaps = ReplicaSnapshots(
             self._storage, CompactionPolicy(every_entries=config.snapshot_every,
                                             every_bytes=config.snapshot_log_bytes),
-            f"{index} of {group}", snapshot)
+            f"{index} of {group}", snapshot,
+            early=stagger(group, index, max(1, len(names))))  # replicas not all at once
         if snapshot is not None:
             self._restore(snapshot)
         # the bootstrap voters, joiners included: the base the log's membership changes

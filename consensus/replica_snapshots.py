@@ -26,10 +26,13 @@ class ReplicaSnapshots:
     disk thread while the loop awaits it)."""
 
     def __init__(self, storage: SqliteStorage, policy: CompactionPolicy, name: str,
-                 snapshot: Snapshot | None) -> None:
+                 snapshot: Snapshot | None, early: float = 0.0) -> None:
         self._storage = storage
         self._policy = policy
         self._name = name
+        self._early = early
+        """How early (a fraction of the cycle: ``compaction.stagger``) the next snapshot
+        comes; 0 once one was taken early with the state's size known."""
         self.index = snapshot.meta.index if snapshot is not None else 0
         self.bytes = len(snapshot.data) if snapshot is not None else 0
         """The last snapshot's size: about the state's (parameters plus optimizer state)."""
@@ -51,7 +54,8 @@ class ReplicaSnapshots:
         """Whether to snapshot at ``applied_index`` (``consensus.compaction``)."""
         return self._policy.due(entries=applied_index - self.index,
                                 applied_bytes=self._applied_bytes, state_bytes=self.bytes,
-                                largest_entry=self._largest)
+                                largest_entry=self._largest,
+                                early=self._early if self.bytes else 0.0)
 
     def write(self, meta: SnapshotMeta, sessions: bytes, state_machine: Any) -> Snapshot:
         """(disk thread) Encode the image and make it the durable snapshot; returns it as a
@@ -69,6 +73,8 @@ class ReplicaSnapshots:
     def compacted(self, snapshot: Snapshot) -> None:
         """``snapshot`` is durable and the log before it gone: reset the counters, and
         check the disk can hold the next cycle (a snapshot plus the log before it)."""
+        if self.bytes:  # this cycle knew the state's size: its early start is in place
+            self._early = 0.0
         self.index = snapshot.meta.index
         self.bytes = len(snapshot.data)
         self._applied_bytes = self._largest = 0

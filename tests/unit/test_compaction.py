@@ -4,11 +4,12 @@ plus one entry, however large the entries."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
-from consensus.compaction import MIN_TRIGGER_BYTES, CompactionPolicy
+from consensus.compaction import MIN_TRIGGER_BYTES, CompactionPolicy, stagger
 from consensus.storage import SqliteStorage
 from consensus.types import Entry, HardState, Snapshot, SnapshotMeta
 
@@ -67,3 +68,62 @@ def test_a_log_driven_by_the_policy_stays_below_twice_the_state_plus_an_entry(
     assert snap_index > 15  # it did compact, repeatedly
     assert 2 * state <= peak <= 2 * state + entry  # the bound is used, never passed
     storage.close()
+
+
+def test_early_brings_either_trigger_sooner_by_its_fraction() -> None:
+    policy = CompactionPolicy(every_entries=256)
+    state, entry = 120 * MB, 40 * MB  # trigger 160 MB: four 40 MB rounds
+    assert not policy.due(entries=2, applied_bytes=80 * MB, state_bytes=state,
+                          largest_entry=entry, early=0.4)
+    assert policy.due(entries=3, applied_bytes=120 * MB, state_bytes=state,
+                      largest_entry=entry, early=0.25)  # 160 * 0.75 = 120 MB
+    assert not policy.due(entries=3, applied_bytes=120 * MB, state_bytes=state,
+                          largest_entry=entry)
+    assert policy.due(entries=128, applied_bytes=0, state_bytes=10, largest_entry=1,
+                      early=0.5)  # the count trigger too
+    assert not policy.due(entries=127, applied_bytes=0, state_bytes=10, largest_entry=1,
+                          early=0.5)
+    with pytest.raises(ValueError, match="early"):
+        policy.due(entries=1, applied_bytes=0, state_bytes=10, largest_entry=1, early=1.0)
+
+
+def test_stagger_spreads_a_groups_replicas_evenly_and_offsets_groups_by_name() -> None:
+    for group in ("job/shard-0", "job/shard-1", "other/shard-0"):
+        phases = sorted(stagger(group, i, 3) for i in range(3))
+        assert all(0.0 <= p < 1.0 for p in phases)
+        gaps = [b - a for a, b in itertools.pairwise(phases)]
+        assert gaps == pytest.approx([1 / 3, 1 / 3])
+    assert stagger("job/shard-0", 0, 3) != stagger("job/shard-1", 0, 3)
+    assert stagger("job/shard-0", 1, 3) == stagger("job/shard-0", 1, 3)  # deterministic
+    assert 0.0 <= stagger("job/shard-0", 4, 3) < 1.0  # a replacement past the first three
+    with pytest.raises(ValueError):
+        stagger("g", -1, 3)
+
+
+def test_staggered_replicas_of_a_group_never_snapshot_at_the_same_round() -> None:
+    """Three replicas applying the same 40 MB rounds over a 120 MB state (20M parameters,
+    Adam): with ``stagger`` no round has two of them snapshotting, after the first cycle
+    (which does not know the state's size yet); without it, every snapshot round has all
+    three."""
+    state, entry = 120 * MB, 40 * MB
+
+    def snapshot_rounds(early: float) -> set[int]:
+        policy = CompactionPolicy(every_entries=10_000)
+        rounds, last, since, known, pending = set(), 0, 0, 0, early
+        for index in range(1, 41):
+            since += entry
+            if policy.due(entries=index - last, applied_bytes=since, state_bytes=known,
+                          largest_entry=entry, early=pending if known else 0.0):
+                if known:
+                    pending = 0.0
+                rounds.add(index)
+                last, since, known = index, 0, state
+        return rounds
+
+    staggered = [snapshot_rounds(stagger("job/shard-0", i, 3)) for i in range(3)]
+    later = [{r for r in rs if r > 2} for rs in staggered]
+    assert all(len(rs) >= 9 for rs in later)  # each still snapshots every four rounds
+    assert not (later[0] & later[1]) and not (later[0] & later[2]) \
+        and not (later[1] & later[2])
+    aligned = [snapshot_rounds(0.0) for _ in range(3)]
+    assert aligned[0] == aligned[1] == aligned[2]
