@@ -20,8 +20,8 @@ folder, and an empty value keeps the segments on disk. A root with less than
 ``MIN_FREE_BYTES`` free when a replica opens its storage is not used.
 
 ``rmtree`` of a storage folder removes the links but not what they point to, so storage is
-deleted with ``remove_storage_tree`` / ``remove_segments``. Only the standard library is
-imported here: a Ray node runs ``remove_storage_tree`` without the rest of the package.
+deleted with ``remove_storage_tree`` / ``remove_segments``. Nothing here needs Ray or
+torch: a Ray node runs ``remove_storage_tree`` with the consensus package alone.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["MIN_FREE_BYTES", "ROOT_ENV", "link_segments", "memory_log_root",
+from consensus.segments import Segments
+from consensus.snapshot_files import fsync_dir
+
+__all__ = ["MIN_FREE_BYTES", "ROOT_ENV", "link_segments", "memory_log_root", "open_segments",
            "remove_segments", "remove_storage_tree", "segments_target", "unusable"]
 
 ROOT_ENV = "RAFTPS_MEMORY_LOG_DIR"
@@ -103,11 +106,19 @@ def link_segments(link: Path, db_path: Path, root: Path, *, fresh: bool) -> None
         shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True, exist_ok=True)
     link.symlink_to(target, target_is_directory=True)
-    dir_fd = os.open(link.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the link is durable before a row points into its folder
-    finally:
-        os.close(dir_fd)
+    fsync_dir(link.parent)  # the link is durable before a row points into its folder
+
+
+def open_segments(db_path: Path, root: Path | None, segment_bytes: int, *, sync: bool,
+                  fresh: bool) -> Segments:
+    """The payload segments of the database at ``db_path``, in ``<db>.segments``: a link to
+    its folder under ``root`` when one is given (``link_segments``; ``fresh``: the database
+    was just created). Segments in memory are written buffered: a tmpfs file's pages are its
+    storage, so a direct write would copy twice, through its staging buffer first."""
+    folder = db_path.with_name(db_path.name + SEGMENTS_SUFFIX)
+    if root is not None:
+        link_segments(folder, db_path, root, fresh=fresh)
+    return Segments(folder, segment_bytes, sync, direct=not folder.is_symlink())
 
 
 def remove_segments(path: Path) -> None:

@@ -19,8 +19,9 @@ relies on that interleaving being legal for the core (the simulator's ``in_fligh
 steps nodes while their Ready persists), and the replica's liveness on it: heartbeats and
 their answers never wait behind a large entry's fsync or apply.
 
-Peers are reached through ``consensus.peers`` (handles looked up by actor name in a helper
-thread; messages over the TCP transport, or by Ray actor calls while no connection is up).
+Peers are reached through ``consensus.replica_messaging`` and ``consensus.peers`` (handles
+looked up by actor name in a helper thread; messages over the TCP transport, or by Ray actor
+calls while no connection is up).
 Delivery is best effort (Raft tolerates loss, duplication and reordering; the core
 retries), and nothing here blocks the loop on a peer.
 
@@ -65,6 +66,7 @@ from consensus.replica_context import (
 )
 from consensus.replica_failures import ReplicaFailures
 from consensus.replica_fresh import FreshStart
+from consensus.replica_messaging import ReplicaMessaging
 from consensus.replica_snapshots import ReplicaSnapshots
 from consensus.replica_status import ReplicaStatus
 from consensus.session import (
@@ -82,7 +84,6 @@ from consensus.transport import PeerTransport
 from consensus.types import (
     Entry,
     HardState,
-    Message,
     Ready,
     Snapshot,
     SnapshotMeta,
@@ -100,7 +101,7 @@ def _fail_stop() -> NoReturn:
     os._exit(1)
 
 
-class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
+class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI, ReplicaMessaging):
     """One replica of a Raft group, hosted by the asyncio Ray actor ``ReplicaActor``
     (consensus.replica_actor: the methods other processes may call)."""
 
@@ -263,13 +264,6 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
                 self._wake.set()
         finally:
             watchdog.stop()
-
-    def _send_early(self) -> None:
-        """While a Ready is in flight, send what the core allows before it is durable."""
-        if self._busy:
-            early = self._node.early_messages()
-            if early:
-                self._router.send(early)
 
     async def _handle_ready(self, ready: Ready) -> None:
         self._readies += 1
@@ -460,42 +454,3 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI):
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._applied_waiters.append((target, fut))
         await self._await(fut, timeout, "waiting for apply")
-
-    # ------------------------------------------------------------------ messaging
-
-    def _peer_name(self, node_id: int) -> str:
-        index = node_id - 1
-        return self._names[index] if index < len(self._names) else replica_name(self.group, index)
-
-    async def deliver(self, messages: list[Message]) -> None:
-        """Step peer messages into the core (never blocks). Peers reach it through
-        ``ReplicaActor.deliver``, which checks the group's secret first."""
-        self._on_batch(messages)
-
-    async def transport_address(self) -> tuple[str, int] | None:
-        """Where peers reach this replica over TCP (None: Ray calls only)."""
-        while self._transport is not None and self._transport.address is None:
-            await asyncio.sleep(0.01)  # the drive loop is starting the listener
-        return None if self._transport is None else self._transport.address
-
-    def _on_batch(self, messages: list[Message]) -> None:
-        now = time.monotonic()
-        for msg in messages:
-            self._router.heard(msg.src, now)
-            try:
-                self._node.step(msg)
-            except Exception:
-                log.exception("replica %s: step(%s) failed", self.node_id, type(msg).__name__)
-        self._send_early()
-        self._wake.set()
-
-    def _node_active(self, node_id: int) -> None:
-        """Bytes of a large frame moved between a peer and us: it is alive and connected
-        (``RaftNode.peer_active``: a follower keeps its leader's lease meanwhile)."""
-        self._node.peer_active(node_id)
-
-    def _on_gone(self, node_id: int) -> None:
-        """A peer's process closed its connection to us: if it led, campaign soon instead
-        of after a whole election timeout (``RaftNode.peer_gone``)."""
-        self._node.peer_gone(node_id)
-        self._wake.set()

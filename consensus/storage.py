@@ -66,8 +66,7 @@ from consensus import snapshot_files
 from consensus.checksums import Checksum, checksum
 from consensus.errors import ConfigError, StorageCorruptError, StorageFullError
 from consensus.incarnation import IncarnationMismatchError, check_incarnation
-from consensus.memory_log import link_segments
-from consensus.segments import Segments
+from consensus.memory_log import open_segments
 from consensus.snapshot_files import SnapshotFiles, StoredSnapshot
 from consensus.storage_meta import checksum_name, migrate, stamp
 from consensus.storage_rows import (
@@ -173,13 +172,9 @@ class SqliteStorage:
             raise StorageCorruptError(str(self.path), f"cannot open: {exc}") from exc
         if created:
             snapshot_files.fsync_dir(self.path.parent)
-        segments = self.path.with_name(self.path.name + ".segments")
-        if self.config.memory_segments is not None:
-            link_segments(segments, self.path, self.config.memory_segments, fresh=created)
-        # in memory (a link to the tmpfs folder) a direct write is a second copy, through the
-        # staging buffer, of what a buffered write copies once into the file's own pages
-        self._segments = Segments(segments, self.config.segment_bytes, self.config.sync_entries,
-                                  direct=not segments.is_symlink())
+        self._segments = open_segments(self.path, self.config.memory_segments,
+                                       self.config.segment_bytes,
+                                       sync=self.config.sync_entries, fresh=created)
         self._snapshots = SnapshotFiles(
             self.path.with_name(self.path.name + ".snapshots"), self.path, self.incarnation,
             checksum=self._crc)
