@@ -12,11 +12,6 @@ the order the core requires:
    table (small ones on the loop, large ones in the apply thread);
 3. answer ReadIndex requests, resolve proposal waiters, then ``advance``.
 
-A snapshot's image is written in a thread of its own (``_maybe_compact``) while the loop
-goes on persisting, sending and acknowledging entries: a leader writing hundreds of MB does
-not stop its group's commits. Only applies (and persisting a received snapshot) wait for it,
-since the image is read from the live state's buffers (``_settle_image``).
-
 While steps 1 and 2 await a thread, the loop keeps running: peer messages and proposals
 are stepped into the core and ticks fire between ``ready()`` and ``advance``, and what
 ``RaftNode.early_messages`` allows goes out before the write is durable. Correctness
@@ -78,7 +73,6 @@ from consensus.session import (
     SessionTable,
     decode_image,
 )
-from consensus.snapshot_files import StoredSnapshot
 from consensus.state_machine import StateMachine
 from consensus.storage import SqliteStorage
 from consensus.storage_failure import (
@@ -173,8 +167,6 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI, Replic
             hard_state=hard_state, snapshot=snapshot, entries=entries,
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raft-disk")
-        self._imager = ThreadPoolExecutor(1, thread_name_prefix="raft-image")
-        self._image: tuple[SnapshotMeta, asyncio.Future[StoredSnapshot]] | None = None
         self._applier = ThreadPoolExecutor(1, thread_name_prefix="raft-apply")
         self._releaser = ThreadPoolExecutor(1, thread_name_prefix="raft-release")
         self._idle = asyncio.Event()  # set while no apply runs (see _apply_off_loop)
@@ -236,7 +228,6 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI, Replic
             await asyncio.sleep(0)  # let calls that arrived together batch into one Ready
             self._wake.clear()
             try:
-                await self._settle_image(wait=False)
                 while self._node.has_ready():
                     self._busy = True
                     await self._handle_ready(self._node.ready())
@@ -277,8 +268,6 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI, Replic
     async def _handle_ready(self, ready: Ready) -> None:
         self._readies += 1
         self._count_leader_change(ready)
-        if ready.snapshot is not None:  # the snapshot folder is the image thread's meanwhile
-            await self._settle_image(wait=True)
         if ready.send_before_persist:  # leader: its append goes out while it syncs (§10.2.1)
             self._router.send(ready.messages)
             await self._persist(ready)
@@ -286,7 +275,6 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI, Replic
             await self._persist(ready)
             self._router.send(ready.messages)
         if ready.snapshot is not None or ready.committed_entries:
-            await self._settle_image(wait=True)  # the image reads the state an apply changes
             await self._apply_off_loop(ready)
         for rs in ready.read_states:
             fut = self._reads.pop(rs.ctx, None)
@@ -430,46 +418,24 @@ class RaftReplica(ReplicaStatus, ReplicaFailures, FreshStart, ReplicaAPI, Replic
                 log.exception("on_apply callback failed")
 
     async def _maybe_compact(self) -> None:
-        """Start a snapshot when the policy says so (``consensus.compaction``: by entry
-        count, or by bytes relative to the state's size): the image of the state at the
-        applied index is encoded and written in the image thread, and adopted once written
-        (``_settle_image``). Meanwhile the drive loop goes on persisting and sending."""
-        if self._image is not None or not self._snaps.due(self.applied_index):
+        """Snapshot and compact when the policy says so (``consensus.compaction``: by entry
+        count, or by bytes relative to the state's size). The state is encoded and written
+        in the disk thread; the drive loop waits (no apply can run meanwhile), ticks and
+        messages go on."""
+        if not self._snaps.due(self.applied_index):
             return
         meta = SnapshotMeta(
             index=self.applied_index, term=self._applied_term, voters=self._voters_at_applied(),
             learners=tuple(self._node.learners_at(self.applied_index)),
         )
-        written = asyncio.get_running_loop().run_in_executor(
-            self._imager, self._snaps.write_image, meta, self._sessions.encode(),
-            self.state_machine)
-        written.add_done_callback(self._image_written)
-        self._image = (meta, written)
-
-    def _image_written(self, written: asyncio.Future[StoredSnapshot]) -> None:
-        """(loop) Wake the drive loop to adopt the image; its failure is raised there (and
-        retrieved here, for a replica stopped before it settles)."""
-        if not written.cancelled():
-            written.exception()
-        self._wake.set()
-
-    async def _settle_image(self, *, wait: bool) -> None:
-        """Adopt the image being written once its file is durable (``wait``: wait for it
-        first): the database records it (in the disk thread) and the core's log drops the
-        entries it covers. A full disk leaves the log as it is (``ReplicaSnapshots``)."""
-        if self._image is None or not (wait or self._image[1].done()):
-            return
-        meta, written = self._image
         try:
-            stored = await written
+            snapshot = await asyncio.get_running_loop().run_in_executor(
+                self._disk, self._snaps.write, meta, self._sessions.encode(),
+                self.state_machine)
         except StorageFullError as exc:
             self._snaps.disk_full(exc)  # nothing changed; the log keeps growing meanwhile
             return
-        finally:
-            self._image = None
-        snapshot = await asyncio.get_running_loop().run_in_executor(
-            self._disk, self._snaps.adopt, meta, stored)
-        released = self._node.compact(snapshot)  # no-op if a received one is newer
+        released = self._node.compact(snapshot)
         self._snaps.compacted(snapshot)
         # the old image's mapping and the compacted rounds, of files already replaced: the
         # last unmap of a deleted file evicts its pages from the page cache, tenths of a

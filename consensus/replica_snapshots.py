@@ -2,9 +2,8 @@
 
 What the replica's drive loop needs to compact its log: the counters the compaction
 policy reads (entries and bytes applied since the last snapshot, the largest entry, the
-last snapshot's size), the image's encoding and durable write (in the image thread) and its
-adoption by the database (in the disk thread), the most bytes its log held on disk, and
-whether the disk can still hold its next snapshot.
+last snapshot's size), the image's encoding and durable write (in the disk thread), the
+most bytes its log held on disk, and whether the disk can still hold its next snapshot.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from typing import Any
 from consensus.compaction import CompactionPolicy
 from consensus.errors import StorageFullError
 from consensus.session import image_parts
-from consensus.snapshot_files import StoredSnapshot
 from consensus.storage import SqliteStorage
 from consensus.types import Entry, Snapshot, SnapshotMeta
 
@@ -25,8 +23,7 @@ log = logging.getLogger(__name__)
 
 class ReplicaSnapshots:
     """Snapshot bookkeeping of one replica (used by one thread at a time: the loop, or the
-    disk thread while the loop awaits it; ``write_image`` by the image thread, which reads
-    nothing here)."""
+    disk thread while the loop awaits it)."""
 
     def __init__(self, storage: SqliteStorage, policy: CompactionPolicy, name: str,
                  snapshot: Snapshot | None, early: float = 0.0) -> None:
@@ -60,23 +57,17 @@ class ReplicaSnapshots:
                                 largest_entry=self._largest,
                                 early=self._early if self.bytes else 0.0)
 
-    def write_image(self, meta: SnapshotMeta, sessions: bytes, state_machine: Any
-                    ) -> StoredSnapshot:
-        """(image thread) Encode the image and write its durable file, which no row references
-        yet (``adopt`` does that). A state machine with ``snapshot_parts()`` (buffers valid
-        until its next apply: the replica runs none until the file is written) is written
-        part by part, never assembled: a copy of a large shard's image would double the
-        replica's memory for as long as the write takes. Touches nothing of this object.
-        Raises StorageFullError, having changed nothing."""
+    def write(self, meta: SnapshotMeta, sessions: bytes, state_machine: Any) -> Snapshot:
+        """(disk thread) Encode the image and make it the durable snapshot; returns it as a
+        read-only mapping of its file (the page cache holds it, not this process; the core
+        reads chunks of it only for a follower that needs a snapshot). A state machine with
+        ``snapshot_parts()`` (buffers valid until its next apply) is written part by part,
+        never assembled: a copy of a large shard's image would double the replica's memory
+        for as long as the write takes. Raises StorageFullError, having changed nothing."""
         parts_of = getattr(state_machine, "snapshot_parts", None)
         user = parts_of() if callable(parts_of) else [state_machine.snapshot()]
-        return self._storage.write_image(meta, image_parts(sessions, user))
-
-    def adopt(self, meta: SnapshotMeta, stored: StoredSnapshot) -> Snapshot:
-        """(disk thread) Make the written image the durable snapshot, the log before it gone;
-        returns it as a read-only mapping of its file (the page cache holds it, not this
-        process; the core reads chunks of it only for a follower that needs a snapshot)."""
-        mapped = self._storage.map_image(self._storage.adopt_image(meta, stored))
+        path = self._storage.compact_parts(meta, image_parts(sessions, user))
+        mapped = self._storage.map_image(path)
         return Snapshot(meta=meta, data=mapped)  # type: ignore[arg-type]  # bytes-like
 
     def compacted(self, snapshot: Snapshot) -> None:

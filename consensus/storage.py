@@ -10,8 +10,7 @@ Contract (Raft Figure 2, "persistent state on all servers"):
 - Entries replace every stored entry with the same or higher index (conflict truncation, §5.3).
 - A saved snapshot follows §7: if the log holds the snapshot's last entry with the same term,
   the entries after it are kept; otherwise the whole log is discarded.
-- ``compact`` stores a snapshot the host took itself and deletes the entries it covers; in
-  two steps, ``write_image`` (the file) then ``adopt_image`` (the transaction).
+- ``compact`` stores a snapshot the host took itself and deletes the entries it covers.
 - Every entry, snapshot and hard-state row carries a CRC of its payload: CRC-32C in a
   database created now, zlib's CRC-32 in one written before the ``checksum`` stamp existed
   (``consensus.checksums``; one function per database, stamped when it is created). ``load``
@@ -49,9 +48,7 @@ Contract (Raft Figure 2, "persistent state on all servers"):
   it too, the previous durable state intact. :meth:`SqliteStorage.disk_bytes` sizes it all.
 
 Not thread-safe: one thread at a time (the replica uses a single-thread executor), but that
-thread may differ from the creating one. One exception: ``write_image`` may run on a thread
-of its own while another saves Readies that carry no snapshot (it touches only the snapshot
-folder, which nothing else writes then).
+thread may differ from the creating one.
 """
 
 from __future__ import annotations
@@ -293,7 +290,7 @@ class SqliteStorage:
             self.check_space(len(snapshot.data) + self._payload_bytes(entries))
         segment_before = self._segments.current
         refs = self._append_payloads(entries)  # durable before any row points at them
-        stored = None if snapshot is None else self.write_image(snapshot.meta, (snapshot.data,))
+        stored = None if snapshot is None else self._write_snapshot_file(snapshot)
         # Only the commit index moved: it need not be durable (a restart recomputes it from a
         # quorum, Raft Figure 2 keeps it volatile), so skip the fsync; the next durable
         # transaction syncs the WAL, and with it this one, anyway.
@@ -367,6 +364,15 @@ class SqliteStorage:
                 log += os.stat(name).st_size
         return log + self._segments.total_bytes()
 
+    def _write_snapshot_file(self, snapshot: Snapshot) -> StoredSnapshot:
+        """Write ``snapshot``'s image to a new durable file (blocks on IO); see SnapshotFiles."""
+        return self._write_image_file(snapshot.meta, (snapshot.data,))
+
+    def _write_image_file(self, meta: SnapshotMeta, parts: Sequence[Any]) -> StoredSnapshot:
+        seed = snapshot_header_crc(meta.index, meta.term,
+                                   voters_text(meta.voters, meta.learners), checksum=self._crc)
+        return self._snapshots.write(meta.index, meta.term, parts, seed)
+
     def _payload_bytes(self, entries: Sequence[Entry]) -> int:
         return sum(len(e.data) for e in entries if len(e.data) > self.config.inline_max_bytes)
 
@@ -439,21 +445,12 @@ class SqliteStorage:
         of keeping the image in memory: a later compaction unlinks it, which leaves a
         mapping valid). Raises StorageFullError if the image does not fit (checked before
         writing; changes nothing) or on ENOSPC (previous state remains)."""
-        return self.adopt_image(snapshot.meta, self.write_image(snapshot.meta, (snapshot.data,)))
+        return self.compact_parts(snapshot.meta, (snapshot.data,))
 
-    def write_image(self, meta: SnapshotMeta, parts: Sequence[Any]) -> StoredSnapshot:
-        """The first half of :meth:`compact`, for the image that is the concatenation of
-        ``parts`` (bytes-like, written part by part: never assembled in memory): its durable
-        file, which no row references yet (an orphan unless adopted). Checks the space first
-        (StorageFullError). May overlap ``save`` of Readies without a snapshot (module
-        docstring)."""
-        seed = snapshot_header_crc(meta.index, meta.term,
-                                   voters_text(meta.voters, meta.learners), checksum=self._crc)
-        return self._snapshots.write(meta.index, meta.term, parts, seed)
-
-    def adopt_image(self, meta: SnapshotMeta, stored: StoredSnapshot) -> Path:
-        """The second half: record the image from :meth:`write_image` as the snapshot, delete
-        the entries it covers and the files it supersedes; returns the image's path."""
+    def compact_parts(self, meta: SnapshotMeta, parts: Sequence[Any]) -> Path:
+        """:meth:`compact` of the image that is the concatenation of ``parts`` (bytes-like),
+        written part by part: the image is never assembled in memory."""
+        stored = self._write_image_file(meta, parts)  # checks the space first
         with self._transaction(stored):
             self._write_snapshot(meta, stored, keep_matching_suffix=False)
         self._collect_segments()

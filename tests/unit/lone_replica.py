@@ -35,5 +35,4 @@ async def lone_leader(tmp_path: Path, machine: Callable[[], Any],
         replica._task.cancel()
         if replica._ticker is not None:
             replica._ticker.cancel()
-        replica._imager.shutdown(wait=True)  # an image still being written
         replica._storage.close()

@@ -134,7 +134,7 @@ def test_a_snapshot_written_in_parts_equals_the_joined_image(tmp_path: Path) -> 
     meta = SnapshotMeta(index=3, term=1, voters=(1,))
     storage = SqliteStorage(tmp_path / "r.db", StorageConfig())
     storage.save(HardState(term=1), _entries(1, [10, 10, 10]), None)
-    storage.adopt_image(meta, storage.write_image(meta, parts))
+    storage.compact_parts(meta, parts)
     storage.close()
     _hs, snap, entries = SqliteStorage(tmp_path / "r.db").load()
     assert snap is not None and bytes(snap.data) == b"".join(bytes(p) for p in parts)
