@@ -71,28 +71,52 @@ class StepClock:
         self.path, self.start = path, start
         self.stamps: list[float] = []
         self.rounds: list[int] = []
+        self._seen = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._scan(time.monotonic() - self.start)
+            self._stop.wait(POLL_S)
+
+    def _scan(self, now: float) -> None:
+        """(under the lock) Stamp ``now`` on each whole line the file gained."""
         import json
 
-        seen = 0
-        while not self._stop.is_set():
-            if self.path.exists():
-                text = self.path.read_text()
-                now = time.monotonic() - self.start
-                # only whole lines: the writer may be half way through the last one
-                lines = text[:text.rfind("\n") + 1].splitlines()
-                if len(lines) < seen:  # a resume rewrote it, keeping earlier rounds
-                    seen = len(lines)
-                for line in lines[seen:]:
-                    if line.strip():
-                        self.rounds.append(int(json.loads(line)["round"]))
-                        self.stamps.append(now)
-                seen = len(lines)
-            self._stop.wait(POLL_S)
+        if not self.path.exists():
+            return
+        text = self.path.read_text()
+        # only whole lines: the writer may be half way through the last one
+        lines = text[:text.rfind("\n") + 1].splitlines()
+        if len(lines) < self._seen:  # a resume rewrote it, keeping earlier rounds
+            self._seen = len(lines)
+        for line in lines[self._seen:]:
+            if line.strip():
+                self.rounds.append(int(json.loads(line)["round"]))
+                self.stamps.append(now)
+        self._seen = len(lines)
+
+    def mark(self) -> float:
+        """Now (seconds since ``start``), with every line the file holds stamped no later: call
+        it right after a fault, so a round that ended before the fault but had not been read
+        yet does not count as the first one after it."""
+        with self._lock:
+            now = time.monotonic() - self.start
+            self._scan(now)
+            return now
+
+    def settle(self, killed_at: float) -> None:
+        """The writer was killed at ``killed_at`` (seconds since ``start``) and is gone: every
+        line the file holds was written before that, so none is stamped later (the poller
+        may have read the last ones after the kill, which would make the recovery look
+        instant)."""
+        with self._lock:
+            self._scan(killed_at)
+            self.stamps = [min(stamp, killed_at) for stamp in self.stamps]
 
     def wait_first(self, timeout: float) -> float:
         """Block until one round is logged; its stamp."""
@@ -155,11 +179,10 @@ def inject(plan: FaultPlan, job: str, clock: StepClock, first: float, done: thre
             return
         kind = KINDS[i % len(KINDS)]
         shard = plan.victim(i, list(range(SHARDS)))
-        t = time.monotonic() - clock.start
         ok = (kill_gradient_worker() if kind == "worker"
               else kill_replica(job, shard, "LEADER" if kind == "leader" else "FOLLOWER"))
         if ok:
-            run.fault_times_s.append(t)
+            run.fault_times_s.append(clock.mark())  # the kill's time, after its victim search
             run.fault_kinds.append(kind)
         else:
             run.notes.append(f"fault {i} ({kind}) found nothing to kill")
@@ -268,9 +291,11 @@ def run_driver_kill(workload: Workload, kill_at_s: float, out: Path) -> SideRun:
         first = clock.wait_first(300.0)
         time.sleep(max(0.0, first + kill_at_s - (time.monotonic() - start)))
         first_driver.send_signal(signal.SIGKILL)
-        side.fault_times_s.append(time.monotonic() - start)
+        killed_at = clock.mark()
+        side.fault_times_s.append(killed_at)
         side.fault_kinds.append("driver")
         first_driver.wait(timeout=60)
+        clock.settle(killed_at)
         logged = max(clock.rounds, default=-1) + 1
         second = driver(True)
         _, err = second.communicate(timeout=900)
