@@ -159,10 +159,10 @@ def kill_replica(job: str, shard: int, role: str) -> bool:
     import ray
 
     for r in range(REPLICAS):
-        handle = ray.get_actor(f"{job}/shard-{shard}/replica-{r}", namespace=job)
-        try:
+        try:  # a replica down, or not registered (restarting, or the job tearing down)
+            handle = ray.get_actor(f"{job}/shard-{shard}/replica-{r}", namespace=job)
             status: dict[str, Any] = ray.get(handle.status.remote(), timeout=5)  # type: ignore[assignment]
-        except Exception:  # a replica already down: try the next
+        except Exception:  # try the next
             continue
         if status["role"] == role:
             ray.kill(handle, no_restart=False)
